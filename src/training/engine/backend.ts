@@ -1,0 +1,97 @@
+/**
+ * Backend selection for the training engine.
+ *
+ * `auto` tries, in order: `@tensorflow/tfjs-node-gpu` (CUDA), `@tensorflow/tfjs-node` (libtensorflow CPU),
+ * `@tensorflow/tfjs-backend-wasm` (XNNPACK, SIMD), then the pure-JS `cpu` backend. The native packages are
+ * optional: they are not in the default install (their install script downloads libtensorflow) and are
+ * imported dynamically only when present.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+export type BackendRequest = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+
+export interface BackendInfo {
+  /** tfjs backend name actually running: `tensorflow`, `wasm` or `cpu`. */
+  name: string;
+  /** npm package that provided it. */
+  package: string;
+  /** true when the tensorflow backend came from tfjs-node-gpu. */
+  gpu: boolean;
+}
+
+export class BackendUnavailableError extends Error {
+  readonly code = 'BACKEND_UNAVAILABLE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'BackendUnavailableError';
+  }
+}
+
+let current: BackendInfo | null = null;
+
+async function tryImport(pkg: string): Promise<boolean> {
+  try {
+    await import(pkg);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Initialise the tfjs backend once per process and return what runs.
+ * @param request `auto` | `tensorflow-gpu` | `tensorflow` | `wasm` | `cpu` (default: env `TFJS_BACKEND` or `auto`).
+ * @throws BackendUnavailableError when an explicitly requested backend cannot be loaded.
+ */
+export async function initBackend(request?: BackendRequest): Promise<BackendInfo> {
+  const want = (request ?? (process.env.TFJS_BACKEND as BackendRequest | undefined) ?? 'auto') as BackendRequest;
+  if (current) return current;
+  const candidates: Array<{ req: BackendRequest; pkg: string; backend: string; gpu: boolean }> = [
+    { req: 'tensorflow-gpu', pkg: '@tensorflow/tfjs-node-gpu', backend: 'tensorflow', gpu: true },
+    { req: 'tensorflow', pkg: '@tensorflow/tfjs-node', backend: 'tensorflow', gpu: false },
+    { req: 'wasm', pkg: '@tensorflow/tfjs-backend-wasm', backend: 'wasm', gpu: false },
+    { req: 'cpu', pkg: '@tensorflow/tfjs-backend-cpu', backend: 'cpu', gpu: false },
+  ];
+  const order =
+    want === 'auto'
+      ? candidates
+      : want === 'tensorflow'
+        ? candidates.filter((c) => c.backend === 'tensorflow')
+        : candidates.filter((c) => c.req === want);
+  if (order.length === 0) {
+    throw new BackendUnavailableError(
+      `TFJS_BACKEND=${String(want)} is not one of auto, tensorflow, tensorflow-gpu, wasm, cpu`,
+    );
+  }
+  for (const c of order) {
+    if (!(await tryImport(c.pkg))) continue;
+    try {
+      if (await tf.setBackend(c.backend)) {
+        await tf.ready();
+        current = { name: tf.getBackend(), package: c.pkg, gpu: c.gpu };
+        await afterInit(current);
+        return current;
+      }
+    } catch {
+      /* fall through to the next candidate */
+    }
+  }
+  throw new BackendUnavailableError(
+    `no tfjs backend could be initialised for TFJS_BACKEND=${want}; install @tensorflow/tfjs-backend-wasm or set TFJS_BACKEND=cpu`,
+  );
+}
+
+/** Hooks run once after a backend is up (e.g. registering missing kernels). */
+const initHooks: Array<(info: BackendInfo) => void | Promise<void>> = [];
+export function onBackendInit(hook: (info: BackendInfo) => void | Promise<void>): void {
+  initHooks.push(hook);
+  if (current) void hook(current);
+}
+async function afterInit(info: BackendInfo): Promise<void> {
+  for (const h of initHooks) await h(info);
+}
+
+/** The backend initialised by {@link initBackend}, or null before it ran. */
+export function currentBackend(): BackendInfo | null {
+  return current;
+}
