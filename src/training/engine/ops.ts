@@ -20,7 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
   const y = tf.matMul(x, w);
-  return b ? tf.add(y, b) : y;
+  return b ? (tf.add(y, b) as tf.Tensor2D) : y;
 }
 
 /**
@@ -33,9 +33,8 @@ export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tens
 export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
   const [vocab, dim] = table.shape;
   const idsData = ids.dataSync();
-  const f = tf.customGrad((t: tf.Tensor, save: tf.GradSaveFunc) => {
+  const f = tf.customGrad(((t: tf.Tensor) => {
     const value = tf.gather(t as tf.Tensor2D, ids);
-    save([]);
     return {
       value,
       gradFunc: (dy: tf.Tensor) => {
@@ -49,7 +48,7 @@ export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
         return [tf.tensor2d(g, [vocab, dim])];
       },
     };
-  });
+  }) as unknown as tf.CustomGradientFunc<tf.Tensor>);
   return f(table) as tf.Tensor2D;
 }
 
@@ -166,7 +165,7 @@ export function tokenLogps(
   return tf.tidy(() => {
     const logits = tf.matMul(hidden, weight, false, layout === 'VD');
     const lsm = tf.logSoftmax(logits, -1);
-    const oh = tf.oneHot(labels, logits.shape[1]);
+    const oh = tf.oneHot(labels, weight.shape[layout === 'VD' ? 0 : 1]);
     return tf.sum(tf.mul(lsm, oh), -1) as tf.Tensor1D;
   });
 }
