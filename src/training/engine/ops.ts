@@ -19,7 +19,7 @@ import * as tf from '@tensorflow/tfjs-core';
  * @returns `[N, out]`
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
-  const y = tf.matMul(x, w);
+  const y = tf.matMul(x, w) as tf.Tensor2D;
   return b ? (tf.add(y, b) as tf.Tensor2D) : y;
 }
 
@@ -48,7 +48,7 @@ export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
         return [tf.tensor2d(g, [vocab, dim])];
       },
     };
-  }) as unknown as tf.CustomGradientFunc<tf.Tensor>);
+  }) as unknown as Parameters<typeof tf.customGrad>[0]);
   return f(table) as tf.Tensor2D;
 }
 
