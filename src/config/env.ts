@@ -1,0 +1,127 @@
+/**
+ * Environment of the service processes (`dpo serve`, `dpo worker`), validated once at start-up with
+ * env-schema (JSON Schema + ajv, all errors, type coercion, defaults). DESIGN.md "Environment" lists the
+ * contract; this file is the single source of the names, defaults and ranges.
+ */
+import envSchema from 'env-schema';
+
+/** The validated environment. Durations are in the unit their name says. */
+export interface ServiceEnv {
+  /** HTTP port of the API. */
+  PORT: number;
+  /** Listen address of the API (0.0.0.0 so container probes reach it). */
+  HOST: string;
+  /** Redis connection URL used by the queue, the API health check and the worker. */
+  REDIS_URL: string;
+  /** BullMQ key prefix; tests use their own and obliterate it. */
+  QUEUE_PREFIX: string;
+  /** Where artifacts go: a local directory tree or a Firebase Storage bucket. */
+  STORAGE_BACKEND: 'local' | 'firebase';
+  /** Root of the local artifact tree `<STORAGE_DIR>/<communityId>/<jobId>/`. */
+  STORAGE_DIR: string;
+  /** Scratch directory where the worker trains before storing (default `<STORAGE_DIR>/.work`). */
+  WORK_DIR: string;
+  /** Firebase Storage bucket (required when STORAGE_BACKEND=firebase). */
+  FIREBASE_BUCKET: string;
+  /** Add signed HTTPS URLs to GET /jobs (firebase). */
+  FIREBASE_SIGNED_URLS: boolean;
+  /** Lifetime of those signed URLs, seconds. */
+  FIREBASE_SIGNED_URL_TTL_SECONDS: number;
+  /** Comma-separated bearer keys; when non-empty every route but /health and /docs requires one. */
+  API_KEYS: string;
+  /** tfjs backend for training: auto | tensorflow | tensorflow-gpu | wasm | cpu. */
+  TFJS_BACKEND: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+  /** pino level. */
+  LOG_LEVEL: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** Jobs one worker process trains at once (1 per GPU/CPU box is right for training). */
+  WORKER_CONCURRENCY: number;
+  /** A job still training after this many seconds is aborted and fails with JOB_TIMEOUT (0 = no limit). */
+  JOB_TIMEOUT_SECONDS: number;
+  /** Maximum request body of the API, bytes (413 above it). */
+  BODY_LIMIT_BYTES: number;
+  /** Requests per RATE_LIMIT_WINDOW per client (0 disables the rate limit). */
+  RATE_LIMIT_MAX: number;
+  /** Rate-limit window, e.g. `1 minute`. */
+  RATE_LIMIT_WINDOW: string;
+  /** Seconds completed/failed jobs stay queryable in Redis. */
+  JOB_RETENTION_SECONDS: number;
+  /** Port of the worker's Prometheus endpoint (0 = none). */
+  WORKER_METRICS_PORT: number;
+  /** Time the API waits for in-flight requests on SIGTERM, ms. */
+  SHUTDOWN_GRACE_MS: number;
+  /** Time the worker lets a running job finish on SIGTERM before aborting it, ms. */
+  WORKER_SHUTDOWN_TIMEOUT_MS: number;
+}
+
+const schema = {
+  type: 'object',
+  required: [],
+  properties: {
+    PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8000 },
+    HOST: { type: 'string', minLength: 1, default: '0.0.0.0' },
+    REDIS_URL: { type: 'string', pattern: '^rediss?://', default: 'redis://127.0.0.1:6379' },
+    QUEUE_PREFIX: { type: 'string', pattern: '^[A-Za-z0-9_.{}-]{1,64}$', default: 'bull' },
+    STORAGE_BACKEND: { type: 'string', enum: ['local', 'firebase'], default: 'local' },
+    STORAGE_DIR: { type: 'string', minLength: 1, default: './artifacts' },
+    WORK_DIR: { type: 'string', default: '' },
+    FIREBASE_BUCKET: { type: 'string', default: '' },
+    FIREBASE_SIGNED_URLS: { type: 'boolean', default: false },
+    FIREBASE_SIGNED_URL_TTL_SECONDS: { type: 'integer', minimum: 1, maximum: 604800, default: 3600 },
+    API_KEYS: { type: 'string', default: '' },
+    TFJS_BACKEND: { type: 'string', enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
+    LOG_LEVEL: {
+      type: 'string',
+      enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      default: 'info',
+    },
+    WORKER_CONCURRENCY: { type: 'integer', minimum: 1, maximum: 64, default: 1 },
+    JOB_TIMEOUT_SECONDS: { type: 'integer', minimum: 0, default: 86400 },
+    BODY_LIMIT_BYTES: { type: 'integer', minimum: 1024, default: 5 * 1024 * 1024 },
+    RATE_LIMIT_MAX: { type: 'integer', minimum: 0, default: 100 },
+    RATE_LIMIT_WINDOW: { type: 'string', minLength: 1, default: '1 minute' },
+    JOB_RETENTION_SECONDS: { type: 'integer', minimum: 60, default: 7 * 24 * 3600 },
+    WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
+    SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, default: 10000 },
+    WORKER_SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
+  },
+} as const;
+
+/** A bad environment value; the message names the variable and what it must be. */
+export class EnvError extends Error {
+  readonly code = 'ENV_INVALID';
+  constructor(message: string) {
+    super(message);
+    this.name = 'EnvError';
+  }
+}
+
+/**
+ * Validate and default the service environment.
+ * @param source variables to read (default `process.env`); unknown keys are ignored.
+ * @throws EnvError naming each offending variable (e.g. `PORT must be integer`), or
+ *   FIREBASE_BUCKET when STORAGE_BACKEND=firebase has no bucket.
+ */
+export function loadEnv(source: Record<string, string | undefined> = process.env): ServiceEnv {
+  // Empty strings mean "unset" (docker-compose passes `VAR=` for blank .env entries).
+  const data: Record<string, string> = {};
+  for (const [k, v] of Object.entries(source)) if (v !== undefined && v !== '' && k in schema.properties) data[k] = v;
+  let env: ServiceEnv;
+  try {
+    env = envSchema<ServiceEnv>({ schema, data, env: false, dotenv: false });
+  } catch (err) {
+    const msg = (err as Error).message.replace(/env\//g, '').replace(/^env /, '');
+    throw new EnvError(`invalid environment: ${msg}`);
+  }
+  if (env.STORAGE_BACKEND === 'firebase' && !env.FIREBASE_BUCKET) {
+    throw new EnvError('invalid environment: FIREBASE_BUCKET must be set when STORAGE_BACKEND=firebase');
+  }
+  if (!env.WORK_DIR) env.WORK_DIR = `${env.STORAGE_DIR.replace(/\/+$/, '')}/.work`;
+  return env;
+}
+
+/** The bearer keys of API_KEYS (trimmed, empties dropped). */
+export function apiKeys(env: Pick<ServiceEnv, 'API_KEYS'>): string[] {
+  return env.API_KEYS.split(',')
+    .map((k) => k.trim())
+    .filter((k) => k.length > 0);
+}

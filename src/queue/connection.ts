@@ -1,0 +1,30 @@
+/**
+ * Redis connections for BullMQ. BullMQ 6 needs ioredis installed by the app; workers need
+ * `maxRetriesPerRequest: null`, while the API's producer connection fails fast when Redis is down
+ * (`enableOfflineQueue: false`, bullmq docs/gitbook/guide/going-to-production.md).
+ */
+import { Redis, type RedisOptions } from 'ioredis';
+
+/**
+ * Open an ioredis client for `url`.
+ * @param role `producer` (API: fail fast, no offline queue) or `worker` (blocking commands, retry forever).
+ * The caller owns the client and must `quit()` it (BullMQ leaves caller-supplied clients open).
+ */
+export function createRedis(url: string, role: 'producer' | 'worker', extra: RedisOptions = {}): Redis {
+  const base: RedisOptions =
+    role === 'producer'
+      ? {
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 1,
+          connectTimeout: 2000,
+          // keep retrying in the background so the API recovers when Redis comes back
+          retryStrategy: (times) => Math.min(times * 200, 2000),
+        }
+      : { maxRetriesPerRequest: null, retryStrategy: (times) => Math.min(times * 500, 5000) };
+  return new Redis(url, { ...base, ...extra, lazyConnect: false });
+}
+
+/** Key of the cancellation record of a job (also the tombstone of a removed queued job). */
+export function cancelKey(prefix: string, queue: string, jobId: string): string {
+  return `${prefix}:${queue}:dpo-cancel:${jobId}`;
+}

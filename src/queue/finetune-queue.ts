@@ -1,0 +1,228 @@
+/**
+ * The producer side of the `finetune` queue: enqueue with idempotent job ids, read a job's status,
+ * cancel a queued or running job, count jobs by state. Used by the API (and by tests).
+ */
+import { createHash } from 'node:crypto';
+import { Queue, Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { cancelKey, createRedis } from './connection.js';
+import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
+import { QueueNames, type FinetunePayload, type JobStatus, type PreferenceRow, type QueueJobTypes } from './types.js';
+
+type FT = QueueJobTypes['finetune'];
+export type FinetuneQueue = Queue<FT['data'], FT['result'], FT['name']>;
+
+export interface FinetuneQueueOptions {
+  redisUrl: string;
+  prefix: string;
+  /** Seconds finished jobs stay in Redis (and so stay queryable and block a duplicate id). */
+  retentionSeconds: number;
+}
+
+/** The job is already finished; it cannot be cancelled. */
+export class JobFinishedError extends Error {
+  readonly code = 'JOB_ALREADY_FINISHED';
+  constructor(jobId: string, state: string) {
+    super(`job ${jobId} is already ${state}; only queued or active jobs can be cancelled`);
+    this.name = 'JobFinishedError';
+  }
+}
+
+/** JSON with object keys sorted, so equal values hash equally. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o)
+      .sort()
+      .filter((k) => o[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** sha256 hex of the canonical JSON of `{dataset, config}`. */
+export function datasetHash(dataset: PreferenceRow[], config?: Record<string, unknown>): string {
+  return createHash('sha256')
+    .update(canonicalJson({ dataset, config: config ?? null }))
+    .digest('hex');
+}
+
+/**
+ * The deterministic job id of a request: from the Idempotency-Key when given, else from communityId +
+ * dataset hash. `ft-` + 24 hex chars: never contains ':' and is never all digits (BullMQ job-id rules).
+ */
+export function jobIdFor(communityId: string, hash: string, idempotencyKey?: string): string {
+  const basis = idempotencyKey ? `key\0${communityId}\0${idempotencyKey}` : `data\0${communityId}\0${hash}`;
+  return `ft-${createHash('sha256').update(basis).digest('hex').slice(0, 24)}`;
+}
+
+export interface EnqueueResult {
+  jobId: string;
+  /** false when an existing (queued, active or completed) job was returned */
+  created: boolean;
+  status: JobStatus;
+}
+
+/** Producer-side service for the `finetune` queue. */
+export class FinetuneQueueService {
+  readonly queue: FinetuneQueue;
+  readonly redis: Redis;
+  readonly prefix: string;
+  private readonly retentionSeconds: number;
+
+  constructor(opts: FinetuneQueueOptions) {
+    this.prefix = opts.prefix;
+    this.retentionSeconds = opts.retentionSeconds;
+    this.redis = createRedis(opts.redisUrl, 'producer');
+    // a connection error must not crash the API: /health reports it
+    this.redis.on('error', () => {});
+    this.queue = new Queue<FT['data'], FT['result'], FT['name']>(QueueNames.finetune, {
+      connection: this.redis,
+      prefix: opts.prefix,
+      skipWaitingForReady: true,
+      defaultJobOptions: {
+        attempts: 1,
+        removeOnComplete: { age: opts.retentionSeconds },
+        removeOnFail: { age: opts.retentionSeconds },
+      },
+    });
+    this.queue.on('error', () => {});
+  }
+
+  private cancelKey(jobId: string): string {
+    return cancelKey(this.prefix, QueueNames.finetune, jobId);
+  }
+
+  private async cancelRecord(jobId: string): Promise<CancelRecord | null> {
+    const raw = await this.redis.get(this.cancelKey(jobId));
+    return raw ? (JSON.parse(raw) as CancelRecord) : null;
+  }
+
+  /**
+   * Add a finetune job, or return the existing one with the same id (Idempotency-Key, else communityId +
+   * dataset + config hash). A failed or cancelled job with that id is replaced by a fresh one.
+   * @throws the Redis error when Redis is unreachable (the API maps it to 503).
+   */
+  async enqueue(
+    req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> },
+    idempotencyKey?: string,
+  ): Promise<EnqueueResult> {
+    const hash = datasetHash(req.dataset, req.config);
+    const jobId = jobIdFor(req.communityId, hash, idempotencyKey);
+    const existing = await this.getStatus(jobId);
+    if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') {
+      return { jobId, created: false, status: existing };
+    }
+    if (existing) {
+      const old = await Job.fromId(this.queue, jobId);
+      if (old) await old.remove();
+    }
+    await this.redis.del(this.cancelKey(jobId));
+    const payload: FinetunePayload = {
+      communityId: req.communityId,
+      dataset: req.dataset,
+      ...(req.config ? { config: req.config } : {}),
+      datasetHash: hash,
+      requestedAt: new Date().toISOString(),
+    };
+    const job = await this.queue.add('finetune', payload, { jobId });
+    const status = toJobStatus(
+      { id: jobId, data: payload, progress: 0, returnvalue: null, timestamp: job.timestamp },
+      'waiting',
+    );
+    return { jobId, created: true, status };
+  }
+
+  /** The status of a job, or null when the id is unknown (or expired). */
+  async getStatus(jobId: string): Promise<JobStatus | null> {
+    const job = await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId);
+    const cancel = await this.cancelRecord(jobId);
+    if (!job) return cancel ? cancelledStatus(cancel) : null;
+    const state = await job.getState();
+    return toJobStatus(
+      {
+        id: jobId,
+        data: job.data,
+        progress: job.progress,
+        returnvalue: job.returnvalue,
+        failedReason: job.failedReason,
+        timestamp: job.timestamp,
+        finishedOn: job.finishedOn,
+      },
+      state,
+      cancel,
+    );
+  }
+
+  /**
+   * Cancel a queued or running job. A queued job is removed from the queue at once (a tombstone keeps
+   * GET /jobs answering `cancelled`); a running job is flagged and its worker aborts training within about
+   * a second, after which the job ends `cancelled`.
+   * @returns the status after the request, or null for an unknown id.
+   * @throws JobFinishedError when the job already completed or failed.
+   */
+  async cancel(jobId: string): Promise<JobStatus | null> {
+    const job = await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId);
+    if (!job) {
+      const rec = await this.cancelRecord(jobId);
+      return rec ? cancelledStatus(rec) : null;
+    }
+    const before = await this.getStatus(jobId);
+    if (before && (before.state === 'completed' || before.state === 'failed' || before.state === 'cancelled')) {
+      throw new JobFinishedError(jobId, before.state);
+    }
+    const rec: CancelRecord = {
+      jobId,
+      communityId: job.data.communityId,
+      createdAt: job.timestamp,
+      requestedAt: Date.now(),
+      removed: false,
+    };
+    const key = this.cancelKey(jobId);
+    await this.redis.set(key, JSON.stringify(rec), 'EX', this.retentionSeconds);
+    const state = await job.getState();
+    if (state === 'waiting' || state === 'delayed' || state === 'prioritized') {
+      try {
+        await job.remove();
+        rec.removed = true;
+        await this.redis.set(key, JSON.stringify(rec), 'EX', this.retentionSeconds);
+        return cancelledStatus(rec);
+      } catch {
+        // it became active meanwhile (locked): the worker sees the flag and aborts
+      }
+    }
+    return this.getStatus(jobId);
+  }
+
+  /** Job counts by BullMQ state (queue depth for /metrics). */
+  async counts(): Promise<Record<string, number>> {
+    return this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
+  }
+
+  /** PING Redis with a timeout; true when it answers. */
+  async ping(timeoutMs = 1000): Promise<boolean> {
+    if (this.redis.status !== 'ready') return false;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const r = await Promise.race([
+        this.redis.ping(),
+        new Promise<never>((_, rej) => {
+          timer = setTimeout(() => rej(new Error('ping timeout')), timeoutMs);
+        }),
+      ]);
+      return r === 'PONG';
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Close the queue and quit the Redis client (BullMQ leaves caller-supplied clients open). */
+  async close(): Promise<void> {
+    await this.queue.close().catch(() => {});
+    this.redis.disconnect();
+  }
+}

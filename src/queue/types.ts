@@ -1,0 +1,90 @@
+/**
+ * The typed map of queue names to job payloads, results and progress (Infisical's TQueueJobTypes pattern):
+ * the API produces with these types, the worker consumes them, GET /jobs maps them to the HTTP shape.
+ */
+import type { StoredFile } from '../storage/storage.js';
+
+/** Queue names. One queue, `finetune`: one job runs the stages sft → dpo → upload. */
+export const QueueNames = { finetune: 'finetune' } as const;
+export type QueueName = (typeof QueueNames)[keyof typeof QueueNames];
+
+/** Stages of a finetune job, in order. */
+export const STAGES = ['sft', 'dpo', 'upload'] as const;
+export type Stage = (typeof STAGES)[number];
+
+/** One webhook row (DESIGN.md HTTP contract). */
+export interface PreferenceRow {
+  prompt: string;
+  chosen: string;
+  rejected: string;
+}
+
+/** Data of a `finetune` job as stored in Redis (clear text: keep secrets out). */
+export interface FinetunePayload {
+  communityId: string;
+  dataset: PreferenceRow[];
+  /** Training overrides, validated against schemas/config.schema.json by the API. */
+  config?: Record<string, unknown>;
+  /** sha256 hex of the canonical JSON of {dataset, config}. */
+  datasetHash: string;
+  /** ISO 8601 time of the request. */
+  requestedAt: string;
+}
+
+/** When a stage ran (ISO 8601). */
+export interface StageSpan {
+  stage: Stage;
+  startedAt: string;
+  finishedAt: string | null;
+}
+
+/** Latest metrics per training stage, TRL's names (`loss`, `rewards/margins`, ...). */
+export interface StageMetrics {
+  sft: Record<string, number>;
+  dpo: Record<string, number>;
+}
+
+/** `job.progress` of a finetune job, written by the worker. */
+export interface FinetuneProgress {
+  stage: Stage | null;
+  step: number;
+  totalSteps: number;
+  /** step / totalSteps of the current stage, in [0, 1]. */
+  fraction: number;
+  metrics: StageMetrics;
+  stages: StageSpan[];
+}
+
+/** `job.returnvalue` of a completed finetune job. */
+export interface FinetuneResult {
+  artifact: { uri: string; files: StoredFile[]; signedUrls?: Record<string, string> };
+  metrics: StageMetrics;
+  stages: StageSpan[];
+  /** Wall seconds per stage. */
+  durations: Partial<Record<Stage, number>>;
+}
+
+/** The typed map: queue name → job name, payload, result, progress. */
+export interface QueueJobTypes {
+  finetune: { name: 'finetune'; data: FinetunePayload; result: FinetuneResult; progress: FinetuneProgress };
+}
+
+/** Job states of the HTTP contract. */
+export type JobState = 'queued' | 'active' | 'completed' | 'failed' | 'cancelled';
+
+/** GET /jobs/:jobId body (schemas/job-status.json). */
+export interface JobStatus {
+  jobId: string;
+  communityId: string;
+  state: JobState;
+  stage: Stage | null;
+  progress: { stage: Stage | null; step: number; totalSteps: number; fraction: number };
+  stages: StageSpan[];
+  metrics: StageMetrics;
+  artifact: FinetuneResult['artifact'] | null;
+  error: { code: string; message: string } | null;
+  /** A DELETE was received and the worker has not stopped the job yet. */
+  cancelRequested: boolean;
+  createdAt: string;
+  finishedAt: string | null;
+}
