@@ -1,0 +1,33 @@
+/**
+ * The SFT loss and the preference-loss family (TRL / PaddleNLP / reference-implementation names), sequence
+ * log-probs of completions, TRL's logged metrics, and reference-model sync.
+ */
+export {
+  LOSS_TYPES,
+  LOSS_ALIASES,
+  LOSS_DEFAULTS,
+  LOSS_CONFIG_KEYS,
+  REFERENCE_FREE_LOSS_TYPES,
+  REFERENCE_REQUIRED_LOSS_TYPES,
+  LossConfigError,
+  canonicalLossType,
+  normalizeLossOptions,
+  resolveLossOptions,
+  needsReference,
+  type LossType,
+  type LossOptions,
+  type ResolvedLossOptions,
+  type FDivergenceType,
+} from './options.js';
+export { preferenceLoss, meanLoss, orpoLogOdds, type PreferenceLossInputs, type PreferenceLossOutputs } from './preference.js';
+export {
+  completionLogps,
+  logpsFromLogits,
+  completionStats,
+  statsFromLogits,
+  sftLoss,
+  type CompletionLogps,
+  type CompletionStats,
+} from './logps.js';
+export { preferenceMetrics, splitStats, averageMetrics, withEvalPrefix, type PreferenceMetricsInputs } from './metrics.js';
+export { softSyncReference, hardSyncReference, referenceSyncDue, ReferenceSyncError } from './reference.js';

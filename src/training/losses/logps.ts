@@ -1,0 +1,188 @@
+/**
+ * Sequence log-probs of completions, the SFT loss, and the logit statistics TRL logs.
+ *
+ * Convention (TRL `_compute_loss`, reference `trainers.py:_get_batch_logps`): the label at position t+1 is
+ * scored by the logits at position t; `completionMask[b, t+1]` selects which labels count; log-probs are
+ * summed over the selected tokens (nats). Log-softmax is taken in float32.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { tokenLogps } from '../engine/ops.js';
+import type { CausalLM } from '../types.js';
+
+/** Summed completion log-probs `[B]` and completion token counts `[B]` (float32). */
+export interface CompletionLogps {
+  logps: tf.Tensor1D;
+  tokenCounts: tf.Tensor1D;
+}
+
+/**
+ * Per-row sums over the scored completion tokens, for the logit metrics (TRL HEAD `_compute_loss` tail):
+ * `logitSum` Σ_t mean_v logits[t, v]; `entropySum` Σ_t H(softmax(logits[t])); `correct` Σ_t [argmax = label];
+ * `tokens` the number of scored tokens. All length B (rows of the batch), plain numbers.
+ */
+export interface CompletionStats {
+  logitSum: number[];
+  entropySum: number[];
+  correct: number[];
+  tokens: number[];
+}
+
+/** Labels shifted left by one (`[B, T]`, last column 0) and the mask of the labels, shifted alike. */
+function shiftLabels(inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): { labels: tf.Tensor2D; mask: tf.Tensor2D } {
+  const [B, T] = inputIds.shape;
+  if (completionMask.shape[0] !== B || completionMask.shape[1] !== T) {
+    throw new RangeError(`completionMask shape [${completionMask.shape}] must equal inputIds shape [${inputIds.shape}]`);
+  }
+  if (T < 2) {
+    return { labels: tf.zeros([B, T], 'int32') as tf.Tensor2D, mask: tf.zeros([B, T]) as tf.Tensor2D };
+  }
+  const ids = inputIds.dtype === 'int32' ? inputIds : tf.cast(inputIds, 'int32');
+  const m = completionMask.dtype === 'float32' ? completionMask : tf.cast(completionMask, 'float32');
+  const labels = tf.concat([tf.slice(ids, [0, 1], [B, T - 1]), tf.zeros([B, 1], 'int32')], 1) as tf.Tensor2D;
+  const mask = tf.concat([tf.slice(m, [0, 1], [B, T - 1]), tf.zeros([B, 1])], 1) as tf.Tensor2D;
+  return { labels, mask };
+}
+
+/**
+ * Summed log-probs of the completion tokens of each row under a causal LM. Differentiable w.r.t. the model's
+ * variables (call it inside `tf.variableGrads`).
+ * Uses `model.hidden(inputIds)` `[B*T, D]`, `model.outputProjection()` and {@link tokenLogps} (chunked
+ * log-softmax + gather), so the `[B, T, V]` logits tensor is never materialised by this function.
+ * @param model causal LM
+ * @param inputIds `[B, T]` int32 (prompt + completion, right padded)
+ * @param completionMask `[B, T]` float32, 1 on completion tokens (0 on prompt and padding)
+ * @returns `logps` `[B]` (nats, ≤ 0) and `tokenCounts` `[B]` = Σ_{t≥1} completionMask[b, t]
+ *   (a row with no completion token gives logps 0 and count 0, never NaN).
+ */
+export function completionLogps(model: CausalLM, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): CompletionLogps {
+  return tf.tidy(() => {
+    const [B, T] = inputIds.shape;
+    const { labels, mask } = shiftLabels(inputIds, completionMask);
+    const hidden = model.hidden(inputIds);
+    const { weight, layout } = model.outputProjection();
+    const tl = tokenLogps(hidden, weight, tf.reshape(labels, [B * T]) as tf.Tensor1D, layout);
+    const logps = tf.sum(tf.mul(tf.reshape(tl, [B, T]), mask), 1) as tf.Tensor1D;
+    const tokenCounts = tf.sum(mask, 1) as tf.Tensor1D;
+    return { logps, tokenCounts };
+  });
+}
+
+/**
+ * Summed completion log-probs from full logits (tests, and models that only expose logits).
+ * @param logits `[B, T, V]` float32 (position t predicts token t+1)
+ * @param inputIds `[B, T]` int32
+ * @param completionMask `[B, T]` float32
+ * @returns `logps` `[B]`, `tokenCounts` `[B]` (same convention as {@link completionLogps})
+ */
+export function logpsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): CompletionLogps {
+  return tf.tidy(() => {
+    const [B, T, V] = logits.shape;
+    const { labels, mask } = shiftLabels(inputIds, completionMask);
+    const lsm = tf.logSoftmax(tf.reshape(tf.cast(logits, 'float32'), [B * T, V]), -1);
+    const picked = tf.sum(tf.mul(lsm, tf.oneHot(tf.reshape(labels, [B * T]) as tf.Tensor1D, V)), -1);
+    const logps = tf.sum(tf.mul(tf.reshape(picked, [B, T]), mask), 1) as tf.Tensor1D;
+    return { logps, tokenCounts: tf.sum(mask, 1) as tf.Tensor1D };
+  });
+}
+
+/** Stats of `[N, V]` logits rows against `[N]` labels with `[N]` mask; accumulated into per-row sums. */
+function accumulateStats(
+  logits2d: tf.Tensor2D,
+  labels: Int32Array,
+  mask: Float32Array,
+  rowOffset: number,
+  T: number,
+  out: CompletionStats,
+): void {
+  const [N] = logits2d.shape;
+  const [meanLogit, entropy, argmax] = tf.tidy(() => {
+    const lsm = tf.logSoftmax(logits2d, -1);
+    const ent = tf.neg(tf.sum(tf.mul(tf.exp(lsm), lsm), -1));
+    return [tf.mean(logits2d, -1), ent, tf.argMax(logits2d, -1)];
+  });
+  const ml = meanLogit!.dataSync();
+  const en = entropy!.dataSync();
+  const am = argmax!.dataSync();
+  tf.dispose([meanLogit!, entropy!, argmax!]);
+  for (let i = 0; i < N; i++) {
+    const g = rowOffset + i;
+    if (mask[g] === 0) continue;
+    const b = Math.floor(g / T);
+    out.logitSum[b]! += ml[i]!;
+    out.entropySum[b]! += en[i]!;
+    if (am[i] === labels[g]) out.correct[b]! += 1;
+    out.tokens[b]! += mask[g]!;
+  }
+}
+
+function emptyStats(B: number): CompletionStats {
+  return { logitSum: new Array(B).fill(0), entropySum: new Array(B).fill(0), correct: new Array(B).fill(0), tokens: new Array(B).fill(0) };
+}
+
+/**
+ * Logit statistics over the scored completion tokens from full logits (no gradient).
+ * @param logits `[B, T, V]`; `inputIds` `[B, T]` int32; `completionMask` `[B, T]`
+ */
+export function statsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): CompletionStats {
+  const [B, T, V] = logits.shape;
+  const { labels, mask } = shiftLabels(inputIds, completionMask);
+  const lab = labels.dataSync() as Int32Array;
+  const msk = mask.dataSync() as Float32Array;
+  tf.dispose([labels, mask]);
+  const out = emptyStats(B);
+  const l2 = tf.tidy(() => tf.reshape(tf.cast(logits, 'float32'), [B * T, V]) as tf.Tensor2D);
+  accumulateStats(l2, lab, msk, 0, T, out);
+  l2.dispose();
+  return out;
+}
+
+/**
+ * Logit statistics of a causal LM over the completion tokens (no gradient; one extra forward pass): the
+ * inputs of logits/chosen|rejected, entropy and mean_token_accuracy. Logits are computed from the hidden
+ * states in chunks of `chunkRows` rows so that `[B*T, V]` is never held at once.
+ * @param model causal LM; `inputIds` `[B, T]` int32; `completionMask` `[B, T]` float32
+ * @returns per-row sums (see {@link CompletionStats})
+ */
+export function completionStats(
+  model: CausalLM,
+  inputIds: tf.Tensor2D,
+  completionMask: tf.Tensor2D,
+  opts: { chunkRows?: number } = {},
+): CompletionStats {
+  const [B, T] = inputIds.shape;
+  const { labels, mask } = shiftLabels(inputIds, completionMask);
+  const lab = labels.dataSync() as Int32Array;
+  const msk = mask.dataSync() as Float32Array;
+  tf.dispose([labels, mask]);
+  const out = emptyStats(B);
+  const hidden = tf.tidy(() => model.hidden(inputIds));
+  const { weight, layout } = model.outputProjection();
+  const N = B * T;
+  const D = hidden.shape[1];
+  const chunk = Math.max(1, opts.chunkRows ?? 256);
+  for (let start = 0; start < N; start += chunk) {
+    const n = Math.min(chunk, N - start);
+    let any = false;
+    for (let i = start; i < start + n; i++) if (msk[i] !== 0) { any = true; break; }
+    if (!any) continue;
+    const logits = tf.tidy(() => tf.matMul(tf.slice(hidden, [start, 0], [n, D]), weight, false, layout === 'VD')) as tf.Tensor2D;
+    accumulateStats(logits, lab, msk, start, T, out);
+    logits.dispose();
+  }
+  hidden.dispose();
+  return out;
+}
+
+/**
+ * SFT loss: mean negative log-likelihood per completion token over the batch, −Σ_b logps_b / Σ_b n_b
+ * (token-weighted, as `F.cross_entropy` over the masked tokens in TRL's SFT/`sft` loss). Differentiable.
+ * A batch with no completion token gives 0.
+ * @param model causal LM; `inputIds` `[B, T]` int32; `completionMask` `[B, T]` float32 (1 on target tokens)
+ * @returns scalar, nats per token
+ */
+export function sftLoss(model: CausalLM, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): tf.Scalar {
+  return tf.tidy(() => {
+    const { logps, tokenCounts } = completionLogps(model, inputIds, completionMask);
+    return tf.div(tf.neg(tf.sum(logps)), tf.maximum(tf.sum(tokenCounts), 1)) as tf.Scalar;
+  });
+}
