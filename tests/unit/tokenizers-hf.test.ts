@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HfTokenizer, loadTokenizer, saveTokenizerFiles, TokenizerError, tokenizerAddsBos, renderPlainChat } from '../../src/training/tokenizers/index.js';
+
+const GPT2 = '/work/shared/tokenizers/gpt2';
+
+test('GPT-2 tokenizer.json: known ids, round trip, special tokens', async () => {
+  const tok = await loadTokenizer(GPT2);
+  assert.ok(tok instanceof HfTokenizer);
+  assert.deepEqual(tok.encode('Hello world'), [15496, 995]);
+  assert.equal(tok.vocabSize, 50257);
+  assert.equal(tok.eosTokenId, 50256);
+  assert.equal(tok.bosTokenId, 50256);
+  assert.equal(tok.padTokenId, null);
+  assert.equal(tokenizerAddsBos(tok), false, 'GPT-2 does not prepend BOS');
+  for (const s of ['Hello world', ' leading space', 'naïve café 日本語 🙂', 'tabs\tand\nnewlines\n\n  two spaces']) {
+    assert.equal(tok.decode(tok.encode(s)), s);
+  }
+  // the special token text maps to its id, and decode skips it
+  assert.deepEqual(tok.encode('<|endoftext|>'), [50256]);
+  assert.equal(tok.decode([15496, 50256]), 'Hello');
+});
+
+async function gpt2DirWith(extra: { config?: Record<string, unknown>; gen?: Record<string, unknown> }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'tok-hf-'));
+  await copyFile(join(GPT2, 'tokenizer.json'), join(dir, 'tokenizer.json'));
+  const cfg = JSON.parse(await readFile(join(GPT2, 'tokenizer_config.json'), 'utf8'));
+  await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify({ ...cfg, ...(extra.config ?? {}) }));
+  if (extra.gen) await writeFile(join(dir, 'generation_config.json'), JSON.stringify(extra.gen));
+  return dir;
+}
+
+test('chat template from tokenizer_config.json is rendered with @huggingface/jinja', async () => {
+  const template =
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + eos_token }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
+  const dir = await gpt2DirWith({ config: { chat_template: template, pad_token: '<|endoftext|>' } });
+  try {
+    const tok = await loadTokenizer(dir);
+    assert.equal(tok.chatTemplate, template);
+    assert.equal(tok.padTokenId, 50256);
+    const msgs = [
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: 'Hello!' },
+    ];
+    assert.equal(tok.applyChatTemplate!(msgs), '<|user|>Hi<|endoftext|><|assistant|>Hello!<|endoftext|>');
+    assert.equal(tok.applyChatTemplate!(msgs.slice(0, 1), { addGenerationPrompt: true }), '<|user|>Hi<|endoftext|><|assistant|>');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('without a chat template: applyChatTemplate throws a typed error; the plain fallback is HH-style', async () => {
+  const tok = await loadTokenizer(GPT2);
+  assert.equal(tok.chatTemplate, null);
+  assert.throws(() => tok.applyChatTemplate!([{ role: 'user', content: 'x' }]), (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_NO_CHAT_TEMPLATE');
+  assert.equal(renderPlainChat([{ role: 'user', content: 'Hi' }], { addGenerationPrompt: true }), '\n\nHuman: Hi\n\nAssistant:');
+});
+
+test('generation_config.json fills missing special ids; eos list gives stop ids', async () => {
+  const dir = await gpt2DirWith({ config: { bos_token: null, eos_token: null }, gen: { bos_token_id: 50256, eos_token_id: [50256, 198], pad_token_id: 0 } });
+  try {
+    const tok = (await loadTokenizer(dir)) as HfTokenizer;
+    assert.equal(tok.bosTokenId, 50256);
+    assert.equal(tok.eosTokenId, 50256);
+    assert.equal(tok.padTokenId, 0);
+    assert.deepEqual(tok.stopTokenIds, [50256, 198]);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('saveTokenizerFiles copies HF files; reloaded tokenizer is identical', async () => {
+  const out = await mkdtemp(join(tmpdir(), 'tok-hf-out-'));
+  try {
+    const tok = await loadTokenizer(GPT2);
+    await saveTokenizerFiles(tok, out);
+    assert.equal(await readFile(join(out, 'tokenizer.json'), 'utf8'), await readFile(join(GPT2, 'tokenizer.json'), 'utf8'));
+    const back = await loadTokenizer(join(out, 'tokenizer.json'));
+    const s = 'The quick brown fox, 2024! ünïcödé';
+    assert.deepEqual(back.encode(s), tok.encode(s));
+    assert.equal(back.eosTokenId, tok.eosTokenId);
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+});
+
+test('a corrupt tokenizer.json is a typed error', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'tok-bad-'));
+  try {
+    await writeFile(join(dir, 'tokenizer.json'), '{"model": ');
+    await assert.rejects(loadTokenizer(dir), (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
