@@ -84,7 +84,10 @@ export function transpose2d(data: Float32Array, rows: number, cols: number): Flo
 export abstract class BaseLM implements GenerativeLM {
   readonly config: ModelConfig;
   readonly params: Map<string, tf.Variable>;
-  /** LoRA adapters by module name (e.g. `model.layers.0.self_attn.q_proj`). */
+  /**
+   * LoRA adapters by module name (e.g. `model.layers.0.self_attn.q_proj`). Their variables are also in
+   * `params` as `<module>.lora_A.weight` / `<module>.lora_B.weight` so trainers find them.
+   */
   readonly adapters = new Map<string, LoraAdapter>();
   /** When false, projections ignore their adapters (the LoRA reference model). */
   adaptersEnabled = true;
@@ -150,13 +153,9 @@ export abstract class BaseLM implements GenerativeLM {
     return tf.add(y, tf.mul(delta, ad.alpha / ad.r)) as tf.Tensor2D;
   }
 
-  /** Free every variable (parameters and adapters). */
+  /** Free every variable (parameters, including LoRA adapters, which live in `params` too). */
   dispose(): void {
     for (const v of this.params.values()) v.dispose();
-    for (const a of this.adapters.values()) {
-      a.A.dispose();
-      a.B.dispose();
-    }
     this.params.clear();
     this.adapters.clear();
   }
