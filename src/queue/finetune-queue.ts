@@ -19,6 +19,15 @@ export interface FinetuneQueueOptions {
   retentionSeconds: number;
 }
 
+/** Redis is not connected (the API answers 503 at once instead of waiting for a reconnect). */
+export class QueueUnavailableError extends Error {
+  readonly code = 'REDIS_UNAVAILABLE';
+  constructor(detail: string) {
+    super(`the job queue (Redis) is unavailable: ${detail}`);
+    this.name = 'QueueUnavailableError';
+  }
+}
+
 /** The job is already finished; it cannot be cancelled. */
 export class JobFinishedError extends Error {
   readonly code = 'JOB_ALREADY_FINISHED';
@@ -81,7 +90,6 @@ export class FinetuneQueueService {
     this.queue = new Queue<FT['data'], FT['result'], FT['name']>(QueueNames.finetune, {
       connection: this.redis,
       prefix: opts.prefix,
-      skipWaitingForReady: true,
       defaultJobOptions: {
         attempts: 1,
         removeOnComplete: { age: opts.retentionSeconds },
@@ -89,6 +97,22 @@ export class FinetuneQueueService {
       },
     });
     this.queue.on('error', () => {});
+  }
+
+  /** Run a Redis-backed operation only when connected, bounded in time. */
+  private async guarded<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
+    if (this.redis.status !== 'ready') throw new QueueUnavailableError(`connection is ${this.redis.status}`);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        fn(),
+        new Promise<never>((_, rej) => {
+          timer = setTimeout(() => rej(new QueueUnavailableError(`${what} timed out after ${timeoutMs} ms`)), timeoutMs);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private cancelKey(jobId: string): string {
@@ -109,9 +133,16 @@ export class FinetuneQueueService {
     req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> },
     idempotencyKey?: string,
   ): Promise<EnqueueResult> {
+    return this.guarded('enqueue', () => this.enqueueNow(req, idempotencyKey));
+  }
+
+  private async enqueueNow(
+    req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> },
+    idempotencyKey?: string,
+  ): Promise<EnqueueResult> {
     const hash = datasetHash(req.dataset, req.config);
     const jobId = jobIdFor(req.communityId, hash, idempotencyKey);
-    const existing = await this.getStatus(jobId);
+    const existing = await this.statusNow(jobId);
     if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') {
       return { jobId, created: false, status: existing };
     }
@@ -137,6 +168,10 @@ export class FinetuneQueueService {
 
   /** The status of a job, or null when the id is unknown (or expired). */
   async getStatus(jobId: string): Promise<JobStatus | null> {
+    return this.guarded('status', () => this.statusNow(jobId));
+  }
+
+  private async statusNow(jobId: string): Promise<JobStatus | null> {
     const job = await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId);
     const cancel = await this.cancelRecord(jobId);
     if (!job) return cancel ? cancelledStatus(cancel) : null;
@@ -164,12 +199,16 @@ export class FinetuneQueueService {
    * @throws JobFinishedError when the job already completed or failed.
    */
   async cancel(jobId: string): Promise<JobStatus | null> {
+    return this.guarded('cancel', () => this.cancelNow(jobId));
+  }
+
+  private async cancelNow(jobId: string): Promise<JobStatus | null> {
     const job = await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId);
     if (!job) {
       const rec = await this.cancelRecord(jobId);
       return rec ? cancelledStatus(rec) : null;
     }
-    const before = await this.getStatus(jobId);
+    const before = await this.statusNow(jobId);
     if (before && (before.state === 'completed' || before.state === 'failed' || before.state === 'cancelled')) {
       throw new JobFinishedError(jobId, before.state);
     }
@@ -193,12 +232,14 @@ export class FinetuneQueueService {
         // it became active meanwhile (locked): the worker sees the flag and aborts
       }
     }
-    return this.getStatus(jobId);
+    return this.statusNow(jobId);
   }
 
   /** Job counts by BullMQ state (queue depth for /metrics). */
   async counts(): Promise<Record<string, number>> {
-    return this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
+    return this.guarded('counts', () =>
+      this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed'),
+    );
   }
 
   /** PING Redis with a timeout; true when it answers. */
@@ -222,7 +263,9 @@ export class FinetuneQueueService {
 
   /** Close the queue and quit the Redis client (BullMQ leaves caller-supplied clients open). */
   async close(): Promise<void> {
-    await this.queue.close().catch(() => {});
+    if (this.redis.status === 'ready') {
+      await Promise.race([this.queue.close().catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())]);
+    }
     this.redis.disconnect();
   }
 }

@@ -4,3 +4,4 @@ export * from './errors.js';
 export * from './status.js';
 export * from './connection.js';
 export * from './finetune-queue.js';
+export * from './stats.js';

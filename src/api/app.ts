@@ -1,0 +1,162 @@
+/**
+ * The API as a Fastify instance built by `buildApp(options)`, separate from the listening entry
+ * (src/api/server.ts), the way fastify/demo splits app.ts and server.ts: tests build it and use
+ * `app.inject()`, the entry adds listen + graceful shutdown.
+ *
+ * Routes: POST /trigger-finetune, GET|DELETE /jobs/:jobId, GET /health, GET /metrics, Swagger UI at /docs
+ * (+ /docs/json), Bull Board at /admin/queues. Bearer API keys guard every route but /health and /docs.
+ */
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import bearerAuth from '@fastify/bearer-auth';
+import rateLimit from '@fastify/rate-limit';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { createBullBoard } from '@bull-board/api';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { FastifyAdapter } from '@bull-board/fastify';
+import { apiKeys, type ServiceEnv } from '../config/env.js';
+import { FinetuneQueueService } from '../queue/finetune-queue.js';
+import type { JobStatus } from '../queue/types.js';
+import { installErrorHandlers, toErrorBody } from './errors.js';
+import { metricsRoutes } from './metrics.js';
+import { healthRoutes } from './routes/health.js';
+import { jobsRoutes } from './routes/jobs.js';
+import { triggerRoutes, type RowValidator } from './routes/trigger.js';
+import { apiSchemas, compileOn, createRequestAjv } from './schemas.js';
+import { loadRowValidator } from './row-validator.js';
+
+export interface BuildAppOptions {
+  /** The validated environment (src/config/env.ts loadEnv). */
+  env: ServiceEnv;
+  /** Fastify logger option: pino options, a pino instance (`loggerInstance`) or false (default: false). */
+  logger?: FastifyServerOptions['logger'];
+  loggerInstance?: FastifyServerOptions['loggerInstance'];
+  /** Use this queue service instead of creating one from env (the app then does not close it). */
+  queue?: FinetuneQueueService;
+  /** Override the semantic row checks (default: src/training/data validateRows). */
+  validateRows?: RowValidator;
+  /** Adds signed URLs to completed artifacts (firebase storage), if configured. */
+  signArtifact?: (status: JobStatus) => Promise<JobStatus>;
+}
+
+const PUBLIC_PREFIXES = ['/health', '/docs'];
+
+function isPublic(url: string): boolean {
+  const path = url.split('?')[0];
+  return PUBLIC_PREFIXES.some((p) => path === p || path.startsWith(`${p}/`));
+}
+
+/**
+ * Build the API (not listening). Closing the app closes the queue service it created.
+ * @throws when a plugin fails to register (e.g. a schema cannot compile).
+ */
+export async function buildApp(options: BuildAppOptions): Promise<FastifyInstance> {
+  const { env } = options;
+  const app = Fastify({
+    ...(options.loggerInstance
+      ? { loggerInstance: options.loggerInstance }
+      : { logger: options.logger ?? false }),
+    bodyLimit: env.BODY_LIMIT_BYTES,
+    connectionTimeout: 60_000,
+    requestTimeout: 60_000,
+    keepAliveTimeout: 5_000,
+    // job ids are ours; the request id only correlates logs
+    requestIdHeader: 'x-request-id',
+    ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false } },
+  });
+
+  // Body validation with one ajv that knows the shared schemas (config.schema.json), all errors reported.
+  const ajv = createRequestAjv();
+  app.setValidatorCompiler(({ schema, httpPart }) => {
+    if (httpPart === 'body') return compileOn(ajv, schema as Record<string, unknown>);
+    // params / headers / querystring: small inline schemas
+    return compileOn(ajv, schema as Record<string, unknown>);
+  });
+  // so swagger can resolve the request body's $ref
+  app.addSchema(apiSchemas().config);
+
+  // Only JSON bodies: text/plain is 415 rather than a string that fails the schema.
+  app.removeContentTypeParser('text/plain');
+
+  installErrorHandlers(app, env.BODY_LIMIT_BYTES);
+
+  const ownsQueue = !options.queue;
+  const queue =
+    options.queue ??
+    new FinetuneQueueService({
+      redisUrl: env.REDIS_URL,
+      prefix: env.QUEUE_PREFIX,
+      retentionSeconds: env.JOB_RETENTION_SECONDS,
+    });
+  app.decorate('queueService', queue);
+  if (ownsQueue) app.addHook('onClose', async () => queue.close());
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'dpo-service',
+        description: 'Preference fine-tuning: a webhook queues SFT then DPO on a causal LM (TensorFlow.js).',
+        version: '0.1.0',
+      },
+      components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } },
+      tags: [
+        { name: 'jobs', description: 'Fine-tune jobs' },
+        { name: 'ops', description: 'Health and metrics' },
+      ],
+    },
+    hideUntagged: true,
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  const keys = apiKeys(env);
+  if (keys.length > 0) {
+    await app.register(bearerAuth, { keys: new Set(keys), addHook: false, verifyErrorLogLevel: 'info' });
+    app.addHook('onRequest', (request, reply, done) => {
+      if (isPublic(request.url)) return done();
+      app.verifyBearerAuth!(request, reply, (err) => {
+        if (!err) return done();
+        // answered here (not via done(err)) so encapsulated plugins (Bull Board) give the same 401 body
+        reply.code(401).header('www-authenticate', 'Bearer').send(toErrorBody(err as Error, env.BODY_LIMIT_BYTES));
+      });
+    });
+  }
+
+  if (env.RATE_LIMIT_MAX > 0) {
+    await app.register(rateLimit, {
+      max: env.RATE_LIMIT_MAX,
+      timeWindow: env.RATE_LIMIT_WINDOW,
+      // per API key when one is sent, else per client address
+      keyGenerator: (request) => request.headers.authorization ?? request.ip,
+      allowList: (request) => isPublic(request.url),
+      errorResponseBuilder: (_request, ctx) => ({
+        statusCode: 429,
+        code: 'RATE_LIMITED',
+        error: 'Too Many Requests',
+        message: `rate limit of ${ctx.max} requests per ${ctx.after} exceeded; retry later (RATE_LIMIT_MAX)`,
+      }),
+    });
+  }
+
+  const validateRows = options.validateRows ?? (await loadRowValidator());
+  await app.register(triggerRoutes, { queue, validateRows });
+  await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
+  await app.register(healthRoutes, { queue });
+  await app.register(metricsRoutes, { queue });
+
+  // Bull Board (it can retry and delete jobs: behind the same API keys, via the global onRequest hook).
+  const board = new FastifyAdapter();
+  // (@bull-board/fastify 9.10.1 carries its own @bull-board/api copy: same shape, distinct declarations)
+  type BoardServer = Parameters<typeof createBullBoard>[0]['serverAdapter'];
+  createBullBoard({ queues: [new BullMQAdapter(queue.queue)], serverAdapter: board as unknown as BoardServer });
+  board.setBasePath('/admin/queues');
+  await app.register(board.registerPlugin(), { prefix: '/admin/queues' });
+
+  return app;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    queueService: FinetuneQueueService;
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * POST /trigger-finetune: validate a community's preference pairs (JSON Schema, then the data rules of
+ * src/training/data validateRows), then enqueue one finetune job (SFT → DPO → upload).
+ */
+import type { FastifyInstance } from 'fastify';
+import { ApiError, ServiceUnavailableError, ValidationError, type Problem } from '../errors.js';
+import type { FinetuneQueueService } from '../../queue/finetune-queue.js';
+import type { PreferenceRow } from '../../queue/types.js';
+import { apiSchemas } from '../schemas.js';
+import { errorResponses } from './common.js';
+
+/** Semantic row checks: `{index, field, code, message}` per problem (DATA's validateRows contract). */
+export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string }>;
+
+/** Keys of `config` a webhook caller may not set: they address the worker's file system. */
+const FORBIDDEN_CONFIG_KEYS = ['output_dir', 'datasets', 'eval_dataset', 'resume_from_checkpoint', 'progress_bar'];
+
+function looksLikePath(v: unknown): boolean {
+  return typeof v === 'string' && (/[/\\]/.test(v) || v.startsWith('.') || v.startsWith('~'));
+}
+
+/**
+ * Problems of the `config` object that the config schema cannot express: file-system keys are the
+ * worker's, and the model must be a registered name, not a path on the worker.
+ */
+export function configPolicyProblems(config: Record<string, unknown> | undefined): Problem[] {
+  if (!config) return [];
+  const out: Problem[] = [];
+  for (const k of FORBIDDEN_CONFIG_KEYS) {
+    if (k in config) out.push({ path: `/config/${k}`, message: 'is set by the service and cannot be sent in a request' });
+  }
+  const model = config.model;
+  if (looksLikePath(model)) out.push({ path: '/config/model', message: 'must be a registered model name, not a path' });
+  if (model && typeof model === 'object') {
+    for (const k of ['name_or_path', 'tokenizer_name_or_path']) {
+      if (looksLikePath((model as Record<string, unknown>)[k])) {
+        out.push({ path: `/config/model/${k}`, message: 'must be a registered model name, not a path' });
+      }
+    }
+  }
+  return out;
+}
+
+interface TriggerBody {
+  communityId: string;
+  dataset: PreferenceRow[];
+  config?: Record<string, unknown>;
+}
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
+
+export interface TriggerRouteOptions {
+  queue: FinetuneQueueService;
+  validateRows: RowValidator;
+}
+
+export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOptions): Promise<void> {
+  const s = apiSchemas();
+  app.post<{ Body: TriggerBody }>(
+    '/trigger-finetune',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'Queue SFT then DPO on a community preference dataset',
+        description:
+          'Validates every row (schema, then data rules: chosen != rejected, ...) and queues one job. ' +
+          'An Idempotency-Key header, or the same communityId + dataset + config, returns the existing job (200).',
+        security: [{ bearerAuth: [] }],
+        headers: {
+          type: 'object',
+          properties: { 'idempotency-key': { type: 'string', description: '1-200 visible ASCII characters' } },
+        },
+        body: s.triggerRequest,
+        response: { 200: s.triggerResponse, 202: s.triggerResponse, ...errorResponses(400, 401, 413, 415, 429, 503) },
+      },
+    },
+    async (request, reply) => {
+      const { communityId, dataset, config } = request.body;
+      const idem = request.headers['idempotency-key'];
+      const problems: Problem[] = [];
+      if (idem !== undefined && (typeof idem !== 'string' || !IDEMPOTENCY_KEY.test(idem))) {
+        problems.push({ path: '/headers/idempotency-key', message: 'must be 1-200 visible ASCII characters' });
+      }
+      problems.push(...configPolicyProblems(config));
+      const rowProblems = opts.validateRows(dataset);
+      for (const p of rowProblems) {
+        problems.push({ path: `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`, message: p.message });
+      }
+      if (problems.length > 0) throw new ValidationError(problems);
+      let res;
+      try {
+        res = await opts.queue.enqueue({ communityId, dataset, config }, typeof idem === 'string' ? idem : undefined);
+      } catch (err) {
+        if (err instanceof ApiError) throw err;
+        request.log.warn({ err }, 'enqueue failed');
+        throw new ServiceUnavailableError();
+      }
+      request.log.info({ jobId: res.jobId, communityId, rows: dataset.length, created: res.created }, 'finetune job');
+      return reply.code(res.created ? 202 : 200).send({
+        jobId: res.jobId,
+        communityId,
+        state: res.status.state,
+        statusUrl: `/jobs/${res.jobId}`,
+        duplicate: !res.created,
+      });
+    },
+  );
+}

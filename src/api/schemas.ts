@@ -1,0 +1,73 @@
+/**
+ * The JSON Schemas of the API (repo `schemas/`), loaded once, and the ajv instance that validates
+ * request bodies: all errors, no type coercion, no defaults injected, so a client sees every problem
+ * of its payload and nothing is silently changed. The webhook's `config` `$ref`s
+ * schemas/config.schema.json (the training config schema, owned by the trainer).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv, type ValidateFunction } from 'ajv';
+import addFormatsModule from 'ajv-formats';
+
+// ajv-formats is CJS with a default export
+const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
+
+/** Directory of the repo's `schemas/` (found by walking up from this file: src/ or dist/src/). */
+export function schemasDir(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const cand = join(dir, 'schemas');
+    if (existsSync(join(cand, 'trigger-finetune.request.json'))) return cand;
+    dir = dirname(dir);
+  }
+  throw new Error('schemas/trigger-finetune.request.json not found above ' + fileURLToPath(import.meta.url));
+}
+
+export type JsonSchema = Record<string, unknown> & { $id?: string };
+
+function load(name: string): JsonSchema {
+  return JSON.parse(readFileSync(join(schemasDir(), name), 'utf8')) as JsonSchema;
+}
+
+export interface ApiSchemas {
+  triggerRequest: JsonSchema;
+  triggerResponse: JsonSchema;
+  jobStatus: JsonSchema;
+  config: JsonSchema;
+}
+
+let cached: ApiSchemas | null = null;
+
+/** The API's schemas, read from disk once. */
+export function apiSchemas(): ApiSchemas {
+  cached ??= {
+    triggerRequest: load('trigger-finetune.request.json'),
+    triggerResponse: load('trigger-finetune.response.json'),
+    jobStatus: load('job-status.json'),
+    config: load('config.schema.json'),
+  };
+  return cached;
+}
+
+/**
+ * A fresh ajv for request validation with the shared schemas registered by `$id`.
+ * Options: allErrors (every problem reported), coerceTypes false, useDefaults false, strict false
+ * (schemas carry annotations such as `description`).
+ */
+export function createRequestAjv(): Ajv {
+  const ajv = new Ajv({ allErrors: true, coerceTypes: false, useDefaults: false, strict: false });
+  addFormats(ajv);
+  const s = apiSchemas();
+  ajv.addSchema(s.config);
+  return ajv;
+}
+
+/** Compile (or reuse, by `$id`) a schema on `ajv`. */
+export function compileOn(ajv: Ajv, schema: JsonSchema): ValidateFunction {
+  if (schema.$id) {
+    const existing = ajv.getSchema(schema.$id);
+    if (existing) return existing;
+  }
+  return ajv.compile(schema);
+}
