@@ -21,12 +21,9 @@ export interface ServiceEnv {
   STORAGE_DIR: string;
   /** Scratch directory where the worker trains before storing (default `<STORAGE_DIR>/.work`). */
   WORK_DIR: string;
-  /** Firebase Storage bucket (required when STORAGE_BACKEND=firebase). */
+  /** Firebase Storage bucket (required when STORAGE_BACKEND=firebase; the other FIREBASE_* variables are
+   *  read by src/storage/firebase.ts firebaseOptionsFromEnv). */
   FIREBASE_BUCKET: string;
-  /** Add signed HTTPS URLs to GET /jobs (firebase). */
-  FIREBASE_SIGNED_URLS: boolean;
-  /** Lifetime of those signed URLs, seconds. */
-  FIREBASE_SIGNED_URL_TTL_SECONDS: number;
   /** Comma-separated bearer keys; when non-empty every route but /health and /docs requires one. */
   API_KEYS: string;
   /** tfjs backend for training: auto | tensorflow | tensorflow-gpu | wasm | cpu. */
@@ -45,8 +42,6 @@ export interface ServiceEnv {
   RATE_LIMIT_WINDOW: string;
   /** Seconds completed/failed jobs stay queryable in Redis. */
   JOB_RETENTION_SECONDS: number;
-  /** Port of the worker's Prometheus endpoint (0 = none). */
-  WORKER_METRICS_PORT: number;
   /** Time the API waits for in-flight requests on SIGTERM, ms. */
   SHUTDOWN_GRACE_MS: number;
   /** Time the worker lets a running job finish on SIGTERM before aborting it, ms. */
@@ -65,8 +60,6 @@ const schema = {
     STORAGE_DIR: { type: 'string', minLength: 1, default: './artifacts' },
     WORK_DIR: { type: 'string', default: '' },
     FIREBASE_BUCKET: { type: 'string', default: '' },
-    FIREBASE_SIGNED_URLS: { type: 'boolean', default: false },
-    FIREBASE_SIGNED_URL_TTL_SECONDS: { type: 'integer', minimum: 1, maximum: 604800, default: 3600 },
     API_KEYS: { type: 'string', default: '' },
     TFJS_BACKEND: { type: 'string', enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
     LOG_LEVEL: {
@@ -80,7 +73,6 @@ const schema = {
     RATE_LIMIT_MAX: { type: 'integer', minimum: 0, default: 100 },
     RATE_LIMIT_WINDOW: { type: 'string', minLength: 1, default: '1 minute' },
     JOB_RETENTION_SECONDS: { type: 'integer', minimum: 60, default: 7 * 24 * 3600 },
-    WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
     SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, default: 10000 },
     WORKER_SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
   },

@@ -2,6 +2,7 @@
  * Job failure codes and their encoding in BullMQ's `failedReason` string (`CODE: message`), so that
  * GET /jobs can return `{code, message}` from what the worker threw.
  */
+import { UnrecoverableError } from 'bullmq';
 
 /** Stable failure codes a job can end with (others come from training: CONFIG_INVALID, ...). */
 export const FailureCodes = {
@@ -13,8 +14,8 @@ export const FailureCodes = {
   unknown: 'JOB_FAILED',
 } as const;
 
-/** A job failure with a stable code; the worker throws it, BullMQ stores `CODE: message`. */
-export class JobFailure extends Error {
+/** A job failure with a stable code; the worker throws it, BullMQ stores `CODE: message` and does not retry. */
+export class JobFailure extends UnrecoverableError {
   constructor(
     readonly code: string,
     message: string,

@@ -7,18 +7,9 @@ import { cp, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { readManifest, verifyManifest } from './manifest.js';
+import { StorageError } from './errors.js';
 import type { Storage, UploadResult } from './storage.js';
 
-/** An artifact could not be stored or failed verification. */
-export class StorageError extends Error {
-  constructor(
-    readonly code: 'STORAGE_UPLOAD_FAILED' | 'STORAGE_INVALID_KEY' | 'STORAGE_MANIFEST_MISSING',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'StorageError';
-  }
-}
 
 const SAFE_SEGMENT = /^[A-Za-z0-9_-]{1,128}$/;
 
@@ -32,14 +23,14 @@ export class LocalStorage implements Storage {
     this.root = resolve(root);
   }
 
-  /** Absolute directory of an artifact. @throws StorageError STORAGE_INVALID_KEY for unsafe ids. */
+  /** Absolute directory of an artifact. @throws StorageError STORAGE_ARTIFACT_INVALID for unsafe ids. */
   artifactDir(communityId: string, jobId: string): string {
     for (const [name, v] of [
       ['communityId', communityId],
       ['jobId', jobId],
     ] as const) {
       if (!SAFE_SEGMENT.test(v)) {
-        throw new StorageError('STORAGE_INVALID_KEY', `${name} "${v}" is not a safe path segment ([A-Za-z0-9_-]{1,128})`);
+        throw new StorageError('STORAGE_ARTIFACT_INVALID', `${name} "${v}" is not a safe path segment ([A-Za-z0-9_-]{1,128})`);
       }
     }
     return join(this.root, communityId, jobId);
@@ -50,7 +41,7 @@ export class LocalStorage implements Storage {
    * size and sha256 there. When `localDir` already is that directory, it is only verified. An existing
    * artifact at the target is replaced.
    * @returns `file://` URI of the directory and the manifest's files.
-   * @throws StorageError STORAGE_MANIFEST_MISSING without a manifest, STORAGE_UPLOAD_FAILED on copy or
+   * @throws StorageError STORAGE_ARTIFACT_INVALID without a manifest, STORAGE_UPLOAD_FAILED on copy or
    *   verification failure (the message lists the bad files).
    */
   async putArtifact(localDir: string, communityId: string, jobId: string): Promise<UploadResult> {
@@ -61,7 +52,7 @@ export class LocalStorage implements Storage {
       manifest = await readManifest(source);
     } catch (err) {
       throw new StorageError(
-        'STORAGE_MANIFEST_MISSING',
+        'STORAGE_ARTIFACT_INVALID',
         `artifact directory ${source} has no readable manifest.json (${(err as Error).message})`,
       );
     }

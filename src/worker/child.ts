@@ -1,0 +1,117 @@
+/**
+ * The training child process. The worker forks one per job so that tensor work never blocks the worker's
+ * event loop (BullMQ renews the job lock there: service-anchors.md §3.3) and so that a job's memory is
+ * returned to the OS when it ends.
+ *
+ * IPC protocol (parent → child): `{type:'train', request}` once, then optionally `{type:'abort', reason}`;
+ * or `{type:'probe', backend}` to report which tfjs backend loads.
+ * Child → parent: `{type:'progress', event}`, then `{type:'result', result}` or `{type:'error', code, message}`;
+ * `{type:'backend', info}` for a probe. The child exits when done or when the parent goes away.
+ */
+import pino from 'pino';
+import type { ProgressEvent, PreferenceExample } from '../training/types.js';
+
+/** What the worker asks the child to train. */
+export interface TrainRequest {
+  jobId: string;
+  communityId: string;
+  config?: Record<string, unknown>;
+  dataset: PreferenceExample[];
+  outputDir: string;
+  backend: string;
+  logLevel: string;
+}
+
+/** Result of runTraining (src/training/run.ts contract). */
+export interface TrainResult {
+  artifactDir: string;
+  metrics: { sft: Record<string, number>; dpo: Record<string, number> };
+}
+
+export type ParentMessage =
+  | { type: 'train'; request: TrainRequest }
+  | { type: 'abort'; reason: string }
+  | { type: 'probe'; backend: string };
+
+export type ChildMessage =
+  | { type: 'progress'; event: ProgressEvent }
+  | { type: 'result'; result: TrainResult }
+  | { type: 'error'; code: string; message: string }
+  | { type: 'backend'; info: { name: string; package: string; gpu: boolean } };
+
+type RunTraining = (options: {
+  config?: Record<string, unknown>;
+  dataset?: PreferenceExample[] | string;
+  outputDir: string;
+  onProgress?: (e: ProgressEvent) => void;
+  signal?: AbortSignal;
+  logger?: import('pino').Logger;
+}) => Promise<TrainResult>;
+
+function send(msg: ChildMessage): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.send || !process.connected) return resolve();
+    process.send(msg, undefined, {}, () => resolve());
+  });
+}
+
+const CODE = /^[A-Z][A-Z0-9_]{2,63}$/;
+
+/** `{code, message}` of a thrown value; codes of typed errors (ConfigError, ...) are kept. */
+export function describeError(err: unknown, aborted: boolean): { code: string; message: string } {
+  const e = err as { code?: unknown; message?: unknown; name?: unknown };
+  const message = typeof e?.message === 'string' ? e.message : String(err);
+  if (aborted) return { code: 'ABORTED', message };
+  const code = typeof e?.code === 'string' && CODE.test(e.code) ? e.code : 'TRAINING_FAILED';
+  return { code, message };
+}
+
+async function train(req: TrainRequest, controller: AbortController): Promise<void> {
+  const logger = pino({ level: req.logLevel, base: { jobId: req.jobId, communityId: req.communityId, proc: 'train' } });
+  try {
+    if (req.backend) process.env.TFJS_BACKEND = req.backend;
+    const specifier = '../training/run.js';
+    const mod = (await import(specifier)) as { runTraining?: RunTraining };
+    if (typeof mod.runTraining !== 'function') throw new Error('src/training/run.ts does not export runTraining');
+    const result = await mod.runTraining({
+      config: req.config,
+      dataset: req.dataset,
+      outputDir: req.outputDir,
+      signal: controller.signal,
+      logger,
+      onProgress: (event) => void send({ type: 'progress', event }),
+    });
+    await send({ type: 'result', result });
+  } catch (err) {
+    const d = describeError(err, controller.signal.aborted);
+    logger.warn({ code: d.code }, `training stopped: ${d.message}`);
+    await send({ type: 'error', ...d });
+  }
+}
+
+async function probe(backend: string): Promise<void> {
+  try {
+    const { initBackend } = await import('../training/engine/backend.js');
+    const info = await initBackend(backend as Parameters<typeof initBackend>[0]);
+    await send({ type: 'backend', info: { name: info.name, package: info.package, gpu: info.gpu } });
+  } catch (err) {
+    await send({ type: 'error', ...describeError(err, false) });
+  }
+}
+
+function main(): void {
+  if (!process.send) {
+    process.stderr.write('src/worker/child.ts is started by the worker (IPC), not by hand\n');
+    process.exit(2);
+  }
+  const controller = new AbortController();
+  // the worker went away (crash, SIGKILL, shutdown timeout): stop at once
+  process.on('disconnect', () => process.exit(0));
+  process.on('message', (msg: ParentMessage) => {
+    if (msg.type === 'abort') controller.abort(new Error(msg.reason));
+    else if (msg.type === 'train') void train(msg.request, controller).then(() => process.exit(0));
+    else if (msg.type === 'probe') void probe(msg.backend).then(() => process.exit(0));
+  });
+}
+
+main();

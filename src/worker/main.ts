@@ -1,0 +1,137 @@
+/**
+ * The worker process (`dpo worker`, `make worker`): consumes the `finetune` queue with a BullMQ Worker
+ * whose processor forks a training child per job (src/worker/child.ts), stores artifacts with the
+ * configured Storage, and shuts down gracefully: on SIGTERM it stops taking jobs and lets the running job
+ * finish for WORKER_SHUTDOWN_TIMEOUT_MS; after that it exits and the job's lock expires, so BullMQ's
+ * stalled-job check hands it to another worker (at-least-once; service-anchors.md §2.4).
+ */
+import { Worker } from 'bullmq';
+import closeWithGrace from 'close-with-grace';
+import pino, { type Logger } from 'pino';
+import { pathToFileURL } from 'node:url';
+import { loadEnv, type ServiceEnv } from '../config/env.js';
+import { createRedis } from '../queue/connection.js';
+import { QueueNames, type QueueJobTypes } from '../queue/types.js';
+import { createStorage } from '../storage/index.js';
+import type { Storage } from '../storage/storage.js';
+import { probeBackend, type trainInChild } from './child-process.js';
+import { runGpuCheck } from './gpu-check.js';
+import { createFinetuneProcessor } from './processor.js';
+
+type FT = QueueJobTypes['finetune'];
+
+export interface StartWorkerOptions {
+  env: ServiceEnv;
+  logger?: Logger;
+  /** Use this storage instead of createStorage(env). */
+  storage?: Storage;
+  /** Skip the tfjs backend / GPU start-up probe (tests). */
+  skipBackendCheck?: boolean;
+  /** Override the training runner (tests of the queue plumbing only). */
+  train?: typeof trainInChild;
+  /** Cancellation poll interval, ms. */
+  cancelPollMs?: number;
+}
+
+export interface WorkerHandle {
+  worker: Worker<FT['data'], FT['result'], FT['name']>;
+  /** Stop taking jobs, wait up to `timeoutMs` for the running ones, then close connections. */
+  close(timeoutMs?: number): Promise<{ drained: boolean }>;
+}
+
+/** pino logger of a service process: pretty on a TTY, JSON lines otherwise. */
+export function createLogger(env: Pick<ServiceEnv, 'LOG_LEVEL'>, name: string): Logger {
+  return pino({
+    name,
+    level: env.LOG_LEVEL,
+    ...(process.stdout.isTTY
+      ? { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } }
+      : {}),
+  });
+}
+
+/**
+ * Start consuming the finetune queue.
+ * @throws GpuCheckError when a GPU worker would train on the CPU (src/worker/gpu-check.ts), or the
+ *   backend probe fails; StorageError STORAGE_CONFIG_INVALID for bad storage settings.
+ */
+export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandle> {
+  const { env } = opts;
+  const logger = opts.logger ?? createLogger(env, 'dpo-worker');
+  if (!opts.skipBackendCheck) {
+    const backend = await probeBackend(env.TFJS_BACKEND);
+    await runGpuCheck(backend, logger);
+  }
+  const storage = opts.storage ?? (await createStorage(env, { logger: logger.child({ module: 'storage' }) }));
+  const redis = createRedis(env.REDIS_URL, 'worker');
+  redis.on('error', (err) => logger.warn({ err: err.message }, 'redis error'));
+  const processor = createFinetuneProcessor({
+    redis,
+    prefix: env.QUEUE_PREFIX,
+    storage,
+    workDir: env.WORK_DIR,
+    backend: env.TFJS_BACKEND,
+    logLevel: env.LOG_LEVEL,
+    logger,
+    jobTimeoutSeconds: env.JOB_TIMEOUT_SECONDS,
+    cancelPollMs: opts.cancelPollMs,
+    train: opts.train,
+  });
+  const workerConnection = createRedis(env.REDIS_URL, 'worker');
+  const worker = new Worker<FT['data'], FT['result'], FT['name']>(QueueNames.finetune, processor, {
+    connection: workerConnection,
+    prefix: env.QUEUE_PREFIX,
+    concurrency: env.WORKER_CONCURRENCY,
+    // training runs in a child process, so the lock is renewed on time; one stall re-run at most
+    maxStalledCount: 1,
+  });
+  worker.on('error', (err) => logger.error({ err: err.message }, 'worker error'));
+  worker.on('failed', (job, err) => logger.debug({ jobId: job?.id, reason: err.message }, 'job failed'));
+  await worker.waitUntilReady();
+  logger.info(
+    { queue: QueueNames.finetune, prefix: env.QUEUE_PREFIX, concurrency: env.WORKER_CONCURRENCY, storage: storage.kind },
+    'worker ready',
+  );
+
+  return {
+    worker,
+    async close(timeoutMs = env.WORKER_SHUTDOWN_TIMEOUT_MS) {
+      let timer: NodeJS.Timeout | undefined;
+      const drained = await Promise.race([
+        worker.close().then(() => true),
+        new Promise<boolean>((r) => {
+          timer = setTimeout(() => r(false), timeoutMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!drained) {
+        logger.warn({ timeoutMs }, 'running job did not finish in time; leaving it to the stalled-job check');
+        await worker.close(true).catch(() => {});
+      }
+      redis.disconnect();
+      workerConnection.disconnect();
+      return { drained };
+    },
+  };
+}
+
+/** Entry: validated env, start, graceful shutdown on SIGINT/SIGTERM. */
+export async function runWorkerProcess(env: ServiceEnv = loadEnv()): Promise<void> {
+  const logger = createLogger(env, 'dpo-worker');
+  const handle = await startWorker({ env, logger });
+  closeWithGrace({ delay: env.WORKER_SHUTDOWN_TIMEOUT_MS + 5000 }, async ({ signal, err }) => {
+    if (err) logger.error({ err }, 'closing the worker after an error');
+    else logger.info({ signal }, 'closing the worker');
+    const { drained } = await handle.close();
+    logger.info({ drained }, 'worker closed');
+    // a job left running (not drained) is abandoned: exit so its training child goes away too
+    if (!drained) process.exit(0);
+  });
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  runWorkerProcess().catch((err: Error) => {
+    process.stderr.write(`dpo worker: ${err.message}\n`);
+    process.exit(1);
+  });
+}
