@@ -1,0 +1,43 @@
+/**
+ * Preference data (DATA): read every format the anchors accept, validate, tokenise as TRL, collate.
+ * Contract (DESIGN.md): loadPreferenceExamples, validateRows, tokenizePreference, collatePreference,
+ * collateSft, shuffleExamples, splitEval.
+ */
+export { DataError, type DataErrorCode, type DataProblem } from './errors.js';
+export {
+  DATA_FORMATS,
+  FORMAT_ALIASES,
+  type DataFormat,
+  type FormatOptions,
+  convertRecord,
+  detectFormat,
+  extractHhPrompt,
+  HH_ASSISTANT,
+  renderConversation,
+  resolveFormatName,
+  splitImplicitPrompt,
+} from './formats.js';
+export { readRecords, type RawRecord, type Container } from './readers.js';
+export { listDatasets, resolveDataset, repoRoot, type DatasetEntry } from './registry.js';
+export { validateRows } from './validate-rows.js';
+export {
+  tokenizePreference,
+  tokenizeDataset,
+  newTokenizeStats,
+  type TokenizedPair,
+  type TokenizeOptions,
+  type TokenizeStats,
+  type TruncationMode,
+} from './tokenize.js';
+export { collatePreference, collateSft, resolvePadId, type TokenBatch, type CollateOptions } from './collate.js';
+export { shuffleExamples, splitEval, dedupExamples, exampleKey, mulberry32 } from './split.js';
+export { inspectDataset, type DatasetReport, type InspectOptions, type LengthStats } from './inspect.js';
+
+export {
+  iteratePreferenceExamples,
+  loadPreferenceExamples,
+  resolveSource,
+  type ExampleBatch,
+  type LoadOptions,
+  type ResolvedSource,
+} from './load.js';

@@ -1,0 +1,51 @@
+/**
+ * The webhook's row checks (`POST /trigger-finetune` answers 400 with the first 20 problems).
+ * Rows must be `{prompt, chosen, rejected}` with non-empty strings and chosen ≠ rejected (DESIGN.md).
+ */
+import type { DataProblem } from './errors.js';
+
+const FIELDS = ['prompt', 'chosen', 'rejected'] as const;
+
+/**
+ * Check webhook rows; never throws.
+ * Codes: ROW_NOT_OBJECT, FIELD_MISSING, FIELD_NOT_STRING, FIELD_EMPTY (blank after trimming),
+ * CHOSEN_EQUALS_REJECTED (identical, or identical after trimming whitespace), DATASET_EMPTY (index -1).
+ * @param limit stop after this many problems (default: all)
+ * @returns problems in row order.
+ */
+export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
+  const out: DataProblem[] = [];
+  const add = (p: DataProblem) => {
+    if (out.length < limit) out.push(p);
+  };
+  if (!Array.isArray(rows)) {
+    return [{ index: -1, field: 'dataset', code: 'DATASET_NOT_ARRAY', message: 'dataset must be an array of {prompt, chosen, rejected} rows' }];
+  }
+  if (rows.length === 0) add({ index: -1, field: 'dataset', code: 'DATASET_EMPTY', message: 'dataset has no rows; send at least one {prompt, chosen, rejected}' });
+  for (let index = 0; index < rows.length && out.length < limit; index++) {
+    const row = rows[index];
+    if (row === null || typeof row !== 'object' || Array.isArray(row)) {
+      add({ index, field: '', code: 'ROW_NOT_OBJECT', message: `row ${index} must be an object {prompt, chosen, rejected}` });
+      continue;
+    }
+    const r = row as Record<string, unknown>;
+    let ok = true;
+    for (const field of FIELDS) {
+      const v = r[field];
+      if (v === undefined || v === null) {
+        add({ index, field, code: 'FIELD_MISSING', message: `row ${index}: ${field} is missing` });
+        ok = false;
+      } else if (typeof v !== 'string') {
+        add({ index, field, code: 'FIELD_NOT_STRING', message: `row ${index}: ${field} must be a string, got ${Array.isArray(v) ? 'an array' : typeof v}` });
+        ok = false;
+      } else if (v.trim() === '') {
+        add({ index, field, code: 'FIELD_EMPTY', message: `row ${index}: ${field} is empty` });
+        ok = false;
+      }
+    }
+    if (ok && (r.chosen as string).trim() === (r.rejected as string).trim()) {
+      add({ index, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED', message: `row ${index}: rejected is the same text as chosen; a pair must differ` });
+    }
+  }
+  return out;
+}
