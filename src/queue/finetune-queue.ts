@@ -196,6 +196,7 @@ export class FinetuneQueueService {
    * GET /jobs answering `cancelled`); a running job is flagged and its worker aborts training within about
    * a second, after which the job ends `cancelled`.
    * @returns the status after the request, or null for an unknown id.
+   * Cancelling a cancelled job returns its status again.
    * @throws JobFinishedError when the job already completed or failed.
    */
   async cancel(jobId: string): Promise<JobStatus | null> {
@@ -209,7 +210,8 @@ export class FinetuneQueueService {
       return rec ? cancelledStatus(rec) : null;
     }
     const before = await this.statusNow(jobId);
-    if (before && (before.state === 'completed' || before.state === 'failed' || before.state === 'cancelled')) {
+    if (before?.state === 'cancelled') return before;
+    if (before && (before.state === 'completed' || before.state === 'failed')) {
       throw new JobFinishedError(jobId, before.state);
     }
     const rec: CancelRecord = {

@@ -84,7 +84,8 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       problems.push(...configPolicyProblems(config));
       const rowProblems = opts.validateRows(dataset);
       for (const p of rowProblems) {
-        problems.push({ path: `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`, message: p.message });
+        const path = p.index < 0 ? '/dataset' : `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`;
+        problems.push({ path, message: p.message.replace(/^row \d+: /, '') });
       }
       if (problems.length > 0) throw new ValidationError(problems);
       let res;
