@@ -86,10 +86,13 @@ class ProgressReporter {
     this.write(true);
   }
 
-  /** Close the running stage span. */
+  /** Close the running stage span (written at once). */
   endStage(): void {
     const cur = this.state.stages.at(-1);
-    if (cur && cur.finishedAt === null) cur.finishedAt = new Date().toISOString();
+    if (cur && cur.finishedAt === null) {
+      cur.finishedAt = new Date().toISOString();
+      this.write(true);
+    }
   }
 
   /** A training progress event (stage sft|dpo, step of totalSteps, metrics of the step). */

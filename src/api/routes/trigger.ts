@@ -13,7 +13,7 @@ import { errorResponses } from './common.js';
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string }>;
 
 /** Keys of `config` a webhook caller may not set: they address the worker's file system. */
-const FORBIDDEN_CONFIG_KEYS = ['output_dir', 'datasets', 'eval_dataset', 'resume_from_checkpoint', 'progress_bar'];
+const FORBIDDEN_CONFIG_KEYS = ['output_dir', 'datasets', 'eval_dataset', 'resume_from_checkpoint', 'progress_bar', 'backend'];
 
 function looksLikePath(v: unknown): boolean {
   return typeof v === 'string' && (/[/\\]/.test(v) || v.startsWith('.') || v.startsWith('~'));
