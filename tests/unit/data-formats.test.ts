@@ -11,6 +11,7 @@ import {
   splitImplicitPrompt,
   resolveDataset,
   listDatasets,
+  type DataFormat,
 } from '../../src/training/data/index.js';
 import { loadTokenizer } from '../../src/training/tokenizers/index.js';
 import type { PreferenceExample } from '../../src/training/types.js';
@@ -33,7 +34,7 @@ const cases: [string, string, Record<string, string>?][] = [
 
 for (const [file, format, keys] of cases) {
   test(`${file}: detected as ${format}, gives the same PreferenceExamples as explicit.json`, async () => {
-    const info: { format?: string } = {};
+    const info: { format?: DataFormat } = {};
     const { iteratePreferenceExamples } = await import('../../src/training/data/index.js');
     const got: PreferenceExample[] = [];
     for await (const b of iteratePreferenceExamples(join(FX, file), { ...keys }, info)) got.push(...b.examples);

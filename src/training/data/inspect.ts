@@ -135,36 +135,37 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
   const eosExtra = tok && tok.eosTokenId != null ? 1 : 0;
   const info: { format?: DataFormat; container?: Container | 'rows'; label?: string } = {};
 
+  const where = (line: number | undefined, pair: number) => (line !== undefined ? `line ${line} (pair ${pair})` : `pair ${pair}`);
   const onBadRecord = (e: DataError): void => {
     report.counts.badRecords++;
-    err({ index: e.index ?? -1, ...(e.line !== undefined ? { line: e.line } : {}), field: e.field ?? '', code: e.reason ?? 'BAD_RECORD', message: e.message });
+    err({ index: e.index ?? -1, ...(e.line !== undefined ? { line: e.line } : {}), field: e.field ?? '', code: e.code === 'DATA_PARSE' ? 'JSON_PARSE' : (e.reason ?? 'BAD_RECORD'), message: e.message });
   };
   try {
     for await (const b of iteratePreferenceExamples(source, { ...opts, onBadRecord }, info)) {
       report.records++;
       for (const ex of b.examples) {
         const index = report.pairs++;
-        const at = { index, ...(b.line !== undefined ? { line: b.line } : {}) };
+        const at = { index: b.index, ...(b.line !== undefined ? { line: b.line } : {}) };
         if (ex.prompt.trim() === '') {
           report.counts.emptyPrompt++;
-          warn({ ...at, field: 'prompt', code: 'FIELD_EMPTY', message: `pair ${index}: prompt is empty` });
+          warn({ ...at, field: 'prompt', code: 'FIELD_EMPTY', message: `${where(b.line, index)}: prompt is empty` });
         }
         if (ex.chosen.trim() === '') {
           report.counts.emptyChosen++;
-          err({ ...at, field: 'chosen', code: 'FIELD_EMPTY', message: `pair ${index}: chosen is empty` });
+          err({ ...at, field: 'chosen', code: 'FIELD_EMPTY', message: `${where(b.line, index)}: chosen is empty` });
         }
         if (ex.rejected.trim() === '') {
           report.counts.emptyRejected++;
-          err({ ...at, field: 'rejected', code: 'FIELD_EMPTY', message: `pair ${index}: rejected is empty` });
+          err({ ...at, field: 'rejected', code: 'FIELD_EMPTY', message: `${where(b.line, index)}: rejected is empty` });
         }
         if (ex.chosen.trim() === ex.rejected.trim()) {
           report.counts.chosenEqualsRejected++;
-          err({ ...at, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED', message: `pair ${index}: rejected is the same text as chosen` });
+          err({ ...at, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED', message: `${where(b.line, index)}: rejected is the same text as chosen` });
         }
         const h = createHash('sha1').update(ex.prompt).update('\u0000').update(ex.chosen).update('\u0000').update(ex.rejected).digest('base64');
         if (seen.has(h)) {
           report.counts.duplicates++;
-          warn({ ...at, field: '', code: 'DUPLICATE', message: `pair ${index} repeats an earlier pair` });
+          warn({ ...at, field: '', code: 'DUPLICATE', message: `${where(b.line, index)} repeats an earlier pair` });
         } else seen.add(h);
         let lp: number, lc: number, lr: number;
         if (tok) {
@@ -185,12 +186,12 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
         if (tok) {
           if (lp + longest > maxLength) {
             report.counts.overLength++;
-            warn({ ...at, field: '', code: 'OVER_LENGTH', message: `pair ${index}: ${lp + longest} tokens > max_length ${maxLength}; it will be truncated` });
+            warn({ ...at, field: '', code: 'OVER_LENGTH', message: `${where(b.line, index)}: ${lp + longest} tokens > max_length ${maxLength}; it will be truncated` });
           }
           const promptAfter = lp + longest > maxLength && lp > maxPromptLength ? maxPromptLength : lp;
           if (promptAfter >= maxLength) {
             report.counts.promptFillsMaxLength++;
-            warn({ ...at, field: 'prompt', code: 'PROMPT_FILLS_MAX_LENGTH', message: `pair ${index}: the prompt alone fills max_length ${maxLength}; it will be dropped` });
+            warn({ ...at, field: 'prompt', code: 'PROMPT_FILLS_MAX_LENGTH', message: `${where(b.line, index)}: the prompt alone fills max_length ${maxLength}; it will be dropped` });
           }
         }
       }

@@ -10,7 +10,7 @@ import { resolveDataset } from './registry.js';
 export interface LoadOptions extends FormatOptions {
   /** Format name or alias (see DATA_FORMATS / FORMAT_ALIASES); detected from the first record when absent. */
   format?: string;
-  /** Called for a record that cannot be converted, which is then skipped (default: throw). */
+  /** Called for a record that cannot be converted or a JSONL line that does not parse, which is then skipped (default: throw). */
   onBadRecord?: (e: DataError) => void;
 }
 
@@ -55,7 +55,7 @@ export async function* iteratePreferenceExamples(
   if (format) info.format = format;
   const records: AsyncIterable<{ value: unknown; index: number; line?: number }> | Iterable<{ value: unknown; index: number }> = src.rows
     ? src.rows.map((value, index) => ({ value, index }))
-    : readRecords(src.path!, info as { container?: Container });
+    : readRecords(src.path!, info as { container?: Container }, { onParseError: opts.onBadRecord });
   if (src.rows) info.container = 'rows';
   for await (const rec of records) {
     const where = (rec as { line?: number }).line !== undefined ? `${src.label}:${(rec as { line?: number }).line}` : `${src.label} record ${rec.index}`;

@@ -88,9 +88,15 @@ function* fromParsed(doc: unknown, path: string): Generator<RawRecord> {
  * A file whose first character is `[` is a JSON array; otherwise it is JSONL (one JSON value per line,
  * blank lines skipped), unless its first line is not valid JSON but the whole file is (a pretty-printed
  * JSON object).
+ * @param opts.onParseError when given, a malformed JSONL line (after the first) is reported to it and
+ *   skipped instead of thrown (`dpo validate` lists every bad line)
  * @throws DataError DATA_NOT_FOUND, DATA_EMPTY, DATA_PARSE (with the 1-based `line` for JSONL), DATA_NOT_ARRAY
  */
-export async function* readRecords(path: string, info?: { container?: Container }): AsyncGenerator<RawRecord> {
+export async function* readRecords(
+  path: string,
+  info?: { container?: Container },
+  opts: { onParseError?: (e: DataError) => void } = {},
+): AsyncGenerator<RawRecord> {
   try {
     const st = await stat(path);
     if (!st.isFile()) throw new Error('not a file');
@@ -138,7 +144,10 @@ export async function* readRecords(path: string, info?: { container?: Container 
           yield* fromParsed(doc, path);
           return;
         }
-        throw new DataError('DATA_PARSE', `${path}:${line}: invalid JSON on line ${line} (${(e as Error).message})`, { line, cause: e });
+        const err = new DataError('DATA_PARSE', `${path}:${line}: invalid JSON on line ${line} (${(e as Error).message})`, { line, cause: e });
+        if (!opts.onParseError) throw err;
+        opts.onParseError(err);
+        continue;
       }
       if (value && typeof value === 'object' && !Array.isArray(value) && isKeyedGroup(value as Record<string, unknown>)) {
         // a JSONL line keyed by prompt: {"<prompt>": {responses, pairs, sft_target}}
