@@ -96,3 +96,33 @@ test('a corrupt tokenizer.json is a typed error', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('BPE with byte fallback (Llama-style tokenizer.json built from tok512) encodes and decodes like the SentencePiece encoder', async () => {
+  const { sentencePieceToTokenizerJson, SentencePieceBpeTokenizer } = await import('../../src/training/tokenizers/index.js');
+  const sp = await loadTokenizer('models/stories260K/tok512.model');
+  assert.ok(sp instanceof SentencePieceBpeTokenizer);
+  const dir = await mkdtemp(join(tmpdir(), 'tok-llama-json-'));
+  try {
+    const files = await saveTokenizerFiles(sp, dir, { tokenizerJson: true });
+    assert.ok(files.some((f) => f.endsWith('tokenizer.json')));
+    const hf = await loadTokenizer(dir);
+    assert.ok(hf instanceof HfTokenizer, 'a directory with tokenizer.json loads through @huggingface/tokenizers');
+    assert.equal(hf.vocabSize, 512);
+    assert.deepEqual([hf.bosTokenId, hf.eosTokenId], [1, 2]);
+    assert.equal(tokenizerAddsBos(hf), true, 'the Llama post-processor adds BOS');
+    const model = (sentencePieceToTokenizerJson(sp) as { model: { byte_fallback: boolean } }).model;
+    assert.equal(model.byte_fallback, true);
+    let s = 1;
+    const rnd = () => ((s = (Math.imul(s, 48271) + 11) >>> 0) / 2 ** 32);
+    const alphabet = [...'abcdefghijklmnopqrstuvwxyz   .,!?"\n', 'Once ', ' upon', ' the', 'Lily', '🙂', 'ü', '日本', '  '];
+    for (let k = 0; k < 200; k++) {
+      let t = '';
+      const n = Math.floor(rnd() * 40);
+      for (let i = 0; i < n; i++) t += alphabet[Math.floor(rnd() * alphabet.length)]!;
+      assert.deepEqual(hf.encode(t), sp.encode(t), JSON.stringify(t));
+      if (!t.startsWith(' ')) assert.equal(hf.decode(hf.encode(t)), t, JSON.stringify(t));
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

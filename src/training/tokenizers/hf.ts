@@ -107,6 +107,7 @@ export class HfTokenizer implements Tokenizer {
 
   /** Decode, skipping special tokens (BOS/EOS/pad), without cleaning up tokenization spaces. */
   decode(ids: number[]): string {
+    if (ids.length === 0) return '';
     return this.core.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false });
   }
 

@@ -12,13 +12,18 @@ import { TokenizerError } from './errors.js';
 import { HfTokenizer } from './hf.js';
 import { parseLlama2cTokenizer } from './llama2c.js';
 import { SentencePieceBpeTokenizer } from './sentencepiece-bpe.js';
-import { parseSentencePieceModel, serializeSentencePieceModel } from './sentencepiece.js';
+import { parseSentencePieceModel, sentencePieceToTokenizerJson, serializeSentencePieceModel } from './sentencepiece.js';
 
 export { TokenizerError, type TokenizerErrorCode } from './errors.js';
 export { HfTokenizer, type HfTokenizerFiles } from './hf.js';
 export { SentencePieceBpeTokenizer, PieceType } from './sentencepiece-bpe.js';
 export { parseLlama2cTokenizer, serializeLlama2cTokenizer } from './llama2c.js';
-export { parseSentencePieceModel, parseSentencePieceModelProto, serializeSentencePieceModel } from './sentencepiece.js';
+export {
+  parseSentencePieceModel,
+  parseSentencePieceModelProto,
+  serializeSentencePieceModel,
+  sentencePieceToTokenizerJson,
+} from './sentencepiece.js';
 export { renderChatTemplate, renderPlainChat } from './chat-template.js';
 
 /** Built-in tokenizers by name (files vendored in the repo). */
@@ -125,12 +130,14 @@ function llamaTokenizerConfig(tok: SentencePieceBpeTokenizer): Record<string, un
  * - llama2.c / SentencePiece sources: `tokenizer.model` (the original SentencePiece model bytes when known,
  *   else one synthesized from the pieces), `tokenizer_config.json` (`tokenizer_class: "LlamaTokenizer"`,
  *   bos `<s>`, eos `</s>`, unk `<unk>`), `special_tokens_map.json`.
+ *   With `opts.tokenizerJson`, also an equivalent `tokenizer.json` (see sentencePieceToTokenizerJson) for
+ *   tools that load only tokenizer.json (transformers.js); loadTokenizer then prefers it (same ids).
  * - HF sources: tokenizer.json (unchanged), tokenizer_config.json, special_tokens_map.json and
  *   chat_template.jinja when the source had them.
  * @returns absolute paths of the files written.
  * @throws TokenizerError TOKENIZER_UNSUPPORTED for a tokenizer class this module did not create.
  */
-export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string): Promise<string[]> {
+export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string, opts: { tokenizerJson?: boolean } = {}): Promise<string[]> {
   await mkdir(outDir, { recursive: true });
   const written: string[] = [];
   const put = async (name: string, data: string | Uint8Array): Promise<void> => {
@@ -143,6 +150,7 @@ export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string): 
     await put('tokenizer.model', tokenizer.modelProto ?? serializeSentencePieceModel(tokenizer));
     await put('tokenizer_config.json', json(llamaTokenizerConfig(tokenizer)));
     await put('special_tokens_map.json', json({ bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' }));
+    if (opts.tokenizerJson) await put('tokenizer.json', JSON.stringify(sentencePieceToTokenizerJson(tokenizer)));
     return written;
   }
   if (tokenizer instanceof HfTokenizer) {

@@ -245,3 +245,86 @@ export function serializeSentencePieceModel(tok: SentencePieceBpeTokenizer): Uin
   out.push(...lenField(3, normalizer));
   return Uint8Array.from(out);
 }
+
+/**
+ * A Hugging Face `tokenizer.json` equivalent of a SentencePiece BPE tokenizer (the layout transformers'
+ * `LlamaConverter` writes for legacy Llama tokenizers): normalizer Prepend("▁") + Replace(" " → "▁"),
+ * BPE with `byte_fallback` and `fuse_unk`, merges ordered by the score of the merged piece (ties by the
+ * ids of the left, then right part, as transformers' `SentencePieceExtractor`), a TemplateProcessing that
+ * prepends `<s>`, and the ByteFallback/Fuse/Strip decoder. Loaded by `@huggingface/tokenizers` it encodes
+ * exactly as {@link SentencePieceBpeTokenizer.encode} (tested on random text).
+ */
+export function sentencePieceToTokenizerJson(tok: SentencePieceBpeTokenizer): Record<string, unknown> {
+  const name = (id: number): string => {
+    const t = tok.types[id]!;
+    if (id === tok.unkTokenId && t === PieceType.UNKNOWN) return '<unk>';
+    if (id === tok.bosTokenId && t === PieceType.CONTROL) return '<s>';
+    if (id === tok.eosTokenId && t === PieceType.CONTROL) return '</s>';
+    return t === PieceType.BYTE ? tok.pieces[id]! : tok.pieces[id]!.split(' ').join(SPACE_MARK);
+  };
+  const vocab: Record<string, number> = {};
+  for (let id = 0; id < tok.vocabSize; id++) if (!(name(id) in vocab)) vocab[name(id)] = id;
+  const isMergeable = (id: number | undefined) => id !== undefined && (tok.types[id] === PieceType.NORMAL || tok.types[id] === PieceType.USER_DEFINED);
+  const merges: { a: string; b: string; score: number; ia: number; ib: number }[] = [];
+  for (let id = 0; id < tok.vocabSize; id++) {
+    if (!isMergeable(id)) continue;
+    const cps = [...name(id)];
+    for (let k = 1; k < cps.length; k++) {
+      const a = cps.slice(0, k).join('');
+      const b = cps.slice(k).join('');
+      if (isMergeable(vocab[a]) && isMergeable(vocab[b])) merges.push({ a, b, score: tok.scores[id]!, ia: vocab[a]!, ib: vocab[b]! });
+    }
+  }
+  merges.sort((x, y) => y.score - x.score || x.ia - y.ia || x.ib - y.ib);
+  const special = (id: number | null) =>
+    id == null ? [] : [{ id, content: name(id), single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }];
+  const bos = tok.bosTokenId != null ? name(tok.bosTokenId) : null;
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [...special(tok.unkTokenId), ...special(tok.bosTokenId), ...special(tok.eosTokenId)],
+    normalizer: {
+      type: 'Sequence',
+      normalizers: [
+        { type: 'Prepend', prepend: SPACE_MARK },
+        { type: 'Replace', pattern: { String: ' ' }, content: SPACE_MARK },
+      ],
+    },
+    pre_tokenizer: null,
+    post_processor: bos
+      ? {
+          type: 'TemplateProcessing',
+          single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+          pair: [
+            { SpecialToken: { id: bos, type_id: 0 } },
+            { Sequence: { id: 'A', type_id: 0 } },
+            { SpecialToken: { id: bos, type_id: 1 } },
+            { Sequence: { id: 'B', type_id: 1 } },
+          ],
+          special_tokens: { [bos]: { id: bos, ids: [tok.bosTokenId], tokens: [bos] } },
+        }
+      : null,
+    decoder: {
+      type: 'Sequence',
+      decoders: [
+        { type: 'Replace', pattern: { String: SPACE_MARK }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+      ],
+    },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: name(tok.unkTokenId),
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab,
+      merges: merges.map((m) => [m.a, m.b]),
+    },
+  };
+}
