@@ -148,3 +148,19 @@ test('registered datasets: toy and hh resolve; HH_RLHF_PATH overrides the hh pat
     else process.env.HH_RLHF_PATH = prev;
   }
 });
+
+test('grouped records also come as JSONL: keyed by prompt per line, or flat {prompt, responses, pairs}', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'data-grouped-'));
+  try {
+    const lines = expected.map((e) => JSON.stringify({ [e.prompt]: { responses: [e.chosen, e.rejected], pairs: [[0, 1]], sft_target: e.chosen } }));
+    writeFileSync(join(dir, 'keyed.jsonl'), `${lines.join('\n')}\n`);
+    const flat = expected.map((e) => JSON.stringify({ prompt: e.prompt, responses: [e.rejected, e.chosen], pairs: [[1, 0]] }));
+    writeFileSync(join(dir, 'flat.jsonl'), `${flat.join('\n')}\n`);
+    assert.deepEqual(strip(await loadPreferenceExamples(join(dir, 'keyed.jsonl'))), expected);
+    const f = await loadPreferenceExamples(join(dir, 'flat.jsonl'));
+    assert.deepEqual(strip(f), expected);
+    assert.deepEqual(f.map((e) => e.sftTarget), expected.map((e) => e.chosen), 'without sft_target SFT uses the first pair\'s preferred response');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -26,10 +26,21 @@ export {
 } from './sentencepiece.js';
 export { renderChatTemplate, renderPlainChat } from './chat-template.js';
 
+/** The repository root: the nearest ancestor of this module holding models/ (works from src/ and dist/src/). */
+function findRepoRoot(): string {
+  let d = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 8; i++) {
+    if (existsSync(join(d, 'models', 'stories260K'))) return d;
+    const up = dirname(d);
+    if (up === d) break;
+    d = up;
+  }
+  return resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+}
+
 /** Built-in tokenizers by name (files vendored in the repo). */
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const BUILTIN: Record<string, string> = {
-  stories260K: join(REPO_ROOT, 'models/stories260K/tok512.bin'),
+  stories260K: join(findRepoRoot(), 'models/stories260K/tok512.bin'),
 };
 
 async function readJsonIfExists(path: string): Promise<Record<string, unknown> | null> {
