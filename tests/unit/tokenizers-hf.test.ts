@@ -126,3 +126,16 @@ test('BPE with byte fallback (Llama-style tokenizer.json built from tok512) enco
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('special_tokens_map.json supplies tokens missing from tokenizer_config.json', async () => {
+  const dir = await gpt2DirWith({ config: { bos_token: null, eos_token: null, unk_token: null } });
+  try {
+    await writeFile(join(dir, 'special_tokens_map.json'), JSON.stringify({ eos_token: { content: '<|endoftext|>' }, pad_token: '<|endoftext|>' }));
+    const tok = await loadTokenizer(dir);
+    assert.equal(tok.eosTokenId, 50256);
+    assert.equal(tok.padTokenId, 50256);
+    assert.equal(tok.bosTokenId, null);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
