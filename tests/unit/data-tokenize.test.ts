@@ -168,3 +168,10 @@ test('shuffle and eval split are deterministic by seed; dedup keeps first occurr
   assert.equal(d.removed, 1);
   assert.deepEqual(d.examples.map((e) => e.rejected), ['c', 'd']);
 });
+
+test('loadPreferenceExamples dedup option drops exact duplicates', async () => {
+  const { loadPreferenceExamples } = await import('../../src/training/data/index.js');
+  const row = { prompt: 'p', chosen: 'a', rejected: 'b' };
+  assert.equal((await loadPreferenceExamples([row, row, { ...row, rejected: 'c' }])).length, 3);
+  assert.equal((await loadPreferenceExamples([row, row, { ...row, rejected: 'c' }], { dedup: true })).length, 2);
+});

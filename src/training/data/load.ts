@@ -6,6 +6,7 @@ import { DataError } from './errors.js';
 import { convertRecord, detectFormat, resolveFormatName, type DataFormat, type FormatOptions } from './formats.js';
 import { readRecords, type Container } from './readers.js';
 import { resolveDataset } from './registry.js';
+import { dedupExamples } from './split.js';
 
 export interface LoadOptions extends FormatOptions {
   /** Format name or alias (see DATA_FORMATS / FORMAT_ALIASES); detected from the first record when absent. */
@@ -96,16 +97,17 @@ export async function* iteratePreferenceExamples(
  * Load all preference examples of a source: a file path (JSON array, JSONL, .gz of either), a registered
  * dataset name (`toy`, `hh`, ...: config/datasets/<name>.yaml), or in-memory rows (the webhook's dataset).
  * Chat-shaped formats are rendered with `opts.tokenizer`'s chat template (plain HH layout without one).
+ * `opts.dedup` drops exact duplicate pairs (same prompt, chosen, rejected), keeping the first.
  * @returns examples in file order (grouped/ranked records expand to several pairs)
  * @throws DataError (see {@link iteratePreferenceExamples}); DATA_EMPTY when nothing was read
  */
 export async function loadPreferenceExamples(
   source: string | unknown[],
-  opts: { format?: string; chosenKey?: string; rejectedKey?: string; promptKey?: string; tokenizer?: Tokenizer } = {},
+  opts: { format?: string; chosenKey?: string; rejectedKey?: string; promptKey?: string; tokenizer?: Tokenizer; dedup?: boolean } = {},
 ): Promise<PreferenceExample[]> {
   const out: PreferenceExample[] = [];
   const info: { label?: string } = {};
   for await (const b of iteratePreferenceExamples(source, opts, info)) for (const ex of b.examples) out.push(ex);
   if (out.length === 0) throw new DataError('DATA_EMPTY', `${info.label ?? 'dataset'}: no preference pairs found`);
-  return out;
+  return opts.dedup ? dedupExamples(out).examples : out;
 }
