@@ -65,7 +65,7 @@ test('LLaMA-Factory dpo_en_demo.json: 300 ShareGPT records → 300 pairs in the 
     const lastHuman = [...r.conversations].reverse().find((m) => m.from === 'human')!;
     assert.ok(ex.prompt.includes(`\n\nHuman: ${lastHuman.value}`));
     const system = r.conversations.find((m) => m.from === 'system');
-    if (system) assert.ok(ex.prompt.startsWith(`${system.value}\n\n`));
+    if (system) assert.ok(ex.prompt.startsWith(`${system.value}\n\nHuman: `));
   });
 });
 

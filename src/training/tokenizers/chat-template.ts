@@ -38,7 +38,7 @@ export function renderChatTemplate(
 /**
  * The plain fallback used when a tokenizer has no chat template (e.g. llama2.c's tok512, GPT-2). It is the
  * Anthropic HH layout the DPO reference trains on:
- *   system:    "<content>\n\n" (once, first)
+ *   system:    "<content>" (first; the next turn starts with "\n\n")
  *   user:      "\n\nHuman: <content>"
  *   assistant: "\n\nAssistant: <content>"
  *   generation prompt: "\n\nAssistant:"
@@ -48,7 +48,7 @@ export function renderChatTemplate(
 export function renderPlainChat(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string {
   let s = '';
   for (const m of messages) {
-    if (m.role === 'system') s += `${m.content}\n\n`;
+    if (m.role === 'system') s += m.content;
     else if (m.role === 'assistant') s += `\n\nAssistant: ${m.content}`;
     else s += `\n\nHuman: ${m.content}`;
   }
