@@ -23,7 +23,7 @@ import { healthRoutes } from './routes/health.js';
 import { jobsRoutes } from './routes/jobs.js';
 import { triggerRoutes, type RowValidator } from './routes/trigger.js';
 import { apiSchemas, compileOn, createRequestAjv } from './schemas.js';
-import { loadRowValidator } from './row-validator.js';
+import { loadConfigChecker, loadRowValidator } from './row-validator.js';
 
 export interface BuildAppOptions {
   /** The validated environment (src/config/env.ts loadEnv). */
@@ -139,7 +139,8 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   }
 
   const validateRows = options.validateRows ?? (await loadRowValidator());
-  await app.register(triggerRoutes, { queue, validateRows });
+  const checkConfig = await loadConfigChecker();
+  await app.register(triggerRoutes, { queue, validateRows, checkConfig });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
   await app.register(healthRoutes, { queue });
   await app.register(metricsRoutes, { queue });

@@ -32,3 +32,30 @@ export async function loadRowValidator(): Promise<RowValidator> {
   }
   return basicRowChecks;
 }
+
+/** Semantic check of a request's `config` (beyond the JSON Schema): problems with their `/config/...` path. */
+export type ConfigChecker = (config: Record<string, unknown>) => Array<{ path: string; message: string }>;
+
+/**
+ * The trainer's own resolution (src/config loadConfig: groups, loss hyper-parameters, max_prompt_length <
+ * max_length, ...) run on the request's `config`, so a config the worker would reject is a 400 now rather
+ * than a failed job later.
+ */
+export async function loadConfigChecker(): Promise<ConfigChecker> {
+  const specifier = '../config/index.js';
+  const mod = (await import(specifier)) as {
+    loadConfig: (o: { object?: Record<string, unknown> }) => unknown;
+  };
+  return (config) => {
+    try {
+      mod.loadConfig({ object: config });
+      return [];
+    } catch (err) {
+      const e = err as { code?: string; key?: string; message: string };
+      if (e.code !== 'INVALID_CONFIG') throw err;
+      const key = e.key ?? '';
+      const message = key && e.message.startsWith(`${key}: `) ? e.message.slice(key.length + 2) : e.message;
+      return [{ path: key ? `/config/${key.replace(/\./g, '/')}` : '/config', message }];
+    }
+  };
+}

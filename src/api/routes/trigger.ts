@@ -52,6 +52,8 @@ const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
 export interface TriggerRouteOptions {
   queue: FinetuneQueueService;
   validateRows: RowValidator;
+  /** Semantic config check (the trainer's loadConfig); skipped when absent. */
+  checkConfig?: (config: Record<string, unknown>) => Problem[];
 }
 
 export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOptions): Promise<void> {
@@ -81,7 +83,9 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       if (idem !== undefined && (typeof idem !== 'string' || !IDEMPOTENCY_KEY.test(idem))) {
         problems.push({ path: '/headers/idempotency-key', message: 'must be 1-200 visible ASCII characters' });
       }
-      problems.push(...configPolicyProblems(config));
+      const policy = configPolicyProblems(config);
+      problems.push(...policy);
+      if (config && policy.length === 0 && opts.checkConfig) problems.push(...opts.checkConfig(config));
       const rowProblems = opts.validateRows(dataset);
       for (const p of rowProblems) {
         const path = p.index < 0 ? '/dataset' : `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`;
