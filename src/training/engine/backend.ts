@@ -6,7 +6,11 @@
  * optional: they are not in the default install (their install script downloads libtensorflow) and are
  * imported dynamically only when present.
  */
+import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
+import { withNodeThreadedWasmPatches } from './wasm-threads.js';
+import { registerWasmKernels } from './wasm-kernels.js';
+import { ensureGradients } from './gradients.js';
 
 export type BackendRequest = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
 
@@ -17,6 +21,18 @@ export interface BackendInfo {
   package: string;
   /** true when the tensorflow backend came from tfjs-node-gpu. */
   gpu: boolean;
+  /** Threads of the wasm backend's XNNPACK pool (1 = the single-threaded build; other backends: 1). */
+  threads: number;
+}
+
+/** Options of {@link initBackend}. */
+export interface BackendOptions {
+  /**
+   * Threads for the wasm backend (default: env `TFJS_WASM_THREADS`, else the number of CPU cores).
+   * With more than 1 the threaded wasm build is started in Node (see wasm-threads.ts); if that fails the
+   * single-threaded build is used and `threads` reports 1.
+   */
+  wasmThreads?: number;
 }
 
 export class BackendUnavailableError extends Error {
@@ -43,7 +59,7 @@ async function tryImport(pkg: string): Promise<boolean> {
  * @param request `auto` | `tensorflow-gpu` | `tensorflow` | `wasm` | `cpu` (default: env `TFJS_BACKEND` or `auto`).
  * @throws BackendUnavailableError when an explicitly requested backend cannot be loaded.
  */
-export async function initBackend(request?: BackendRequest): Promise<BackendInfo> {
+export async function initBackend(request?: BackendRequest, opts: BackendOptions = {}): Promise<BackendInfo> {
   const want = (request ?? (process.env.TFJS_BACKEND as BackendRequest | undefined) ?? 'auto') as BackendRequest;
   if (current) return current;
   const candidates: Array<{ req: BackendRequest; pkg: string; backend: string; gpu: boolean }> = [
@@ -66,9 +82,9 @@ export async function initBackend(request?: BackendRequest): Promise<BackendInfo
   for (const c of order) {
     if (!(await tryImport(c.pkg))) continue;
     try {
-      if (await tf.setBackend(c.backend)) {
+      if (c.backend === 'wasm' ? await setWasm(opts) : await tf.setBackend(c.backend)) {
         await tf.ready();
-        current = { name: tf.getBackend(), package: c.pkg, gpu: c.gpu };
+        current = { name: tf.getBackend(), package: c.pkg, gpu: c.gpu, threads: c.backend === 'wasm' ? wasmThreads() : 1 };
         await afterInit(current);
         return current;
       }
@@ -81,6 +97,42 @@ export async function initBackend(request?: BackendRequest): Promise<BackendInfo
   );
 }
 
+type WasmModule = { setThreadsCount(n: number): void; getThreadsCount(): number };
+let wasmMod: WasmModule | null = null;
+
+function wasmThreads(): number {
+  try {
+    return wasmMod ? wasmMod.getThreadsCount() : 1;
+  } catch {
+    return 1;
+  }
+}
+
+/** Start the wasm backend, threaded when more than one thread is wanted, then register our kernels. */
+async function setWasm(opts: BackendOptions): Promise<boolean> {
+  wasmMod = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as WasmModule;
+  const envThreads = Number(process.env.TFJS_WASM_THREADS ?? '');
+  const want = Math.max(1, Math.floor(opts.wasmThreads ?? (envThreads > 0 ? envThreads : os.cpus().length)));
+  let ok = false;
+  if (want > 1) {
+    try {
+      tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', true);
+      wasmMod.setThreadsCount(want);
+      ok = await withNodeThreadedWasmPatches(async () => {
+        const r = await tf.setBackend('wasm');
+        await tf.ready();
+        return r;
+      }, want);
+    } catch {
+      ok = false;
+    }
+    if (!ok) tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+  }
+  if (!ok) ok = await tf.setBackend('wasm');
+  if (ok) registerWasmKernels();
+  return ok;
+}
+
 /** Hooks run once after a backend is up (e.g. registering missing kernels). */
 const initHooks: Array<(info: BackendInfo) => void | Promise<void>> = [];
 export function onBackendInit(hook: (info: BackendInfo) => void | Promise<void>): void {
@@ -88,6 +140,7 @@ export function onBackendInit(hook: (info: BackendInfo) => void | Promise<void>)
   if (current) void hook(current);
 }
 async function afterInit(info: BackendInfo): Promise<void> {
+  await ensureGradients();
   for (const h of initHooks) await h(info);
 }
 

@@ -1,15 +1,43 @@
 /**
  * The differentiable building blocks every model calls. This file fixes their contracts (shapes, layouts,
- * semantics); implementations may be swapped for faster ones (custom gradients, fused kernels) as long as
- * the values and gradients stay equal to the plain tfjs computation (see tests/unit/engine-ops.test.ts).
+ * semantics); the implementations are the fast ones (custom gradients, fused kernels); the values and
+ * gradients equal the plain tfjs computation in ops-reference.ts (see tests/unit/engine-ops.test.ts).
  *
  * Layout conventions:
  * - activations are 2-D `[N, D]` with N = batch * seq (row-major over batch then time) wherever possible;
  * - linear weights are stored `[in, out]` (so y = x @ W is the fast, non-transposed matmul);
  *   Hugging Face stores them `[out, in]`: weight IO transposes at load and save;
  * - embedding tables are `[vocab, dim]`.
+ *
+ * Why custom gradients: on tfjs-wasm only the plain 2-D `matMul(a, b)` runs on XNNPACK's fast path
+ * (~25-40 GFLOP/s per core); `transposeA/B` and batched products run at ~1-3 GFLOP/s, and tfjs's autodiff
+ * of `matMul` uses exactly those forms. Every backward pass here is written as plain 2-D products of
+ * explicitly transposed operands (a transpose is cheap next to the product), and attention runs as one
+ * 2-D product per (batch, head). Formulas are the textbook derivatives, cited per op.
  */
 import * as tf from '@tensorflow/tfjs-core';
+
+type Saver = (tensors: tf.Tensor[]) => void;
+type GradResult = { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] };
+/** tf.customGrad with loose typings (its declared types do not allow a variable number of tensors + save). */
+function custom<A extends tf.Tensor[]>(f: (...args: [...A, Saver]) => GradResult): (...args: A) => tf.Tensor {
+  return tf.customGrad(f as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (...args: A) => tf.Tensor;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// linear
+
+const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
+  save([x, w]);
+  return {
+    value: tf.matMul(x, w),
+    // dX = dY W^T, dW = X^T dY, each as a plain product of an explicitly transposed operand.
+    gradFunc: (dy, [xs, ws]) => [
+      tf.matMul(dy as tf.Tensor2D, tf.transpose(ws as tf.Tensor2D)),
+      tf.matMul(tf.transpose(xs as tf.Tensor2D), dy as tf.Tensor2D),
+    ],
+  };
+});
 
 /**
  * y = x @ w (+ b).
@@ -19,102 +47,203 @@ import * as tf from '@tensorflow/tfjs-core';
  * @returns `[N, out]`
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
-  const y = tf.matMul(x, w) as tf.Tensor2D;
-  return b ? (tf.add(y, b) as tf.Tensor2D) : y;
+  const y = matMulNN(x, w) as tf.Tensor2D;
+  if (!b) return y;
+  const out = tf.add(y, b) as tf.Tensor2D;
+  y.dispose();
+  return out;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// embedding
+
 /**
- * Embedding lookup `table[ids]` whose gradient is a scatter-add into the table (the wasm backend lacks
- * `UnsortedSegmentSum`, the gradient of `gather`, so it is computed here explicitly).
+ * Embedding lookup `table[ids]` whose gradient is a scatter-add of the output gradient rows into a
+ * `[vocab, dim]` table (ScatterNd, which sums duplicate ids), the same as gather's own gradient
+ * (UnsortedSegmentSum), which the wasm backend lacks.
  * @param ids `[N]` int32 token ids in [0, vocab)
  * @param table `[vocab, dim]` float32
  * @returns `[N, dim]`
  */
 export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
   const [vocab, dim] = table.shape;
-  const idsData = ids.dataSync();
-  const f = tf.customGrad(((t: tf.Tensor) => {
-    const value = tf.gather(t as tf.Tensor2D, ids);
+  const f = custom<[tf.Tensor2D]>((t, save) => {
+    save([ids]);
     return {
-      value,
-      gradFunc: (dy: tf.Tensor) => {
-        const g = new Float32Array(vocab * dim);
-        const d = dy.dataSync() as Float32Array;
-        for (let i = 0; i < idsData.length; i++) {
-          const row = idsData[i]! * dim;
-          const src = i * dim;
-          for (let j = 0; j < dim; j++) g[row + j]! += d[src + j]!;
-        }
-        return [tf.tensor2d(g, [vocab, dim])];
-      },
+      value: tf.gather(t, ids),
+      gradFunc: (dy, [idsSaved]) =>
+        tf.scatterND(tf.reshape(idsSaved!, [-1, 1]), dy as tf.Tensor2D, [vocab, dim]),
     };
-  }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  });
   return f(table) as tf.Tensor2D;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// norms and activations
+
+const rmsNormGrad = (eps: number) =>
+  custom<[tf.Tensor2D, tf.Tensor1D]>((x, w, save) => {
+    const r = tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps));
+    const xhat = tf.mul(x, r);
+    save([xhat, w, r]);
+    return {
+      value: tf.mul(xhat, w),
+      // y = w * x * r, r = (mean(x^2) + eps)^-1/2:
+      // dx = r * (g*w - xhat * mean(g*w*xhat)), dw = sum_rows(g * xhat).
+      gradFunc: (dy, [xh, ws, rs]) => {
+        const gw = tf.mul(dy, ws!);
+        const dx = tf.mul(rs!, tf.sub(gw, tf.mul(xh!, tf.mean(tf.mul(gw, xh!), -1, true))));
+        const dw = tf.sum(tf.mul(dy, xh!), 0);
+        return [dx, dw];
+      },
+    };
+  });
+
 /**
- * Root-mean-square layer norm: x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019; llama2.c model.py).
+ * Root-mean-square layer norm: x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019; llama2.c model.py),
+ * fused with its analytic gradient.
  * @param x `[N, D]`
  * @param weight `[D]`
  */
 export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor1D, eps: number): tf.Tensor2D {
-  return tf.tidy(() => {
-    const ms = tf.mean(tf.square(x), -1, true);
-    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), weight) as tf.Tensor2D;
-  });
+  return rmsNormGrad(eps)(x, weight) as tf.Tensor2D;
 }
 
+const layerNormGrad = (eps: number) =>
+  custom<[tf.Tensor2D, tf.Tensor1D, tf.Tensor1D]>((x, gamma, beta, save) => {
+    const xc = tf.sub(x, tf.mean(x, -1, true));
+    const r = tf.rsqrt(tf.add(tf.mean(tf.square(xc), -1, true), eps));
+    const xhat = tf.mul(xc, r);
+    save([xhat, gamma, r]);
+    return {
+      value: tf.add(tf.mul(xhat, gamma), beta),
+      // Ba et al. 2016: dxhat = g*gamma; dx = r * (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)).
+      gradFunc: (dy, [xh, gm, rs]) => {
+        const dxh = tf.mul(dy, gm!);
+        const inner = tf.sub(tf.sub(dxh, tf.mean(dxh, -1, true)), tf.mul(xh!, tf.mean(tf.mul(dxh, xh!), -1, true)));
+        return [tf.mul(rs!, inner), tf.sum(tf.mul(dy, xh!), 0), tf.sum(dy, 0)];
+      },
+    };
+  });
+
 /**
- * LayerNorm with affine parameters (GPT-2).
+ * LayerNorm with affine parameters (GPT-2), fused with its analytic gradient.
  * @param x `[N, D]`; gamma, beta `[D]`
  */
 export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): tf.Tensor2D {
-  return tf.tidy(() => {
-    const mean = tf.mean(x, -1, true);
-    const xc = tf.sub(x, mean);
-    const v = tf.mean(tf.square(xc), -1, true);
-    return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(v, eps))), gamma), beta) as tf.Tensor2D;
-  });
+  return layerNormGrad(eps)(x, gamma, beta) as tf.Tensor2D;
 }
 
-/** SwiGLU gate: silu(gate) * up (Shazeer 2020). Shapes `[N, H]` each. */
+const swigluGrad = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
+  const s = tf.sigmoid(a);
+  save([a, b, s]);
+  return {
+    value: tf.mul(tf.mul(a, s), b),
+    // y = a s(a) b: da = g b s (1 + a (1 - s)), db = g a s.
+    gradFunc: (dy, [as, bs, ss]) => {
+      const gs = tf.mul(dy, ss!);
+      const da = tf.mul(tf.mul(gs, bs!), tf.add(1, tf.mul(as!, tf.sub(1, ss!))));
+      const db = tf.mul(gs, as!);
+      return [da, db];
+    },
+  };
+});
+
+/** SwiGLU gate: silu(gate) * up (Shazeer 2020), fused with its analytic gradient. Shapes `[N, H]` each. */
 export function swiglu(gate: tf.Tensor2D, up: tf.Tensor2D): tf.Tensor2D {
-  return tf.tidy(() => tf.mul(tf.mul(gate, tf.sigmoid(gate)), up) as tf.Tensor2D);
+  return swigluGrad(gate, up) as tf.Tensor2D;
 }
+
+const GELU_C = Math.sqrt(2 / Math.PI);
+const geluGrad = custom<[tf.Tensor]>((x, save) => {
+  const x2 = tf.square(x);
+  const t = tf.tanh(tf.mul(tf.mul(x, GELU_C), tf.add(1, tf.mul(0.044715, x2))));
+  save([x, x2, t]);
+  return {
+    value: tf.mul(tf.mul(0.5, x), tf.add(1, t)),
+    // d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
+    gradFunc: (dy, [xs, x2s, ts]) => {
+      const a = tf.mul(0.5, tf.add(1, ts!));
+      const b = tf.mul(
+        tf.mul(tf.mul(0.5 * GELU_C, xs!), tf.sub(1, tf.square(ts!))),
+        tf.add(1, tf.mul(3 * 0.044715, x2s!)),
+      );
+      return [tf.mul(dy, tf.add(a, b))];
+    },
+  };
+});
 
 /** GELU, tanh approximation (GPT-2's `gelu_new`): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const c = Math.sqrt(2 / Math.PI);
-    const inner = tf.mul(c, tf.add(x, tf.mul(0.044715, tf.pow(x, 3))));
-    return tf.mul(tf.mul(0.5, x), tf.add(1, tf.tanh(inner)));
-  });
+  return geluGrad(x);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// rotary embedding
+
+/** rotate_half(x) = [-x2, x1] over the last axis (as [..., 2, half] reversed, then signed), sign = [-1, 1]. */
+function rotHalf(x: tf.Tensor, shape: number[], sign: tf.Tensor): tf.Tensor {
+  const hd = shape[shape.length - 1]!;
+  const split = [...shape.slice(0, -1), 2, hd / 2];
+  return tf.reshape(tf.mul(tf.reverse(tf.reshape(x, split), -2), sign), shape);
 }
 
 /**
  * Rotary position embedding, Hugging Face convention (`rotate_half`: the two halves of the head dim are
  * the real and imaginary parts). llama2.c checkpoints use interleaved pairs; their q/k weights are permuted
  * at load so that this single convention serves both (transformers' convert_llama_weights_to_hf.py).
+ * y = x cos + rotate_half(x) sin; gradient dx = g cos + rotate_half^T(g sin), rotate_half^T(u) = [u2, -u1].
  * @param x `[B, T, H, hd]`
  * @param cos `[T, hd]` and sin `[T, hd]` for the absolute positions of the T rows (halves duplicated)
  */
 export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-  return tf.tidy(() => {
-    const [B, T, H, hd] = x.shape;
-    const half = hd / 2;
-    const x1 = tf.slice(x, [0, 0, 0, 0], [B, T, H, half]);
-    const x2 = tf.slice(x, [0, 0, 0, half], [B, T, H, half]);
-    const rot = tf.concat([tf.neg(x2), x1], 3);
+  const [, T, , hd] = x.shape;
+  const shape = x.shape.slice();
+  const f = custom<[tf.Tensor4D]>((xi, save) => {
     const c = tf.reshape(cos, [1, T, 1, hd]);
     const s = tf.reshape(sin, [1, T, 1, hd]);
-    return tf.add(tf.mul(x, c), tf.mul(rot, s)) as tf.Tensor4D;
+    const fwdSign = tf.tensor2d([-1, 1], [2, 1]);
+    save([c, s]);
+    return {
+      value: tf.add(tf.mul(xi, c), tf.mul(rotHalf(xi, shape, fwdSign), s)),
+      gradFunc: (dy, [cs, ss]) => {
+        const bwdSign = tf.tensor2d([1, -1], [2, 1]);
+        return [tf.add(tf.mul(dy, cs!), rotHalf(tf.mul(dy, ss!), shape, bwdSign))];
+      },
+    };
   });
+  return f(x) as tf.Tensor4D;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// attention
+
+const maskCache = new Map<string, tf.Tensor2D>();
+/** Additive causal mask `[T, S]`: 0 where key j <= offset + i, else -1e9 (as the reference). Cached. */
+function causalMask(T: number, S: number, offset: number): tf.Tensor2D {
+  const key = `${T}x${S}@${offset}`;
+  let m = maskCache.get(key);
+  if (!m || m.isDisposed) {
+    const data = new Float32Array(T * S);
+    for (let i = 0; i < T; i++) for (let j = 0; j < S; j++) data[i * S + j] = j <= offset + i ? 0 : -1e9;
+    m = tf.keep(tf.tensor2d(data, [T, S]));
+    maskCache.set(key, m);
+  }
+  return m;
+}
+
+/** Unstack `[n, r, c]` into n 2-D tensors `[r, c]`. */
+function pieces(x: tf.Tensor, n: number, r: number, c: number): tf.Tensor2D[] {
+  return tf.unstack(tf.reshape(x, [n, r, c])) as tf.Tensor2D[];
 }
 
 /**
- * Causal scaled dot-product attention with grouped-query heads.
+ * Causal scaled dot-product attention with grouped-query heads, with an analytic gradient, computed as
+ * one plain 2-D product per (batch, head) (softmax and masking batched over all heads at once).
  * Query row i (absolute position queryOffset + i) attends to key positions j <= queryOffset + i.
  * Query head h reads key/value head floor(h / (H / KV)).
+ * Backward (P = softmax(S), S = scale q k^T + mask): dV = P^T dO, dP = dO V^T,
+ * dS = P * (dP - rowsum(dP * P)), dQ = scale dS K, dK = scale dS^T Q (summed over a KV group's heads).
  * @param q `[B, H, T, hd]`
  * @param k `[B, KV, S, hd]` with S = queryOffset + T (a KV cache holds the first queryOffset rows)
  * @param v `[B, KV, S, hd]`
@@ -127,33 +256,82 @@ export function causalAttention(
   v: tf.Tensor4D,
   opts: { scale?: number; queryOffset?: number } = {},
 ): tf.Tensor4D {
-  return tf.tidy(() => {
-    const [B, H, T, hd] = q.shape;
-    const KV = k.shape[1];
-    const S = k.shape[2];
-    const offset = opts.queryOffset ?? S - T;
-    const scale = opts.scale ?? 1 / Math.sqrt(hd);
-    const rep = H / KV;
-    let kk: tf.Tensor4D = k;
-    let vv: tf.Tensor4D = v;
-    if (rep > 1) {
-      kk = tf.reshape(tf.tile(tf.reshape(k, [B, KV, 1, S, hd]), [1, 1, rep, 1, 1]), [B, H, S, hd]);
-      vv = tf.reshape(tf.tile(tf.reshape(v, [B, KV, 1, S, hd]), [1, 1, rep, 1, 1]), [B, H, S, hd]);
-    }
-    const scores = tf.mul(tf.matMul(q, kk, false, true), scale);
-    const maskData = new Float32Array(T * S);
-    for (let i = 0; i < T; i++) for (let j = 0; j < S; j++) maskData[i * S + j] = j <= offset + i ? 0 : -1e9;
-    const masked = tf.add(scores, tf.tensor2d(maskData, [T, S]));
-    return tf.matMul(tf.softmax(masked, -1), vv) as tf.Tensor4D;
+  const [B, H, T, hd] = q.shape;
+  const KV = k.shape[1];
+  const S = k.shape[2];
+  const offset = opts.queryOffset ?? S - T;
+  const scale = opts.scale ?? 1 / Math.sqrt(hd);
+  const rep = H / KV;
+  const BH = B * H;
+  const BKV = B * KV;
+  // query piece i = b*H + h reads kv piece b*KV + floor(h / rep)
+  const kvOf = (i: number): number => Math.floor(i / H) * KV + Math.floor((i % H) / rep);
+  const mask = causalMask(T, S, offset);
+
+  const f = custom<[tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]>((qi, ki, vi, save) => {
+    const qs = pieces(qi, BH, T, hd);
+    const kTs = tf.unstack(tf.transpose(tf.reshape(ki, [BKV, S, hd]), [0, 2, 1])) as tf.Tensor2D[];
+    const vs = pieces(vi, BKV, S, hd);
+    const scores = tf.stack(qs.map((qq, i) => tf.matMul(qq, kTs[kvOf(i)]!)));
+    const p = tf.softmax(tf.add(tf.mul(scores, scale), mask), -1); // [BH, T, S]
+    const ps = tf.unstack(p) as tf.Tensor2D[];
+    const out = tf.reshape(tf.stack(ps.map((pp, i) => tf.matMul(pp, vs[kvOf(i)]!))), [B, H, T, hd]);
+    save([qi, ki, vi, p]);
+    return {
+      value: out,
+      gradFunc: (dy, [qsv, ksv, vsv, pv]) => {
+        const dOs = pieces(dy, BH, T, hd);
+        const vTs = tf.unstack(tf.transpose(tf.reshape(vsv!, [BKV, S, hd]), [0, 2, 1])) as tf.Tensor2D[];
+        const pTs = tf.unstack(tf.transpose(pv!, [0, 2, 1])) as tf.Tensor2D[];
+        const dP = tf.stack(dOs.map((d, i) => tf.matMul(d, vTs[kvOf(i)]!))); // [BH, T, S]
+        const dS = tf.mul(tf.mul(pv!, tf.sub(dP, tf.sum(tf.mul(dP, pv!), -1, true))), scale);
+        const dSs = tf.unstack(dS) as tf.Tensor2D[];
+        const dSTs = tf.unstack(tf.transpose(dS, [0, 2, 1])) as tf.Tensor2D[];
+        const ks2 = pieces(ksv!, BKV, S, hd);
+        const qs2 = pieces(qsv!, BH, T, hd);
+        const dQ = tf.stack(dSs.map((d, i) => tf.matMul(d, ks2[kvOf(i)]!)));
+        const dKparts: tf.Tensor2D[][] = Array.from({ length: BKV }, () => []);
+        const dVparts: tf.Tensor2D[][] = Array.from({ length: BKV }, () => []);
+        for (let i = 0; i < BH; i++) {
+          dKparts[kvOf(i)]!.push(tf.matMul(dSTs[i]!, qs2[i]!));
+          dVparts[kvOf(i)]!.push(tf.matMul(pTs[i]!, dOs[i]!));
+        }
+        const sumAll = (xs: tf.Tensor2D[]): tf.Tensor2D => (xs.length === 1 ? xs[0]! : (tf.addN(xs) as tf.Tensor2D));
+        const dK = tf.stack(dKparts.map(sumAll));
+        const dV = tf.stack(dVparts.map(sumAll));
+        return [tf.reshape(dQ, [B, H, T, hd]), tf.reshape(dK, [B, KV, S, hd]), tf.reshape(dV, [B, KV, S, hd])];
+      },
+    };
   });
+  return f(q, k, v) as tf.Tensor4D;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// log-probs of the labels
+
+/** Options of {@link tokenLogps}. */
+export interface TokenLogpsOptions {
+  /**
+   * Optional `[N]` row mask (e.g. the shifted completion mask): rows whose mask is 0 are not computed and
+   * get log-prob 0 with zero gradient. Saves the vocabulary projection for prompt and padding rows.
+   */
+  rowMask?: ArrayLike<number>;
+  /** Rows per chunk (default: as many as keep a chunk's logits at about 2^25 floats, 128 MiB). */
+  chunkRows?: number;
 }
 
 /**
  * Log-probability of each label under softmax(hidden @ W): the per-token log p(label_t | context).
- * The fast implementation computes this in chunks over rows so the `[N, vocab]` logits are never held twice.
+ * Computed in chunks of rows; per chunk: logits = h W (plain 2-D product, the tied `[V, D]` weight is
+ * transposed once), p = softmax(logits), and log p(label) = logit_label - max(logits) + log(max(p))
+ * (max(p) = exp(max - logsumexp) >= 1/V never underflows), so no one-hot and no log-softmax pass over
+ * `[N, vocab]`; only p is kept for the backward pass (the `[N, vocab]` logits are never held twice).
+ * Gradient (softmax cross-entropy): d logp / d logits = onehot(label) - p, so with g = upstream `[N]`:
+ * dh = -g (p W_vd) + g W_vd[label], dW_dv = (-g h)^T p + scatter(label, g h)^T, all plain 2-D products.
  * @param hidden `[N, D]` final (normed) hidden states
  * @param weight output projection: `[D, vocab]` when layout is 'DV', `[vocab, D]` (a tied embedding) when 'VD'
  * @param labels `[N]` int32 label ids (any valid id where the row is masked out by the caller)
+ * @param opts optional row mask and chunk size (see {@link TokenLogpsOptions})
  * @returns `[N]` log-probs (nats)
  */
 export function tokenLogps(
@@ -161,11 +339,79 @@ export function tokenLogps(
   weight: tf.Tensor2D,
   labels: tf.Tensor1D,
   layout: 'DV' | 'VD',
+  opts: TokenLogpsOptions = {},
 ): tf.Tensor1D {
-  return tf.tidy(() => {
-    const logits = tf.matMul(hidden, weight, false, layout === 'VD');
-    const lsm = tf.logSoftmax(logits, -1);
-    const oh = tf.oneHot(labels, weight.shape[layout === 'VD' ? 0 : 1]);
-    return tf.sum(tf.mul(lsm, oh), -1) as tf.Tensor1D;
+  const [N, D] = hidden.shape;
+  const V = weight.shape[layout === 'VD' ? 0 : 1];
+  const labelData = labels.dataSync() as Int32Array;
+  let rows: number[] | null = null;
+  if (opts.rowMask) {
+    if (opts.rowMask.length !== N) throw new RangeError(`tokenLogps: rowMask has ${opts.rowMask.length} entries, hidden has ${N} rows`);
+    rows = [];
+    for (let i = 0; i < N; i++) if (opts.rowMask[i] !== 0) rows.push(i);
+    if (rows.length === N) rows = null;
+  }
+  const M = rows ? rows.length : N;
+  const lab = rows ? Int32Array.from(rows, (r) => labelData[r]!) : labelData;
+  const chunk = Math.max(1, Math.floor(opts.chunkRows ?? Math.max(1, Math.floor(2 ** 25 / V))));
+  const starts: number[] = [];
+  for (let s = 0; s < M; s += chunk) starts.push(s);
+
+  const f = custom<[tf.Tensor2D, tf.Tensor2D]>((h, w, save) => {
+    if (M === 0) {
+      save([]);
+      return { value: tf.zeros([N]), gradFunc: () => [tf.zerosLike(h), tf.zerosLike(w)] };
+    }
+    const rowsT = rows ? tf.tensor1d(rows, 'int32') : null;
+    const hSel = rowsT ? (tf.gather(h, rowsT) as tf.Tensor2D) : h;
+    const wDV = layout === 'VD' ? (tf.transpose(w) as tf.Tensor2D) : w; // [D, V]
+    const parts: tf.Tensor[] = [];
+    const probs: tf.Tensor2D[] = [];
+    for (const s of starts) {
+      const n = Math.min(chunk, M - s);
+      const hc = starts.length === 1 ? hSel : tf.slice(hSel, [s, 0], [n, D]);
+      const logits = tf.matMul(hc, wDV) as tf.Tensor2D; // [n, V]
+      const p = tf.softmax(logits, -1) as tf.Tensor2D;
+      const flat = new Int32Array(n);
+      for (let i = 0; i < n; i++) flat[i] = i * V + lab[s + i]!;
+      const picked = tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, 'int32'));
+      parts.push(tf.add(tf.sub(picked, tf.max(logits, -1)), tf.log(tf.max(p, -1))));
+      probs.push(p);
+    }
+    const lp = parts.length === 1 ? parts[0]! : tf.concat(parts, 0);
+    const value = rowsT ? tf.scatterND(tf.reshape(rowsT, [M, 1]), lp, [N]) : lp;
+    save([hSel, w, ...probs]);
+    return {
+      value,
+      gradFunc: (dy, saved) => {
+        const [hs, ws, ...ps] = saved as [tf.Tensor2D, tf.Tensor2D, ...tf.Tensor2D[]];
+        const rowsT = rows ? tf.tensor1d(rows, 'int32') : null; // the forward's copy was disposed with its scope
+        const g = rowsT ? tf.gather(dy, rowsT) : dy; // [M]
+        const wVD = layout === 'VD' ? ws : (tf.transpose(ws) as tf.Tensor2D); // [V, D]
+        const dhParts: tf.Tensor[] = [];
+        let dWdv: tf.Tensor | null = null; // [D, V] part: (-g h)^T p
+        let dWlab: tf.Tensor | null = null; // [V, D] part: scatter(label, g h)
+        for (let c = 0; c < starts.length; c++) {
+          const s = starts[c]!;
+          const n = Math.min(chunk, M - s);
+          const hc = starts.length === 1 ? hs : tf.slice(hs, [s, 0], [n, D]);
+          const gc = tf.reshape(starts.length === 1 ? g : tf.slice(g, [s], [n]), [n, 1]);
+          const labT = tf.tensor1d(lab.subarray(s, s + n), 'int32');
+          const p = ps[c]!;
+          // dh = g * (W[label] - p W)
+          dhParts.push(tf.mul(gc, tf.sub(tf.gather(wVD, labT), tf.matMul(p, wVD))));
+          const hg = tf.mul(hc, gc); // g h, [n, D]
+          const a = tf.matMul(tf.transpose(tf.neg(hg)), p); // [D, V]
+          dWdv = dWdv ? tf.add(dWdv, a) : a;
+          const sc = tf.scatterND(tf.reshape(labT, [n, 1]), hg, [V, D]);
+          dWlab = dWlab ? tf.add(dWlab, sc) : sc;
+        }
+        const dhSel = dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0);
+        const dh = rowsT ? tf.scatterND(tf.reshape(rowsT, [M, 1]), dhSel, [N, D]) : dhSel;
+        const dW = layout === 'VD' ? tf.add(tf.transpose(dWdv!), dWlab!) : tf.add(dWdv!, tf.transpose(dWlab!));
+        return [dh, dW];
+      },
+    };
   });
+  return f(hidden, weight) as tf.Tensor1D;
 }
