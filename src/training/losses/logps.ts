@@ -8,6 +8,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { tokenLogps } from '../engine/ops.js';
 import type { CausalLM } from '../types.js';
+import { ensureGradients } from '../engine/gradients.js';
+
+// tfjs-core alone registers no gradient functions under Node: make sure they are there (see engine/gradients.ts).
+await ensureGradients();
 
 /** Summed completion log-probs `[B]` and completion token counts `[B]` (float32). */
 export interface CompletionLogps {

@@ -19,6 +19,10 @@ import {
   REFERENCE_FREE_LOSS_TYPES,
   normalizeLossOptions,
 } from './options.js';
+import { ensureGradients } from '../engine/gradients.js';
+
+// tfjs-core alone registers no gradient functions under Node: make sure they are there (see engine/gradients.ts).
+await ensureGradients();
 
 /** Inputs of {@link preferenceLoss}: `[B]` float32 each (B = number of pairs). */
 export interface PreferenceLossInputs {
@@ -44,7 +48,12 @@ export interface PreferenceLossOutputs {
 
 type T = tf.Tensor1D;
 
-const logSig = (x: tf.Tensor): T => tf.logSigmoid(x) as T;
+/**
+ * log σ(x) = −softplus(−x). tfjs's own `tf.logSigmoid` is a customGrad that closes over its input, which breaks
+ * when that input is an intermediate disposed by `tf.tidy` before the backward pass; the registered `Softplus`
+ * kernel gradient saves what it needs.
+ */
+const logSig = (x: tf.Tensor): T => tf.neg(tf.softplus(tf.neg(x))) as T;
 
 /** Sort a `[B]` vector ascending with a permutation matrix so that gradients flow (gather's grad is missing on wasm). */
 function sortAscending(x: T): T {
@@ -60,7 +69,8 @@ function sortAscending(x: T): T {
 
 /** log(1 − exp(x)) for x < 0, stable on both sides of −ln 2 (Mächler 2012). */
 function log1mexp(x: T): T {
-  const useExpm1 = tf.greater(x, -Math.LN2);
+  // the branch mask is a constant (a comparison has no gradient in tfjs)
+  const useExpm1 = tf.tensor(Array.from(x.dataSync(), (v) => (v > -Math.LN2 ? 1 : 0)), x.shape, 'bool');
   const a = tf.log(tf.neg(tf.expm1(tf.minimum(x, -1e-30))));
   const b = tf.log1p(tf.neg(tf.exp(tf.minimum(x, -Math.LN2))));
   return tf.where(useExpm1, a, b) as T;
