@@ -51,7 +51,8 @@ function shiftLabels(inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): { labe
  * Summed log-probs of the completion tokens of each row under a causal LM. Differentiable w.r.t. the model's
  * variables (call it inside `tf.variableGrads`).
  * Uses `model.hidden(inputIds)` `[B*T, D]`, `model.outputProjection()` and {@link tokenLogps} (chunked
- * log-softmax + gather), so the `[B, T, V]` logits tensor is never materialised by this function.
+ * log-softmax + gather, only on rows whose label is a completion token), so the `[B, T, V]` logits tensor is
+ * never materialised by this function.
  * @param model causal LM
  * @param inputIds `[B, T]` int32 (prompt + completion, right padded)
  * @param completionMask `[B, T]` float32, 1 on completion tokens (0 on prompt and padding)
@@ -64,7 +65,9 @@ export function completionLogps(model: CausalLM, inputIds: tf.Tensor2D, completi
     const { labels, mask } = shiftLabels(inputIds, completionMask);
     const hidden = model.hidden(inputIds);
     const { weight, layout } = model.outputProjection();
-    const tl = tokenLogps(hidden, weight, tf.reshape(labels, [B * T]) as tf.Tensor1D, layout);
+    // prompt and padding rows are skipped by the vocabulary projection (their log-prob is 0, no gradient)
+    const rowMask = mask.dataSync();
+    const tl = tokenLogps(hidden, weight, tf.reshape(labels, [B * T]) as tf.Tensor1D, layout, { rowMask });
     const logps = tf.sum(tf.mul(tf.reshape(tl, [B, T]), mask), 1) as tf.Tensor1D;
     const tokenCounts = tf.sum(mask, 1) as tf.Tensor1D;
     return { logps, tokenCounts };
@@ -89,16 +92,18 @@ export function logpsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, comp
   });
 }
 
-/** Stats of `[N, V]` logits rows against `[N]` labels with `[N]` mask; accumulated into per-row sums. */
+/**
+ * Stats of `[n, V]` logits rows; logits row i is batch row `rows[i]` (a global index b*T + t) of the
+ * shifted labels/mask. Accumulated into per-sequence sums.
+ */
 function accumulateStats(
   logits2d: tf.Tensor2D,
+  rows: ArrayLike<number>,
   labels: Int32Array,
   mask: Float32Array,
-  rowOffset: number,
   T: number,
   out: CompletionStats,
 ): void {
-  const [N] = logits2d.shape;
   const [meanLogit, entropy, argmax] = tf.tidy(() => {
     const lsm = tf.logSoftmax(logits2d, -1);
     const ent = tf.neg(tf.sum(tf.mul(tf.exp(lsm), lsm), -1));
@@ -108,8 +113,8 @@ function accumulateStats(
   const en = entropy!.dataSync();
   const am = argmax!.dataSync();
   tf.dispose([meanLogit!, entropy!, argmax!]);
-  for (let i = 0; i < N; i++) {
-    const g = rowOffset + i;
+  for (let i = 0; i < rows.length; i++) {
+    const g = rows[i]!;
     if (mask[g] === 0) continue;
     const b = Math.floor(g / T);
     out.logitSum[b]! += ml[i]!;
@@ -135,7 +140,7 @@ export function statsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, comp
   tf.dispose([labels, mask]);
   const out = emptyStats(B);
   const l2 = tf.tidy(() => tf.reshape(tf.cast(logits, 'float32'), [B * T, V]) as tf.Tensor2D);
-  accumulateStats(l2, lab, msk, 0, T, out);
+  accumulateStats(l2, Array.from({ length: B * T }, (_, i) => i), lab, msk, T, out);
   l2.dispose();
   return out;
 }
@@ -159,21 +164,25 @@ export function completionStats(
   const msk = mask.dataSync() as Float32Array;
   tf.dispose([labels, mask]);
   const out = emptyStats(B);
+  const rows: number[] = [];
+  for (let i = 0; i < B * T; i++) if (msk[i] !== 0) rows.push(i);
+  if (rows.length === 0) return out;
   const hidden = tf.tidy(() => model.hidden(inputIds));
   const { weight, layout } = model.outputProjection();
-  const N = B * T;
-  const D = hidden.shape[1];
+  // only completion rows, and a plain (non-transposed) [D, V] product: the fast matMul form on wasm
+  const selected = tf.tidy(() => tf.gather(hidden, tf.tensor1d(rows, 'int32')) as tf.Tensor2D);
+  hidden.dispose();
+  const wDV = layout === 'VD' ? tf.transpose(weight) : weight;
+  const D = selected.shape[1];
   const chunk = Math.max(1, opts.chunkRows ?? 256);
-  for (let start = 0; start < N; start += chunk) {
-    const n = Math.min(chunk, N - start);
-    let any = false;
-    for (let i = start; i < start + n; i++) if (msk[i] !== 0) { any = true; break; }
-    if (!any) continue;
-    const logits = tf.tidy(() => tf.matMul(tf.slice(hidden, [start, 0], [n, D]), weight, false, layout === 'VD')) as tf.Tensor2D;
-    accumulateStats(logits, lab, msk, start, T, out);
+  for (let start = 0; start < rows.length; start += chunk) {
+    const n = Math.min(chunk, rows.length - start);
+    const logits = tf.tidy(() => tf.matMul(tf.slice(selected, [start, 0], [n, D]), wDV)) as tf.Tensor2D;
+    accumulateStats(logits, rows.slice(start, start + n), lab, msk, T, out);
     logits.dispose();
   }
-  hidden.dispose();
+  if (wDV !== weight) wDV.dispose();
+  selected.dispose();
   return out;
 }
 
