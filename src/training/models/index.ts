@@ -47,6 +47,8 @@ interface ArchSpec {
   isLinear(name: string): boolean;
   /** checkpoint name → canonical name, or null to skip the tensor */
   canonical(name: string): string | null;
+  /** tensors that transformers zero-initialises when a checkpoint lacks them (loaded as zeros, with a warning) */
+  zeroIfMissing?(name: string): boolean;
   build(c: ModelConfig, params: Map<string, tf.Variable>): BaseLM;
 }
 
@@ -61,6 +63,8 @@ const ARCHS: Record<ModelConfig['architecture'], ArchSpec> = {
     shapes: gpt2Shapes,
     isLinear: isGpt2Linear,
     canonical: canonicalGpt2Name,
+    // GPT-2 Conv1D biases are zero-initialised by transformers (`_init_weights`) when absent.
+    zeroIfMissing: (n) => /\.(c_attn|c_proj|c_fc)\.bias$/.test(n),
     build: (c, p) => new Gpt2Model(c, p),
   },
 };
@@ -149,9 +153,14 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
     byCanonical.set(c, name);
   }
   const spec = arch.shapes(config);
+  const zeroFilled: string[] = [];
   for (const [name, shape] of spec) {
     const fileName = byCanonical.get(name);
     const info = fileName ? index.get(fileName) : undefined;
+    if (!info && arch.zeroIfMissing?.(name)) {
+      zeroFilled.push(name);
+      continue;
+    }
     if (!info) throw new WeightsError(`${dir}: tensor "${name}" is missing from the checkpoint`, name, 'WEIGHTS_MISSING_TENSOR');
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new WeightsError(
@@ -182,9 +191,12 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
     for (const v of params.values()) v.dispose();
     throw e;
   }
+  if (zeroFilled.length > 0) {
+    modelLog().warn({ dir, tensors: zeroFilled.slice(0, 10), count: zeroFilled.length }, 'checkpoint lacks these biases; they are zero-initialised as transformers does');
+  }
   // Keep the spec order in the map (stable save order).
   const ordered = new Map<string, tf.Variable>();
-  for (const [name] of spec) ordered.set(name, params.get(name)!);
+  for (const [name, shape] of spec) ordered.set(name, params.get(name) ?? tf.variable(tf.zeros(shape), trainable));
   return arch.build(config, ordered);
 }
 
