@@ -45,7 +45,7 @@ interface Session {
 }
 
 interface Fault {
-  object: string;
+  object: string | RegExp;
   kinds: LoggedRequest['kind'][];
   status: number;
   remaining: number;
@@ -113,8 +113,8 @@ export class FakeGcs {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
-  /** Answer the next `times` upload requests (of `kinds`) for `object` with `status` (Infinity = always). */
-  failUploads(object: string, status: number, times: number, kinds: LoggedRequest['kind'][] = ['multipart', 'resumable-start']): void {
+  /** Answer the next `times` upload requests (of `kinds`) for `object` (a name or a pattern) with `status` (Infinity = always). */
+  failUploads(object: string | RegExp, status: number, times: number, kinds: LoggedRequest['kind'][] = ['multipart', 'resumable-start']): void {
     this.faults.push({ object, kinds, status, remaining: times });
   }
 
@@ -163,7 +163,7 @@ export class FakeGcs {
   }
 
   private injected(kind: LoggedRequest['kind'], object: string): number | undefined {
-    const f = this.faults.find((x) => x.object === object && x.kinds.includes(kind) && x.remaining > 0);
+    const f = this.faults.find((x) => (typeof x.object === 'string' ? x.object === object : x.object.test(object)) && x.kinds.includes(kind) && x.remaining > 0);
     if (!f) return undefined;
     f.remaining -= 1;
     return f.status;
