@@ -65,7 +65,8 @@ FROM runtime AS api
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8000)+'/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
-CMD ["node", "--import", "tsx", "src/cli/main.ts", "serve"]
+# The same process as `dpo serve` (src/api/server.ts is its entry; configured by the environment).
+CMD ["node", "--import", "tsx", "src/api/server.ts"]
 
 # ---- worker: trains queued jobs (SFT then DPO) and stores the artifact ----------------------------
 FROM runtime AS worker
@@ -73,4 +74,5 @@ FROM runtime AS worker
 # a process check that the container's main process is the worker.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["node", "-e", "const p=process.env.WORKER_METRICS_PORT??'9464';if(p==='0'){process.exit(require('fs').readFileSync('/proc/1/cmdline','utf8').includes('worker')?0:1)}else{fetch('http://127.0.0.1:'+p+'/metrics').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))}"]
-CMD ["node", "--import", "tsx", "src/cli/main.ts", "worker"]
+# The same process as `dpo worker` (src/worker/main.ts is its entry; configured by the environment).
+CMD ["node", "--import", "tsx", "src/worker/main.ts"]

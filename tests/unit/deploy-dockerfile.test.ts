@@ -145,8 +145,8 @@ describe('Dockerfile (CPU api and worker)', () => {
       assert.match(effective(cpu, t, 'HEALTHCHECK') ?? '', /^--interval=\S+ .*CMD \[/);
     }
     assert.match(effective(cpu, 'api', 'HEALTHCHECK')!, /\/health/);
-    assert.match(effective(cpu, 'api', 'CMD')!, /"serve"\]$/);
-    assert.match(effective(cpu, 'worker', 'CMD')!, /"worker"\]$/);
+    assert.match(effective(cpu, 'api', 'CMD')!, /"src\/api\/server\.ts"\]$/);
+    assert.match(effective(cpu, 'worker', 'CMD')!, /"src\/worker\/main\.ts"\]$/);
     assert.equal(envOf(cpu, 'api').HOST, '0.0.0.0');
   });
 });
@@ -179,7 +179,7 @@ describe('Dockerfile.gpu (GPU worker)', () => {
     assert.equal(env.TFJS_BACKEND, 'tensorflow-gpu');
     assert.equal(effective(gpu, 'worker-gpu', 'USER'), 'node');
     assert.ok(effective(gpu, 'worker-gpu', 'HEALTHCHECK'));
-    assert.match(effective(gpu, 'worker-gpu', 'CMD')!, /"worker"\]$/);
+    assert.match(effective(gpu, 'worker-gpu', 'CMD')!, /"src\/worker\/main\.ts"\]$/);
   });
 });
 
@@ -208,6 +208,20 @@ describe('both Dockerfiles', () => {
       for (const p of ['.env', 'secrets/', 'node_modules/', '.git/']) assert.ok(ignore.includes(p), `.dockerignore lists ${p}`);
     });
   }
+});
+
+describe('entry points', () => {
+  it('every CMD runs a TypeScript entry that is in the repository, through tsx', () => {
+    for (const [df, target] of [
+      [cpu, 'api'],
+      [cpu, 'worker'],
+      [gpu, 'worker-gpu'],
+    ] as const) {
+      const argv = JSON.parse(effective(df, target, 'CMD')!) as string[];
+      assert.deepEqual(argv.slice(0, 3), ['node', '--import', 'tsx']);
+      assert.ok(tracked(argv[3]), `${target}: ${argv[3]} is in the repository`);
+    }
+  });
 });
 
 describe('HEALTHCHECK scripts (run here against real HTTP servers)', () => {
