@@ -172,10 +172,17 @@ export class FinetuneQueueService {
   }
 
   private async statusNow(jobId: string): Promise<JobStatus | null> {
-    const job = await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId);
+    // State first, then the job's fields: a job that finishes in between is re-read, so a `completed`
+    // state never comes with the fields of its running self (no artifact, no finishedOn).
+    let state = await this.queue.getJobState(jobId);
+    let job = await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId);
     const cancel = await this.cancelRecord(jobId);
     if (!job) return cancel ? cancelledStatus(cancel) : null;
-    const state = await job.getState();
+    if ((state === 'completed' || state === 'failed') && !job.finishedOn) {
+      job = (await Job.fromId<FT['data'], FT['result'], FT['name']>(this.queue, jobId)) ?? job;
+    } else if (state !== 'completed' && state !== 'failed' && job.finishedOn) {
+      state = await job.getState();
+    }
     return toJobStatus(
       {
         id: jobId,

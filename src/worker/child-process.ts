@@ -3,10 +3,10 @@
  * abort it on cancel/timeout (SIGKILL if it does not stop in time), and settle with its result.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { ProgressEvent } from '../training/types.js';
-import type { ChildMessage, TrainRequest, TrainResult } from './child.js';
+import { abortFile, type ChildMessage, type TrainRequest, type TrainResult } from './ipc.js';
 
 /** The child entry next to this file (.ts under tsx, .js when compiled), and the node flags it needs. */
 export function childEntry(): { file: string; execArgv: string[] } {
@@ -56,11 +56,18 @@ export function trainInChild(opts: RunChildOptions): Promise<TrainResult> {
       if (settled) return;
       settled = true;
       clearTimeout(killTimer);
+      rmSync(abortFile(opts.request.outputDir), { force: true });
       opts.signal.removeEventListener('abort', onAbort);
       fn();
     };
     const onAbort = (): void => {
       const reason = opts.signal.reason instanceof Error ? opts.signal.reason.message : String(opts.signal.reason ?? 'aborted');
+      // both channels: the file is seen at the next step even if the child's event loop is busy
+      try {
+        writeFileSync(abortFile(opts.request.outputDir), reason);
+      } catch {
+        // the IPC message and the kill timer still apply
+      }
       if (child.connected) child.send({ type: 'abort', reason });
       killTimer = setTimeout(() => {
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');

@@ -8,36 +8,10 @@
  * Child → parent: `{type:'progress', event}`, then `{type:'result', result}` or `{type:'error', code, message}`;
  * `{type:'backend', info}` for a probe. The child exits when done or when the parent goes away.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import pino from 'pino';
-import type { ProgressEvent, PreferenceExample } from '../training/types.js';
-
-/** What the worker asks the child to train. */
-export interface TrainRequest {
-  jobId: string;
-  communityId: string;
-  config?: Record<string, unknown>;
-  dataset: PreferenceExample[];
-  outputDir: string;
-  backend: string;
-  logLevel: string;
-}
-
-/** Result of runTraining (src/training/run.ts contract). */
-export interface TrainResult {
-  artifactDir: string;
-  metrics: { sft: Record<string, number>; dpo: Record<string, number> };
-}
-
-export type ParentMessage =
-  | { type: 'train'; request: TrainRequest }
-  | { type: 'abort'; reason: string }
-  | { type: 'probe'; backend: string };
-
-export type ChildMessage =
-  | { type: 'progress'; event: ProgressEvent }
-  | { type: 'result'; result: TrainResult }
-  | { type: 'error'; code: string; message: string }
-  | { type: 'backend'; info: { name: string; package: string; gpu: boolean } };
+import type { PreferenceExample, ProgressEvent } from '../training/types.js';
+import { abortFile, describeError, type ChildMessage, type ParentMessage, type TrainRequest, type TrainResult } from './ipc.js';
 
 type RunTraining = (options: {
   config?: Record<string, unknown>;
@@ -55,17 +29,6 @@ function send(msg: ChildMessage): Promise<void> {
   });
 }
 
-const CODE = /^[A-Z][A-Z0-9_]{2,63}$/;
-
-/** `{code, message}` of a thrown value; codes of typed errors (ConfigError, ...) are kept. */
-export function describeError(err: unknown, aborted: boolean): { code: string; message: string } {
-  const e = err as { code?: unknown; message?: unknown; name?: unknown };
-  const message = typeof e?.message === 'string' ? e.message : String(err);
-  if (aborted) return { code: 'ABORTED', message };
-  const code = typeof e?.code === 'string' && CODE.test(e.code) ? e.code : 'TRAINING_FAILED';
-  return { code, message };
-}
-
 async function train(req: TrainRequest, controller: AbortController): Promise<void> {
   const logger = pino({ level: req.logLevel, base: { jobId: req.jobId, communityId: req.communityId, proc: 'train' } });
   try {
@@ -79,7 +42,14 @@ async function train(req: TrainRequest, controller: AbortController): Promise<vo
       outputDir: req.outputDir,
       signal: controller.signal,
       logger,
-      onProgress: (event) => void send({ type: 'progress', event }),
+      onProgress: (event) => {
+        // The training loop may not yield to the event loop between steps, so the IPC `abort` message
+        // can wait; the abort file is checked synchronously at every reported step instead.
+        if (!controller.signal.aborted && existsSync(abortFile(req.outputDir))) {
+          controller.abort(new Error(readFileSync(abortFile(req.outputDir), 'utf8') || 'aborted'));
+        }
+        void send({ type: 'progress', event });
+      },
     });
     await send({ type: 'result', result });
   } catch (err) {

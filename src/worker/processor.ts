@@ -24,7 +24,7 @@ import {
 import type { Storage } from '../storage/storage.js';
 import type { ProgressEvent } from '../training/types.js';
 import { ChildFailure, trainInChild } from './child-process.js';
-import type { TrainResult } from './child.js';
+import type { TrainResult } from './ipc.js';
 
 type FT = QueueJobTypes['finetune'];
 export type FinetuneJob = Job<FT['data'], FT['result'], FT['name']>;
