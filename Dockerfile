@@ -70,9 +70,9 @@ CMD ["node", "--import", "tsx", "src/api/server.ts"]
 
 # ---- worker: trains queued jobs (SFT then DPO) and stores the artifact ----------------------------
 FROM runtime AS worker
-# Liveness: the worker's Prometheus endpoint when WORKER_METRICS_PORT is set (default 9464), otherwise
-# a process check that the container's main process is the worker.
+# Liveness: when something listens on WORKER_METRICS_PORT (default 9464), GET /metrics must answer 2xx;
+# otherwise (port 0 or nothing listening) a process check that the container's main process is the worker.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["node", "-e", "const p=process.env.WORKER_METRICS_PORT??'9464';if(p==='0'){process.exit(require('fs').readFileSync('/proc/1/cmdline','utf8').includes('worker')?0:1)}else{fetch('http://127.0.0.1:'+p+'/metrics').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))}"]
+  CMD ["node", "-e", "const pc=()=>process.exit(require('fs').readFileSync('/proc/1/cmdline','utf8').includes('worker')?0:1);const p=process.env.WORKER_METRICS_PORT??'9464';if(p==='0'){pc()}else{fetch('http://127.0.0.1:'+p+'/metrics').then(r=>process.exit(r.ok?0:1),pc)}"]
 # The same process as `dpo worker` (src/worker/main.ts is its entry; configured by the environment).
 CMD ["node", "--import", "tsx", "src/worker/main.ts"]

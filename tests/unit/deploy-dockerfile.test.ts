@@ -228,10 +228,11 @@ describe('HEALTHCHECK scripts (run here against real HTTP servers)', () => {
   let server: Server;
   let port = 0;
   let healthStatus = 200;
+  let metricsStatus = 200;
   before(async () => {
     server = createServer((req, res) => {
       if (req.url === '/health') res.writeHead(healthStatus).end('{}');
-      else if (req.url === '/metrics') res.writeHead(200).end('# metrics\n');
+      else if (req.url === '/metrics') res.writeHead(metricsStatus).end('# metrics\n');
       else res.writeHead(404).end();
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -263,14 +264,18 @@ describe('HEALTHCHECK scripts (run here against real HTTP servers)', () => {
     assert.equal(await run(code, { PORT: '1' }), 1);
   });
 
-  it('worker: /metrics when WORKER_METRICS_PORT is set, else a process check', async () => {
+  it('worker: /metrics must answer 2xx when served; a process check when WORKER_METRICS_PORT=0 or nothing listens', async () => {
+    // PID 1 here is not a worker, so the process check fails here (in the container it is `... worker/main.ts`).
+    const pid1 = existsSync('/proc/1/cmdline') ? readFileSync('/proc/1/cmdline', 'utf8') : 'worker';
+    const processCheck = pid1.includes('worker') ? 0 : 1;
     for (const df of [cpu, gpu]) {
       const code = script(df, df === cpu ? 'worker' : 'worker-gpu');
+      metricsStatus = 200;
       assert.equal(await run(code, { WORKER_METRICS_PORT: String(port) }), 0);
-      assert.equal(await run(code, { WORKER_METRICS_PORT: '1' }), 1);
-      // PID 1 here is not a worker, so the process check fails (in the container it is `... worker`).
-      const pid1 = existsSync('/proc/1/cmdline') ? readFileSync('/proc/1/cmdline', 'utf8') : 'worker';
-      assert.equal(await run(code, { WORKER_METRICS_PORT: '0' }), pid1.includes('worker') ? 0 : 1);
+      metricsStatus = 500;
+      assert.equal(await run(code, { WORKER_METRICS_PORT: String(port) }), 1);
+      assert.equal(await run(code, { WORKER_METRICS_PORT: '1' }), processCheck);
+      assert.equal(await run(code, { WORKER_METRICS_PORT: '0' }), processCheck);
     }
   });
 });
