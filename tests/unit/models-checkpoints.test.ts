@@ -20,6 +20,8 @@ import {
   saveModelHF,
   cloneModel,
   parseHFConfig,
+  toHFConfig,
+  eosIds,
   setModelLogger,
   WeightsError,
   UnsupportedModelError,
@@ -561,4 +563,15 @@ test('cloneModel: independent variables, same logits; frozen when asked', () => 
   m.dispose();
   assert.deepEqual(Array.from(logitsOf(ref, [1, 2, 3])), before, 'the clone survives disposing the original');
   ref.dispose();
+});
+
+test('config: EOS lists kept (Llama 3), unsupported rope_scaling named, toHFConfig round-trips', () => {
+  const base = hfConfig({ vocab: 20, D: 16, F: 24, L: 1, H: 2, KV: 1, hd: 8, eps: 1e-5, theta: 10000, tied: true, bias: false, oBias: false, qkNorm: false }, 'llama');
+  const c = parseHFConfig({ ...base, eos_token_id: [2, 7, 9] });
+  assert.equal(c.eosTokenId, 2);
+  assert.deepEqual(eosIds(c), [2, 7, 9]);
+  const back = parseHFConfig(toHFConfig(c));
+  assert.deepEqual(eosIds(back), [2, 7, 9]);
+  assert.deepEqual({ ...back, eosTokenIds: undefined }, { ...c, eosTokenIds: undefined });
+  assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'yarn', factor: 4 } }), (e: unknown) => e instanceof UnsupportedModelError && /yarn/.test(e.message) && /llama3/.test(e.message));
 });

@@ -6,12 +6,11 @@
  * Never prints the row texts, only indices and numbers.
  */
 import type { Command } from 'commander';
-import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../training/engine/backend.js';
-import { loadPretrained } from '../../training/models/index.js';
-import { collatePreference, loadPreferenceExamples, resolvePadId, tokenizePreference } from '../../training/data/index.js';
-import { completionLogps } from '../../training/losses/index.js';
-import type { CausalLM, PreferenceExample, Tokenizer } from '../../training/types.js';
+import { loadPretrained, scoreCompletions, type ScoreRow } from '../../training/models/index.js';
+import { loadPreferenceExamples } from '../../training/data/index.js';
+
+export type { ScoreRow };
 
 export interface ScoreCliOptions {
   model: string;
@@ -20,42 +19,6 @@ export interface ScoreCliOptions {
   maxPromptLength: string;
   truncationMode: string;
   format?: string;
-}
-
-/** One output line. */
-export interface ScoreRow {
-  index: number;
-  chosen_logps: number | null;
-  rejected_logps: number | null;
-  chosen_tokens: number;
-  rejected_tokens: number;
-  /** true when the prompt alone fills max_length (the pair is dropped, as in training) */
-  dropped?: boolean;
-}
-
-/**
- * Score preference examples.
- * @returns one row per example, in order
- */
-export function scoreExamples(
-  model: CausalLM,
-  tokenizer: Tokenizer,
-  examples: PreferenceExample[],
-  opts: { maxLength: number; maxPromptLength: number; truncationMode: 'keep_start' | 'keep_end' },
-): ScoreRow[] {
-  const padId = resolvePadId(tokenizer);
-  return examples.map((ex, index) => {
-    const pair = tokenizePreference(ex, tokenizer, opts);
-    if (!pair) return { index, chosen_logps: null, rejected_logps: null, chosen_tokens: 0, rejected_tokens: 0, dropped: true };
-    const b = collatePreference([pair], padId);
-    const [logps, counts] = tf.tidy(() => {
-      const ids = tf.tensor2d(b.inputIds, [b.rows, b.seqLen], 'int32');
-      const mask = tf.tensor2d(b.completionMask, [b.rows, b.seqLen], 'float32');
-      const r = completionLogps(model, ids, mask);
-      return [r.logps.dataSync(), r.tokenCounts.dataSync()];
-    });
-    return { index, chosen_logps: logps[0]!, rejected_logps: logps[1]!, chosen_tokens: counts[0]!, rejected_tokens: counts[1]! };
-  });
 }
 
 /** Run `score`, calling `emit` per row. @throws RangeError for bad options */
@@ -70,7 +33,7 @@ export async function runScore(o: ScoreCliOptions, emit: (row: ScoreRow) => void
   await initBackend();
   const { model, tokenizer } = await loadPretrained(o.model, { trainable: false });
   const examples = await loadPreferenceExamples(o.data, { tokenizer, ...(o.format ? { format: o.format } : {}) });
-  for (const row of scoreExamples(model, tokenizer, examples, { maxLength, maxPromptLength, truncationMode: o.truncationMode })) emit(row);
+  for (const row of scoreCompletions(model, tokenizer, examples, { maxLength, maxPromptLength, truncationMode: o.truncationMode })) emit(row);
   model.dispose();
 }
 

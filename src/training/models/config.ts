@@ -18,6 +18,26 @@ export const SUPPORTED_ROPE_TYPES = ['default', 'linear', 'llama3'] as const;
 
 type Json = Record<string, unknown>;
 
+/**
+ * A {@link ModelConfig} that may carry every EOS id when config.json / generation_config.json list several
+ * (Llama 3: `[128001, 128008, 128009]`); `eosTokenId` is the first.
+ */
+export interface HFModelConfig extends ModelConfig {
+  eosTokenIds?: number[];
+}
+
+/** All EOS ids of a config (the list when known, else the single id). */
+export function eosIds(c: ModelConfig): number[] {
+  const list = (c as HFModelConfig).eosTokenIds;
+  if (list && list.length > 0) return list;
+  return c.eosTokenId === null ? [] : [c.eosTokenId];
+}
+
+function tokenIdList(raw: Json, key: string): { eosTokenIds?: number[] } {
+  const v = raw[key];
+  return Array.isArray(v) && v.length > 1 && v.every((x) => typeof x === 'number') ? { eosTokenIds: v as number[] } : {};
+}
+
 function num(raw: Json, key: string, fallback?: number): number {
   const v = raw[key];
   if (v === undefined || v === null) {
@@ -133,7 +153,8 @@ function parseLlamaFamily(raw: Json, modelType: SupportedModelType): ModelConfig
     bosTokenId: tokenId(raw, 'bos_token_id'),
     eosTokenId: tokenId(raw, 'eos_token_id'),
     padTokenId: tokenId(raw, 'pad_token_id'),
-  };
+    ...tokenIdList(raw, 'eos_token_id'),
+  } as HFModelConfig;
 }
 
 function parseGpt2(raw: Json): ModelConfig {
@@ -172,7 +193,8 @@ function parseGpt2(raw: Json): ModelConfig {
     bosTokenId: tokenId(raw, 'bos_token_id'),
     eosTokenId: tokenId(raw, 'eos_token_id'),
     padTokenId: tokenId(raw, 'pad_token_id'),
-  };
+    ...tokenIdList(raw, 'eos_token_id'),
+  } as HFModelConfig;
 }
 
 const ARCH_NAMES: Record<string, string> = {
@@ -191,7 +213,7 @@ export function toHFConfig(config: ModelConfig, dtype: 'F32' | 'BF16' = 'F32'): 
   const torchDtype = dtype === 'BF16' ? 'bfloat16' : 'float32';
   const common = {
     bos_token_id: config.bosTokenId,
-    eos_token_id: config.eosTokenId,
+    eos_token_id: eosIds(config).length > 1 ? eosIds(config) : config.eosTokenId,
     ...(config.padTokenId !== null ? { pad_token_id: config.padTokenId } : {}),
     torch_dtype: torchDtype,
     vocab_size: config.vocabSize,

@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { CausalLM, Tokenizer } from '../types.js';
 import type { GenerativeLM } from './base.js';
 import { tokenizerAddsBos } from '../tokenizers/index.js';
+import { eosIds } from './config.js';
 
 export interface GenerateOptions {
   /** tokens to generate at most (default 256; also capped by max_position_embeddings) */
@@ -115,7 +116,7 @@ export function generate(
   }
   const input = [...prefix, ...promptIds];
   const stop = new Set<number>(opts.stopTokenIds ?? []);
-  for (const id of [tokenizer.eosTokenId, model.config.eosTokenId]) if (id !== null) stop.add(id);
+  for (const id of [tokenizer.eosTokenId, ...eosIds(model.config)]) if (id !== null) stop.add(id);
   if (opts.stopAtBos ?? true) for (const id of [tokenizer.bosTokenId, model.config.bosTokenId]) if (id !== null) stop.add(id);
   const maxNew = Math.max(0, Math.min(opts.maxNewTokens ?? 256, model.config.maxPositionEmbeddings - input.length));
   const rand = seededRandom(opts.seed ?? 0);

@@ -21,7 +21,7 @@ import {
   type GenerativeLM,
   type ShapeSpec,
 } from './base.js';
-import { parseHFConfig, toHFConfig } from './config.js';
+import { eosIds, parseHFConfig, toHFConfig, type HFModelConfig } from './config.js';
 import { ModelConfigError, ModelNotFoundError, WeightsError } from './errors.js';
 import { Gpt2Model, canonicalGpt2Name, gpt2Shapes, isGpt2Linear } from './gpt2.js';
 import { LlamaModel, isLlamaLinear, llamaShapes } from './llama.js';
@@ -29,9 +29,10 @@ import { readLlama2c } from './llama2c.js';
 import { modelLog } from './log.js';
 import { forEachTensor, readSafetensorsIndex, writeSafetensors, type TensorToWrite } from './safetensors.js';
 
+export { scoreCompletions, type ScoreRow } from './score.js';
 export { generate, sampleNext, seededRandom, type GenerateOptions } from './generate.js';
 export { applyLora, mergeLora, saveLoraAdapter, withAdaptersDisabled, loraParameters, type LoraConfig } from './lora.js';
-export { parseHFConfig, toHFConfig, SUPPORTED_MODEL_TYPES } from './config.js';
+export { parseHFConfig, toHFConfig, eosIds, SUPPORTED_MODEL_TYPES, type HFModelConfig } from './config.js';
 export { KVCache, BaseLM, type GenerativeLM } from './base.js';
 export { LlamaModel } from './llama.js';
 export { Gpt2Model } from './gpt2.js';
@@ -141,7 +142,20 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
   } catch (e) {
     throw new ModelConfigError(`${join(dir, 'config.json')}: cannot read config.json (${(e as Error).message})`);
   }
-  const config = parseHFConfig(raw);
+  const config: HFModelConfig = parseHFConfig(raw);
+  // generation_config.json may list more EOS ids than config.json (Llama 3 Instruct)
+  const genPath = join(dir, 'generation_config.json');
+  if (existsSync(genPath)) {
+    try {
+      const gen = JSON.parse(await readFile(genPath, 'utf8')) as { eos_token_id?: unknown };
+      const ids = (Array.isArray(gen.eos_token_id) ? gen.eos_token_id : [gen.eos_token_id]).filter((x): x is number => typeof x === 'number');
+      const all = [...new Set([...eosIds(config), ...ids])];
+      if (all.length > 1) config.eosTokenIds = all;
+      if (config.eosTokenId === null && all.length > 0) config.eosTokenId = all[0]!;
+    } catch {
+      modelLog().warn({ file: genPath }, 'generation_config.json is not valid JSON; ignored');
+    }
+  }
   const arch = ARCHS[config.architecture];
   const index = await readSafetensorsIndex(dir);
   // canonical name → name in the checkpoint
@@ -306,7 +320,8 @@ export async function saveModelHF(
   files.push(join(dir, 'config.json'));
   const gen: Record<string, unknown> = { _from_model_config: true };
   if (model.config.bosTokenId !== null) gen.bos_token_id = model.config.bosTokenId;
-  if (model.config.eosTokenId !== null) gen.eos_token_id = model.config.eosTokenId;
+  const eos = eosIds(model.config);
+  if (eos.length > 0) gen.eos_token_id = eos.length > 1 ? eos : eos[0];
   if (model.config.padTokenId !== null) gen.pad_token_id = model.config.padTokenId;
   await writeFile(join(dir, 'generation_config.json'), JSON.stringify(gen, null, 2) + '\n');
   files.push(join(dir, 'generation_config.json'));
