@@ -114,10 +114,10 @@ export function runAllOpChecks(): void {
   const labels = tf.tensor1d([0, 10, 3, 3, 7, 1, 5], 'int32');
   for (const layout of ['VD', 'DV'] as const) {
     const wShape = layout === 'VD' ? [V, D] : [D, V];
-    for (const chunkRows of [undefined, 3]) {
+    for (const [chunkRows, vocabBlock] of [[undefined, undefined], [3, undefined], [undefined, 4], [4, 5]] as const) {
       checkOp(
-        `tokenLogps ${layout} chunk ${chunkRows ?? 'all'}`,
-        (h, w) => fast.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout, { chunkRows }),
+        `tokenLogps ${layout} chunk ${chunkRows ?? 'all'} block ${vocabBlock ?? 'all'}`,
+        (h, w) => fast.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout, { chunkRows, vocabBlock }),
         (h, w) => ref.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout),
         [randn([N, D], 2), randn(wShape, 2)],
       );
@@ -126,7 +126,7 @@ export function runAllOpChecks(): void {
     const m = tf.tensor1d(rowMask);
     checkOp(
       `tokenLogps ${layout} rowMask`,
-      (h, w) => fast.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout, { rowMask, chunkRows: 2 }),
+      (h, w) => fast.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout, { rowMask, chunkRows: 2, vocabBlock: 4 }),
       (h, w) => tf.mul(ref.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout), m),
       [randn([N, D], 2), randn(wShape, 2)],
     );

@@ -181,11 +181,26 @@ export function geluTanh(x: tf.Tensor): tf.Tensor {
 // ---------------------------------------------------------------------------------------------------------
 // rotary embedding
 
-/** rotate_half(x) = [-x2, x1] over the last axis (as [..., 2, half] reversed, then signed), sign = [-1, 1]. */
-function rotHalf(x: tf.Tensor, shape: number[], sign: tf.Tensor): tf.Tensor {
-  const hd = shape[shape.length - 1]!;
-  const split = [...shape.slice(0, -1), 2, hd / 2];
-  return tf.reshape(tf.mul(tf.reverse(tf.reshape(x, split), -2), sign), shape);
+const rotCache = new Map<string, tf.Tensor2D>();
+/**
+ * The `[hd, hd]` matrix R with x R = rotate_half(x) = [-x2, x1] (transposed: x R^T = [x2, -x1]), cached.
+ * A product with R is a plain 2-D matmul (fast on wasm, where Reverse/Concat over the last axis are slow).
+ */
+function rotMatrix(hd: number, transposed: boolean): tf.Tensor2D {
+  const key = `${hd}${transposed ? 'T' : ''}`;
+  let r = rotCache.get(key);
+  if (!r || r.isDisposed) {
+    const half = hd / 2;
+    const m = new Float32Array(hd * hd);
+    for (let j = 0; j < half; j++) {
+      // out[j] = -x[j + half]; out[j + half] = x[j]  (row = input index, column = output index)
+      m[(j + half) * hd + j] = -1;
+      m[j * hd + j + half] = 1;
+    }
+    r = tf.keep(transposed ? tf.transpose(tf.tensor2d(m, [hd, hd])) : tf.tensor2d(m, [hd, hd]));
+    rotCache.set(key, r);
+  }
+  return r;
 }
 
 /**
@@ -193,23 +208,23 @@ function rotHalf(x: tf.Tensor, shape: number[], sign: tf.Tensor): tf.Tensor {
  * the real and imaginary parts). llama2.c checkpoints use interleaved pairs; their q/k weights are permuted
  * at load so that this single convention serves both (transformers' convert_llama_weights_to_hf.py).
  * y = x cos + rotate_half(x) sin; gradient dx = g cos + rotate_half^T(g sin), rotate_half^T(u) = [u2, -u1].
+ * rotate_half is applied as a product with a constant `[hd, hd]` matrix.
  * @param x `[B, T, H, hd]`
  * @param cos `[T, hd]` and sin `[T, hd]` for the absolute positions of the T rows (halves duplicated)
  */
 export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-  const [, T, , hd] = x.shape;
+  const [B, T, H, hd] = x.shape;
   const shape = x.shape.slice();
+  const rows = B * T * H;
+  const rot = (t: tf.Tensor, transposed: boolean): tf.Tensor =>
+    tf.reshape(tf.matMul(tf.reshape(t, [rows, hd]) as tf.Tensor2D, rotMatrix(hd, transposed)), shape);
   const f = custom<[tf.Tensor4D]>((xi, save) => {
     const c = tf.reshape(cos, [1, T, 1, hd]);
     const s = tf.reshape(sin, [1, T, 1, hd]);
-    const fwdSign = tf.tensor2d([-1, 1], [2, 1]);
     save([c, s]);
     return {
-      value: tf.add(tf.mul(xi, c), tf.mul(rotHalf(xi, shape, fwdSign), s)),
-      gradFunc: (dy, [cs, ss]) => {
-        const bwdSign = tf.tensor2d([1, -1], [2, 1]);
-        return [tf.add(tf.mul(dy, cs!), rotHalf(tf.mul(dy, ss!), shape, bwdSign))];
-      },
+      value: tf.add(tf.mul(xi, c), tf.mul(rot(xi, false), s)),
+      gradFunc: (dy, [cs, ss]) => [tf.add(tf.mul(dy, cs!), rot(tf.mul(dy, ss!), true))],
     };
   });
   return f(x) as tf.Tensor4D;
@@ -316,23 +331,29 @@ export interface TokenLogpsOptions {
    * get log-prob 0 with zero gradient. Saves the vocabulary projection for prompt and padding rows.
    */
   rowMask?: ArrayLike<number>;
-  /** Rows per chunk (default: as many as keep a chunk's logits at about 2^25 floats, 128 MiB). */
+  /** Rows per chunk (default: as many as keep a chunk's probabilities at about 2^25 floats, 128 MiB). */
   chunkRows?: number;
+  /** Vocabulary columns per block (default: about 8192; long reductions over the vocabulary run 2x slower). */
+  vocabBlock?: number;
 }
 
 /**
  * Log-probability of each label under softmax(hidden @ W): the per-token log p(label_t | context).
- * Computed in chunks of rows; per chunk: logits = h W (plain 2-D product, the tied `[V, D]` weight is
- * transposed once), p = softmax(logits), and log p(label) = logit_label - max(logits) + log(max(p))
- * (max(p) = exp(max - logsumexp) >= 1/V never underflows), so no one-hot and no log-softmax pass over
- * `[N, vocab]`; only p is kept for the backward pass (the `[N, vocab]` logits are never held twice).
+ *
+ * Computed in chunks of rows and, within a chunk, blocks of the vocabulary. Per block j: logits_j = h W_j
+ * (plain 2-D product), p_j = softmax(logits_j) and the block's logsumexp lse_j = max(logits_j) - log(max(p_j))
+ * (max(p_j) = exp(max - lse_j) >= 1/V_j never underflows); lse = logsumexp_j(lse_j); p_j is rescaled by
+ * exp(lse_j - lse) to the full softmax; log p(label) = h . W[label] - lse. No one-hot and no log-softmax pass
+ * over `[N, vocab]`; only p is kept for the backward pass (the `[N, vocab]` logits are never held twice).
  * Gradient (softmax cross-entropy): d logp / d logits = onehot(label) - p, so with g = upstream `[N]`:
- * dh = -g (p W_vd) + g W_vd[label], dW_dv = (-g h)^T p + scatter(label, g h)^T, all plain 2-D products.
+ * dh = g (W_vd[label] - sum_j p_j W_vd,j), dW_dv,j = (-g h)^T p_j (+ g h scattered to the label rows);
+ * all plain 2-D products with short reductions.
  * @param hidden `[N, D]` final (normed) hidden states
  * @param weight output projection: `[D, vocab]` when layout is 'DV', `[vocab, D]` (a tied embedding) when 'VD'
  * @param labels `[N]` int32 label ids (any valid id where the row is masked out by the caller)
- * @param opts optional row mask and chunk size (see {@link TokenLogpsOptions})
+ * @param opts optional row mask, chunk and block sizes (see {@link TokenLogpsOptions})
  * @returns `[N]` log-probs (nats)
+ * @throws RangeError when rowMask's length differs from N
  */
 export function tokenLogps(
   hidden: tf.Tensor2D,
@@ -356,6 +377,27 @@ export function tokenLogps(
   const chunk = Math.max(1, Math.floor(opts.chunkRows ?? Math.max(1, Math.floor(2 ** 25 / V))));
   const starts: number[] = [];
   for (let s = 0; s < M; s += chunk) starts.push(s);
+  const nBlocks = Math.max(1, Math.ceil(V / Math.max(1, opts.vocabBlock ?? 8192)));
+  const blockSize = Math.ceil(V / nBlocks);
+  const blocks: Array<[number, number]> = [];
+  for (let v0 = 0; v0 < V; v0 += blockSize) blocks.push([v0, Math.min(blockSize, V - v0)]);
+
+  /** W as `[D, Vb]` blocks (forward) or `[Vb, D]` blocks (backward). */
+  const dvBlocks = (w: tf.Tensor2D): tf.Tensor2D[] =>
+    blocks.map(([v0, n]) =>
+      layout === 'DV'
+        ? blocks.length === 1 ? w : tf.slice(w, [0, v0], [D, n])
+        : tf.transpose(blocks.length === 1 ? w : tf.slice(w, [v0, 0], [n, D])),
+    );
+  const vdBlocks = (w: tf.Tensor2D): tf.Tensor2D[] =>
+    blocks.map(([v0, n]) =>
+      layout === 'VD'
+        ? blocks.length === 1 ? w : tf.slice(w, [v0, 0], [n, D])
+        : tf.transpose(blocks.length === 1 ? w : tf.slice(w, [0, v0], [D, n])),
+    );
+  /** Rows of W (as `[n, D]`) for the given label ids. */
+  const labelRows = (w: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D =>
+    layout === 'VD' ? tf.gather(w, ids) : tf.transpose(tf.gather(w, ids, 1));
 
   const f = custom<[tf.Tensor2D, tf.Tensor2D]>((h, w, save) => {
     if (M === 0) {
@@ -364,19 +406,25 @@ export function tokenLogps(
     }
     const rowsT = rows ? tf.tensor1d(rows, 'int32') : null;
     const hSel = rowsT ? (tf.gather(h, rowsT) as tf.Tensor2D) : h;
-    const wDV = layout === 'VD' ? (tf.transpose(w) as tf.Tensor2D) : w; // [D, V]
+    const wDV = dvBlocks(w);
     const parts: tf.Tensor[] = [];
-    const probs: tf.Tensor2D[] = [];
+    const probs: tf.Tensor2D[] = []; // chunk-major, then block
     for (const s of starts) {
       const n = Math.min(chunk, M - s);
       const hc = starts.length === 1 ? hSel : tf.slice(hSel, [s, 0], [n, D]);
-      const logits = tf.matMul(hc, wDV) as tf.Tensor2D; // [n, V]
-      const p = tf.softmax(logits, -1) as tf.Tensor2D;
-      const flat = new Int32Array(n);
-      for (let i = 0; i < n; i++) flat[i] = i * V + lab[s + i]!;
-      const picked = tf.gather(tf.reshape(logits, [-1]), tf.tensor1d(flat, 'int32'));
-      parts.push(tf.add(tf.sub(picked, tf.max(logits, -1)), tf.log(tf.max(p, -1))));
-      probs.push(p);
+      const ps: tf.Tensor2D[] = [];
+      const lses: tf.Tensor[] = [];
+      for (const wj of wDV) {
+        const logits = tf.matMul(hc, wj) as tf.Tensor2D; // [n, Vb]
+        const p = tf.softmax(logits, -1) as tf.Tensor2D;
+        lses.push(tf.sub(tf.max(logits, -1, true), tf.log(tf.max(p, -1, true)))); // [n, 1]
+        ps.push(p);
+      }
+      const lseAll = lses.length === 1 ? lses[0]! : tf.logSumExp(tf.concat(lses, 1), 1, true); // [n, 1]
+      for (let j = 0; j < ps.length; j++) probs.push(ps.length === 1 ? ps[j]! : tf.mul(ps[j]!, tf.exp(tf.sub(lses[j]!, lseAll))));
+      const labT = tf.tensor1d(lab.subarray(s, s + n), 'int32');
+      const picked = tf.sum(tf.mul(hc, labelRows(w, labT)), -1); // h . W[label]
+      parts.push(tf.sub(picked, tf.reshape(lseAll, [n])));
     }
     const lp = parts.length === 1 ? parts[0]! : tf.concat(parts, 0);
     const value = rowsT ? tf.scatterND(tf.reshape(rowsT, [M, 1]), lp, [N]) : lp;
@@ -387,28 +435,38 @@ export function tokenLogps(
         const [hs, ws, ...ps] = saved as [tf.Tensor2D, tf.Tensor2D, ...tf.Tensor2D[]];
         const rowsT = rows ? tf.tensor1d(rows, 'int32') : null; // the forward's copy was disposed with its scope
         const g = rowsT ? tf.gather(dy, rowsT) : dy; // [M]
-        const wVD = layout === 'VD' ? ws : (tf.transpose(ws) as tf.Tensor2D); // [V, D]
+        const wVD = vdBlocks(ws);
         const dhParts: tf.Tensor[] = [];
-        let dWdv: tf.Tensor | null = null; // [D, V] part: (-g h)^T p
-        let dWlab: tf.Tensor | null = null; // [V, D] part: scatter(label, g h)
+        const dWT: Array<tf.Tensor | null> = blocks.map(() => null); // per block [D, Vb]: (-g h)^T p_j
+        let dWlab: tf.Tensor | null = null; // [V, D]: scatter(label, g h)
         for (let c = 0; c < starts.length; c++) {
           const s = starts[c]!;
           const n = Math.min(chunk, M - s);
           const hc = starts.length === 1 ? hs : tf.slice(hs, [s, 0], [n, D]);
           const gc = tf.reshape(starts.length === 1 ? g : tf.slice(g, [s], [n]), [n, 1]);
           const labT = tf.tensor1d(lab.subarray(s, s + n), 'int32');
-          const p = ps[c]!;
-          // dh = g * (W[label] - p W)
-          dhParts.push(tf.mul(gc, tf.sub(tf.gather(wVD, labT), tf.matMul(p, wVD))));
-          const hg = tf.mul(hc, gc); // g h, [n, D]
-          const a = tf.matMul(tf.transpose(tf.neg(hg)), p); // [D, V]
-          dWdv = dWdv ? tf.add(dWdv, a) : a;
-          const sc = tf.scatterND(tf.reshape(labT, [n, 1]), hg, [V, D]);
+          let pw: tf.Tensor | null = null; // sum_j p_j W_vd,j  [n, D]
+          const hgT = tf.transpose(tf.neg(tf.mul(hc, gc))); // (-g h)^T, [D, n]
+          for (let j = 0; j < blocks.length; j++) {
+            const p = ps[c * blocks.length + j]!;
+            const t = tf.matMul(p, wVD[j]!);
+            pw = pw ? tf.add(pw, t) : t;
+            const a = tf.matMul(hgT, p);
+            dWT[j] = dWT[j] ? tf.add(dWT[j]!, a) : a;
+          }
+          dhParts.push(tf.mul(gc, tf.sub(labelRows(ws, labT), pw!)));
+          const sc = tf.scatterND(tf.reshape(labT, [n, 1]), tf.mul(hc, gc), [V, D]);
           dWlab = dWlab ? tf.add(dWlab, sc) : sc;
         }
         const dhSel = dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0);
         const dh = rowsT ? tf.scatterND(tf.reshape(rowsT, [M, 1]), dhSel, [N, D]) : dhSel;
-        const dW = layout === 'VD' ? tf.add(tf.transpose(dWdv!), dWlab!) : tf.add(dWdv!, tf.transpose(dWlab!));
+        let dW: tf.Tensor;
+        if (layout === 'VD') {
+          const t = dWT.map((x) => tf.transpose(x!));
+          dW = tf.add(t.length === 1 ? t[0]! : tf.concat(t, 0), dWlab!);
+        } else {
+          dW = tf.add(dWT.length === 1 ? dWT[0]! : tf.concat(dWT as tf.Tensor[], 1), tf.transpose(dWlab!));
+        }
         return [dh, dW];
       },
     };

@@ -1,0 +1,36 @@
+/**
+ * Kernel-level profile of one bench step: `npx tsx bench/profile-step.ts [same args as dpo-step.ts]`.
+ * Prints the kernels sorted by total time (tf.profile), to see where a step's time goes.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { parseArgs, runBench } from './dpo-step.js';
+
+const a = parseArgs(process.argv.slice(2));
+a.steps = 1;
+await runBench(a); // warm-up (and backend init)
+const prof = await tf.profile(async () => {
+  await runBench({ ...a, steps: 0 });
+});
+const by = new Map<string, { ms: number; n: number }>();
+for (const k of prof.kernels) {
+  const e = by.get(k.name) ?? { ms: 0, n: 0 };
+  e.ms += typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+  e.n += 1;
+  by.set(k.name, e);
+}
+const rows = [...by].sort((x, y) => y[1].ms - x[1].ms);
+const total = rows.reduce((s, [, e]) => s + e.ms, 0);
+console.log(`kernels: ${prof.kernels.length}, kernel time ${total.toFixed(0)} ms`);
+for (const [name, e] of rows.slice(0, 25)) console.log(`${name.padEnd(28)} ${e.ms.toFixed(1).padStart(9)} ms  ${String(e.n).padStart(6)} calls`);
+const byShape = new Map<string, { ms: number; n: number }>();
+for (const k of prof.kernels) {
+  if (k.name !== 'BatchMatMul' && k.name !== 'Transpose' && k.name !== 'Reverse') continue;
+  const key = `${k.name} ${JSON.stringify(k.inputShapes)} -> ${JSON.stringify(k.outputShapes)}`;
+  const e = byShape.get(key) ?? { ms: 0, n: 0 };
+  e.ms += typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;
+  e.n += 1;
+  byShape.set(key, e);
+}
+for (const [key, e] of [...byShape].sort((x, y) => y[1].ms - x[1].ms).slice(0, 25))
+  console.log(`${e.ms.toFixed(1).padStart(9)} ms ${String(e.n).padStart(5)}x  ${key}`);
+process.exit(0);
