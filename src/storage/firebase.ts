@@ -156,14 +156,24 @@ class VerificationError extends Error {
   override readonly name = 'VerificationError';
 }
 
+/** The credentials could not be loaded or were refused by the token endpoint (google-auth-library messages). */
+function isCredentialError(err: unknown): boolean {
+  const msg = err instanceof Error ? err.message : String(err);
+  return /default credentials|does not exist, or it is not a file|invalid_grant|invalid_client|unauthorized_client|private key/i.test(msg);
+}
+
 /** Errors that repeating the request cannot fix. */
 function isPermanent(err: unknown): boolean {
   if (err instanceof StorageError) return true;
+  if (isCredentialError(err)) return true;
   const status = httpStatusOf(err);
   return status === 400 || status === 401 || status === 403 || status === 404 || status === 412;
 }
 
 function hint(err: unknown, bucket: string): string {
+  if (isCredentialError(err)) {
+    return 'the Google credentials could not be loaded: set GOOGLE_APPLICATION_CREDENTIALS to a readable service-account JSON (in docker compose: ./secrets/service-account.json, readable by uid 1000), or leave it empty where application default credentials exist';
+  }
   switch (httpStatusOf(err)) {
     case 401:
     case 403:
@@ -377,7 +387,9 @@ export class FirebaseStorage implements Storage {
     const uri = `gs://${this.bucketName}/${objectName}`;
     const file = bucket.file(objectName);
     let lastErr: unknown;
+    let attempts = 0;
     for (let attempt = 1; attempt <= this.opts.maxAttempts; attempt++) {
+      attempts = attempt;
       try {
         await this.sendOnce(bucket, localPath, objectName, local);
         await this.verify(file, local);
@@ -393,11 +405,11 @@ export class FirebaseStorage implements Storage {
       }
     }
     if (lastErr instanceof StorageError) throw lastErr;
-    const attempts = isPermanent(lastErr) ? 'without retry (the error is permanent)' : `after ${this.opts.maxAttempts} attempt(s)`;
+    const how = isPermanent(lastErr) ? 'without retry (the error is permanent)' : `after ${attempts} attempt(s)`;
     throw new StorageError(
       'STORAGE_UPLOAD_FAILED',
-      `upload of artifact file "${relPath}" to ${uri} failed ${attempts}: ${describe(lastErr)}. The local artifact is kept at ${localDir}; ${hint(lastErr, this.bucketName)}`,
-      { file: relPath, attempts: this.opts.maxAttempts, cause: lastErr },
+      `upload of artifact file "${relPath}" to ${uri} failed ${how}: ${describe(lastErr)}. The local artifact is kept at ${localDir}; ${hint(lastErr, this.bucketName)}`,
+      { file: relPath, attempts, cause: lastErr },
     );
   }
 

@@ -5,7 +5,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { verifyManifest, writeManifest } from '../../src/storage/manifest.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -57,6 +58,32 @@ describe('firebase storage options', () => {
     } finally {
       if (prev === undefined) delete process.env.FIREBASE_STORAGE_EMULATOR_HOST;
       else process.env.FIREBASE_STORAGE_EMULATOR_HOST = prev;
+    }
+  });
+
+  it('fails at once, naming GOOGLE_APPLICATION_CREDENTIALS, when the key file is missing (no network needed)', async () => {
+    assert.equal(process.env.FIREBASE_STORAGE_EMULATOR_HOST ?? '', '', 'this test needs the real (unreachable) endpoint, not an emulator');
+    const dir = await mkdtemp(join(tmpdir(), 'dpo-cred-'));
+    const prev = process.env.GOOGLE_APPLICATION_CREDENTIALS;
+    process.env.GOOGLE_APPLICATION_CREDENTIALS = join(dir, 'missing-service-account.json');
+    try {
+      await mkdir(join(dir, 'art'));
+      await writeFile(join(dir, 'art', 'metrics.jsonl'), '{}\n');
+      await writeManifest(join(dir, 'art'));
+      const s = new FirebaseStorage({ bucket: 'demo-cred.appspot.com', maxAttempts: 4, backoffBaseMs: 1, logger: silent });
+      await assert.rejects(s.putArtifact(join(dir, 'art'), 'c', 'j'), (e: unknown) => {
+        assert.ok(e instanceof StorageError);
+        assert.equal(e.code, 'STORAGE_UPLOAD_FAILED');
+        assert.equal(e.details.attempts, 1);
+        assert.match(e.message, /without retry/);
+        assert.match(e.message, /GOOGLE_APPLICATION_CREDENTIALS to a readable service-account JSON/);
+        return true;
+      });
+      assert.deepEqual(await verifyManifest(join(dir, 'art')), []);
+    } finally {
+      if (prev === undefined) delete process.env.GOOGLE_APPLICATION_CREDENTIALS;
+      else process.env.GOOGLE_APPLICATION_CREDENTIALS = prev;
+      await rm(dir, { recursive: true, force: true });
     }
   });
 
