@@ -130,6 +130,12 @@ async function main(): Promise<number> {
   let status: JobStatus | null = null;
   while (Date.now() < deadline) {
     const r = await fetch(`${apiUrl}/jobs/${body.jobId}`, { headers });
+    if (r.status !== 200) {
+      const e = (await r.json().catch(() => ({}))) as { code?: string; message?: string };
+      say(`GET /jobs: ${r.status} ${e.code ?? ''} ${e.message ?? ''}`);
+      await sleep(r.status === 429 ? 5000 : 1000);
+      continue;
+    }
     status = (await r.json()) as JobStatus;
     const p = status.progress;
     const m = status.stage === 'dpo' ? status.metrics.dpo : status.stage === 'sft' ? status.metrics.sft : {};
@@ -139,7 +145,7 @@ async function main(): Promise<number> {
     if (line !== last) say(line);
     last = line;
     if (['completed', 'failed', 'cancelled'].includes(status.state)) break;
-    await sleep(500);
+    await sleep(1000);
   }
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   if (status?.state === 'completed' && status.artifact) {

@@ -42,6 +42,8 @@ export interface ServiceEnv {
   RATE_LIMIT_WINDOW: string;
   /** Seconds completed/failed jobs stay queryable in Redis. */
   JOB_RETENTION_SECONDS: number;
+  /** Port of the worker's own Prometheus endpoint `/metrics` (and `/health`) on 0.0.0.0 (0 = none). */
+  WORKER_METRICS_PORT: number;
   /** Time the API waits for in-flight requests on SIGTERM, ms. */
   SHUTDOWN_GRACE_MS: number;
   /** Time the worker lets a running job finish on SIGTERM before aborting it, ms. */
@@ -70,9 +72,10 @@ const schema = {
     WORKER_CONCURRENCY: { type: 'integer', minimum: 1, maximum: 64, default: 1 },
     JOB_TIMEOUT_SECONDS: { type: 'integer', minimum: 0, default: 86400 },
     BODY_LIMIT_BYTES: { type: 'integer', minimum: 1024, default: 5 * 1024 * 1024 },
-    RATE_LIMIT_MAX: { type: 'integer', minimum: 0, default: 100 },
+    RATE_LIMIT_MAX: { type: 'integer', minimum: 0, default: 600 },
     RATE_LIMIT_WINDOW: { type: 'string', minLength: 1, default: '1 minute' },
     JOB_RETENTION_SECONDS: { type: 'integer', minimum: 60, default: 7 * 24 * 3600 },
+    WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
     SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, default: 10000 },
     WORKER_SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
   },

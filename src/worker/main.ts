@@ -17,6 +17,8 @@ import type { Storage } from '../storage/storage.js';
 import { probeBackend, type trainInChild } from './child-process.js';
 import { runGpuCheck } from './gpu-check.js';
 import { createFinetuneProcessor } from './processor.js';
+import { createWorkerMetrics, serveWorkerMetrics } from './metrics-server.js';
+import type { Server } from 'node:http';
 
 type FT = QueueJobTypes['finetune'];
 
@@ -35,6 +37,8 @@ export interface StartWorkerOptions {
 
 export interface WorkerHandle {
   worker: Worker<FT['data'], FT['result'], FT['name']>;
+  /** Address of the worker's /metrics endpoint, when WORKER_METRICS_PORT > 0. */
+  metricsAddress: string | null;
   /** Stop taking jobs, wait up to `timeoutMs` for the running ones, then close connections. */
   close(timeoutMs?: number): Promise<{ drained: boolean }>;
 }
@@ -88,13 +92,21 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
   worker.on('error', (err) => logger.error({ err: err.message }, 'worker error'));
   worker.on('failed', (job, err) => logger.debug({ jobId: job?.id, reason: err.message }, 'job failed'));
   await worker.waitUntilReady();
+  let metricsServer: Server | null = null;
+  if (env.WORKER_METRICS_PORT > 0) {
+    metricsServer = await serveWorkerMetrics(createWorkerMetrics(worker), () => workerConnection.status === 'ready', env.WORKER_METRICS_PORT);
+  }
+  const addr = metricsServer?.address();
+  const metricsAddress = addr && typeof addr === 'object' ? `http://127.0.0.1:${addr.port}` : null;
   logger.info(
     { queue: QueueNames.finetune, prefix: env.QUEUE_PREFIX, concurrency: env.WORKER_CONCURRENCY, storage: storage.kind },
     'worker ready',
   );
+  if (metricsAddress) logger.info({ metrics: `${metricsAddress}/metrics` }, 'worker metrics endpoint');
 
   return {
     worker,
+    metricsAddress,
     async close(timeoutMs = env.WORKER_SHUTDOWN_TIMEOUT_MS) {
       let timer: NodeJS.Timeout | undefined;
       const drained = await Promise.race([
@@ -108,6 +120,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
         logger.warn({ timeoutMs }, 'running job did not finish in time; leaving it to the stalled-job check');
         await worker.close(true).catch(() => {});
       }
+      metricsServer?.close();
       redis.disconnect();
       workerConnection.disconnect();
       return { drained };

@@ -15,7 +15,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
 import { readManifest, verifyManifest } from '../../src/storage/manifest.js';
 import type { JobStatus } from '../../src/queue/types.js';
-import { dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
+import { closedPort, dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const prefix = uniquePrefix('e2e');
@@ -27,6 +27,7 @@ const TINY = { max_steps: 3, sft: { max_steps: 3 }, batch_size: 2, eval_split_fr
 let app: FastifyInstance;
 let worker: ChildProcess;
 let workerLog = '';
+let workerMetricsPort = 0;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -53,9 +54,10 @@ before(async () => {
   const env = testEnv(prefix, { STORAGE_DIR: storageDir });
   app = await buildApp({ env });
   await app.ready();
+  workerMetricsPort = await closedPort();
   worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
     cwd: root,
-    env: { ...process.env, REDIS_URL, QUEUE_PREFIX: prefix, STORAGE_DIR: storageDir, LOG_LEVEL: 'info', TFJS_BACKEND: 'wasm' },
+    env: { ...process.env, REDIS_URL, QUEUE_PREFIX: prefix, STORAGE_DIR: storageDir, LOG_LEVEL: 'info', TFJS_BACKEND: 'wasm', WORKER_METRICS_PORT: String(workerMetricsPort) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   worker.stdout!.on('data', (d: Buffer) => (workerLog += d.toString()));
@@ -70,8 +72,9 @@ before(async () => {
 after(async () => {
   if (worker && worker.exitCode === null) {
     worker.kill('SIGTERM');
-    await Promise.race([new Promise((r) => worker.once('exit', r)), sleep(20_000)]);
-    if (worker.exitCode === null) worker.kill('SIGKILL');
+    const kill = setTimeout(() => worker.kill('SIGKILL'), 20_000);
+    await new Promise((r) => worker.once('exit', r));
+    clearTimeout(kill);
   }
   await app?.close();
   await dropPrefix(prefix);
@@ -130,6 +133,10 @@ test('a toy job runs SFT then DPO to completed; the artifact is complete and ver
   const m = await app.inject({ method: 'GET', url: '/metrics' });
   assert.match(m.body, /^dpo_jobs_completed_total 1$/m);
   assert.match(m.body, /^dpo_job_stage_duration_seconds_count\{stage="dpo"\} 1$/m);
+  // and the worker's own endpoint counts it
+  const wm = await (await fetch(`http://127.0.0.1:${workerMetricsPort}/metrics`)).text();
+  assert.match(wm, /^dpo_worker_jobs_finished_total\{outcome="completed"\} 1$/m);
+  assert.equal((await fetch(`http://127.0.0.1:${workerMetricsPort}/health`)).status, 200);
 });
 
 test('cancelling a running job stops training; it ends cancelled without an artifact', async () => {

@@ -1,0 +1,83 @@
+/**
+ * The worker's own Prometheus endpoint (WORKER_METRICS_PORT, default 9464): process metrics, jobs running
+ * now, jobs finished by this process by outcome, and `/health` (200 while the worker is connected to Redis).
+ * Cluster-wide job statistics (stage durations, tokens/s, failures) are served by the API's /metrics.
+ */
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface WorkerMetrics {
+  registry: Registry;
+  finished: Counter<'outcome'>;
+  running: Gauge;
+}
+
+/** The worker events the metrics listen to (a BullMQ Worker). */
+interface WorkerEvents {
+  on(event: 'active' | 'completed', listener: () => void): unknown;
+  on(event: 'failed', listener: (job: unknown) => void): unknown;
+}
+
+/** Metrics of one worker process, fed by the BullMQ worker's events. */
+export function createWorkerMetrics(worker: WorkerEvents): WorkerMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'dpo_worker_' });
+  const finished = new Counter({
+    name: 'dpo_worker_jobs_finished_total',
+    help: 'Jobs this worker process finished, by outcome (completed, failed).',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const running = new Gauge({ name: 'dpo_worker_jobs_running', help: 'Jobs this worker process is training now.', registers: [registry] });
+  worker.on('active', () => running.inc());
+  worker.on('completed', () => {
+    running.dec();
+    finished.inc({ outcome: 'completed' });
+  });
+  worker.on('failed', (job) => {
+    if (job) running.dec();
+    finished.inc({ outcome: 'failed' });
+  });
+  return { registry, finished, running };
+}
+
+/**
+ * Serve `GET /metrics` and `GET /health` on `host:port` (port 0 = a free port, for tests).
+ * @returns the listening server; close it on shutdown.
+ */
+export async function serveWorkerMetrics(
+  metrics: WorkerMetrics,
+  isHealthy: () => boolean,
+  port: number,
+  host = '0.0.0.0',
+): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method === 'GET' && path === '/metrics') {
+      metrics.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': metrics.registry.contentType });
+          res.end(text);
+        },
+        () => {
+          res.writeHead(500);
+          res.end();
+        },
+      );
+      return;
+    }
+    if (req.method === 'GET' && path === '/health') {
+      const ok = isHealthy();
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ status: ok ? 'ok' : 'error', redis: ok ? 'up' : 'down' }));
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message: 'GET /metrics or /health' }));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}
