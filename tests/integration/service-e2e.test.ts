@@ -2,7 +2,8 @@
  * The main job end to end against the real Redis and a real worker process (`src/worker/main.ts`,
  * which forks the training child): a toy job runs SFT then DPO to `completed`, GET /jobs/:id shows both
  * stages while it runs, the artifact is complete and its manifest hashes verify; a running job is
- * cancelled and ends `cancelled` without an artifact. Training is tiny (a few steps) via `config`.
+ * cancelled and ends `cancelled` without an artifact; SIGTERM lets the running job finish before the
+ * worker exits. Training is tiny (a few steps) via `config`. The tests run in order (one worker).
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -165,4 +166,21 @@ test('cancelling a running job stops training; it ends cancelled without an arti
   const again = await app.inject({ method: 'DELETE', url: `/jobs/${jobId}` });
   assert.equal(again.statusCode, 202);
   assert.equal(again.json().state, 'cancelled');
+});
+
+test('SIGTERM while a job trains: the worker lets it finish, then exits 0', async () => {
+  const res = await app.inject({
+    method: 'POST',
+    url: '/trigger-finetune',
+    payload: { communityId: 'e2e-drain', dataset: toy.slice(16, 24), config: TINY },
+  });
+  assert.equal(res.statusCode, 202, res.body);
+  const { jobId } = res.json();
+  await pollUntil(jobId, (s) => terminal(s) || (s.state === 'active' && s.stage === 'sft'));
+  const exited = new Promise<number | null>((r) => worker.once('exit', (code) => r(code)));
+  worker.kill('SIGTERM');
+  const final = await pollUntil(jobId, terminal);
+  assert.equal(final.state, 'completed', JSON.stringify(final.error));
+  assert.ok(final.artifact);
+  assert.equal(await exited, 0);
 });
