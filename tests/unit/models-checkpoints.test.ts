@@ -279,13 +279,19 @@ test('qwen2: q/k/v biases, untied lm_head, GQA with 2 groups, BF16 weights — e
   mkdirSync(d);
   writeFileSync(join(d, 'config.json'), JSON.stringify(hfConfig(c, 'qwen2')));
   writeST(join(d, 'model.safetensors'), W, 'BF16');
+  const before = tf.memory();
   const m = await loadModel(d);
+  const paramBytes = [...m.params.values()].reduce((a, v) => a + v.size * 4, 0);
+  assert.equal(tf.memory().numBytes - before.numBytes, paramBytes, 'exactly one float32 copy of the weights is held');
+  assert.equal(tf.memory().numTensors - before.numTensors, m.params.size, 'no stray tensors after loading');
   assert.equal(m.config.attentionBias, true);
   assert.equal(m.params.has('model.layers.0.self_attn.o_proj.bias'), false);
   assertMatchesRef(logitsOf(m, IDS), refLlama(c, W, IDS), 'qwen2');
   // The untied head matters: tying it would change the logits.
   assert.equal(m.outputProjection().layout, 'DV');
   m.dispose();
+  // (the engine may keep small constant tensors, e.g. a RoPE rotation matrix, cached across calls)
+  assert.ok(tf.memory().numBytes - before.numBytes < paramBytes / 20, 'dispose frees the weights');
 });
 
 test('llama: llama3 rope scaling, tied, F16 weights, sharded with model.safetensors.index.json', async () => {

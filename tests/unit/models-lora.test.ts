@@ -88,7 +88,9 @@ test('applyLora: no-op at init, only adapters trainable, the adapted forward equ
   assert.ok(maxDiff(manualLogits, adapted) < 1e-5, `manual W + AB·alpha/r: ${maxDiff(manualLogits, adapted)}`);
   manual.dispose();
 
+  const tensorsBefore = tf.memory().numTensors;
   mergeLora(m);
+  assert.equal(tf.memory().numTensors, tensorsBefore - 8, 'merge frees the 8 adapter variables and leaks nothing');
   assert.ok(![...m.params.keys()].some((n) => n.includes('lora')));
   assert.ok([...m.params.values()].every((v) => v.trainable));
   assert.ok(maxDiff(logitsOf(m), adapted) < 1e-5, 'merged = adapted');

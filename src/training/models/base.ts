@@ -194,6 +194,16 @@ export function variablesFromHF(
   return params;
 }
 
+/**
+ * A variable holding `init`, which is then disposed: tf.variable copies its initial value (tfjs 4), so
+ * keeping the initial tensor would hold the weights twice.
+ */
+export function ownVariable(init: tf.Tensor, trainable: boolean): tf.Variable {
+  const v = tf.variable(init, trainable);
+  init.dispose();
+  return v;
+}
+
 /** One HF-layout host tensor → a variable in internal layout. */
 export function hostToVariable(
   name: string,
@@ -204,9 +214,9 @@ export function hostToVariable(
 ): tf.Variable {
   if (linearWeight && hfShape.length === 2) {
     const [out, inn] = hfShape as [number, number];
-    return tf.variable(tf.tensor2d(transpose2d(t.data, out, inn), [inn, out]), trainable);
+    return ownVariable(tf.tensor2d(transpose2d(t.data, out, inn), [inn, out]), trainable);
   }
-  return tf.variable(tf.tensor(t.data, hfShape), trainable);
+  return ownVariable(tf.tensor(t.data, hfShape), trainable);
 }
 
 /** Internal-layout variable → HF-layout host tensor (the inverse of {@link hostToVariable}). */
@@ -234,7 +244,7 @@ export function randomVariables(
       const internal = isLinear(name) ? [shape[1]!, shape[0]!] : shape;
       t = tf.randomNormal(internal, 0, 0.02, 'float32', seed * 7919 + i);
     }
-    params.set(name, tf.variable(t, true));
+    params.set(name, ownVariable(t, true));
   });
   return params;
 }

@@ -15,6 +15,7 @@ import { loadTokenizer, saveTokenizerFiles } from '../tokenizers/index.js';
 import {
   BaseLM,
   hostToVariable,
+  ownVariable,
   randomVariables,
   transpose2d,
   variablesFromHF,
@@ -210,7 +211,7 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
   }
   // Keep the spec order in the map (stable save order).
   const ordered = new Map<string, tf.Variable>();
-  for (const [name, shape] of spec) ordered.set(name, params.get(name) ?? tf.variable(tf.zeros(shape), trainable));
+  for (const [name, shape] of spec) ordered.set(name, params.get(name) ?? ownVariable(tf.zeros(shape), trainable));
   return arch.build(config, ordered);
 }
 
@@ -244,9 +245,8 @@ export function createModel(config: ModelConfig, opts: { seed?: number } = {}): 
 }
 
 /**
- * A copy of `model` with its own variables (e.g. the frozen DPO reference). The copy shares tfjs data
- * buffers with the original until either is assigned (tfjs buffers are immutable), so it costs no memory
- * until training changes the policy. LoRA adapters are copied too.
+ * A copy of `model` with its own variables (e.g. the frozen DPO reference): a second copy of the weights in
+ * memory (tf.variable copies). LoRA adapters are copied too.
  * @param opts.trainable trainable flag of the copy's parameters (default: as in the original)
  */
 export function cloneModel(model: CausalLM, opts: { trainable?: boolean } = {}): GenerativeLM {

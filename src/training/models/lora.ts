@@ -12,7 +12,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { CausalLM } from '../types.js';
-import { BaseLM, transpose2d } from './base.js';
+import { BaseLM, ownVariable, transpose2d } from './base.js';
 import { ModelError } from './errors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors.js';
 
@@ -74,8 +74,8 @@ export function applyLora(model: CausalLM, cfg: LoraConfig, opts: { seed?: numbe
   for (const module of modules) {
     const [inDim, outDim] = m.params.get(module + '.weight')!.shape as [number, number];
     const bound = 1 / Math.sqrt(inDim); // kaiming_uniform_(a=sqrt(5)) on [r, in]: bound = 1/sqrt(in)
-    const A = tf.variable(tf.randomUniform([inDim, cfg.r], -bound, bound, 'float32', seed++), true);
-    const B = tf.variable(tf.zeros([cfg.r, outDim]), true);
+    const A = ownVariable(tf.randomUniform([inDim, cfg.r], -bound, bound, 'float32', seed++), true);
+    const B = ownVariable(tf.zeros([cfg.r, outDim]), true);
     m.params.set(module + '.lora_A.weight', A);
     m.params.set(module + '.lora_B.weight', B);
     m.adapters.set(module, { A, B, r: cfg.r, alpha: cfg.alpha, dropout: cfg.dropout });
@@ -102,7 +102,9 @@ export function mergeLora(model: CausalLM): void {
   const m = asBase(model, 'mergeLora');
   for (const [module, a] of m.adapters) {
     const w = m.params.get(module + '.weight')!;
-    w.assign(tf.tidy(() => tf.add(w, tf.mul(tf.matMul(a.A, a.B), a.alpha / a.r))));
+    const merged = tf.tidy(() => tf.add(w, tf.mul(tf.matMul(a.A, a.B), a.alpha / a.r)));
+    w.assign(merged);
+    merged.dispose();
     m.params.delete(module + '.lora_A.weight');
     m.params.delete(module + '.lora_B.weight');
     a.A.dispose();
