@@ -215,9 +215,10 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       }
       reporter.endStage();
       await reporter.flush();
-      // the artifact is stored elsewhere now: free the scratch copy
+      // local: the artifact was copied into STORAGE_DIR, free the scratch copy. Remote backends decide
+      // themselves (firebase: FIREBASE_DELETE_LOCAL).
       const storedPath = uploaded.uri.startsWith('file:') ? fileURLToPath(uploaded.uri) : null;
-      if (storedPath !== outputDir) await rm(outputDir, { recursive: true, force: true });
+      if (deps.storage.kind === 'local' && storedPath !== outputDir) await rm(outputDir, { recursive: true, force: true });
       const metrics = {
         sft: { ...reporter.state.metrics.sft, ...trained.metrics.sft },
         dpo: { ...reporter.state.metrics.dpo, ...trained.metrics.dpo },
