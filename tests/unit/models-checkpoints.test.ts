@@ -14,6 +14,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
+import { loadTokenizer } from '../../src/training/tokenizers/index.js';
 import {
   loadModel,
   createModel,
@@ -23,6 +24,8 @@ import {
   toHFConfig,
   eosIds,
   setModelLogger,
+  loadPretrained,
+  generate,
   WeightsError,
   UnsupportedModelError,
   type GenerativeLM,
@@ -580,4 +583,25 @@ test('config: EOS lists kept (Llama 3), unsupported rope_scaling named, toHFConf
   assert.deepEqual(eosIds(back), [2, 7, 9]);
   assert.deepEqual({ ...back, eosTokenIds: undefined }, { ...c, eosTokenIds: undefined });
   assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'yarn', factor: 4 } }), (e: unknown) => e instanceof UnsupportedModelError && /yarn/.test(e.message) && /llama3/.test(e.message));
+});
+
+test('gpt2 with the real GPT-2 tokenizer.json: save with tokenizer → loadPretrained → same logits, ids and generation', async () => {
+  const tok = await loadTokenizer('/work/shared/tokenizers/gpt2');
+  assert.deepEqual(tok.encode('Hello world'), [15496, 995]);
+  const cfg = parseHFConfig({ model_type: 'gpt2', vocab_size: 50257, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 64, bos_token_id: 50256, eos_token_id: 50256 });
+  const m = createModel(cfg, { seed: 4 });
+  const d = join(dir, 'gpt2-tok');
+  const files = await saveModelHF(m, d, { tokenizer: tok });
+  assert.ok(files.some((f) => f.endsWith('tokenizer.json')));
+  const { model, tokenizer } = await loadPretrained(d);
+  const text = 'The quick brown fox jumps over the lazy dog.';
+  const ids = tokenizer.encode(text);
+  assert.equal(tokenizer.decode(ids), text);
+  assert.deepEqual(Array.from(logitsOf(model, ids)), Array.from(logitsOf(m, ids)));
+  const a = generate(m, tok, 'Hello world', { maxNewTokens: 6, temperature: 0 });
+  const b = generate(model, tokenizer, 'Hello world', { maxNewTokens: 6, temperature: 0 });
+  assert.deepEqual(b.ids, a.ids);
+  assert.equal(b.text, tokenizer.decode(b.ids));
+  m.dispose();
+  model.dispose();
 });
