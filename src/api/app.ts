@@ -23,7 +23,7 @@ import { healthRoutes } from './routes/health.js';
 import { jobsRoutes } from './routes/jobs.js';
 import { triggerRoutes, type RowValidator } from './routes/trigger.js';
 import { apiSchemas, compileOn, createRequestAjv } from './schemas.js';
-import { loadConfigChecker, loadRowValidator } from './row-validator.js';
+import { basicRowChecks, loadConfigChecker, loadRowValidator } from './row-validator.js';
 
 export interface BuildAppOptions {
   /** The validated environment (src/config/env.ts loadEnv). */
@@ -139,6 +139,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   }
 
   const validateRows = options.validateRows ?? (await loadRowValidator());
+  if (validateRows === basicRowChecks) app.log.warn('src/training/data validateRows could not be loaded; using the basic row checks');
   const checkConfig = await loadConfigChecker();
   await app.register(triggerRoutes, { queue, validateRows, checkConfig });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });

@@ -80,6 +80,7 @@ describe('POST /trigger-finetune', () => {
     ['communityId ../x', { communityId: '../x', dataset: toyRows(1) }, 400, '/communityId'],
     ['missing communityId', { dataset: toyRows(1) }, 400, '/communityId'],
     ['chosen == rejected', { communityId: 'c', dataset: [...toyRows(1), { prompt: 'p', chosen: 'same', rejected: 'same' }] }, 400, '/dataset/1/rejected'],
+    ['chosen == rejected up to whitespace (the data module\'s rule)', { communityId: 'c', dataset: [{ prompt: 'p', chosen: 'same', rejected: 'same  ' }] }, 400, '/dataset/0/rejected'],
     ['blank prompt', { communityId: 'c', dataset: [{ prompt: '   ', chosen: 'a', rejected: 'b' }] }, 400, '/dataset/0/prompt'],
     ['non-string chosen', { communityId: 'c', dataset: [{ prompt: 'p', chosen: 3, rejected: 'b' }] }, 400, '/dataset/0/chosen'],
     ['unknown top-level key', { communityId: 'c', dataset: toyRows(1), comunity: 'x' }, 400, '/comunity'],
