@@ -30,7 +30,11 @@ function send(msg: ChildMessage): Promise<void> {
 }
 
 async function train(req: TrainRequest, controller: AbortController): Promise<void> {
-  const logger = pino({ level: req.logLevel, base: { jobId: req.jobId, communityId: req.communityId, proc: 'train' } });
+  // synchronous writes: the training loop may not yield to the event loop, and logs should still flow live
+  const logger = pino(
+    { level: req.logLevel, base: { jobId: req.jobId, communityId: req.communityId, proc: 'train' } },
+    pino.destination({ dest: 1, sync: true }),
+  );
   try {
     if (req.backend) process.env.TFJS_BACKEND = req.backend;
     const specifier = '../training/run.js';
