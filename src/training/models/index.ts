@@ -159,18 +159,17 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
   }
   const arch = ARCHS[config.architecture];
   const index = await readSafetensorsIndex(dir);
-  // canonical name → name in the checkpoint
-  const byCanonical = new Map<string, string>();
-  const ignored: string[] = [];
+  // canonical name → name in the checkpoint (GPT-2 files may lack the `transformer.` prefix)
+  const fileNameOf = new Map<string, string>();
   for (const name of index.keys()) {
     const c = arch.canonical(name);
-    if (c === null) continue;
-    byCanonical.set(c, name);
+    if (c !== null) fileNameOf.set(c, name);
   }
+  // Validate every expected tensor from the headers alone, before reading any data.
   const spec = arch.shapes(config);
   const zeroFilled: string[] = [];
   for (const [name, shape] of spec) {
-    const fileName = byCanonical.get(name);
+    const fileName = fileNameOf.get(name);
     const info = fileName ? index.get(fileName) : undefined;
     if (!info && arch.zeroIfMissing?.(name)) {
       zeroFilled.push(name);
@@ -184,30 +183,30 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
         'WEIGHTS_SHAPE_MISMATCH',
       );
     }
-    byCanonical.delete(name);
   }
-  for (const [c] of byCanonical) if (!(c === 'lm_head.weight' && config.tieWordEmbeddings)) ignored.push(c);
+  const shapes = new Map(spec);
+  const ignored = [...fileNameOf.keys()].filter((c) => !shapes.has(c) && !(c === 'lm_head.weight' && config.tieWordEmbeddings));
   if (ignored.length > 0) {
     modelLog().warn({ dir, tensors: ignored.slice(0, 10), count: ignored.length }, 'checkpoint tensors not used by the model were ignored');
   }
-  const shapes = new Map(spec);
-  const fileNames = new Map<string, string>(); // file name → canonical
-  for (const name of index.keys()) {
-    const c = arch.canonical(name);
-    if (c !== null && shapes.has(c)) fileNames.set(name, c);
+  if (zeroFilled.length > 0) {
+    modelLog().warn({ dir, tensors: zeroFilled.slice(0, 10), count: zeroFilled.length }, 'checkpoint lacks these biases; they are zero-initialised as transformers does');
+  }
+  // Read tensor by tensor (grouped by shard); each host copy becomes a variable before the next is read.
+  const canonicalOf = new Map<string, string>();
+  for (const [name] of spec) {
+    const fileName = fileNameOf.get(name);
+    if (fileName) canonicalOf.set(fileName, name);
   }
   const params = new Map<string, tf.Variable>();
   try {
-    await forEachTensor(index, [...fileNames.keys()], (fileName, t) => {
-      const name = fileNames.get(fileName)!;
+    await forEachTensor(index, [...canonicalOf.keys()], (fileName, t) => {
+      const name = canonicalOf.get(fileName)!;
       params.set(name, hostToVariable(name, t, shapes.get(name)!, arch.isLinear(name), trainable));
     });
   } catch (e) {
     for (const v of params.values()) v.dispose();
     throw e;
-  }
-  if (zeroFilled.length > 0) {
-    modelLog().warn({ dir, tensors: zeroFilled.slice(0, 10), count: zeroFilled.length }, 'checkpoint lacks these biases; they are zero-initialised as transformers does');
   }
   // Keep the spec order in the map (stable save order).
   const ordered = new Map<string, tf.Variable>();
