@@ -14,8 +14,8 @@ export interface WorkerMetrics {
 
 /** The worker events the metrics listen to (a BullMQ Worker). */
 interface WorkerEvents {
-  on(event: 'active' | 'completed', listener: () => void): unknown;
-  on(event: 'failed', listener: (job: unknown) => void): unknown;
+  on(event: 'active' | 'completed', listener: (job: { id?: string }) => void): unknown;
+  on(event: 'failed', listener: (job: { id?: string } | undefined) => void): unknown;
 }
 
 /** Metrics of one worker process, fed by the BullMQ worker's events. */
@@ -28,16 +28,24 @@ export function createWorkerMetrics(worker: WorkerEvents): WorkerMetrics {
     labelNames: ['outcome'] as const,
     registers: [registry],
   });
-  const running = new Gauge({ name: 'dpo_worker_jobs_running', help: 'Jobs this worker process is training now.', registers: [registry] });
-  worker.on('active', () => running.inc());
-  worker.on('completed', () => {
-    running.dec();
-    finished.inc({ outcome: 'completed' });
+  // ids of the jobs this process runs ('failed' also fires for jobs it never ran, e.g. stalled elsewhere)
+  const active = new Set<string>();
+  const running = new Gauge({
+    name: 'dpo_worker_jobs_running',
+    help: 'Jobs this worker process is training now.',
+    registers: [registry],
+    collect() {
+      this.set(active.size);
+    },
   });
-  worker.on('failed', (job) => {
-    if (job) running.dec();
-    finished.inc({ outcome: 'failed' });
+  worker.on('active', (job) => {
+    if (job.id) active.add(job.id);
   });
+  const done = (outcome: 'completed' | 'failed') => (job: { id?: string } | undefined) => {
+    if (job?.id && active.delete(job.id)) finished.inc({ outcome });
+  };
+  worker.on('completed', done('completed'));
+  worker.on('failed', done('failed'));
   return { registry, finished, running };
 }
 
