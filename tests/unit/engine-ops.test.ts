@@ -61,3 +61,69 @@ test('gather is differentiable on wasm (UnsortedSegmentSum) and sums repeated id
     assert.ok(relErr(g!, tf.tensor2d(want)) < 1e-6);
   });
 });
+
+test('native GEMM kernel equals a plain JS product in every form (NN, NT, TN, TT, batched, broadcast)', async (t) => {
+  const info = await initBackend('wasm');
+  if (!info.nativeMatmul) {
+    t.skip(`native GEMM not available: ${info.nativeDetail}`);
+    return;
+  }
+  const { nativeMatmulActive } = await import('../../src/training/engine/native.js');
+  assert.ok(nativeMatmulActive());
+  tf.tidy(() => {
+    const cases: Array<[number[], number[], boolean, boolean]> = [
+      [[7, 5], [5, 3], false, false],
+      [[37, 300], [300, 70], false, false],
+      [[300, 37], [300, 70], true, false],
+      [[37, 300], [70, 300], false, true],
+      [[300, 37], [70, 300], true, true],
+      [[3, 9, 20], [3, 20, 33], false, false],
+      [[3, 20, 9], [3, 33, 20], true, true],
+      [[1, 9, 20], [4, 20, 6], false, false],
+      [[2, 3, 9, 20], [20, 6], false, false],
+    ];
+    for (const [sa, sb, ta, tb] of cases) {
+      const a = randn(sa);
+      const b = randn(sb);
+      const got = tf.matMul(a, b, ta, tb);
+      // plain JS reference over broadcast batches
+      const ra = sa.length;
+      const rb = sb.length;
+      const M = ta ? sa[ra - 1]! : sa[ra - 2]!;
+      const K = ta ? sa[ra - 2]! : sa[ra - 1]!;
+      const N = tb ? sb[rb - 2]! : sb[rb - 1]!;
+      const flatA = a.dataSync();
+      const flatB = b.dataSync();
+      const nA = sa.slice(0, -2).reduce((x, y) => x * y, 1);
+      const nB = sb.slice(0, -2).reduce((x, y) => x * y, 1);
+      const n = Math.max(nA, nB);
+      const want = new Float32Array(n * M * N);
+      for (let q = 0; q < n; q++)
+        for (let i = 0; i < M; i++)
+          for (let j = 0; j < N; j++) {
+            let s = 0;
+            for (let k = 0; k < K; k++) {
+              const x = flatA[(nA === 1 ? 0 : q) * M * K + (ta ? k * M + i : i * K + k)]!;
+              const y = flatB[(nB === 1 ? 0 : q) * K * N + (tb ? j * K + k : k * N + j)]!;
+              s += x * y;
+            }
+            want[q * M * N + i * N + j] = s;
+          }
+      assert.equal(got.size, want.length, `${sa} x ${sb}`);
+      assert.ok(relErr(tf.reshape(got, [-1]), tf.tensor1d(want)) < 1e-5, `${sa}${ta ? 'T' : ''} x ${sb}${tb ? 'T' : ''}`);
+    }
+  });
+});
+
+test('fast ops equal the reference ops on wasm with the stock XNNPACK matmul too', async () => {
+  await initBackend('wasm');
+  const { useNativeMatmul, nativeMatmulActive } = await import('../../src/training/engine/native.js');
+  const was = nativeMatmulActive();
+  useNativeMatmul(false);
+  try {
+    assert.equal(nativeMatmulActive(), false);
+    runAllOpChecks();
+  } finally {
+    if (was) useNativeMatmul(true);
+  }
+});

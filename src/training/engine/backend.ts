@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { withNodeThreadedWasmPatches } from './wasm-threads.js';
 import { registerWasmKernels } from './wasm-kernels.js';
 import { ensureGradients } from './gradients.js';
+import { loadNativeGemm, nativeStatus, registerNativeMatmul } from './native.js';
 
 export type BackendRequest = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
 
@@ -23,16 +24,24 @@ export interface BackendInfo {
   gpu: boolean;
   /** Threads of the wasm backend's XNNPACK pool (1 = the single-threaded build; other backends: 1). */
   threads: number;
+  /** true when matrix products run on the native GEMM (native.ts) instead of XNNPACK. */
+  nativeMatmul: boolean;
+  /** Why the native GEMM is or is not in use (its path, or the reason). */
+  nativeDetail: string;
 }
 
 /** Options of {@link initBackend}. */
 export interface BackendOptions {
   /**
-   * Threads for the wasm backend (default: env `TFJS_WASM_THREADS`, else the number of CPU cores).
+   * Threads for the wasm backend's XNNPACK pool (default: env `TFJS_WASM_THREADS`, else 1 when the native
+   * GEMM is available (it threads the products itself; XNNPACK's pool slows the many small ops), else the
+   * number of CPU cores).
    * With more than 1 the threaded wasm build is started in Node (see wasm-threads.ts); if that fails the
    * single-threaded build is used and `threads` reports 1.
    */
   wasmThreads?: number;
+  /** Use the native GEMM on wasm when it can be built (default: true unless env DPO_NATIVE=0). */
+  nativeMatmul?: boolean;
 }
 
 export class BackendUnavailableError extends Error {
@@ -84,7 +93,15 @@ export async function initBackend(request?: BackendRequest, opts: BackendOptions
     try {
       if (c.backend === 'wasm' ? await setWasm(opts) : await tf.setBackend(c.backend)) {
         await tf.ready();
-        current = { name: tf.getBackend(), package: c.pkg, gpu: c.gpu, threads: c.backend === 'wasm' ? wasmThreads() : 1 };
+        const native = c.backend === 'wasm' && opts.nativeMatmul !== false && registerNativeMatmul();
+        current = {
+          name: tf.getBackend(),
+          package: c.pkg,
+          gpu: c.gpu,
+          threads: c.backend === 'wasm' ? wasmThreads() : 1,
+          nativeMatmul: native,
+          nativeDetail: c.backend === 'wasm' ? nativeStatus().detail : 'not used on this backend',
+        };
         await afterInit(current);
         return current;
       }
@@ -112,7 +129,8 @@ function wasmThreads(): number {
 async function setWasm(opts: BackendOptions): Promise<boolean> {
   wasmMod = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as WasmModule;
   const envThreads = Number(process.env.TFJS_WASM_THREADS ?? '');
-  const want = Math.max(1, Math.floor(opts.wasmThreads ?? (envThreads > 0 ? envThreads : os.cpus().length)));
+  const nativeOk = opts.nativeMatmul !== false && loadNativeGemm() !== null;
+  const want = Math.max(1, Math.floor(opts.wasmThreads ?? (envThreads > 0 ? envThreads : nativeOk ? 1 : os.cpus().length)));
   let ok = false;
   if (want > 1) {
     try {

@@ -16,6 +16,16 @@
  * 2-D product per (batch, head). Formulas are the textbook derivatives, cited per op.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { nativeMatmulActive } from './native.js';
+
+/**
+ * op(a) @ op(b). With the native GEMM (native.ts) every form is fast and transposes are folded into its
+ * packing; on XNNPACK only the plain form is, so a transposed operand is materialised first.
+ */
+function mm(a: tf.Tensor2D, b: tf.Tensor2D, transA = false, transB = false): tf.Tensor2D {
+  if (nativeMatmulActive()) return tf.matMul(a, b, transA, transB);
+  return tf.matMul(transA ? tf.transpose(a) : a, transB ? tf.transpose(b) : b);
+}
 
 type Saver = (tensors: tf.Tensor[]) => void;
 type GradResult = { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] };
@@ -33,8 +43,8 @@ const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
     value: tf.matMul(x, w),
     // dX = dY W^T, dW = X^T dY, each as a plain product of an explicitly transposed operand.
     gradFunc: (dy, [xs, ws]) => [
-      tf.matMul(dy as tf.Tensor2D, tf.transpose(ws as tf.Tensor2D)),
-      tf.matMul(tf.transpose(xs as tf.Tensor2D), dy as tf.Tensor2D),
+      mm(dy as tf.Tensor2D, ws as tf.Tensor2D, false, true),
+      mm(xs as tf.Tensor2D, dy as tf.Tensor2D, true, false),
     ],
   };
 });
@@ -283,6 +293,7 @@ export function causalAttention(
   const kvOf = (i: number): number => Math.floor(i / H) * KV + Math.floor((i % H) / rep);
   const mask = causalMask(T, S, offset);
 
+  if (nativeMatmulActive()) return attentionBatched(q, k, v, scale, mask);
   const f = custom<[tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]>((qi, ki, vi, save) => {
     const qs = pieces(qi, BH, T, hd);
     const kTs = tf.unstack(tf.transpose(tf.reshape(ki, [BKV, S, hd]), [0, 2, 1])) as tf.Tensor2D[];
@@ -315,6 +326,44 @@ export function causalAttention(
         const dK = tf.stack(dKparts.map(sumAll));
         const dV = tf.stack(dVparts.map(sumAll));
         return [tf.reshape(dQ, [B, H, T, hd]), tf.reshape(dK, [B, KV, S, hd]), tf.reshape(dV, [B, KV, S, hd])];
+      },
+    };
+  });
+  return f(q, k, v) as tf.Tensor4D;
+}
+
+/**
+ * causalAttention with batched products `[B*H, T, hd] x [B*H, hd, S]` (one kernel call per product; the
+ * native GEMM handles the batch and the transposes). GQA: k/v heads are repeated for the products and their
+ * gradients summed back over each group.
+ */
+function attentionBatched(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale: number, mask: tf.Tensor2D): tf.Tensor4D {
+  const [B, H, T, hd] = q.shape;
+  const KV = k.shape[1];
+  const S = k.shape[2];
+  const rep = H / KV;
+  const BH = B * H;
+  const heads = rep > 1 ? Array.from({ length: H }, (_, h) => Math.floor(h / rep)) : null;
+  const expand = (x: tf.Tensor4D): tf.Tensor3D =>
+    tf.reshape(heads ? tf.gather(x, tf.tensor1d(heads, 'int32'), 1) : x, [BH, S, hd]) as tf.Tensor3D;
+  const f = custom<[tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]>((qi, ki, vi, save) => {
+    const q3 = tf.reshape(qi, [BH, T, hd]) as tf.Tensor3D;
+    const k3 = expand(ki);
+    const v3 = expand(vi);
+    const p = tf.softmax(tf.add(tf.mul(tf.matMul(q3, k3, false, true), scale), mask), -1) as tf.Tensor3D; // [BH, T, S]
+    save([q3, k3, v3, p]);
+    return {
+      value: tf.reshape(tf.matMul(p, v3), [B, H, T, hd]),
+      gradFunc: (dy, [qs, ks, vs, ps]) => {
+        const d3 = tf.reshape(dy, [BH, T, hd]) as tf.Tensor3D;
+        const dP = tf.matMul(d3, vs as tf.Tensor3D, false, true); // [BH, T, S]
+        const dS = tf.mul(tf.mul(ps!, tf.sub(dP, tf.sum(tf.mul(dP, ps!), -1, true))), scale) as tf.Tensor3D;
+        const dQ = tf.matMul(dS, ks as tf.Tensor3D); // [BH, T, hd]
+        const dK = tf.matMul(dS, qs as tf.Tensor3D, true, false); // [BH, S, hd]
+        const dV = tf.matMul(ps as tf.Tensor3D, d3, true, false); // [BH, S, hd]
+        const fold = (x: tf.Tensor): tf.Tensor =>
+          rep > 1 ? tf.sum(tf.reshape(x, [B, KV, rep, S, hd]), 2) : tf.reshape(x, [B, KV, S, hd]);
+        return [tf.reshape(dQ, [B, H, T, hd]), fold(dK), fold(dV)];
       },
     };
   });
@@ -377,24 +426,22 @@ export function tokenLogps(
   const chunk = Math.max(1, Math.floor(opts.chunkRows ?? Math.max(1, Math.floor(2 ** 25 / V))));
   const starts: number[] = [];
   for (let s = 0; s < M; s += chunk) starts.push(s);
-  const nBlocks = Math.max(1, Math.ceil(V / Math.max(1, opts.vocabBlock ?? 8192)));
+  const native = nativeMatmulActive();
+  // XNNPACK runs long reductions over the vocabulary 2x slower: blocks of ~8192 there; native: one block
+  const nBlocks = Math.max(1, Math.ceil(V / Math.max(1, opts.vocabBlock ?? (native ? V : 8192))));
   const blockSize = Math.ceil(V / nBlocks);
   const blocks: Array<[number, number]> = [];
   for (let v0 = 0; v0 < V; v0 += blockSize) blocks.push([v0, Math.min(blockSize, V - v0)]);
 
-  /** W as `[D, Vb]` blocks (forward) or `[Vb, D]` blocks (backward). */
-  const dvBlocks = (w: tf.Tensor2D): tf.Tensor2D[] =>
+  /** W's blocks in its stored layout: `[Vb, D]` ('VD') or `[D, Vb]` ('DV'). */
+  const wBlocks = (w: tf.Tensor2D): tf.Tensor2D[] =>
     blocks.map(([v0, n]) =>
-      layout === 'DV'
-        ? blocks.length === 1 ? w : tf.slice(w, [0, v0], [D, n])
-        : tf.transpose(blocks.length === 1 ? w : tf.slice(w, [v0, 0], [n, D])),
+      blocks.length === 1 ? w : layout === 'VD' ? tf.slice(w, [v0, 0], [n, D]) : tf.slice(w, [0, v0], [D, n]),
     );
-  const vdBlocks = (w: tf.Tensor2D): tf.Tensor2D[] =>
-    blocks.map(([v0, n]) =>
-      layout === 'VD'
-        ? blocks.length === 1 ? w : tf.slice(w, [v0, 0], [n, D])
-        : tf.transpose(blocks.length === 1 ? w : tf.slice(w, [0, v0], [D, n])),
-    );
+  /** h @ W_j as logits `[n, Vb]`. */
+  const project = (h: tf.Tensor2D, wj: tf.Tensor2D): tf.Tensor2D => mm(h, wj, false, layout === 'VD');
+  /** p_j @ W_j^T as `[n, D]` (p_j `[n, Vb]`). */
+  const backProject = (p: tf.Tensor2D, wj: tf.Tensor2D): tf.Tensor2D => mm(p, wj, false, layout === 'DV');
   /** Rows of W (as `[n, D]`) for the given label ids. */
   const labelRows = (w: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D =>
     layout === 'VD' ? tf.gather(w, ids) : tf.transpose(tf.gather(w, ids, 1));
@@ -406,7 +453,7 @@ export function tokenLogps(
     }
     const rowsT = rows ? tf.tensor1d(rows, 'int32') : null;
     const hSel = rowsT ? (tf.gather(h, rowsT) as tf.Tensor2D) : h;
-    const wDV = dvBlocks(w);
+    const wB = wBlocks(w);
     const parts: tf.Tensor[] = [];
     const probs: tf.Tensor2D[] = []; // chunk-major, then block
     for (const s of starts) {
@@ -414,8 +461,8 @@ export function tokenLogps(
       const hc = starts.length === 1 ? hSel : tf.slice(hSel, [s, 0], [n, D]);
       const ps: tf.Tensor2D[] = [];
       const lses: tf.Tensor[] = [];
-      for (const wj of wDV) {
-        const logits = tf.matMul(hc, wj) as tf.Tensor2D; // [n, Vb]
+      for (const wj of wB) {
+        const logits = project(hc, wj); // [n, Vb]
         const p = tf.softmax(logits, -1) as tf.Tensor2D;
         lses.push(tf.sub(tf.max(logits, -1, true), tf.log(tf.max(p, -1, true)))); // [n, 1]
         ps.push(p);
@@ -435,9 +482,9 @@ export function tokenLogps(
         const [hs, ws, ...ps] = saved as [tf.Tensor2D, tf.Tensor2D, ...tf.Tensor2D[]];
         const rowsT = rows ? tf.tensor1d(rows, 'int32') : null; // the forward's copy was disposed with its scope
         const g = rowsT ? tf.gather(dy, rowsT) : dy; // [M]
-        const wVD = vdBlocks(ws);
+        const wB = wBlocks(ws);
         const dhParts: tf.Tensor[] = [];
-        const dWT: Array<tf.Tensor | null> = blocks.map(() => null); // per block [D, Vb]: (-g h)^T p_j
+        const dWb: Array<tf.Tensor | null> = blocks.map(() => null); // per block, W's layout: (-g h)^T p_j
         let dWlab: tf.Tensor | null = null; // [V, D]: scatter(label, g h)
         for (let c = 0; c < starts.length; c++) {
           const s = starts[c]!;
@@ -446,13 +493,15 @@ export function tokenLogps(
           const gc = tf.reshape(starts.length === 1 ? g : tf.slice(g, [s], [n]), [n, 1]);
           const labT = tf.tensor1d(lab.subarray(s, s + n), 'int32');
           let pw: tf.Tensor | null = null; // sum_j p_j W_vd,j  [n, D]
-          const hgT = tf.transpose(tf.neg(tf.mul(hc, gc))); // (-g h)^T, [D, n]
+          const nhg = tf.neg(tf.mul(hc, gc)) as tf.Tensor2D; // -g h, [n, D]
           for (let j = 0; j < blocks.length; j++) {
             const p = ps[c * blocks.length + j]!;
-            const t = tf.matMul(p, wVD[j]!);
+            const t = backProject(p, wB[j]!);
             pw = pw ? tf.add(pw, t) : t;
-            const a = tf.matMul(hgT, p);
-            dWT[j] = dWT[j] ? tf.add(dWT[j]!, a) : a;
+            // 'VD': p^T (-g h) [Vb, D] (native: transposed operand in the packing; XNNPACK: (-gh)^T p, transposed)
+            const a =
+              layout === 'DV' ? mm(nhg, p, true, false) : native ? mm(p, nhg, true, false) : tf.transpose(mm(nhg, p, true, false));
+            dWb[j] = dWb[j] ? tf.add(dWb[j]!, a) : a;
           }
           dhParts.push(tf.mul(gc, tf.sub(labelRows(ws, labT), pw!)));
           const sc = tf.scatterND(tf.reshape(labT, [n, 1]), tf.mul(hc, gc), [V, D]);
@@ -460,13 +509,11 @@ export function tokenLogps(
         }
         const dhSel = dhParts.length === 1 ? dhParts[0]! : tf.concat(dhParts, 0);
         const dh = rowsT ? tf.scatterND(tf.reshape(rowsT, [M, 1]), dhSel, [N, D]) : dhSel;
-        let dW: tf.Tensor;
-        if (layout === 'VD') {
-          const t = dWT.map((x) => tf.transpose(x!));
-          dW = tf.add(t.length === 1 ? t[0]! : tf.concat(t, 0), dWlab!);
-        } else {
-          dW = tf.add(dWT.length === 1 ? dWT[0]! : tf.concat(dWT as tf.Tensor[], 1), tf.transpose(dWlab!));
-        }
+        const parts = dWb as tf.Tensor[];
+        const dW =
+          layout === 'VD'
+            ? tf.add(parts.length === 1 ? parts[0]! : tf.concat(parts, 0), dWlab!)
+            : tf.add(parts.length === 1 ? parts[0]! : tf.concat(parts, 1), tf.transpose(dWlab!));
         return [dh, dW];
       },
     };

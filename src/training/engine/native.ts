@@ -1,0 +1,220 @@
+/**
+ * Native matrix products for the wasm backend: a small SGEMM (native/gemm.c, packed panels + an FMA
+ * register-blocked micro-kernel, pthreads over both cores) built as a Node-API addon with the system C
+ * compiler on first use and registered as the wasm backend's `BatchMatMul` kernel. It reads and writes the
+ * tensors in place in the wasm heap (no copies) and handles transposed operands in its packing, so every
+ * matmul form (NN, NT, TN, batched) runs at the same speed.
+ *
+ * Measured on the 2-core build machine (AVX-512): 73-97 GFLOP/s on one thread, 155-175 GFLOP/s on two,
+ * for the LM-head and MLP shapes of stories15M; XNNPACK in tfjs-wasm reaches 15-30 GFLOP/s (one thread) on
+ * the same shapes and 1-3 GFLOP/s for the transposed/batched forms.
+ *
+ * Optional by design: when there is no C compiler, no Node headers, or `DPO_NATIVE=0`, nothing is
+ * registered and the stock XNNPACK kernel runs (same values up to float32 summation order).
+ * Build: `cc -O3 -march=native -shared -fPIC -pthread -I<node include> gemm.c` into a cache directory
+ * (env `DPO_NATIVE_CACHE`, default `<os tmpdir>/dpo-native`), keyed by a hash of the source, the Node
+ * version and the CPU model; concurrent processes build to temporary names and rename atomically.
+ */
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs-core';
+
+export interface NativeGemm {
+  /** C = op(A) op(B) for `batch` products (element strides between them; stride 0 broadcasts). */
+  sgemm(
+    A: Float32Array,
+    B: Float32Array,
+    C: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    transA: number,
+    transB: number,
+    threads: number,
+    batch: number,
+    strideA: number,
+    strideB: number,
+    strideC: number,
+  ): void;
+}
+
+export interface NativeStatus {
+  /** true when the addon is loaded. */
+  available: boolean;
+  /** where it was loaded from, or why not. */
+  detail: string;
+}
+
+let loaded: NativeGemm | null = null;
+let status: NativeStatus = { available: false, detail: 'not tried' };
+let tried = false;
+
+function sourcePath(): string | null {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const cands = [path.join(here, 'native', 'gemm.c')];
+  // compiled to dist/: look for the source tree beside it
+  let dir = here;
+  for (let i = 0; i < 6; i++) {
+    cands.push(path.join(dir, 'src', 'training', 'engine', 'native', 'gemm.c'));
+    dir = path.dirname(dir);
+  }
+  return cands.find((c) => fs.existsSync(c)) ?? null;
+}
+
+/**
+ * Build (if needed) and load the native GEMM addon once per process.
+ * @returns the addon, or null (see {@link nativeStatus} for why)
+ */
+export function loadNativeGemm(): NativeGemm | null {
+  if (tried) return loaded;
+  tried = true;
+  if (process.env.DPO_NATIVE === '0') {
+    status = { available: false, detail: 'disabled by DPO_NATIVE=0' };
+    return null;
+  }
+  if (process.arch !== 'x64' && process.arch !== 'arm64') {
+    status = { available: false, detail: `unsupported arch ${process.arch}` };
+    return null;
+  }
+  try {
+    const src = sourcePath();
+    if (!src) throw new Error('native/gemm.c not found');
+    const include = [path.join(path.dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node', '/usr/local/include/node'].find((d) =>
+      fs.existsSync(path.join(d, 'node_api.h')),
+    );
+    if (!include) throw new Error('Node headers (node_api.h) not found');
+    const code = fs.readFileSync(src);
+    const key = createHash('sha256')
+      .update(code)
+      .update(process.version)
+      .update(os.cpus()[0]?.model ?? '')
+      .update(process.arch)
+      .digest('hex')
+      .slice(0, 16);
+    const cacheDir = process.env.DPO_NATIVE_CACHE ?? path.join(os.tmpdir(), 'dpo-native');
+    fs.mkdirSync(cacheDir, { recursive: true });
+    const out = path.join(cacheDir, `gemm-${key}.node`);
+    if (!fs.existsSync(out)) {
+      const cc = process.env.CC ?? 'cc';
+      const tmp = `${out}.${process.pid}.${Date.now()}.tmp`;
+      const r = spawnSync(
+        cc,
+        ['-O3', '-march=native', '-ffp-contract=fast', '-shared', '-fPIC', '-pthread', '-DNODE_GYP_MODULE_NAME=gemm', `-I${include}`, src, '-o', tmp],
+        { encoding: 'utf8' },
+      );
+      if (r.error || r.status !== 0) {
+        try {
+          fs.rmSync(tmp, { force: true });
+        } catch {
+          /* ignore */
+        }
+        throw new Error(`${cc} failed: ${r.error?.message ?? r.stderr.slice(0, 500)}`);
+      }
+      fs.renameSync(tmp, out);
+    }
+    const req = createRequire(import.meta.url);
+    loaded = req(out) as NativeGemm;
+    status = { available: true, detail: out };
+  } catch (e) {
+    loaded = null;
+    status = { available: false, detail: (e as Error).message };
+  }
+  return loaded;
+}
+
+/** Whether the native GEMM is loaded, and from where (or why not). */
+export function nativeStatus(): NativeStatus {
+  return status;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// the wasm kernel
+
+interface WasmBackendLike {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
+}
+
+let registeredOn: string | null = null;
+let stockKernel: tf.KernelConfig | null = null;
+let nativeKernel: tf.KernelConfig | null = null;
+let threads = Math.max(1, os.cpus().length);
+
+/** Threads the native GEMM uses for large products (default: the number of CPU cores). */
+export function setNativeThreads(n: number): void {
+  threads = Math.max(1, Math.floor(n));
+}
+
+/** true when the wasm backend's BatchMatMul is the native one (ops pick matmul forms by this). */
+export function nativeMatmulActive(): boolean {
+  return registeredOn !== null && tf.getBackend() === registeredOn;
+}
+
+/**
+ * Register the native GEMM as the `BatchMatMul` kernel of the wasm backend (idempotent). Products it cannot
+ * take (non-float32, batch shapes that do not broadcast simply) go to the stock kernel.
+ * @returns true when registered
+ */
+export function registerNativeMatmul(): boolean {
+  if (nativeKernel) return useNativeMatmul(true);
+  const g = loadNativeGemm();
+  if (!g) return false;
+  const stock = tf.getKernel('BatchMatMul', 'wasm');
+  if (!stock) return false;
+  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown }): tf.TensorInfo => {
+    const a = args.inputs.a as tf.TensorInfo;
+    const b = args.inputs.b as tf.TensorInfo;
+    const { transposeA, transposeB } = args.attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    const ra = a.shape.length;
+    const rb = b.shape.length;
+    const fallback = (): tf.TensorInfo => stock.kernelFunc(args as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
+    if (a.dtype !== 'float32' || b.dtype !== 'float32' || ra < 2 || rb < 2) return fallback();
+    const M = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+    const K = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const K2 = transposeB ? b.shape[rb - 1]! : b.shape[rb - 2]!;
+    const N = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+    if (K !== K2) return fallback(); // let the stock kernel raise its error
+    const batchA = a.shape.slice(0, -2);
+    const batchB = b.shape.slice(0, -2);
+    const nA = batchA.reduce((s, x) => s * x, 1);
+    const nB = batchB.reduce((s, x) => s * x, 1);
+    let outBatch: number[];
+    if (batchA.length === batchB.length && batchA.every((x, i) => x === batchB[i])) outBatch = batchA;
+    else if (nA === 1 && batchA.length <= batchB.length) outBatch = batchB;
+    else if (nB === 1 && batchB.length <= batchA.length) outBatch = batchA;
+    else return fallback();
+    const batch = Math.max(nA, nB);
+    const backend = args.backend as WasmBackendLike;
+    const out = backend.makeOutput([...outBatch, M, N], 'float32');
+    if (M * N === 0) return out;
+    const ov = backend.typedArrayFromHeap(out) as Float32Array;
+    const av = backend.typedArrayFromHeap(a) as Float32Array;
+    const bv = backend.typedArrayFromHeap(b) as Float32Array;
+    g.sgemm(av, bv, ov, M, K, N, transposeA ? 1 : 0, transposeB ? 1 : 0, threads, batch, nA === 1 ? 0 : M * K, nB === 1 ? 0 : K * N, M * N);
+    return out;
+  };
+  stockKernel = stock;
+  nativeKernel = { kernelName: 'BatchMatMul', backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc };
+  tf.unregisterKernel('BatchMatMul', 'wasm');
+  tf.registerKernel(nativeKernel);
+  registeredOn = 'wasm';
+  return true;
+}
+
+/**
+ * Switch the wasm backend's BatchMatMul between the native GEMM and the stock XNNPACK kernel (after
+ * {@link registerNativeMatmul}); for A/B measurements and tests.
+ * @returns whether the native kernel is now in use
+ */
+export function useNativeMatmul(on: boolean): boolean {
+  if (!stockKernel || !nativeKernel) return false;
+  tf.unregisterKernel('BatchMatMul', 'wasm');
+  tf.registerKernel(on ? nativeKernel : stockKernel);
+  registeredOn = on ? 'wasm' : null;
+  return on;
+}

@@ -1,0 +1,270 @@
+/*
+ * Single-precision GEMM for the training engine, as a Node-API addon (compiled on first use by native.ts
+ * with the system C compiler, -O3 -march=native; optional: without a compiler the engine stays on XNNPACK).
+ *
+ *   C[M,N] = op(A) @ op(B)    op(X) = X or X^T (row-major storage, leading dimension = stored row length)
+ *
+ * Structure (Goto & van de Geijn 2008, "Anatomy of high-performance matrix multiplication"; the BLIS
+ * loop order): blocks of KC x NC of op(B) and MC x KC of op(A) are packed into contiguous micro-panels
+ * (NR columns / MR rows), and an MR x NR register-blocked micro-kernel accumulates with fused
+ * multiply-adds (GCC vector extensions: AVX-512 or AVX2 code from -march=native). Transposed operands are
+ * handled by the packing, so no transpose is ever materialised. Work is split over up to `threads`
+ * pthreads along the larger of M and N (each thread packs its own panels).
+ *
+ * JS API: sgemm(A, B, C, M, K, N, transA, transB, threads, batch, strideA, strideB, strideC)
+ *   A, B, C: Float32Array (may be views of a wasm heap, shared or not); batch >= 1 independent products
+ *   with element strides between them. Returns undefined; throws on bad arguments.
+ */
+#include <node_api.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdint.h>
+
+#define MR 8
+#define NR 32
+#define KC 256
+#define MC 128
+#define NC 2048
+
+typedef float v16 __attribute__((vector_size(64), aligned(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+typedef struct {
+  const float *A;
+  const float *B;
+  float *C;
+  int M, K, N;
+  int transA, transB;
+  int lda, ldb, ldc;
+} gemm_args;
+
+/* op(A)[i][k] */
+static inline float a_at(const gemm_args *g, int i, int k) {
+  return g->transA ? g->A[(size_t)k * g->lda + i] : g->A[(size_t)i * g->lda + k];
+}
+
+/* Pack op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels: panel p, element (k, r) at p*kc*MR + k*MR + r. */
+static void pack_a(const gemm_args *g, int i0, int mc, int k0, int kc, float *Ap) {
+  for (int p = 0; p < mc; p += MR) {
+    int mr = mc - p < MR ? mc - p : MR;
+    float *dst = Ap + (size_t)(p / MR) * kc * MR;
+    if (!g->transA) {
+      for (int r = 0; r < MR; r++) {
+        if (r < mr) {
+          const float *src = g->A + (size_t)(i0 + p + r) * g->lda + k0;
+          for (int k = 0; k < kc; k++) dst[k * MR + r] = src[k];
+        } else {
+          for (int k = 0; k < kc; k++) dst[k * MR + r] = 0.f;
+        }
+      }
+    } else {
+      for (int k = 0; k < kc; k++) {
+        const float *src = g->A + (size_t)(k0 + k) * g->lda + i0 + p;
+        int r = 0;
+        for (; r < mr; r++) dst[k * MR + r] = src[r];
+        for (; r < MR; r++) dst[k * MR + r] = 0.f;
+      }
+    }
+  }
+}
+
+/* Pack op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: panel q, element (k, c) at q*kc*NR + k*NR + c. */
+static void pack_b(const gemm_args *g, int k0, int kc, int j0, int nc, float *Bp) {
+  for (int q = 0; q < nc; q += NR) {
+    int nr = nc - q < NR ? nc - q : NR;
+    float *dst = Bp + (size_t)(q / NR) * kc * NR;
+    if (!g->transB) {
+      for (int k = 0; k < kc; k++) {
+        const float *src = g->B + (size_t)(k0 + k) * g->ldb + j0 + q;
+        int c = 0;
+        if (nr == NR) {
+          memcpy(dst + k * NR, src, NR * sizeof(float));
+        } else {
+          for (; c < nr; c++) dst[k * NR + c] = src[c];
+          for (; c < NR; c++) dst[k * NR + c] = 0.f;
+        }
+      }
+    } else {
+      for (int c = 0; c < NR; c++) {
+        if (c < nr) {
+          const float *src = g->B + (size_t)(j0 + q + c) * g->ldb + k0;
+          for (int k = 0; k < kc; k++) dst[k * NR + c] = src[k];
+        } else {
+          for (int k = 0; k < kc; k++) dst[k * NR + c] = 0.f;
+        }
+      }
+    }
+  }
+}
+
+/* C[0:mr, 0:nr] (+)= Ap (MR x kc panel) @ Bp (kc x NR panel). */
+static void micro(int kc, const float *Ap, const float *Bp, float *C, int ldc, int mr, int nr, int first) {
+  v16 c0[MR], c1[MR];
+  for (int r = 0; r < MR; r++) {
+    c0[r] = (v16){0};
+    c1[r] = (v16){0};
+  }
+  for (int k = 0; k < kc; k++) {
+    v16 b0 = *(const v16 *)(Bp + k * NR);
+    v16 b1 = *(const v16 *)(Bp + k * NR + 16);
+    const float *a = Ap + k * MR;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+      v16 av = (v16){0} + a[r];
+      c0[r] += av * b0;
+      c1[r] += av * b1;
+    }
+  }
+  if (mr == MR && nr == NR) {
+    for (int r = 0; r < MR; r++) {
+      v16u *d0 = (v16u *)(C + (size_t)r * ldc);
+      v16u *d1 = (v16u *)(C + (size_t)r * ldc + 16);
+      if (first) {
+        *d0 = c0[r];
+        *d1 = c1[r];
+      } else {
+        *d0 += c0[r];
+        *d1 += c1[r];
+      }
+    }
+  } else {
+    float tmp[NR] __attribute__((aligned(64)));
+    for (int r = 0; r < mr; r++) {
+      *(v16 *)tmp = c0[r];
+      *(v16 *)(tmp + 16) = c1[r];
+      float *d = C + (size_t)r * ldc;
+      if (first)
+        for (int c = 0; c < nr; c++) d[c] = tmp[c];
+      else
+        for (int c = 0; c < nr; c++) d[c] += tmp[c];
+    }
+  }
+}
+
+/* C[i0:i1, j0:j1] = op(A) op(B) restricted to those rows/columns. */
+static void gemm_block(const gemm_args *g, int i0, int i1, int j0, int j1, float *Ap, float *Bp) {
+  for (int jc = j0; jc < j1; jc += NC) {
+    int nc = j1 - jc < NC ? j1 - jc : NC;
+    for (int pc = 0; pc < g->K; pc += KC) {
+      int kc = g->K - pc < KC ? g->K - pc : KC;
+      pack_b(g, pc, kc, jc, nc, Bp);
+      for (int ic = i0; ic < i1; ic += MC) {
+        int mc = i1 - ic < MC ? i1 - ic : MC;
+        pack_a(g, ic, mc, pc, kc, Ap);
+        for (int jr = 0; jr < nc; jr += NR) {
+          int nr = nc - jr < NR ? nc - jr : NR;
+          for (int ir = 0; ir < mc; ir += MR) {
+            int mr = mc - ir < MR ? mc - ir : MR;
+            micro(kc, Ap + (size_t)(ir / MR) * kc * MR, Bp + (size_t)(jr / NR) * kc * NR,
+                  g->C + (size_t)(ic + ir) * g->ldc + jc + jr, g->ldc, mr, nr, pc == 0);
+          }
+        }
+      }
+    }
+  }
+  if (g->K == 0)
+    for (int i = i0; i < i1; i++) memset(g->C + (size_t)i * g->ldc + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+}
+
+typedef struct {
+  const gemm_args *g;
+  int i0, i1, j0, j1;
+} task;
+
+static void *run_task(void *p) {
+  task *t = (task *)p;
+  float *Ap = aligned_alloc(64, (size_t)MC * KC * sizeof(float));
+  float *Bp = aligned_alloc(64, (size_t)KC * (NC + NR) * sizeof(float));
+  if (Ap && Bp) gemm_block(t->g, t->i0, t->i1, t->j0, t->j1, Ap, Bp);
+  free(Ap);
+  free(Bp);
+  return NULL;
+}
+
+static void gemm(const gemm_args *g, int threads) {
+  if (g->M == 0 || g->N == 0) return;
+  double flops = 2.0 * g->M * (double)g->K * g->N;
+  if (threads > 8) threads = 8;
+  if (flops < 4e6 || threads < 2) threads = 1;
+  task ts[8];
+  pthread_t th[8];
+  int splitM = g->M >= g->N;
+  int dim = splitM ? g->M : g->N;
+  int unit = splitM ? MR : NR;
+  int units = (dim + unit - 1) / unit;
+  if (threads > units) threads = units;
+  for (int t = 0; t < threads; t++) {
+    int u0 = (int)((long)units * t / threads), u1 = (int)((long)units * (t + 1) / threads);
+    int a = u0 * unit, b = u1 * unit < dim ? u1 * unit : dim;
+    ts[t].g = g;
+    ts[t].i0 = splitM ? a : 0;
+    ts[t].i1 = splitM ? b : g->M;
+    ts[t].j0 = splitM ? 0 : a;
+    ts[t].j1 = splitM ? g->N : b;
+  }
+  int started[8] = {0};
+  for (int t = 1; t < threads; t++) started[t] = pthread_create(&th[t], NULL, run_task, &ts[t]) == 0;
+  run_task(&ts[0]);
+  for (int t = 1; t < threads; t++) {
+    if (started[t]) pthread_join(th[t], NULL);
+    else run_task(&ts[t]);
+  }
+}
+
+static int get_f32(napi_env env, napi_value v, float **data, size_t *len) {
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *ptr;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, &ab, &offset) != napi_ok) return 0;
+  if (type != napi_float32_array) return 0;
+  *data = (float *)ptr;
+  *len = length;
+  return 1;
+}
+
+static int get_i(napi_env env, napi_value v, int64_t *out) {
+  return napi_get_value_int64(env, v, out) == napi_ok;
+}
+
+static napi_value sgemm(napi_env env, napi_callback_info info) {
+  size_t argc = 13;
+  napi_value argv[13];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 13) {
+    napi_throw_type_error(env, "GEMM_ARGS", "sgemm(A, B, C, M, K, N, transA, transB, threads, batch, strideA, strideB, strideC)");
+    return NULL;
+  }
+  float *A, *B, *C;
+  size_t la, lb, lc;
+  int64_t M, K, N, tA, tB, threads, batch, sA, sB, sC;
+  if (!get_f32(env, argv[0], &A, &la) || !get_f32(env, argv[1], &B, &lb) || !get_f32(env, argv[2], &C, &lc) ||
+      !get_i(env, argv[3], &M) || !get_i(env, argv[4], &K) || !get_i(env, argv[5], &N) || !get_i(env, argv[6], &tA) ||
+      !get_i(env, argv[7], &tB) || !get_i(env, argv[8], &threads) || !get_i(env, argv[9], &batch) ||
+      !get_i(env, argv[10], &sA) || !get_i(env, argv[11], &sB) || !get_i(env, argv[12], &sC)) {
+    napi_throw_type_error(env, "GEMM_ARGS", "sgemm: A, B, C must be Float32Array and the rest integers");
+    return NULL;
+  }
+  if (M < 0 || K < 0 || N < 0 || batch < 1 ||
+      (size_t)((batch - 1) * sA + M * K) > la || (size_t)((batch - 1) * sB + K * N) > lb ||
+      (size_t)((batch - 1) * sC + M * N) > lc) {
+    napi_throw_range_error(env, "GEMM_BOUNDS", "sgemm: array too short for the given shapes");
+    return NULL;
+  }
+  for (int64_t b = 0; b < batch; b++) {
+    gemm_args g = {A + b * sA, B + b * sB, C + b * sC, (int)M, (int)K, (int)N, (int)tA, (int)tB,
+                   (int)(tA ? M : K), (int)(tB ? K : N), (int)N};
+    gemm(&g, (int)threads);
+  }
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_create_function(env, "sgemm", NAPI_AUTO_LENGTH, sgemm, NULL, &fn);
+  napi_set_named_property(env, exports, "sgemm", fn);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
