@@ -28,6 +28,7 @@ import {
   generate,
   WeightsError,
   UnsupportedModelError,
+  ModelNotFoundError,
   type GenerativeLM,
 } from '../../src/training/models/index.js';
 
@@ -604,4 +605,12 @@ test('gpt2 with the real GPT-2 tokenizer.json: save with tokenizer → loadPretr
   assert.equal(b.text, tokenizer.decode(b.ids));
   m.dispose();
   model.dispose();
+});
+
+test('loadModel: unknown name and a directory without weights give typed errors naming the fix', async () => {
+  await assert.rejects(loadModel(join(dir, 'does-not-exist')), (e: unknown) => e instanceof ModelNotFoundError && e.code === 'MODEL_NOT_FOUND' && /stories260K/.test(e.message));
+  const d = join(dir, 'no-weights');
+  mkdirSync(d);
+  writeFileSync(join(d, 'config.json'), JSON.stringify({ model_type: 'gpt2', vocab_size: 10, n_embd: 8, n_layer: 1, n_head: 2 }));
+  await assert.rejects(loadModel(d), (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_NOT_FOUND' && /model\.safetensors/.test(e.message));
 });
