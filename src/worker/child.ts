@@ -22,6 +22,9 @@ type RunTraining = (options: {
   logger?: import('pino').Logger;
 }) => Promise<TrainResult>;
 
+/** The worker's pid; `process.ppid` changes (re-parenting) when the worker dies. */
+const parentPid = process.ppid;
+
 function send(msg: ChildMessage): Promise<void> {
   return new Promise((resolve) => {
     if (!process.send || !process.connected) return resolve();
@@ -47,6 +50,8 @@ async function train(req: TrainRequest, controller: AbortController): Promise<vo
       signal: controller.signal,
       logger,
       onProgress: (event) => {
+        // the worker died (SIGKILL, OOM): its job will run again elsewhere, so stop now rather than train on
+        if (process.ppid !== parentPid) process.exit(1);
         // The training loop may not yield to the event loop between steps, so the IPC `abort` message
         // can wait; the abort file is checked synchronously at every reported step instead.
         if (!controller.signal.aborted && existsSync(abortFile(req.outputDir))) {
