@@ -129,3 +129,15 @@ test('targetModules matching nothing is a LoraConfigError listing the available 
   assert.throws(() => applyLora(m, { r: 0, alpha: 8, dropout: 0, targetModules: ['q_proj'] }), LoraConfigError);
   m.dispose();
 });
+
+test('LoRA on GPT-2 Conv1D c_attn: merge equals the adapted forward', () => {
+  const g = createModel(parseHFConfig({ model_type: 'gpt2', vocab_size: 32, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 16 }), { seed: 2 });
+  applyLora(g, { r: 2, alpha: 2, dropout: 0, targetModules: ['c_attn'] });
+  assert.deepEqual([...g.params.keys()].filter((n) => n.includes('lora')), ['transformer.h.0.attn.c_attn.lora_A.weight', 'transformer.h.0.attn.c_attn.lora_B.weight']);
+  const B = g.params.get('transformer.h.0.attn.c_attn.lora_B.weight')!;
+  B.assign(tf.randomNormal(B.shape, 0, 0.5, 'float32', 1));
+  const adapted = logitsOf(g);
+  mergeLora(g);
+  assert.ok(maxDiff(logitsOf(g), adapted) < 1e-5);
+  g.dispose();
+});
