@@ -88,6 +88,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     concurrency: env.WORKER_CONCURRENCY,
     // training runs in a child process, so the lock is renewed on time; one stall re-run at most
     maxStalledCount: 1,
+    lockDuration: env.WORKER_LOCK_DURATION_MS,
+    stalledInterval: env.WORKER_STALLED_INTERVAL_MS,
   });
   worker.on('error', (err) => logger.error({ err: err.message }, 'worker error'));
   worker.on('failed', (job, err) => logger.debug({ jobId: job?.id, reason: err.message }, 'job failed'));

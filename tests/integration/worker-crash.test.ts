@@ -1,0 +1,95 @@
+/**
+ * At-least-once delivery: a worker process killed with SIGKILL in the middle of training loses its job
+ * when the lock expires; a second worker takes it up (BullMQ's stalled-job check) and runs it again to
+ * `completed`, and the artifact verifies (the orphaned training child of the dead worker stopped and did
+ * not write into the re-run's directory). Real Redis, real worker processes, tiny training.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../../src/api/app.js';
+import type { JobStatus } from '../../src/queue/types.js';
+import { verifyManifest } from '../../src/storage/manifest.js';
+import { dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
+
+const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const prefix = uniquePrefix('crash');
+const storageDir = mkdtempSync(join(tmpdir(), 'dpo-crash-'));
+const toy = JSON.parse(readFileSync(join(root, 'config/datasets/toy.json'), 'utf8')) as unknown[];
+const workers: ChildProcess[] = [];
+let app: FastifyInstance;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function startWorkerProcess(): ChildProcess {
+  const w = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
+    cwd: root,
+    env: {
+      ...process.env,
+      REDIS_URL,
+      QUEUE_PREFIX: prefix,
+      STORAGE_DIR: storageDir,
+      LOG_LEVEL: 'warn',
+      TFJS_BACKEND: 'wasm',
+      WORKER_METRICS_PORT: '0',
+      WORKER_LOCK_DURATION_MS: '2000',
+      WORKER_STALLED_INTERVAL_MS: '1000',
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  workers.push(w);
+  return w;
+}
+
+async function poll(jobId: string, done: (s: JobStatus) => boolean): Promise<JobStatus> {
+  for (let i = 0; i < 6000; i++) {
+    const s = (await app.inject({ method: 'GET', url: `/jobs/${jobId}` })).json() as JobStatus;
+    if (done(s)) return s;
+    await sleep(50);
+  }
+  throw new Error(`job ${jobId} did not reach the expected state`);
+}
+
+before(async () => {
+  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir }) });
+  await app.ready();
+});
+
+after(async () => {
+  for (const w of workers) {
+    if (w.exitCode !== null || w.signalCode !== null) continue;
+    const kill = setTimeout(() => w.kill('SIGKILL'), 20_000);
+    const exited = new Promise((r) => w.once('exit', r));
+    w.kill('SIGTERM');
+    await exited;
+    clearTimeout(kill);
+  }
+  await app?.close();
+  await dropPrefix(prefix);
+  rmSync(storageDir, { recursive: true, force: true });
+});
+
+test('a job whose worker is SIGKILLed mid-training runs again on another worker and completes', async () => {
+  const first = startWorkerProcess();
+  const config = { max_steps: 2, sft: { max_steps: 12 }, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
+  const res = await app.inject({ method: 'POST', url: '/trigger-finetune', payload: { communityId: 'crash', dataset: toy.slice(0, 8), config } });
+  assert.equal(res.statusCode, 202, res.body);
+  const { jobId } = res.json();
+  const terminal = (s: JobStatus) => ['completed', 'failed', 'cancelled'].includes(s.state);
+  const running = await poll(jobId, (s) => terminal(s) || (s.state === 'active' && s.progress.step >= 1));
+  assert.equal(running.state, 'active');
+  const dead = new Promise((r) => first.once('exit', r));
+  first.kill('SIGKILL');
+  await dead;
+
+  startWorkerProcess();
+  const final = await poll(jobId, terminal);
+  assert.equal(final.state, 'completed', JSON.stringify(final.error));
+  const job = await app.queueService.queue.getJob(jobId);
+  assert.ok((job?.stalledCounter ?? 0) >= 1, `stalledCounter ${job?.stalledCounter}`);
+  assert.deepEqual(await verifyManifest(fileURLToPath(final.artifact!.uri)), []);
+});
