@@ -6,7 +6,11 @@
  * SFT mode: policy forward/backward of the mean NLL over the completion tokens of the same 2*pairs rows + AdamW.
  *
  *   npm run bench -- --preset stories15M --pairs 4 --seq 128 --steps 5 --json [--mode dpo|sft]
- *                    [--threads N] [--backend wasm|cpu|auto] [--no-row-mask] [--precompute-ref]
+ *                    [--threads N] [--backend wasm|cpu|auto] [--no-row-mask] [--precompute-ref] [--fused-adamw]
+ * --threads sets the wasm XNNPACK pool (default: see initBackend); --no-row-mask computes the vocabulary
+ * projection for every position as the peer does; --precompute-ref computes the reference log-probs once
+ * (TRL's precompute_ref_log_probs) instead of every step; --fused-adamw uses the engine's fused AdamW
+ * (src/training/engine/optim.ts) instead of the trainer's optimizer.
  *
  * Prints one JSON line: {engine, backend, threads, preset, params, pairs, seq, mode, median_step_s,
  * min_step_s, max_step_s, tokens_per_s, peak_rss_mb, gflops, ...}. `gflops` counts the FLOPs of the
@@ -36,11 +40,12 @@ export interface BenchArgs {
   backend: BackendRequest;
   rowMask: boolean;
   precomputeRef: boolean;
+  fusedAdamW: boolean;
   json: boolean;
 }
 
 export function parseArgs(argv: string[]): BenchArgs {
-  const a: BenchArgs = { preset: 'stories15M', pairs: 4, seq: 128, steps: 5, mode: 'dpo', backend: 'wasm', rowMask: true, precomputeRef: false, json: false };
+  const a: BenchArgs = { preset: 'stories15M', pairs: 4, seq: 128, steps: 5, mode: 'dpo', backend: 'wasm', rowMask: true, precomputeRef: false, fusedAdamW: false, json: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -57,6 +62,7 @@ export function parseArgs(argv: string[]): BenchArgs {
     else if (k === '--backend') a.backend = v() as BackendRequest;
     else if (k === '--no-row-mask') a.rowMask = false;
     else if (k === '--precompute-ref') a.precomputeRef = true;
+    else if (k === '--fused-adamw') a.fusedAdamW = true;
     else if (k === '--json') a.json = true;
     else throw new Error(`unknown argument ${k}; see bench/dpo-step.ts`);
   }
@@ -134,7 +140,28 @@ class BenchAdamW {
 type Applier = (params: Map<string, tf.Variable>, grads: Map<string, tf.Tensor>) => void;
 
 /** The trainer's AdamW (src/training/trainer/optimizer.ts) when present, else {@link BenchAdamW}. */
-async function makeOptimizer(params: Map<string, tf.Variable>): Promise<{ apply: Applier; source: string }> {
+async function makeOptimizer(params: Map<string, tf.Variable>, fused: boolean): Promise<{ apply: Applier; source: string }> {
+  if (fused) {
+    const { adamwUpdate, fusedAdamWAvailable } = await import('../src/training/engine/optim.js');
+    const m = new Map<string, tf.Variable>();
+    const v = new Map<string, tf.Variable>();
+    let t = 0;
+    return {
+      apply: (p, g) => {
+        t++;
+        for (const [name, w] of p) {
+          const gr = g.get(name);
+          if (!gr) continue;
+          if (!m.has(name)) {
+            m.set(name, tf.variable(tf.zerosLike(w), false));
+            v.set(name, tf.variable(tf.zerosLike(w), false));
+          }
+          adamwUpdate(w, gr, m.get(name)!, v.get(name)!, { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: t });
+        }
+      },
+      source: fusedAdamWAvailable() ? 'engine-fused' : 'engine-tfjs',
+    };
+  }
   try {
     const modPath = '../src/training/trainer/optimizer.js';
     const mod = (await import(modPath)) as {
@@ -179,6 +206,9 @@ export interface BenchResult {
   precompute_ref: boolean;
   optimizer: string;
   loss: number;
+  /** mean seconds per step of: the reference forward, the policy forward/backward, the optimizer update */
+  parts_s: { ref: number; policy: number; optimizer: number };
+  native_matmul: boolean;
 }
 
 export async function runBench(a: BenchArgs): Promise<BenchResult> {
@@ -188,7 +218,7 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
   const reference = a.mode === 'dpo' ? cloneModel(policy, { trainable: false }) : null;
   const params = new Map([...policy.params].filter(([, v]) => v.trainable));
   const nParams = [...policy.params.values()].reduce((s, v) => s + v.size, 0);
-  const opt = await makeOptimizer(params);
+  const opt = await makeOptimizer(params, a.fusedAdamW);
   const rows = 2 * a.pairs;
   const T = a.seq;
   // random tokens (seeded LCG) and the peer's mask: completion from seq/4
@@ -208,10 +238,12 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
   if (a.precomputeRef && reference) refLogps = tf.keep(tf.tidy(() => seqLogps(reference, ids, labels, shifted, a.rowMask)));
 
   const times: number[] = [];
+  const parts = { ref: 0, policy: 0, optimizer: 0 };
   let loss = NaN;
   for (let step = 0; step <= a.steps; step++) {
     const t0 = performance.now();
     const ref = reference ? (refLogps ?? tf.tidy(() => seqLogps(reference, ids, labels, shifted, a.rowMask))) : null;
+    const t1 = performance.now();
     const { value, grads } = tf.variableGrads(() => {
       const lp = seqLogps(policy, ids, labels, shifted, a.rowMask);
       if (a.mode === 'sft') {
@@ -227,8 +259,15 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
     }, [...params.values()]);
     const gmap = new Map<string, tf.Tensor>();
     for (const [name, v] of params) if (grads[v.name]) gmap.set(name, grads[v.name]!);
+    const t2 = performance.now();
     opt.apply(params, gmap);
     loss = (await value.data())[0]!;
+    const t3 = performance.now();
+    if (step > 0) {
+      parts.ref += (t1 - t0) / 1000;
+      parts.policy += (t2 - t1) / 1000;
+      parts.optimizer += (t3 - t2) / 1000;
+    }
     tf.dispose([value, ...Object.values(grads)]);
     if (ref && ref !== refLogps) ref.dispose();
     const dt = (performance.now() - t0) / 1000;
@@ -257,6 +296,12 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
     precompute_ref: a.precomputeRef,
     optimizer: opt.source,
     loss,
+    parts_s: {
+      ref: +(parts.ref / Math.max(1, a.steps)).toFixed(4),
+      policy: +(parts.policy / Math.max(1, a.steps)).toFixed(4),
+      optimizer: +(parts.optimizer / Math.max(1, a.steps)).toFixed(4),
+    },
+    native_matmul: info.nativeMatmul,
   };
 }
 
@@ -265,6 +310,6 @@ if (isMain) {
   const a = parseArgs(process.argv.slice(2));
   const r = await runBench(a);
   if (a.json) console.log(JSON.stringify(r));
-  else console.log(`${r.engine}/${r.backend}x${r.threads} ${r.preset} ${r.mode} ${r.pairs}x${r.seq}: ${(r.median_step_s * 1000).toFixed(0)} ms/step (min ${(r.min_step_s * 1000).toFixed(0)}, max ${(r.max_step_s * 1000).toFixed(0)}), ${r.tokens_per_s} tok/s, ${r.gflops} GFLOP/s (peer-equivalent), peak RSS ${r.peak_rss_mb} MB, optimizer ${r.optimizer}`);
+  else console.log(`${r.engine}/${r.backend}x${r.threads} ${r.preset} ${r.mode} ${r.pairs}x${r.seq}: ${(r.median_step_s * 1000).toFixed(0)} ms/step (min ${(r.min_step_s * 1000).toFixed(0)}, max ${(r.max_step_s * 1000).toFixed(0)}), ${r.tokens_per_s} tok/s, ${r.gflops} GFLOP/s (peer-equivalent), peak RSS ${r.peak_rss_mb} MB, optimizer ${r.optimizer}, native matmul ${r.native_matmul}; per step: reference ${r.parts_s.ref}s, policy fwd/bwd ${r.parts_s.policy}s, optimizer ${r.parts_s.optimizer}s`);
   process.exit(0);
 }

@@ -127,3 +127,35 @@ test('fast ops equal the reference ops on wasm with the stock XNNPACK matmul too
     if (was) useNativeMatmul(true);
   }
 });
+
+test('adamwUpdate (fused native kernel when available) follows torch AdamW over three steps', async () => {
+  await initBackend('wasm');
+  const { adamwUpdate } = await import('../../src/training/engine/optim.js');
+  const n = 37;
+  const p0 = Array.from(randn([n]).dataSync());
+  const p = tf.variable(tf.tensor1d(p0));
+  const m = tf.variable(tf.zeros([n]));
+  const v = tf.variable(tf.zeros([n]));
+  const h = { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+  const P = p0.slice();
+  const Mv = new Array<number>(n).fill(0);
+  const Vv = new Array<number>(n).fill(0);
+  for (let t = 1; t <= 3; t++) {
+    const g = randn([n]);
+    const gv = g.dataSync();
+    adamwUpdate(p, g, m, v, { ...h, step: t });
+    for (let i = 0; i < n; i++) {
+      P[i] = P[i]! * (1 - h.lr * h.weightDecay);
+      Mv[i] = h.beta1 * Mv[i]! + (1 - h.beta1) * gv[i]!;
+      Vv[i] = h.beta2 * Vv[i]! + (1 - h.beta2) * gv[i]! * gv[i]!;
+      const denom = Math.sqrt(Vv[i]!) / Math.sqrt(1 - h.beta2 ** t) + h.eps;
+      P[i] = P[i]! - (h.lr / (1 - h.beta1 ** t)) * (Mv[i]! / denom);
+    }
+    g.dispose();
+  }
+  assert.ok(relErr(p, tf.tensor1d(P)) < 1e-5);
+  assert.ok(relErr(m, tf.tensor1d(Mv)) < 1e-5);
+  assert.ok(relErr(v, tf.tensor1d(Vv)) < 1e-5);
+  assert.notDeepEqual(Array.from(p.dataSync()), p0);
+  tf.dispose([p, m, v]);
+});

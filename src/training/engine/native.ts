@@ -41,6 +41,22 @@ export interface NativeGemm {
     strideB: number,
     strideC: number,
   ): void;
+  /** Fused AdamW, out of place (see gemm.c). */
+  adamw(
+    p: Float32Array,
+    g: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    pOut: Float32Array,
+    mOut: Float32Array,
+    vOut: Float32Array,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    step: number,
+  ): void;
 }
 
 export interface NativeStatus {
@@ -217,4 +233,31 @@ export function useNativeMatmul(on: boolean): boolean {
   tf.registerKernel(on ? nativeKernel : stockKernel);
   registeredOn = on ? 'wasm' : null;
   return on;
+}
+
+/** Name of the fused AdamW kernel registered for the wasm backend when the native addon is loaded. */
+export const ADAMW_KERNEL = 'DpoFusedAdamW';
+let adamwRegistered = false;
+
+/**
+ * Register the fused AdamW kernel (inputs p, g, m, v; outputs p', m', v'; attrs lr, beta1, beta2, eps,
+ * weightDecay, step) for the wasm backend. Idempotent.
+ * @returns true when the kernel is available
+ */
+export function registerNativeAdamW(): boolean {
+  if (adamwRegistered) return true;
+  const g = loadNativeGemm();
+  if (!g || typeof g.adamw !== 'function') return false;
+  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown }): tf.TensorInfo[] => {
+    const { p, g: gr, m, v } = args.inputs as Record<string, tf.TensorInfo>;
+    const at = args.attrs as unknown as { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number };
+    const backend = args.backend as WasmBackendLike;
+    const outs = [p!, m!, v!].map((t) => backend.makeOutput(t.shape.slice(), 'float32'));
+    const view = (t: tf.TensorInfo): Float32Array => backend.typedArrayFromHeap(t) as Float32Array;
+    g.adamw(view(p!), view(gr!), view(m!), view(v!), view(outs[0]!), view(outs[1]!), view(outs[2]!), at.lr, at.beta1, at.beta2, at.eps, at.weightDecay, at.step);
+    return outs;
+  };
+  tf.registerKernel({ kernelName: ADAMW_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  adamwRegistered = true;
+  return true;
 }
