@@ -62,16 +62,11 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     keepAliveTimeout: 5_000,
     // job ids are ours; the request id only correlates logs
     requestIdHeader: 'x-request-id',
-    ajv: { customOptions: { allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false } },
   });
 
   // Body validation with one ajv that knows the shared schemas (config.schema.json), all errors reported.
   const ajv = createRequestAjv();
-  app.setValidatorCompiler(({ schema, httpPart }) => {
-    if (httpPart === 'body') return compileOn(ajv, schema as Record<string, unknown>);
-    // params / headers / querystring: small inline schemas
-    return compileOn(ajv, schema as Record<string, unknown>);
-  });
+  app.setValidatorCompiler(({ schema }) => compileOn(ajv, schema as Record<string, unknown>));
   // so swagger can resolve the request body's $ref
   app.addSchema(apiSchemas().config);
 
