@@ -104,6 +104,7 @@ export interface TrainConfig extends StageSettings {
   sample_max_new_tokens: number;
   sample_temperature: number;
   log_every: number;
+  log_logit_stats: boolean;
   save_steps: number | null;
   save_total_limit: number | null;
   resume_from_checkpoint: string | null;

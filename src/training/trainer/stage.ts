@@ -1,0 +1,262 @@
+/**
+ * The training loop of one stage (SFT or DPO), independent of the loss: data order, micro-batches and
+ * gradient accumulation, clipping, the optimizer and learning-rate schedule, evaluation every `eval_every`
+ * examples, logging, checkpoints and resume, abort between steps, and tensor hygiene.
+ *
+ * Semantics (TRL / the DPO reference implementation):
+ * - one optimizer step consumes `batch_size · gradient_accumulation_steps` examples, as
+ *   `gradient_accumulation_steps` micro-batches of `batch_size`; the last step of an epoch may be smaller;
+ * - each micro-batch's loss is scaled by its share of the step's *units* (pairs for DPO, completion tokens for
+ *   SFT) and the gradients are summed, so the update equals that of one big batch (loss = mean over the whole
+ *   effective batch): batch 1 × accumulation 8 ≡ batch 8 × accumulation 1 up to float32 rounding;
+ * - the data order of epoch e is a permutation that depends only on (seed, e) ({@link epochPermutation}), so
+ *   the data position of a checkpoint is its step;
+ * - the stage ends after `n_epochs` epochs, `n_examples` examples or `max_steps` steps, whichever comes first.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { StageSettings } from '../../config/index.js';
+import { averageMetrics } from '../losses/index.js';
+import { clipByGlobalNorm, accumulateGrads, disposeGrads } from './grads.js';
+import { Optimizer, type OptimizerSettings } from './optimizer.js';
+import { Rng, epochPermutation, type RngState } from './rng.js';
+import { learningRateAt } from './schedule.js';
+
+/** Thrown when `signal` aborts training (between steps). */
+export class TrainingAbortedError extends Error {
+  readonly code = 'TRAINING_ABORTED';
+  constructor(message = 'training was aborted') {
+    super(message);
+    this.name = 'TrainingAbortedError';
+  }
+}
+
+/** A stage that cannot run with the given settings (e.g. no stopping criterion, no data). */
+export class StageConfigError extends Error {
+  readonly code = 'INVALID_CONFIG';
+  readonly key: string;
+  constructor(key: string, message: string) {
+    super(`${key}: ${message}`);
+    this.name = 'StageConfigError';
+    this.key = key;
+  }
+}
+
+/** Result of one micro-batch forward/backward. */
+export interface MicroResult {
+  /** Gradients by parameter name of the *scaled* micro loss (ownership passes to the loop). */
+  grads: Map<string, tf.Tensor>;
+  /** The unscaled micro-batch loss (its own mean). */
+  loss: number;
+  /** Per-micro-batch metrics (averaged over the step like TRL's `log()`); `loss` is set by the loop. */
+  metrics: Record<string, number>;
+  /** Non-padding tokens processed (attention mask sum). */
+  tokens: number;
+}
+
+/** What a stage supplies to the loop. */
+export interface StageTask {
+  stage: 'sft' | 'dpo';
+  /** Number of training examples. */
+  nTrain: number;
+  /** The weight of a micro-batch in the step (pairs, or completion tokens for SFT). */
+  units(indices: number[]): number;
+  /** Forward + backward of one micro-batch with the loss multiplied by `scale`. */
+  micro(indices: number[], scale: number, rng: Rng): MicroResult;
+  /** Held-out metrics (already `eval_`-prefixed); absent: no evaluation. */
+  evaluate?(ctx: { step: number; examples: number; rng: Rng }): Promise<Record<string, number>>;
+  /** Called after each optimizer step (reference sync). */
+  afterStep?(step: number): void;
+}
+
+export interface StageProgress {
+  stage: 'sft' | 'dpo';
+  step: number;
+  totalSteps: number;
+  examples: number;
+  epoch: number;
+  /** Train metrics of this step (after logging aggregation), or null when the step was not logged. */
+  metrics: Record<string, number> | null;
+  eval: Record<string, number> | null;
+}
+
+/** Where the loop is (restored from a checkpoint on resume). */
+export interface StagePosition {
+  step: number;
+  examples: number;
+  numTokens: number;
+  rng: RngState;
+  lastMetrics: Record<string, number>;
+  lastEval: Record<string, number>;
+}
+
+export interface StageHooks {
+  /** Every logged record (train: `{stage, step, ...}`, eval: `{stage, step, eval_...}`). */
+  log(record: Record<string, number | string>): void | Promise<void>;
+  /** After every optimizer step. */
+  progress?(p: StageProgress): void;
+  /** Persist a checkpoint of the current position (the caller gathers weights / optimizer). */
+  checkpoint?(pos: StagePosition & { totalSteps: number; complete: boolean }): Promise<void>;
+  signal?: AbortSignal;
+}
+
+export interface StageOptions {
+  settings: StageSettings;
+  optimizer: OptimizerSettings;
+  /** Trainable parameters by name. */
+  params: Map<string, tf.Variable>;
+  seed: number;
+  evalEvery: number | null;
+  doFirstEval: boolean;
+  logEvery: number;
+  saveSteps: number | null;
+  /** Position to continue from (resume), with the optimizer state already restored into `optimizerInstance`. */
+  resume?: StagePosition | null;
+  /** An optimizer to use (resume); created from `optimizer` otherwise. */
+  optimizerInstance?: Optimizer;
+}
+
+export interface StageResult {
+  steps: number;
+  examples: number;
+  numTokens: number;
+  lastMetrics: Record<string, number>;
+  lastEval: Record<string, number>;
+  optimizer: Optimizer;
+  rng: Rng;
+  seconds: number;
+}
+
+/** Steps per epoch and the total number of optimizer steps of a stage. */
+export function stagePlan(nTrain: number, s: StageSettings): { perStep: number; stepsPerEpoch: number; totalSteps: number } {
+  if (nTrain <= 0) throw new StageConfigError('datasets', 'no training examples left after tokenisation and the eval split');
+  const perStep = s.batch_size * s.gradient_accumulation_steps;
+  const stepsPerEpoch = Math.ceil(nTrain / perStep);
+  const limits: number[] = [];
+  if (s.n_epochs !== null) limits.push(s.n_epochs * stepsPerEpoch);
+  if (s.n_examples !== null) limits.push(Math.ceil(s.n_examples / perStep));
+  if (s.max_steps !== null) limits.push(s.max_steps);
+  if (limits.length === 0) throw new StageConfigError('n_epochs', 'set at least one of n_epochs, n_examples, max_steps');
+  return { perStep, stepsPerEpoch, totalSteps: Math.max(1, Math.min(...limits)) };
+}
+
+/** The example indices of optimizer step `step` (0-based), split into micro-batches. */
+export function stepBatches(step: number, nTrain: number, s: StageSettings, seed: number, cache?: Map<number, number[]>): number[][] {
+  const perStep = s.batch_size * s.gradient_accumulation_steps;
+  const stepsPerEpoch = Math.ceil(nTrain / perStep);
+  const epoch = Math.floor(step / stepsPerEpoch);
+  const k = step % stepsPerEpoch;
+  let perm = cache?.get(epoch);
+  if (!perm) {
+    perm = epochPermutation(nTrain, seed, epoch);
+    if (cache) {
+      cache.clear();
+      cache.set(epoch, perm);
+    }
+  }
+  const idx = perm.slice(k * perStep, Math.min((k + 1) * perStep, nTrain));
+  const micros: number[][] = [];
+  for (let i = 0; i < idx.length; i += s.batch_size) micros.push(idx.slice(i, i + s.batch_size));
+  return micros;
+}
+
+/**
+ * Run one stage to its end (or to an abort).
+ * @throws TrainingAbortedError when `hooks.signal` aborts (after checkpointing when `saveSteps` is set)
+ * @throws StageConfigError when the settings give no stopping criterion or there is no data
+ */
+export async function runStage(task: StageTask, opts: StageOptions, hooks: StageHooks): Promise<StageResult> {
+  const s = opts.settings;
+  const { totalSteps, stepsPerEpoch } = stagePlan(task.nTrain, s);
+  const optimizer = opts.optimizerInstance ?? new Optimizer(opts.params, opts.optimizer);
+  const rng = new Rng(opts.seed + (task.stage === 'dpo' ? 1 : 0));
+  let step = 0;
+  let examples = 0;
+  let numTokens = 0;
+  let lastMetrics: Record<string, number> = {};
+  let lastEval: Record<string, number> = {};
+  if (opts.resume) {
+    step = opts.resume.step;
+    examples = opts.resume.examples;
+    numTokens = opts.resume.numTokens;
+    rng.setState(opts.resume.rng);
+    lastMetrics = opts.resume.lastMetrics;
+    lastEval = opts.resume.lastEval;
+  }
+  const permCache = new Map<number, number[]>();
+  const window: Array<Record<string, number>> = [];
+  const t0 = Date.now();
+  const position = (): StagePosition => ({ step, examples, numTokens, rng: rng.getState(), lastMetrics, lastEval });
+
+  const runEval = async (): Promise<Record<string, number> | null> => {
+    if (!task.evaluate) return null;
+    const m = await task.evaluate({ step, examples, rng });
+    if (Object.keys(m).length === 0) return null;
+    lastEval = m;
+    await hooks.log({ stage: task.stage, step, examples, epoch: step / stepsPerEpoch, ...m });
+    return m;
+  };
+  const checkAbort = async (): Promise<void> => {
+    if (!hooks.signal?.aborted) return;
+    if (opts.saveSteps && hooks.checkpoint && step > 0) await hooks.checkpoint({ ...position(), totalSteps, complete: false });
+    throw new TrainingAbortedError(`training aborted during ${task.stage} at step ${step}/${totalSteps}`);
+  };
+
+  if (step === 0 && opts.doFirstEval) await runEval();
+  while (step < totalSteps) {
+    await checkAbort();
+    const stepStart = performance.now();
+    const micros = stepBatches(step, task.nTrain, s, opts.seed, permCache);
+    const units = micros.map((m) => task.units(m));
+    const totalUnits = units.reduce((a, b) => a + b, 0);
+    const acc = new Map<string, tf.Tensor>();
+    const microMetrics: Array<Record<string, number>> = [];
+    let loss = 0;
+    let stepTokens = 0;
+    let stepExamples = 0;
+    for (let i = 0; i < micros.length; i++) {
+      const scale = totalUnits > 0 ? units[i]! / totalUnits : 0;
+      const r = task.micro(micros[i]!, scale, rng);
+      accumulateGrads(acc, r.grads);
+      loss += scale * r.loss;
+      stepTokens += r.tokens;
+      stepExamples += micros[i]!.length;
+      microMetrics.push({ ...r.metrics, loss: r.loss });
+    }
+    const gradNorm = clipByGlobalNorm(acc, s.max_grad_norm);
+    const lr = learningRateAt(step, { lr: s.lr, warmupSteps: s.warmup_steps, kind: s.lr_scheduler, totalSteps });
+    if (Number.isFinite(gradNorm)) optimizer.apply(acc, lr);
+    disposeGrads(acc);
+    const prevExamples = examples;
+    step += 1;
+    examples += stepExamples;
+    numTokens += stepTokens;
+    task.afterStep?.(step);
+    const seconds = Math.max(1e-9, (performance.now() - stepStart) / 1000);
+    const m = averageMetrics(microMetrics);
+    m.loss = loss;
+    m.grad_norm = gradNorm;
+    m.learning_rate = lr;
+    m.num_tokens = numTokens;
+    m['tokens/s'] = stepTokens / seconds;
+    m[task.stage === 'dpo' ? 'pairs/s' : 'examples/s'] = stepExamples / seconds;
+    m.step_seconds = seconds;
+    window.push(m);
+    let logged: Record<string, number> | null = null;
+    if (step % opts.logEvery === 0 || step === totalSteps) {
+      logged = averageMetrics(window);
+      logged.num_tokens = numTokens;
+      window.length = 0;
+      lastMetrics = logged;
+      await hooks.log({ stage: task.stage, step, examples, epoch: step / stepsPerEpoch, ...logged, lr: logged.learning_rate! });
+    }
+    let ev: Record<string, number> | null = null;
+    const crossed = opts.evalEvery !== null && Math.floor(examples / opts.evalEvery) > Math.floor(prevExamples / opts.evalEvery);
+    if (crossed || step === totalSteps) ev = await runEval();
+    hooks.progress?.({ stage: task.stage, step, totalSteps, examples, epoch: Math.ceil(step / stepsPerEpoch), metrics: logged, eval: ev });
+    const complete = step === totalSteps;
+    if (hooks.checkpoint && ((opts.saveSteps !== null && step % opts.saveSteps === 0) || complete)) {
+      await hooks.checkpoint({ ...position(), totalSteps, complete });
+    }
+  }
+  return { steps: step, examples, numTokens, lastMetrics, lastEval, optimizer, rng, seconds: (Date.now() - t0) / 1000 };
+}
