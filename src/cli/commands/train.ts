@@ -1,0 +1,90 @@
+/**
+ * `dpo train [--config FILE] [--output-dir DIR] [key=value ...]`: SFT then DPO, like the reference
+ * implementation's `python train.py model=... datasets=[...] loss=dpo loss.beta=0.1`. Prints the resolved config
+ * (YAML) first, then a progress bar (TTY) or log lines; writes the artifact into `output_dir` (default
+ * `runs/<exp_name>`). Ctrl-C stops between steps (with a checkpoint when save_steps is set; resume with
+ * `resume_from_checkpoint=latest`). Exit codes: 0 done, 2 bad config, 130 interrupted, 1 other errors.
+ */
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import pino from 'pino';
+import YAML from 'yaml';
+import { ConfigError, loadConfig } from '../../config/index.js';
+import { runTraining, TrainingAbortedError } from '../../training/run.js';
+
+export interface TrainCliOptions {
+  config?: string;
+  outputDir?: string;
+}
+
+/**
+ * Run `dpo train`; returns the process exit code.
+ * @param overrides `key=value` strings
+ */
+export async function runTrainCli(overrides: string[], o: TrainCliOptions): Promise<number> {
+  let cfg;
+  try {
+    cfg = loadConfig({ configFile: o.config, overrides });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`dpo train: invalid config: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  const outputDir = resolve(o.outputDir ?? cfg.output_dir ?? `runs/${cfg.exp_name}`);
+  process.stdout.write(`# resolved config (output_dir: ${outputDir})\n${YAML.stringify(cfg)}\n`);
+  const tty = process.stderr.isTTY === true;
+  const logger = tty
+    ? pino({ level: process.env.LOG_LEVEL ?? 'info', transport: { target: 'pino-pretty', options: { destination: 2, ignore: 'pid,hostname' } } })
+    : pino({ level: process.env.LOG_LEVEL ?? 'info' }, pino.destination(2));
+  const ac = new AbortController();
+  let interrupts = 0;
+  const onSignal = (): void => {
+    interrupts += 1;
+    if (interrupts > 1) process.exit(130);
+    process.stderr.write('\ndpo train: stopping after the current step (Ctrl-C again to quit now)\n');
+    ac.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const res = await runTraining({ configFile: o.config, overrides, outputDir, signal: ac.signal, logger });
+    const d = res.metrics.dpo;
+    const pick = (k: string): string => (d[k] === undefined ? '-' : Number(d[k]).toPrecision(4));
+    process.stdout.write(
+      `artifact: ${res.artifactDir}\n` +
+        `dpo: loss ${pick('loss')}  rewards/accuracies ${pick('rewards/accuracies')}  rewards/margins ${pick('rewards/margins')}  ` +
+        `eval_rewards/accuracies ${pick('eval_rewards/accuracies')}  tokens/s ${pick('tokens/s')}\n`,
+    );
+    return 0;
+  } catch (e) {
+    if (e instanceof TrainingAbortedError) {
+      process.stderr.write(`dpo train: ${e.message}; resume with resume_from_checkpoint=latest output_dir=${outputDir}\n`);
+      return 130;
+    }
+    if (e instanceof ConfigError) {
+      process.stderr.write(`dpo train: invalid config: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    logger.flush?.();
+  }
+}
+
+export function register(program: Command): void {
+  program
+    .command('train')
+    .description('SFT then DPO; settings as key=value overrides of config/config.yaml (model=, loss=, datasets=[a,b], loss.beta=0.1, ...)')
+    .option('-c, --config <file>', 'YAML config merged over config/config.yaml')
+    .option('-o, --output-dir <dir>', 'artifact directory (default: output_dir or runs/<exp_name>)')
+    .argument('[overrides...]', 'key=value overrides (YAML values)')
+    .allowExcessArguments(false)
+    .action(async (overrides: string[], opts: TrainCliOptions) => {
+      const code = await runTrainCli(overrides, opts);
+      process.exitCode = code;
+    });
+}
