@@ -34,7 +34,7 @@ export async function runGenerate(o: GenerateCliOptions): Promise<string> {
   const backend = await initBackend();
   modelLog().info({ backend: backend.name, package: backend.package }, 'tfjs backend');
   const { model, tokenizer, source } = await loadPretrained(o.model);
-  modelLog().info({ source, modelType: model.config.modelType }, 'model loaded');
+  modelLog().debug({ source, modelType: model.config.modelType }, 'model loaded');
   const { text } = generate(model, tokenizer, o.prompt, { maxNewTokens, temperature, topK, topP, seed });
   model.dispose();
   return o.prompt + text;
