@@ -39,7 +39,11 @@ export interface WorkerHandle {
   worker: Worker<FT['data'], FT['result'], FT['name']>;
   /** Address of the worker's /metrics endpoint, when WORKER_METRICS_PORT > 0. */
   metricsAddress: string | null;
-  /** Stop taking jobs, wait up to `timeoutMs` for the running ones, then close connections. */
+  /**
+   * Stop taking jobs and wait up to `timeoutMs` for the running ones; after that, stop their training
+   * (with a checkpoint when `save_steps` is set) and hand them back to the queue. Then close connections.
+   * `drained` is false when jobs were handed back.
+   */
   close(timeoutMs?: number): Promise<{ drained: boolean }>;
 }
 
@@ -69,7 +73,9 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
   const storage = opts.storage ?? (await createStorage(env, { logger: logger.child({ module: 'storage' }) }));
   const redis = createRedis(env.REDIS_URL, 'worker');
   redis.on('error', (err) => logger.warn({ err: err.message }, 'redis error'));
+  const shutdown = new AbortController();
   const processor = createFinetuneProcessor({
+    shutdownSignal: shutdown.signal,
     redis,
     prefix: env.QUEUE_PREFIX,
     storage,
@@ -110,17 +116,25 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     worker,
     metricsAddress,
     async close(timeoutMs = env.WORKER_SHUTDOWN_TIMEOUT_MS) {
-      let timer: NodeJS.Timeout | undefined;
-      const drained = await Promise.race([
-        worker.close().then(() => true),
-        new Promise<boolean>((r) => {
-          timer = setTimeout(() => r(false), timeoutMs);
-        }),
-      ]);
-      clearTimeout(timer);
+      const closing = worker.close();
+      const within = (p: Promise<unknown>, ms: number): Promise<boolean> => {
+        let timer: NodeJS.Timeout | undefined;
+        return Promise.race([
+          p.then(() => true),
+          new Promise<boolean>((r) => {
+            timer = setTimeout(() => r(false), ms);
+          }),
+        ]).finally(() => clearTimeout(timer));
+      };
+      const drained = await within(closing, timeoutMs);
       if (!drained) {
-        logger.warn({ timeoutMs }, 'running job did not finish in time; leaving it to the stalled-job check');
-        await worker.close(true).catch(() => {});
+        // stop training (it checkpoints first when save_steps is set) and hand the jobs back to the queue
+        logger.warn({ timeoutMs }, 'running jobs did not finish in time; handing them back to the queue');
+        shutdown.abort();
+        if (!(await within(closing, 30_000))) {
+          logger.warn('jobs did not stop; leaving them to the stalled-job check');
+          await worker.close(true).catch(() => {});
+        }
       }
       metricsServer?.close();
       redis.disconnect();
@@ -134,7 +148,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
 export async function runWorkerProcess(env: ServiceEnv = loadEnv()): Promise<void> {
   const logger = createLogger(env, 'dpo-worker');
   const handle = await startWorker({ env, logger });
-  closeWithGrace({ delay: env.WORKER_SHUTDOWN_TIMEOUT_MS + 5000 }, async ({ signal, err }) => {
+  // the wait for running jobs, then up to 30 s to hand them back, then a margin
+  closeWithGrace({ delay: env.WORKER_SHUTDOWN_TIMEOUT_MS + 35_000 }, async ({ signal, err }) => {
     if (err) logger.error({ err }, 'closing the worker after an error');
     else logger.info({ signal }, 'closing the worker');
     const { drained } = await handle.close();

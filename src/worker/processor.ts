@@ -4,10 +4,11 @@
  * goes. Cancellation (DELETE /jobs/:id sets a Redis flag; BullMQ's own abort signal too) and the job
  * timeout abort training; the job then fails with JOB_CANCELLED / JOB_TIMEOUT.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Job } from 'bullmq';
+import { WaitingError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { cancelKey } from '../queue/connection.js';
@@ -46,7 +47,25 @@ export interface ProcessorDeps {
   progressIntervalMs?: number;
   /** The training runner (default: a forked child running src/training/run.ts runTraining). */
   train?: typeof trainInChild;
+  /**
+   * Aborted when the worker gives up waiting for running jobs at shutdown: training stops (checkpointing
+   * first when `save_steps` is set) and the job goes back to the queue, to resume on another worker.
+   */
+  shutdownSignal?: AbortSignal;
 }
+
+/** True when `<outputDir>/checkpoints/` holds at least one checkpoint (a `state.json`). */
+async function hasCheckpoint(outputDir: string): Promise<boolean> {
+  try {
+    const entries = await readdir(join(outputDir, 'checkpoints'), { withFileTypes: true });
+    return entries.some((e) => e.isDirectory() && existsSync(join(outputDir, 'checkpoints', e.name, 'state.json')));
+  } catch {
+    return false;
+  }
+}
+
+/** Abort code of a job stopped by worker shutdown (it is handed back to the queue, not failed). */
+const SHUTDOWN = 'WORKER_SHUTDOWN';
 
 const TOKENS_PER_S_KEYS = ['tokens/s', 'tokens_per_s', 'tokens_per_second', 'train_tokens_per_second'];
 
@@ -140,7 +159,7 @@ function spanSeconds(spans: StageSpan[]): Partial<Record<Stage, number>> {
  */
 export function createFinetuneProcessor(deps: ProcessorDeps) {
   const train = deps.train ?? trainInChild;
-  return async function processFinetune(job: FinetuneJob, _token?: string, bullSignal?: AbortSignal): Promise<FinetuneResult> {
+  return async function processFinetune(job: FinetuneJob, token?: string, bullSignal?: AbortSignal): Promise<FinetuneResult> {
     const jobId = job.id!;
     const { communityId } = job.data;
     const log = deps.logger.child({ jobId, communityId });
@@ -166,12 +185,18 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
         : undefined;
     const onBullAbort = (): void => abort(FailureCodes.cancelled, 'cancelled by the worker');
     bullSignal?.addEventListener('abort', onBullAbort, { once: true });
+    const onShutdown = (): void => abort(SHUTDOWN, 'the worker is shutting down; the job goes back to the queue');
+    if (deps.shutdownSignal?.aborted) onShutdown();
+    deps.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
     const outputDir = resolve(join(deps.workDir, communityId, jobId));
     let lastTps: Partial<Record<'sft' | 'dpo', number>> = {};
     try {
       if ((await deps.redis.exists(flag)) === 1) throw new JobFailure(FailureCodes.cancelled, 'cancelled by request before it started');
-      log.info({ rows: job.data.dataset.length, outputDir }, 'finetune job started');
-      await rm(outputDir, { recursive: true, force: true });
+      // A re-run of this job (a worker died or handed it back) resumes from its last checkpoint, if any;
+      // a first run starts from an empty directory.
+      const resume = (job.attemptsStarted ?? 1) > 1 && (await hasCheckpoint(outputDir));
+      log.info({ rows: job.data.dataset.length, outputDir, attempt: job.attemptsStarted, resume }, 'finetune job started');
+      if (!resume) await rm(outputDir, { recursive: true, force: true });
       await mkdir(outputDir, { recursive: true });
       // the SFT stage starts with loading the base model and tokenizer
       reporter.startStage('sft');
@@ -181,7 +206,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
           request: {
             jobId,
             communityId,
-            config: job.data.config,
+            config: resume ? { ...job.data.config, resume_from_checkpoint: 'latest' } : job.data.config,
             dataset: job.data.dataset,
             outputDir,
             backend: deps.backend,
@@ -195,6 +220,11 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
           },
         });
       } catch (err) {
+        if (abortCode === SHUTDOWN && token) {
+          await job.moveToWait(token);
+          log.info('job handed back to the queue');
+          throw new WaitingError();
+        }
         if (abortCode) throw new JobFailure(abortCode, (controller.signal.reason as Error).message);
         if (err instanceof ChildFailure) {
           throw new JobFailure(err.code === 'ABORTED' ? FailureCodes.cancelled : err.code, err.message);
@@ -233,6 +263,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       log.info({ uri: uploaded.uri, files: uploaded.files.length, durations }, 'finetune job completed');
       return result;
     } catch (err) {
+      if (err instanceof WaitingError) throw err;
       reporter.endStage();
       await reporter.flush();
       const failure =
@@ -249,6 +280,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       clearInterval(poll);
       clearTimeout(timeout);
       bullSignal?.removeEventListener('abort', onBullAbort);
+      deps.shutdownSignal?.removeEventListener('abort', onShutdown);
     }
   };
 }
