@@ -49,6 +49,13 @@ function batchTensors(b: TokenBatch): { ids: tf.Tensor2D; mask: tf.Tensor2D } {
   };
 }
 
+/** Host copy of a tensor, disposing it. */
+function hostOf(t: tf.Tensor): Float32Array {
+  const d = (t.dataSync() as Float32Array).slice();
+  t.dispose();
+  return d;
+}
+
 function sumMask(a: Float32Array): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i]!;
@@ -86,10 +93,12 @@ export function scorePairs(model: CausalLM, pairs: TokenizedPair[], padId: numbe
     const B = part.length;
     const b = collatePreference(part, padId);
     const run = (): Float32Array =>
-      tf.tidy(() => {
-        const { ids, mask } = batchTensors(b);
-        return completionLogps(model, ids, mask).logps;
-      }).dataSync() as Float32Array;
+      hostOf(
+        tf.tidy(() => {
+          const { ids, mask } = batchTensors(b);
+          return completionLogps(model, ids, mask).logps;
+        }),
+      );
     const lp = opts.adaptersDisabled ? withAdaptersDisabled(model, run) : run();
     chosen.set(lp.subarray(0, B), i);
     rejected.set(lp.subarray(B, 2 * B), i);
@@ -140,10 +149,12 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
     }
     const B = indices.length;
     const run = (model: CausalLM): Float32Array =>
-      tf.tidy(() => {
-        const { ids, mask } = batchTensors(batch);
-        return completionLogps(model, ids, mask).logps;
-      }).dataSync() as Float32Array;
+      hostOf(
+        tf.tidy(() => {
+          const { ids, mask } = batchTensors(batch);
+          return completionLogps(model, ids, mask).logps;
+        }),
+      );
     const lp = r.kind === 'model' ? run(r.model) : withAdaptersDisabled(o.policy, () => run(o.policy));
     return { chosen: lp.slice(0, B), rejected: lp.slice(B, 2 * B) };
   };
@@ -169,8 +180,16 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
   };
 
   const metricsOf = (kept: PairOut, batch: TokenBatch, ids: tf.Tensor2D, mask: tf.Tensor2D): Record<string, number> => {
-    let stats: ReturnType<typeof splitStats> | null = null;
-    if (o.logitStats) stats = splitStats(completionStats(o.policy, ids, mask));
+    // inside tidy: completionStats leaves its label-shift intermediates to the caller's scope
+    const stats: ReturnType<typeof splitStats> | null = o.logitStats
+      ? (() => {
+          let s: ReturnType<typeof splitStats> | null = null;
+          tf.tidy(() => {
+            s = splitStats(completionStats(o.policy, ids, mask));
+          });
+          return s as ReturnType<typeof splitStats> | null;
+        })()
+      : null;
     void batch;
     return preferenceMetrics({
       chosenRewards: kept.chosenRewards,
