@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
+#include <stdatomic.h>
+#include <sched.h>
 
 #define MR 8
 #define NR 32
@@ -142,74 +144,111 @@ static void micro(int kc, const float *Ap, const float *Bp, float *C, int ldc, i
   }
 }
 
-/* C[i0:i1, j0:j1] = op(A) op(B) restricted to those rows/columns. */
-static void gemm_block(const gemm_args *g, int i0, int i1, int j0, int j1, float *Ap, float *Bp) {
-  for (int jc = j0; jc < j1; jc += NC) {
-    int nc = j1 - jc < NC ? j1 - jc : NC;
+/*
+ * Threads share each packed KC x NC block of op(B) (packed cooperatively, panel by panel), then take row
+ * units of MU rows of op(A) dynamically (an atomic counter), packing their own A panels. Dynamic
+ * assignment keeps both cores busy when one of them is also running something else (a static split would
+ * wait for the slower half). Three barriers per (jc, pc) block.
+ */
+#define MU 64
+
+typedef struct {
+  const gemm_args *g;
+  int T;
+  pthread_barrier_t bar;
+  atomic_int next_b, next_a;
+  atomic_int go; /* workers start once the barrier is set up for the threads that really started */
+  float *Bp;
+  int jc, nc, pc, kc;
+} shared_t;
+
+typedef struct {
+  shared_t *sh;
+  int t;
+} worker_t;
+
+static inline void sync_all(shared_t *sh) {
+  if (sh->T > 1) pthread_barrier_wait(&sh->bar);
+}
+
+static void *gemm_worker(void *arg) {
+  worker_t *w = (worker_t *)arg;
+  shared_t *sh = w->sh;
+  const gemm_args *g = sh->g;
+  while (!atomic_load(&sh->go)) sched_yield();
+  float *Ap = aligned_alloc(64, (size_t)MU * KC * sizeof(float));
+  int ok = Ap != NULL;
+  for (int jc = 0; jc < g->N; jc += NC) {
+    int nc = g->N - jc < NC ? g->N - jc : NC;
+    int nPanels = (nc + NR - 1) / NR;
     for (int pc = 0; pc < g->K; pc += KC) {
       int kc = g->K - pc < KC ? g->K - pc : KC;
-      pack_b(g, pc, kc, jc, nc, Bp);
-      for (int ic = i0; ic < i1; ic += MC) {
-        int mc = i1 - ic < MC ? i1 - ic : MC;
+      sync_all(sh); /* everyone is done with the previous block of Bp */
+      if (w->t == 0) {
+        atomic_store(&sh->next_b, 0);
+        atomic_store(&sh->next_a, 0);
+      }
+      sync_all(sh);
+      for (int q; (q = atomic_fetch_add(&sh->next_b, 1)) < nPanels;) {
+        int j = q * NR;
+        pack_b(g, pc, kc, jc + j, nc - j < NR ? nc - j : NR, sh->Bp + (size_t)q * kc * NR);
+      }
+      sync_all(sh); /* Bp is complete */
+      if (!ok) continue;
+      int nUnits = (g->M + MU - 1) / MU;
+      for (int u; (u = atomic_fetch_add(&sh->next_a, 1)) < nUnits;) {
+        int ic = u * MU;
+        int mc = g->M - ic < MU ? g->M - ic : MU;
         pack_a(g, ic, mc, pc, kc, Ap);
         for (int jr = 0; jr < nc; jr += NR) {
           int nr = nc - jr < NR ? nc - jr : NR;
           for (int ir = 0; ir < mc; ir += MR) {
             int mr = mc - ir < MR ? mc - ir : MR;
-            micro(kc, Ap + (size_t)(ir / MR) * kc * MR, Bp + (size_t)(jr / NR) * kc * NR,
+            micro(kc, Ap + (size_t)(ir / MR) * kc * MR, sh->Bp + (size_t)(jr / NR) * kc * NR,
                   g->C + (size_t)(ic + ir) * g->ldc + jc + jr, g->ldc, mr, nr, pc == 0);
           }
         }
       }
     }
   }
-  if (g->K == 0)
-    for (int i = i0; i < i1; i++) memset(g->C + (size_t)i * g->ldc + j0, 0, (size_t)(j1 - j0) * sizeof(float));
-}
-
-typedef struct {
-  const gemm_args *g;
-  int i0, i1, j0, j1;
-} task;
-
-static void *run_task(void *p) {
-  task *t = (task *)p;
-  float *Ap = aligned_alloc(64, (size_t)MC * KC * sizeof(float));
-  float *Bp = aligned_alloc(64, (size_t)KC * (NC + NR) * sizeof(float));
-  if (Ap && Bp) gemm_block(t->g, t->i0, t->i1, t->j0, t->j1, Ap, Bp);
   free(Ap);
-  free(Bp);
   return NULL;
 }
 
 static void gemm(const gemm_args *g, int threads) {
   if (g->M == 0 || g->N == 0) return;
+  if (g->K == 0) {
+    for (int i = 0; i < g->M; i++) memset(g->C + (size_t)i * g->ldc, 0, (size_t)g->N * sizeof(float));
+    return;
+  }
   double flops = 2.0 * g->M * (double)g->K * g->N;
   if (threads > 8) threads = 8;
   if (flops < 4e6 || threads < 2) threads = 1;
-  task ts[8];
-  pthread_t th[8];
-  int splitM = g->M >= g->N;
-  int dim = splitM ? g->M : g->N;
-  int unit = splitM ? MR : NR;
-  int units = (dim + unit - 1) / unit;
+  int units = (g->M + MU - 1) / MU;
   if (threads > units) threads = units;
-  for (int t = 0; t < threads; t++) {
-    int u0 = (int)((long)units * t / threads), u1 = (int)((long)units * (t + 1) / threads);
-    int a = u0 * unit, b = u1 * unit < dim ? u1 * unit : dim;
-    ts[t].g = g;
-    ts[t].i0 = splitM ? a : 0;
-    ts[t].i1 = splitM ? b : g->M;
-    ts[t].j0 = splitM ? 0 : a;
-    ts[t].j1 = splitM ? g->N : b;
-  }
-  int started[8] = {0};
-  for (int t = 1; t < threads; t++) started[t] = pthread_create(&th[t], NULL, run_task, &ts[t]) == 0;
-  run_task(&ts[0]);
+  shared_t sh;
+  sh.g = g;
+  sh.Bp = aligned_alloc(64, (size_t)KC * (NC + NR) * sizeof(float));
+  if (!sh.Bp) return;
+  atomic_store(&sh.go, 0);
+  worker_t ws[8];
+  pthread_t th[8];
+  int started = 1; /* the calling thread is worker 0 */
   for (int t = 1; t < threads; t++) {
-    if (started[t]) pthread_join(th[t], NULL);
-    else run_task(&ts[t]);
+    ws[started].sh = &sh;
+    ws[started].t = started;
+    if (pthread_create(&th[started], NULL, gemm_worker, &ws[started]) == 0) started++;
   }
+  threads = started;
+  sh.T = threads;
+  if (threads > 1) pthread_barrier_init(&sh.bar, NULL, (unsigned)threads);
+  ws[0].sh = &sh;
+  ws[0].t = 0;
+  atomic_store(&sh.go, 1);
+  gemm_worker(&ws[0]);
+  for (int t = 1; t < threads; t++) pthread_join(th[t], NULL);
+  if (threads > 1) pthread_barrier_destroy(&sh.bar);
+  free(sh.Bp);
 }
 
 static int get_f32(napi_env env, napi_value v, float **data, size_t *len) {
