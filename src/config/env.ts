@@ -42,6 +42,8 @@ export interface ServiceEnv {
   RATE_LIMIT_WINDOW: string;
   /** Seconds completed/failed jobs stay queryable in Redis. */
   JOB_RETENTION_SECONDS: number;
+  /** Probe the tfjs backend and GPUs at worker start (src/worker/gpu-check.ts); false skips it (dev, tests). */
+  WORKER_BACKEND_CHECK: boolean;
   /** BullMQ job lock of a worker, ms: a worker that dies loses its job after this long (renewed at half). */
   WORKER_LOCK_DURATION_MS: number;
   /** How often a worker looks for stalled jobs (lock expired) and re-queues them, ms. */
@@ -79,6 +81,7 @@ const schema = {
     RATE_LIMIT_MAX: { type: 'integer', minimum: 0, default: 600 },
     RATE_LIMIT_WINDOW: { type: 'string', minLength: 1, default: '1 minute' },
     JOB_RETENTION_SECONDS: { type: 'integer', minimum: 60, default: 7 * 24 * 3600 },
+    WORKER_BACKEND_CHECK: { type: 'boolean', default: true },
     WORKER_LOCK_DURATION_MS: { type: 'integer', minimum: 1000, default: 30000 },
     WORKER_STALLED_INTERVAL_MS: { type: 'integer', minimum: 500, default: 30000 },
     WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },

@@ -66,7 +66,7 @@ export function createLogger(env: Pick<ServiceEnv, 'LOG_LEVEL'>, name: string): 
 export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandle> {
   const { env } = opts;
   const logger = opts.logger ?? createLogger(env, 'dpo-worker');
-  if (!opts.skipBackendCheck) {
+  if (!opts.skipBackendCheck && env.WORKER_BACKEND_CHECK) {
     const backend = await probeBackend(env.TFJS_BACKEND);
     await runGpuCheck(backend, logger);
   }

@@ -231,7 +231,9 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
         }
         throw err;
       }
-      if (abortCode) throw new JobFailure(abortCode, (controller.signal.reason as Error).message);
+      // training finished: only a cancellation still stops the job (a shutdown or timeout that came too late
+      // to interrupt training lets the upload run)
+      if (abortCode === FailureCodes.cancelled) throw new JobFailure(abortCode, (controller.signal.reason as Error).message);
       reporter.startStage('upload');
       let uploaded;
       try {

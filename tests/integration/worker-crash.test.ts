@@ -41,6 +41,8 @@ function startWorkerProcess(extra: Record<string, string> = {}): ChildProcess {
       WORKER_METRICS_PORT: '0',
       WORKER_LOCK_DURATION_MS: '2000',
       WORKER_STALLED_INTERVAL_MS: '1000',
+      // the start-up backend probe is covered by service-e2e.test.ts
+      WORKER_BACKEND_CHECK: 'false',
       ...extra,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -95,7 +97,7 @@ after(async () => {
 test('a job whose worker is SIGKILLed mid-training runs again on another worker and completes', async () => {
   const first = startWorkerProcess();
   await workersConnected(1);
-  const config = { max_steps: 2, sft: { max_steps: 12 }, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
+  const config = { max_steps: 1, sft: { max_steps: 6 }, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
   const res = await app.inject({ method: 'POST', url: '/trigger-finetune', payload: { communityId: 'crash', dataset: toy.slice(0, 8), config } });
   assert.equal(res.statusCode, 202, res.body);
   const { jobId } = res.json();
@@ -119,7 +121,7 @@ test('SIGTERM past WORKER_SHUTDOWN_TIMEOUT_MS: the job is checkpointed, handed b
   await stopWorkers();
   const first = startWorkerProcess({ WORKER_SHUTDOWN_TIMEOUT_MS: '100', LOG_LEVEL: 'info' });
   await workersConnected(1);
-  const config = { max_steps: 2, sft: { max_steps: 12 }, save_steps: 2, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
+  const config = { max_steps: 1, sft: { max_steps: 30 }, save_steps: 2, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
   const res = await app.inject({ method: 'POST', url: '/trigger-finetune', payload: { communityId: 'handoff', dataset: toy.slice(8, 16), config } });
   assert.equal(res.statusCode, 202, res.body);
   const { jobId } = res.json();
