@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-DPO        ?= npx tsx src/cli/main.ts
+DPO        ?= npx dpo
 REDIS_HOST ?= 127.0.0.1
 REDIS_PORT ?= 6379
 COMPOSE    ?= docker compose
