@@ -6,12 +6,11 @@
  * optional: they are not in the default install (their install script downloads libtensorflow) and are
  * imported dynamically only when present.
  */
-import * as os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 import { withNodeThreadedWasmPatches } from './wasm-threads.js';
 import { registerWasmKernels } from './wasm-kernels.js';
 import { ensureGradients } from './gradients.js';
-import { loadNativeGemm, nativeStatus, registerNativeMatmul } from './native.js';
+import { nativeStatus, registerNativeMatmul } from './native.js';
 
 export type BackendRequest = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
 
@@ -33,9 +32,8 @@ export interface BackendInfo {
 /** Options of {@link initBackend}. */
 export interface BackendOptions {
   /**
-   * Threads for the wasm backend's XNNPACK pool (default: env `TFJS_WASM_THREADS`, else 1 when the native
-   * GEMM is available (it threads the products itself; XNNPACK's pool slows the many small ops), else the
-   * number of CPU cores).
+   * Threads for the wasm backend's XNNPACK pool (default: env `TFJS_WASM_THREADS`, else 1: the pool's
+   * per-op wake-up made whole training steps 2-5x slower; the native GEMM threads the big products itself).
    * With more than 1 the threaded wasm build is started in Node (see wasm-threads.ts); if that fails the
    * single-threaded build is used and `threads` reports 1.
    */
@@ -129,8 +127,9 @@ function wasmThreads(): number {
 async function setWasm(opts: BackendOptions): Promise<boolean> {
   wasmMod = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as WasmModule;
   const envThreads = Number(process.env.TFJS_WASM_THREADS ?? '');
-  const nativeOk = opts.nativeMatmul !== false && loadNativeGemm() !== null;
-  const want = Math.max(1, Math.floor(opts.wasmThreads ?? (envThreads > 0 ? envThreads : nativeOk ? 1 : os.cpus().length)));
+  // Default 1: XNNPACK's pool costs a wake-up per op, which made stories15M/stories260K training steps 2-5x
+  // slower than one thread (bench/README.md); the native GEMM threads the big products itself.
+  const want = Math.max(1, Math.floor(opts.wasmThreads ?? (envThreads > 0 ? envThreads : 1)));
   let ok = false;
   if (want > 1) {
     try {
