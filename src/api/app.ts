@@ -85,6 +85,10 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     });
   app.decorate('queueService', queue);
   if (ownsQueue) app.addHook('onClose', async () => queue.close());
+  // start with Redis connected in the usual case (never fails: /health reports a missing Redis)
+  app.addHook('onReady', async () => {
+    if (!(await queue.waitUntilConnected(3000))) app.log.warn({ redis: env.REDIS_URL.replace(/\/\/[^@]*@/, '//***@') }, 'Redis is not reachable yet');
+  });
 
   await app.register(swagger, {
     openapi: {

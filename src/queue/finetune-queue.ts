@@ -99,9 +99,21 @@ export class FinetuneQueueService {
     this.queue.on('error', () => {});
   }
 
+  /**
+   * Wait until the Redis connection is ready: while it is still making its first connection (`wait`,
+   * `connecting`, `connect`) for up to `timeoutMs`; not at all when it is reconnecting or closed.
+   * @returns whether it is ready.
+   */
+  async waitUntilConnected(timeoutMs = 2000): Promise<boolean> {
+    const initial = (st: string) => st === 'wait' || st === 'connecting' || st === 'connect';
+    const deadline = Date.now() + timeoutMs;
+    while (initial(this.redis.status) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return this.redis.status === 'ready';
+  }
+
   /** Run a Redis-backed operation only when connected, bounded in time. */
   private async guarded<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
-    if (this.redis.status !== 'ready') throw new QueueUnavailableError(`connection is ${this.redis.status}`);
+    if (!(await this.waitUntilConnected())) throw new QueueUnavailableError(`connection is ${this.redis.status}`);
     let timer: NodeJS.Timeout | undefined;
     try {
       return await Promise.race([
@@ -253,13 +265,15 @@ export class FinetuneQueueService {
 
   /** PING Redis with a timeout; true when it answers. */
   async ping(timeoutMs = 1000): Promise<boolean> {
-    if (this.redis.status !== 'ready') return false;
+    if (!(await this.waitUntilConnected())) return false;
     let timer: NodeJS.Timeout | undefined;
     try {
       const r = await Promise.race([
         this.redis.ping(),
         new Promise<never>((_, rej) => {
-          timer = setTimeout(() => rej(new Error('ping timeout')), timeoutMs);
+          // one setImmediate after the timer: if the event loop was blocked, a reply that already arrived
+          // is processed (poll phase) before this declares a timeout (check phase)
+          timer = setTimeout(() => setImmediate(() => rej(new Error('ping timeout'))), timeoutMs);
         }),
       ]);
       return r === 'PONG';

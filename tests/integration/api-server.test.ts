@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { closedPort, REDIS_URL, uniquePrefix } from '../unit/api-helpers.js';
+import { closedPort, dropPrefix, REDIS_URL, uniquePrefix } from '../unit/api-helpers.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const entry = join(root, 'src/api/server.ts');
@@ -28,7 +28,8 @@ function run(env: Record<string, string>) {
 
 test('dpo serve listens, serves /health and /docs/json, and exits 0 on SIGTERM', async () => {
   const port = await closedPort();
-  const api = run({ PORT: String(port), HOST: '127.0.0.1', QUEUE_PREFIX: uniquePrefix('srv') });
+  const prefix = uniquePrefix('srv');
+  const api = run({ PORT: String(port), HOST: '127.0.0.1', QUEUE_PREFIX: prefix });
   let health: Response | null = null;
   for (let i = 0; i < 300 && !health; i++) {
     assert.equal(api.proc.exitCode, null, api.log());
@@ -43,6 +44,7 @@ test('dpo serve listens, serves /health and /docs/json, and exits 0 on SIGTERM',
   assert.ok(((await doc.json()) as { paths: Record<string, unknown> }).paths['/trigger-finetune']);
   api.proc.kill('SIGTERM');
   assert.equal(await api.exit, 0, api.log());
+  await dropPrefix(prefix);
 });
 
 test('a bad environment value stops the API with a message naming the variable', async () => {
