@@ -87,8 +87,9 @@ export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, thr
   // (the main thread blocks on them synchronously while a kernel runs, so nothing is lost).
   const wt = req('worker_threads') as typeof import('node:worker_threads');
   class UnrefWorker extends wt.Worker {
-    constructor(...args: ConstructorParameters<typeof wt.Worker>) {
-      super(...args);
+    constructor(filename: string | URL, options?: import('node:worker_threads').WorkerOptions) {
+      // plain CommonJS scripts: none of the parent's loader flags (tsx, --input-type, ...) apply to them
+      super(filename, { ...options, execArgv: [] });
       super.unref();
     }
     override ref(): void {
