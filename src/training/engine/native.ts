@@ -57,6 +57,8 @@ export interface NativeGemm {
     weightDecay: number,
     step: number,
   ): void;
+  /** Row softmax P of X `[n, V]` and row log-sum-exp L `[n]` in one pass pair (see gemm.c). */
+  softmaxLse(X: Float32Array, P: Float32Array, L: Float32Array, n: number, V: number, threads: number): void;
 }
 
 export interface NativeStatus {
@@ -260,4 +262,49 @@ export function registerNativeAdamW(): boolean {
   tf.registerKernel({ kernelName: ADAMW_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
   adamwRegistered = true;
   return true;
+}
+
+/** Name of the fused softmax + logsumexp kernel registered for the wasm backend with the native addon. */
+export const SOFTMAX_LSE_KERNEL = 'DpoSoftmaxLse';
+let softmaxRegistered = false;
+
+/**
+ * Register the fused row softmax + log-sum-exp kernel (input x `[n, V]`; outputs p `[n, V]`, lse `[n]`) for
+ * the wasm backend. Idempotent.
+ * @returns true when the kernel is available
+ */
+export function registerNativeSoftmaxLse(): boolean {
+  if (softmaxRegistered) return true;
+  const g = loadNativeGemm();
+  if (!g || typeof g.softmaxLse !== 'function') return false;
+  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo[] => {
+    const x = args.inputs.x as tf.TensorInfo;
+    const [n, V] = x.shape as [number, number];
+    const backend = args.backend as WasmBackendLike;
+    const p = backend.makeOutput([n, V], 'float32');
+    const l = backend.makeOutput([n], 'float32');
+    const view = (t: tf.TensorInfo): Float32Array => backend.typedArrayFromHeap(t) as Float32Array;
+    g.softmaxLse(view(x), view(p), view(l), n, V, threads);
+    return [p, l];
+  };
+  tf.registerKernel({ kernelName: SOFTMAX_LSE_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  softmaxRegistered = true;
+  return true;
+}
+
+/**
+ * Row softmax and log-sum-exp of logits `[n, V]`: the native fused kernel on wasm when the addon is loaded
+ * and the native matmul is active, else tfjs ops (softmax, and lse = max - log(max p)).
+ * @returns p `[n, V]` and lse `[n, 1]`
+ */
+export function softmaxWithLse(logits: tf.Tensor2D): { p: tf.Tensor2D; lse: tf.Tensor2D } {
+  const [n] = logits.shape;
+  if (nativeMatmulActive() && registerNativeSoftmaxLse()) {
+    const [p, l] = tf.engine().runKernel(SOFTMAX_LSE_KERNEL, { x: logits }, {}) as tf.Tensor[];
+    return { p: p as tf.Tensor2D, lse: tf.reshape(l!, [n, 1]) as tf.Tensor2D };
+  }
+  const p = tf.softmax(logits, -1) as tf.Tensor2D;
+  // max(p) = exp(max - lse) >= 1/V: never underflows
+  const lse = tf.sub(tf.max(logits, -1, true), tf.log(tf.max(p, -1, true))) as tf.Tensor2D;
+  return { p, lse };
 }

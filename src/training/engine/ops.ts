@@ -16,7 +16,7 @@
  * 2-D product per (batch, head). Formulas are the textbook derivatives, cited per op.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { nativeMatmulActive } from './native.js';
+import { nativeMatmulActive, softmaxWithLse } from './native.js';
 
 /**
  * op(a) @ op(b). With the native GEMM (native.ts) every form is fast and transposes are folded into its
@@ -462,9 +462,8 @@ export function tokenLogps(
       const ps: tf.Tensor2D[] = [];
       const lses: tf.Tensor[] = [];
       for (const wj of wB) {
-        const logits = project(hc, wj); // [n, Vb]
-        const p = tf.softmax(logits, -1) as tf.Tensor2D;
-        lses.push(tf.sub(tf.max(logits, -1, true), tf.log(tf.max(p, -1, true)))); // [n, 1]
+        const { p, lse } = softmaxWithLse(project(hc, wj)); // p [n, Vb], lse [n, 1]
+        lses.push(lse);
         ps.push(p);
       }
       const lseAll = lses.length === 1 ? lses[0]! : tf.logSumExp(tf.concat(lses, 1), 1, true); // [n, 1]

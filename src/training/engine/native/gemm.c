@@ -341,12 +341,123 @@ static napi_value adamw(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+
+/* ---- softmax with log-sum-exp, rows split over threads ---------------------------------------------- */
+
+/* exp(x) for 16 floats: 2^k * e^r, r = x - k ln2 in [-ln2/2, ln2/2], degree-6 polynomial (|rel err| < 2e-7),
+   inputs clamped to [-87.3, 88.7] (e^-87.3 ~ 1.2e-38, the smallest normal float). */
+typedef int v16i __attribute__((vector_size(64)));
+/* m ? a : b lane-wise (m from a vector comparison: all ones or zero) */
+static inline v16 vsel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
+static inline v16 vexp(v16 x) {
+  const v16 hi = (v16){0} + 88.7f, lo = (v16){0} - 87.3f;
+  x = vsel(x > hi, hi, x);
+  x = vsel(x < lo, lo, x);
+  v16 t = x * 1.44269504088896341f;
+  v16 half = vsel(t >= 0, (v16){0} + 0.5f, (v16){0} - 0.5f);
+  v16 kf = __builtin_convertvector(__builtin_convertvector(t + half, v16i), v16);
+  v16 r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
+  v16 p = (v16){0} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  v16i k = __builtin_convertvector(kf, v16i);
+  v16i bits = (k + 127) << 23;
+  v16 scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+typedef struct {
+  const float *X;
+  float *P, *L;
+  int n, V;
+  atomic_int next;
+} smx_t;
+
+static void softmax_row(const float *x, float *p, float *lse, int V) {
+  int j = 0;
+  v16 vm = (v16){0} - 3.0e38f;
+  for (; j + 16 <= V; j += 16) {
+    v16 v;
+    memcpy(&v, x + j, sizeof v);
+    vm = vsel(v > vm, v, vm);
+  }
+  float m = -3.0e38f;
+  for (int q = 0; q < 16; q++) m = vm[q] > m ? vm[q] : m;
+  for (; j < V; j++) m = x[j] > m ? x[j] : m;
+  v16 vs = (v16){0};
+  v16 mv = (v16){0} + m;
+  for (j = 0; j + 16 <= V; j += 16) {
+    v16 v;
+    memcpy(&v, x + j, sizeof v);
+    v16 e = vexp(v - mv);
+    memcpy(p + j, &e, sizeof e);
+    vs += e;
+  }
+  double s = 0;
+  for (int q = 0; q < 16; q++) s += vs[q];
+  for (; j < V; j++) {
+    v16 v = (v16){0} + (x[j] - m);
+    float e = vexp(v)[0];
+    p[j] = e;
+    s += e;
+  }
+  v16 inv = (v16){0} + (float)(1.0 / s);
+  for (j = 0; j + 16 <= V; j += 16) {
+    v16 v;
+    memcpy(&v, p + j, sizeof v);
+    v *= inv;
+    memcpy(p + j, &v, sizeof v);
+  }
+  for (; j < V; j++) p[j] *= (float)(1.0 / s);
+  *lse = m + (float)__builtin_log(s);
+}
+
+static void *smx_worker(void *arg) {
+  smx_t *t = (smx_t *)arg;
+  for (int i; (i = atomic_fetch_add(&t->next, 1)) < t->n;)
+    softmax_row(t->X + (size_t)i * t->V, t->P + (size_t)i * t->V, t->L + i, t->V);
+  return NULL;
+}
+
+/* softmaxLse(X [n*V], P [n*V], L [n], n, V, threads): P = softmax(X) by rows, L = logsumexp(X) by rows. */
+static napi_value softmax_lse(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  float *X, *P, *L;
+  size_t lx, lp, ll;
+  int64_t n, V, threads;
+  if (argc < 6 || !get_f32(env, argv[0], &X, &lx) || !get_f32(env, argv[1], &P, &lp) || !get_f32(env, argv[2], &L, &ll) ||
+      !get_i(env, argv[3], &n) || !get_i(env, argv[4], &V) || !get_i(env, argv[5], &threads) || n < 0 || V < 1 ||
+      (size_t)(n * V) > lx || (size_t)(n * V) > lp || (size_t)n > ll) {
+    napi_throw_type_error(env, "SOFTMAX_ARGS", "softmaxLse(X, P, L: Float32Array, n, V, threads) with X, P of n*V and L of n");
+    return NULL;
+  }
+  smx_t t = {X, P, L, (int)n, (int)V, 0};
+  if (threads > 8) threads = 8;
+  if ((double)n * V < 1e5) threads = 1;
+  pthread_t th[8];
+  int started = 0;
+  for (int i = 1; i < threads; i++)
+    if (pthread_create(&th[started], NULL, smx_worker, &t) == 0) started++;
+  smx_worker(&t);
+  for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "sgemm", NAPI_AUTO_LENGTH, sgemm, NULL, &fn);
   napi_set_named_property(env, exports, "sgemm", fn);
   napi_create_function(env, "adamw", NAPI_AUTO_LENGTH, adamw, NULL, &fn);
   napi_set_named_property(env, exports, "adamw", fn);
+  napi_create_function(env, "softmaxLse", NAPI_AUTO_LENGTH, softmax_lse, NULL, &fn);
+  napi_set_named_property(env, exports, "softmaxLse", fn);
   return exports;
 }
 
