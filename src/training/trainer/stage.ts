@@ -203,6 +203,8 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
 
   if (step === 0 && opts.doFirstEval) await runEval();
   while (step < totalSteps) {
+    // Yield one macrotask per step so IPC messages (abort), timers and log flushes run during training.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     await checkAbort();
     const stepStart = performance.now();
     const micros = stepBatches(step, task.nTrain, s, opts.seed, permCache);
