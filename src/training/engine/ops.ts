@@ -343,9 +343,13 @@ function attentionBatched(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale:
   const S = k.shape[2];
   const rep = H / KV;
   const BH = B * H;
-  const heads = rep > 1 ? Array.from({ length: H }, (_, h) => Math.floor(h / rep)) : null;
-  const expand = (x: tf.Tensor4D): tf.Tensor3D =>
-    tf.reshape(heads ? tf.gather(x, tf.tensor1d(heads, 'int32'), 1) : x, [BH, S, hd]) as tf.Tensor3D;
+  // head h reads kv head floor(h / rep): repeat each kv head rep times (a concat: on wasm gather and tile of
+  // [16, 4, 128, 8] take 3.9 and 9.8 ms, the concat 0.4 ms)
+  const expand = (x: tf.Tensor4D): tf.Tensor3D => {
+    if (rep === 1) return tf.reshape(x, [BH, S, hd]) as tf.Tensor3D;
+    const x5 = tf.reshape(x, [B, KV, 1, S, hd]);
+    return tf.reshape(tf.concat(new Array<tf.Tensor>(rep).fill(x5), 2), [BH, S, hd]) as tf.Tensor3D;
+  };
   const f = custom<[tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]>((qi, ki, vi, save) => {
     const q3 = tf.reshape(qi, [BH, T, hd]) as tf.Tensor3D;
     const k3 = expand(ki);
