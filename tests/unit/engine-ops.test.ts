@@ -81,6 +81,8 @@ test('native GEMM kernel equals a plain JS product in every form (NN, NT, TN, TT
       [[3, 20, 9], [3, 33, 20], true, true],
       [[1, 9, 20], [4, 20, 6], false, false],
       [[2, 3, 9, 20], [20, 6], false, false],
+      // many small products (the batch is spread over the threads)
+      [[40, 40, 50], [40, 60, 50], false, true],
     ];
     for (const [sa, sb, ta, tb] of cases) {
       const a = randn(sa);

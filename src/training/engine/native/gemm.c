@@ -267,6 +267,25 @@ static int get_i(napi_env env, napi_value v, int64_t *out) {
   return napi_get_value_int64(env, v, out) == napi_ok;
 }
 
+typedef struct {
+  const gemm_args *g0;
+  int batch;
+  int64_t sA, sB, sC;
+  atomic_int next;
+} batch_t;
+
+static void *batch_worker(void *arg) {
+  batch_t *bt = (batch_t *)arg;
+  for (int b; (b = atomic_fetch_add(&bt->next, 1)) < bt->batch;) {
+    gemm_args g = *bt->g0;
+    g.A += b * bt->sA;
+    g.B += b * bt->sB;
+    g.C += b * bt->sC;
+    gemm(&g, 1);
+  }
+  return NULL;
+}
+
 static napi_value sgemm(napi_env env, napi_callback_info info) {
   size_t argc = 13;
   napi_value argv[13];
@@ -291,9 +310,24 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "GEMM_BOUNDS", "sgemm: array too short for the given shapes");
     return NULL;
   }
+  gemm_args g0 = {A, B, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N};
+  if (batch > 1 && threads > 1 && 2.0 * M * K * N < 4e6 && 2.0 * M * K * N * batch >= 4e6) {
+    /* many small products: spread the batch over the threads, one single-threaded product at a time */
+    batch_t bt = {&g0, (int)batch, sA, sB, sC, 0};
+    int T = threads > 8 ? 8 : (int)threads;
+    pthread_t th[8];
+    int started = 0;
+    for (int t = 1; t < T; t++)
+      if (pthread_create(&th[started], NULL, batch_worker, &bt) == 0) started++;
+    batch_worker(&bt);
+    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    return NULL;
+  }
   for (int64_t b = 0; b < batch; b++) {
-    gemm_args g = {A + b * sA, B + b * sB, C + b * sC, (int)M, (int)K, (int)N, (int)tA, (int)tB,
-                   (int)(tA ? M : K), (int)(tB ? K : N), (int)N};
+    gemm_args g = g0;
+    g.A = A + b * sA;
+    g.B = B + b * sB;
+    g.C = C + b * sC;
     gemm(&g, (int)threads);
   }
   return NULL;
