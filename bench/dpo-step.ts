@@ -205,7 +205,10 @@ export interface BenchResult {
   row_mask: boolean;
   precompute_ref: boolean;
   optimizer: string;
+  /** loss of the last timed step (after `steps` updates) */
   loss: number;
+  /** loss of the warm-up step (before any update: policy = reference, so DPO gives log 2) */
+  first_loss: number;
   /** mean seconds per step of: the reference forward, the policy forward/backward, the optimizer update */
   parts_s: { ref: number; policy: number; optimizer: number };
   native_matmul: boolean;
@@ -214,7 +217,8 @@ export interface BenchResult {
 export async function runBench(a: BenchArgs): Promise<BenchResult> {
   const info = await initBackend(a.backend, a.threads ? { wasmThreads: a.threads } : {});
   const c = presetConfig(a.preset, a.seq);
-  const policy = createModel(c, { seed: 0 });
+  // seed 1: tfjs treats a seed of 0 as "unseeded" (Math.random), and createModel derives seed * 7919 + i
+  const policy = createModel(c, { seed: 1 });
   const reference = a.mode === 'dpo' ? cloneModel(policy, { trainable: false }) : null;
   const params = new Map([...policy.params].filter(([, v]) => v.trainable));
   const nParams = [...policy.params.values()].reduce((s, v) => s + v.size, 0);
@@ -240,6 +244,7 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
   const times: number[] = [];
   const parts = { ref: 0, policy: 0, optimizer: 0 };
   let loss = NaN;
+  let firstLoss = NaN;
   for (let step = 0; step <= a.steps; step++) {
     const t0 = performance.now();
     const ref = reference ? (refLogps ?? tf.tidy(() => seqLogps(reference, ids, labels, shifted, a.rowMask))) : null;
@@ -262,6 +267,7 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
     const t2 = performance.now();
     opt.apply(params, gmap);
     loss = (await value.data())[0]!;
+    if (step === 0) firstLoss = loss;
     const t3 = performance.now();
     if (step > 0) {
       parts.ref += (t1 - t0) / 1000;
@@ -296,6 +302,7 @@ export async function runBench(a: BenchArgs): Promise<BenchResult> {
     precompute_ref: a.precomputeRef,
     optimizer: opt.source,
     loss,
+    first_loss: firstLoss,
     parts_s: {
       ref: +(parts.ref / Math.max(1, a.steps)).toFixed(4),
       policy: +(parts.policy / Math.max(1, a.steps)).toFixed(4),
