@@ -62,8 +62,13 @@ async function tryImport(pkg: string): Promise<boolean> {
 }
 
 /**
- * Initialise the tfjs backend once per process and return what runs.
+ * Initialise the tfjs backend once per process and return what runs. On wasm it also registers the engine's
+ * kernels (wasm-kernels.ts) and, unless `opts.nativeMatmul === false` or env `DPO_NATIVE=0`, the native
+ * GEMM / softmax / AdamW kernels when they can be built (native.ts; `nativeMatmul`/`nativeDetail` tell).
+ * Environment: `TFJS_BACKEND`, `TFJS_WASM_THREADS` (XNNPACK pool, default 1), `DPO_NATIVE` (0 = off),
+ * `DPO_NATIVE_THREADS` (native GEMM threads, default: CPU cores), `DPO_NATIVE_CACHE` (addon build dir), `CC`.
  * @param request `auto` | `tensorflow-gpu` | `tensorflow` | `wasm` | `cpu` (default: env `TFJS_BACKEND` or `auto`).
+ * @param opts see {@link BackendOptions}; ignored after the first call (the backend is per process)
  * @throws BackendUnavailableError when an explicitly requested backend cannot be loaded.
  */
 export async function initBackend(request?: BackendRequest, opts: BackendOptions = {}): Promise<BackendInfo> {

@@ -161,7 +161,7 @@ interface WasmBackendLike {
 let registeredOn: string | null = null;
 let stockKernel: tf.KernelConfig | null = null;
 let nativeKernel: tf.KernelConfig | null = null;
-let threads = Math.max(1, os.cpus().length);
+let threads = Math.max(1, Math.floor(Number(process.env.DPO_NATIVE_THREADS) || os.cpus().length));
 
 /** Threads the native GEMM uses for large products (default: the number of CPU cores). */
 export function setNativeThreads(n: number): void {
