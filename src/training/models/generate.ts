@@ -12,6 +12,7 @@ import type { CausalLM, Tokenizer } from '../types.js';
 import type { GenerativeLM } from './base.js';
 import { tokenizerAddsBos } from '../tokenizers/index.js';
 import { eosIds } from './config.js';
+import { mulberry32 } from '../data/split.js';
 
 export interface GenerateOptions {
   /** tokens to generate at most (default 256; also capped by max_position_embeddings) */
@@ -30,17 +31,8 @@ export interface GenerateOptions {
   stopTokenIds?: number[];
 }
 
-/** mulberry32: a small, fast seeded PRNG giving floats in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded PRNG used for sampling: mulberry32, shared with the data order (src/training/data/split.ts). */
+export const seededRandom: (seed: number) => () => number = mulberry32;
 
 /**
  * Pick the next token from one row of logits.
