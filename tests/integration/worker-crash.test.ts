@@ -97,7 +97,8 @@ after(async () => {
 test('a job whose worker is SIGKILLed mid-training runs again on another worker and completes', async () => {
   const first = startWorkerProcess();
   await workersConnected(1);
-  const config = { max_steps: 1, sft: { max_steps: 6 }, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
+  // Long enough (120 SFT steps) that the SIGKILL always lands mid-training, however fast a step is.
+  const config = { max_steps: 1, sft: { max_steps: 120, n_epochs: 60 }, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
   const res = await app.inject({ method: 'POST', url: '/trigger-finetune', payload: { communityId: 'crash', dataset: toy.slice(0, 8), config } });
   assert.equal(res.statusCode, 202, res.body);
   const { jobId } = res.json();
@@ -121,7 +122,9 @@ test('SIGTERM past WORKER_SHUTDOWN_TIMEOUT_MS: the job is checkpointed, handed b
   await stopWorkers();
   const first = startWorkerProcess({ WORKER_SHUTDOWN_TIMEOUT_MS: '100', LOG_LEVEL: 'info' });
   await workersConnected(1);
-  const config = { max_steps: 1, sft: { max_steps: 30 }, save_steps: 2, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
+  // Long enough (240 SFT steps: 8 pairs, batch 2, 60 epochs) that the SIGTERM always lands mid-training,
+  // however fast a step is on this machine.
+  const config = { max_steps: 1, sft: { max_steps: 240, n_epochs: 60 }, save_steps: 2, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
   const res = await app.inject({ method: 'POST', url: '/trigger-finetune', payload: { communityId: 'handoff', dataset: toy.slice(8, 16), config } });
   assert.equal(res.statusCode, 202, res.body);
   const { jobId } = res.json();
