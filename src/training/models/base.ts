@@ -242,7 +242,7 @@ export function randomVariables(
       t = /norm|ln_/.test(name) && name.endsWith('.weight') ? tf.ones(shape) : tf.zeros(shape);
     } else {
       const internal = isLinear(name) ? [shape[1]!, shape[0]!] : shape;
-      t = tf.randomNormal(internal, 0, 0.02, 'float32', seed * 7919 + i);
+      t = tf.randomNormal(internal, 0, 0.02, 'float32', seed * 7919 + i + 1); // +1: tfjs treats seed 0 as "unseeded"
     }
     params.set(name, ownVariable(t, true));
   });
