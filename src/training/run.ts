@@ -11,7 +11,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileS
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import pino, { type Logger } from 'pino';
-import { ConfigError, dpoStage, loadConfig, repoRoot, resolveLoss, sftStage, type TrainConfig } from '../config/index.js';
+import { ConfigError, dpoStage, loadConfig, repoRoot, resolveLoss, sftStage, type StageSettings, type TrainConfig } from '../config/index.js';
 import { writeManifest } from '../storage/manifest.js';
 import { initBackend, type BackendRequest } from './engine/backend.js';
 import { loadPreferenceExamples, resolvePadId, splitEval, tokenizeDataset, type TokenizedPair } from './data/index.js';
@@ -35,10 +35,11 @@ import {
   saveCheckpoint,
   CHECKPOINT_VERSION,
   type CheckpointState,
+  type CheckpointData,
 } from './trainer/checkpoint.js';
 import { MetricsFile, ProgressReporter, type MetricsRecord } from './trainer/monitor.js';
 import { Optimizer, type OptimizerSettings } from './trainer/optimizer.js';
-import { runStage, TrainingAbortedError, type StagePosition } from './trainer/stage.js';
+import { runStage, TrainingAbortedError, type StagePosition, type StageTask } from './trainer/stage.js';
 import { dpoTask, scorePairs, sftTask, type ReferenceSource, type RefLogps } from './trainer/tasks.js';
 import type { CausalLM, PreferenceExample, ProgressEvent, Tokenizer } from './types.js';
 
@@ -216,24 +217,17 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
       lastEval: s.lastEval,
     });
 
-    // ---- SFT ----
-    let sftSummary: Record<string, number> = {};
-    const inDpo = ckpt?.state.stage === 'dpo';
-    if (inDpo) sftSummary = ckpt!.state.sftSummary ?? {};
-    else if (cfg.sft.enabled) {
-      tl = Date.now();
-      if (lora) applyLora(policy, lora, { seed: cfg.seed });
-      const params = trainableParams(policy);
-      const st = sftStage(cfg);
-      const optimizer = new Optimizer(params, optimizerSettings(cfg, st));
-      let resume: StagePosition | null = null;
-      if (ckpt) {
-        assignVariables(policy.params, ckpt.policy, 'checkpoint policy');
-        optimizer.setState(ckpt.optimizer);
-        resume = posFromCkpt(ckpt.state);
-      }
-      const task = sftTask({ model: policy, train, eval: evalPairs, padId, params, evalBatchSize: cfg.eval_batch_size, onEval: sampler('sft') });
-      const res = await runStage(
+    /** Run one stage with the shared options; checkpoints (every save_steps and at the end) carry `extras`. */
+    const runStageWith = (
+      stage: 'sft' | 'dpo',
+      task: StageTask,
+      st: StageSettings,
+      optimizer: Optimizer,
+      params: ReturnType<typeof trainableParams>,
+      resume: StagePosition | null,
+      extras: { summary: Record<string, number>; reference?: CheckpointData['reference']; refLogps?: CheckpointData['refLogps'] },
+    ) =>
+      runStage(
         task,
         {
           settings: st,
@@ -257,9 +251,11 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
                   await saveCheckpoint(
                     outputDir,
                     {
-                      state: stateOf('sft', pos, optimizer, configHash, {}),
+                      state: stateOf(stage, pos, optimizer, configHash, extras.summary),
                       policy: policy.params,
                       optimizer: optimizer.getState(),
+                      ...(extras.reference !== undefined ? { reference: extras.reference } : {}),
+                      ...(extras.refLogps !== undefined ? { refLogps: extras.refLogps } : {}),
                     },
                     { totalLimit: cfg.save_total_limit },
                   );
@@ -267,6 +263,25 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
               : undefined,
         },
       );
+
+    // ---- SFT ----
+    let sftSummary: Record<string, number> = {};
+    const inDpo = ckpt?.state.stage === 'dpo';
+    if (inDpo) sftSummary = ckpt!.state.sftSummary ?? {};
+    else if (cfg.sft.enabled) {
+      tl = Date.now();
+      if (lora) applyLora(policy, lora, { seed: cfg.seed });
+      const params = trainableParams(policy);
+      const st = sftStage(cfg);
+      const optimizer = new Optimizer(params, optimizerSettings(cfg, st));
+      let resume: StagePosition | null = null;
+      if (ckpt) {
+        assignVariables(policy.params, ckpt.policy, 'checkpoint policy');
+        optimizer.setState(ckpt.optimizer);
+        resume = posFromCkpt(ckpt.state);
+      }
+      const task = sftTask({ model: policy, train, eval: evalPairs, padId, params, evalBatchSize: cfg.eval_batch_size, onEval: sampler('sft') });
+      const res = await runStageWith('sft', task, st, optimizer, params, resume, { summary: {} });
       sftSummary = { ...res.lastMetrics, ...res.lastEval };
       optimizer.dispose();
       if (lora) mergeLora(policy);
@@ -343,42 +358,11 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
           ['eval_rejected', { shape: [precomputed.eval.rejected.length], data: precomputed.eval.rejected }],
         ])
       : null;
-    const dpoRes = await runStage(
-      task,
-      {
-        settings: st,
-        optimizer: optimizerSettings(cfg, st),
-        optimizerInstance: optimizer,
-        params,
-        seed: cfg.seed,
-        evalEvery: cfg.eval_every,
-        doFirstEval: cfg.do_first_eval,
-        logEvery: cfg.log_every,
-        saveSteps: cfg.save_steps,
-        resume,
-      },
-      {
-        log,
-        progress: (p) => progress!.update(p),
-        signal: options.signal,
-        checkpoint:
-          cfg.save_steps !== null
-            ? async (pos) => {
-                await saveCheckpoint(
-                  outputDir,
-                  {
-                    state: stateOf('dpo', pos, optimizer, configHash, sftSummary),
-                    policy: policy.params,
-                    optimizer: optimizer.getState(),
-                    reference: reference ? reference.params : null,
-                    refLogps: refLogpsHost,
-                  },
-                  { totalLimit: cfg.save_total_limit },
-                );
-              }
-            : undefined,
-      },
-    );
+    const dpoRes = await runStageWith('dpo', task, st, optimizer, params, resume, {
+      summary: sftSummary,
+      reference: reference ? reference.params : null,
+      refLogps: refLogpsHost,
+    });
     optimizer.dispose();
     timings.dpo_s = (Date.now() - tl) / 1000;
     progress.stop();
