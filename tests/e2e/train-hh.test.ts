@@ -12,6 +12,7 @@ import pino from 'pino';
 import { loadPreferenceExamples, resolveDataset } from '../../src/training/data/index.js';
 import { runTraining } from '../../src/training/run.js';
 import { MetricsFile } from '../../src/training/trainer/monitor.js';
+import { shared } from '../shared.js';
 
 const entry = resolveDataset('hh');
 

@@ -15,6 +15,7 @@ import {
 } from '../../src/training/data/index.js';
 import { loadTokenizer } from '../../src/training/tokenizers/index.js';
 import type { PreferenceExample } from '../../src/training/types.js';
+import { shared } from '../shared.js';
 
 const FX = 'tests/fixtures/data';
 const expected = JSON.parse(readFileSync(join(FX, 'explicit.json'), 'utf8')) as PreferenceExample[];
@@ -91,7 +92,7 @@ test('PaddleNLP: higher sort is chosen, whatever the order of responses', async 
 test('conversational data is rendered with the tokenizer chat template (TRL: prompt with generation prompt, completion = suffix)', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'data-tpl-'));
   try {
-    copyFileSync('/work/shared/tokenizers/gpt2/tokenizer.json', join(dir, 'tokenizer.json'));
+    copyFileSync(shared('tokenizers/gpt2/tokenizer.json'), join(dir, 'tokenizer.json'));
     const tpl =
       "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";
     writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '<|endoftext|>', bos_token: '<|endoftext|>', chat_template: tpl }));

@@ -8,8 +8,9 @@ import { createGunzip } from 'node:zlib';
 import { extractHhPrompt, HH_ASSISTANT, loadPreferenceExamples, tokenizeDataset } from '../../src/training/data/index.js';
 import { loadTokenizer } from '../../src/training/tokenizers/index.js';
 import { makeToyData, toyDataJson } from '../../tools/make-toy-data.js';
+import { shared } from '../shared.js';
 
-const HH = '/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz';
+const HH = shared('data/hh-rlhf/harmless-base-test.jsonl.gz');
 
 test('HH-RLHF via datasets=[hh]: 2,312 pairs; 2,307 follow the last-"\\n\\nAssistant:" rule; all prompts end there', async () => {
   const prev = process.env.HH_RLHF_PATH;
@@ -53,7 +54,7 @@ test('HH-RLHF tokenises with stories260K at max_length 512 / prompt 256 (drop co
 });
 
 test('LLaMA-Factory dpo_en_demo.json: 300 ShareGPT records → 300 pairs in the plain chat layout', async () => {
-  const file = '/work/shared/data/llamafactory/dpo_en_demo.json';
+  const file = shared('data/llamafactory/dpo_en_demo.json');
   const raw = JSON.parse(readFileSync(file, 'utf8')) as { conversations: { from: string; value: string }[]; chosen: { value: string }; rejected: { value: string } }[];
   const examples = await loadPreferenceExamples(file);
   assert.equal(examples.length, 300);

@@ -14,6 +14,7 @@ import {
 } from '../../src/training/data/index.js';
 import { loadTokenizer, HfTokenizer } from '../../src/training/tokenizers/index.js';
 import type { Tokenizer } from '../../src/training/types.js';
+import { shared } from '../shared.js';
 
 const rows = (a: Int32Array | Float32Array, seqLen: number) => Array.from({ length: a.length / seqLen }, (_, r) => Array.from(a.slice(r * seqLen, (r + 1) * seqLen)));
 const pair = (p: number[], c: number[], r: number[]): TokenizedPair => ({ promptIds: p, chosenIds: c, rejectedIds: r, sftIds: c });
@@ -81,7 +82,7 @@ test('llama2.c tokenizer: BOS once, completion = suffix of prompt+completion, EO
 });
 
 test('GPT-2: no BOS added; an EOS already in the text is not doubled', async () => {
-  const tok = await loadTokenizer('/work/shared/tokenizers/gpt2');
+  const tok = await loadTokenizer(shared('tokenizers/gpt2'));
   const t = tokenizePreference({ prompt: 'Q: hi\nA:', chosen: ' hello<|endoftext|>', rejected: ' bye' }, tok, { maxLength: 64, maxPromptLength: 32, truncationMode: 'keep_end' })!;
   assert.deepEqual(t.promptIds, tok.encode('Q: hi\nA:'));
   assert.equal(t.chosenIds.filter((x) => x === 50256).length, 1);
@@ -91,7 +92,7 @@ test('GPT-2: no BOS added; an EOS already in the text is not doubled', async () 
 });
 
 test('a chat template that renders BOS itself does not get a second BOS', async () => {
-  const gpt2 = (await loadTokenizer('/work/shared/tokenizers/gpt2')) as HfTokenizer;
+  const gpt2 = (await loadTokenizer(shared('tokenizers/gpt2'))) as HfTokenizer;
   // a tokenizer that adds BOS (like Llama), whose template starts with the BOS text
   const tok: Tokenizer & { addBosToken: boolean } = {
     vocabSize: gpt2.vocabSize,

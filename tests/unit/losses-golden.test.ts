@@ -1,5 +1,5 @@
 /**
- * Golden numbers from the peers' own code (/work/shared/golden/preference_losses.json): TRL's
+ * Golden numbers from the peers' own code (../shared/golden/preference_losses.json): TRL's
  * DPOTrainer._compute_loss (loss + logged metrics) and the reference implementation's preference_loss
  * (per-pair losses and rewards), reproduced from the summed log-probs AND from the raw logits.
  */
@@ -19,8 +19,9 @@ import {
   type CompletionLogps,
 } from '../../src/training/losses/index.js';
 import type { CausalLM, ModelConfig } from '../../src/training/types.js';
+import { shared } from '../shared.js';
 
-const GOLDEN = '/work/shared/golden/preference_losses.json';
+const GOLDEN = shared('golden/preference_losses.json');
 const REL = 1e-4;
 
 interface TrlEntry {

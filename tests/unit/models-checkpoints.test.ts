@@ -31,6 +31,7 @@ import {
   ModelNotFoundError,
   type GenerativeLM,
 } from '../../src/training/models/index.js';
+import { shared } from '../shared.js';
 
 // ---------- test-side helpers: RNG, dtype encoders, a safetensors writer ----------
 function rng(seed: number): () => number {
@@ -411,7 +412,7 @@ test('a corrupt header, a missing tensor and a shape mismatch each give a Weight
 });
 
 // ---------- GPT-2 ----------
-const GPT2 = '/work/shared/golden/gpt2-tiny';
+const GPT2 = shared('golden/gpt2-tiny');
 const gptGolden = JSON.parse(readFileSync(join(GPT2, 'expected_logits.json'), 'utf8')) as { cases: Array<{ input_ids: number[]; logits: number[][] }> };
 
 /** Read a safetensors file with the test's own parser (F32 only). */
@@ -587,7 +588,7 @@ test('config: EOS lists kept (Llama 3), unsupported rope_scaling named, toHFConf
 });
 
 test('gpt2 with the real GPT-2 tokenizer.json: save with tokenizer → loadPretrained → same logits, ids and generation', async () => {
-  const tok = await loadTokenizer('/work/shared/tokenizers/gpt2');
+  const tok = await loadTokenizer(shared('tokenizers/gpt2'));
   assert.deepEqual(tok.encode('Hello world'), [15496, 995]);
   const cfg = parseHFConfig({ model_type: 'gpt2', vocab_size: 50257, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 64, bos_token_id: 50256, eos_token_id: 50256 });
   const m = createModel(cfg, { seed: 4 });

@@ -11,8 +11,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
 import { loadPretrained, loadModel, saveModelHF, generate, sampleNext, seededRandom, type GenerativeLM } from '../../src/training/models/index.js';
 import type { Tokenizer } from '../../src/training/types.js';
+import { shared } from '../shared.js';
 
-const golden = JSON.parse(readFileSync('/work/shared/golden/stories260K_llama2c.json', 'utf8')) as {
+const golden = JSON.parse(readFileSync(shared('golden/stories260K_llama2c.json'), 'utf8')) as {
   cases: Array<{ input_ids: number[]; last_logits: number[]; greedy_continuation_ids: number[]; greedy_continuation_text: string }>;
 };
 const MD = new URL('../../models/stories260K/stories260K.md', import.meta.url).pathname;

@@ -1,6 +1,6 @@
 /**
  * stories260K (llama2.c .bin) against golden numbers from karpathy/llama2.c model.py
- * (/work/shared/golden/stories260K_llama2c.json): last-position logits, per-token log-probs and greedy
+ * (../shared/golden/stories260K_llama2c.json): last-position logits, per-token log-probs and greedy
  * continuations.
  */
 import { test, before } from 'node:test';
@@ -12,8 +12,9 @@ import { tokenLogps } from '../../src/training/engine/ops.js';
 import { readLlama2c, permuteQK } from '../../src/training/models/llama2c.js';
 import { LlamaModel, llamaShapes, isLlamaLinear } from '../../src/training/models/llama.js';
 import { variablesFromHF } from '../../src/training/models/base.js';
+import { shared } from '../shared.js';
 
-const GOLDEN = '/work/shared/golden/stories260K_llama2c.json';
+const GOLDEN = shared('golden/stories260K_llama2c.json');
 const BIN = new URL('../../models/stories260K/stories260K.bin', import.meta.url).pathname;
 
 interface Case {

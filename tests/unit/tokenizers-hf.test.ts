@@ -4,8 +4,9 @@ import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HfTokenizer, loadTokenizer, saveTokenizerFiles, TokenizerError, tokenizerAddsBos, renderPlainChat } from '../../src/training/tokenizers/index.js';
+import { shared } from '../shared.js';
 
-const GPT2 = '/work/shared/tokenizers/gpt2';
+const GPT2 = shared('tokenizers/gpt2');
 
 test('GPT-2 tokenizer.json: known ids, round trip, special tokens', async () => {
   const tok = await loadTokenizer(GPT2);

@@ -14,10 +14,11 @@ import {
   TokenizerError,
   tokenizerAddsBos,
 } from '../../src/training/tokenizers/index.js';
+import { shared } from '../shared.js';
 
 const BIN = 'models/stories260K/tok512.bin';
 const MODEL = 'models/stories260K/tok512.model';
-const golden = JSON.parse(readFileSync('/work/shared/golden/stories260K_llama2c.json', 'utf8')) as {
+const golden = JSON.parse(readFileSync(shared('golden/stories260K_llama2c.json'), 'utf8')) as {
   cases: { input_ids: number[]; greedy_continuation_ids: number[]; greedy_continuation_text: string }[];
 };
 
