@@ -215,6 +215,75 @@ static void *gemm_worker(void *arg) {
   return NULL;
 }
 
+/*
+ * Small products with a short reduction (K <= 32, N >= 32), e.g. attention's per-head
+ * q k^T (K = head dim): the 8x32 panel kernel loads and stores its C block for only
+ * a few k steps there (for few columns, N < 32, this loop measured slower than the panels). Instead op(B) is packed once into a contiguous
+ * K x N block and each row of C is accumulated as sum_k op(A)[i][k] B[k][:] (contiguous, vectorised by
+ * the compiler).
+ */
+static int gemm_small(const gemm_args *g) {
+  int M = g->M, K = g->K, N = g->N;
+  float *Bt = malloc((size_t)K * N * sizeof(float));
+  float *acc = malloc((size_t)N * sizeof(float));
+  if (!Bt || !acc) {
+    free(Bt);
+    free(acc);
+    return 0;
+  }
+  for (int k = 0; k < K; k++)
+    for (int j = 0; j < N; j++)
+      Bt[(size_t)k * N + j] = g->transB ? g->B[(size_t)j * g->ldb + k] : g->B[(size_t)k * g->ldb + j];
+  for (int i = 0; i < M; i++) {
+    for (int j = 0; j < N; j++) acc[j] = 0.f;
+    for (int k = 0; k < K; k++) {
+      const float a = a_at(g, i, k);
+      const float *restrict b = Bt + (size_t)k * N;
+      float *restrict c = acc;
+      for (int j = 0; j < N; j++) c[j] += a * b[j];
+    }
+    memcpy(g->C + (size_t)i * g->ldc, acc, (size_t)N * sizeof(float));
+  }
+  free(Bt);
+  free(acc);
+  return 1;
+}
+
+/*
+ * Narrow products (N <= 16 columns, e.g. attention's P v, dS k, dS^T q with N = head dim): op(B) is packed
+ * into K rows of 16 lanes (zero-padded) and 8 rows of C are accumulated in registers at once, one fused
+ * multiply-add per row and k (the 8x32 panel kernel would waste at least half its columns).
+ */
+static int gemm_narrow(const gemm_args *g) {
+  int M = g->M, K = g->K, N = g->N;
+  v16 *Bt = aligned_alloc(64, (size_t)K * sizeof(v16));
+  if (!Bt) return 0;
+  for (int k = 0; k < K; k++) {
+    float *row = (float *)&Bt[k];
+    for (int j = 0; j < 16; j++)
+      row[j] = j >= N ? 0.f : g->transB ? g->B[(size_t)j * g->ldb + k] : g->B[(size_t)k * g->ldb + j];
+  }
+  for (int i0 = 0; i0 < M; i0 += 8) {
+    int mr = M - i0 < 8 ? M - i0 : 8;
+    v16 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = (v16){0};
+    if (mr == 8) {
+      for (int k = 0; k < K; k++) {
+        v16 b = Bt[k];
+        for (int r = 0; r < 8; r++) acc[r] += a_at(g, i0 + r, k) * b;
+      }
+    } else {
+      for (int k = 0; k < K; k++) {
+        v16 b = Bt[k];
+        for (int r = 0; r < mr; r++) acc[r] += a_at(g, i0 + r, k) * b;
+      }
+    }
+    for (int r = 0; r < mr; r++) memcpy(g->C + (size_t)(i0 + r) * g->ldc, &acc[r], (size_t)N * sizeof(float));
+  }
+  free(Bt);
+  return 1;
+}
+
 static void gemm(const gemm_args *g, int threads) {
   if (g->M == 0 || g->N == 0) return;
   if (g->K == 0) {
@@ -222,6 +291,8 @@ static void gemm(const gemm_args *g, int threads) {
     return;
   }
   double flops = 2.0 * g->M * (double)g->K * g->N;
+  if (g->K <= 32 && g->N >= 32 && flops < 4e6 && gemm_small(g)) return;
+  if (g->N <= 16 && flops < 4e6 && gemm_narrow(g)) return;
   if (threads > 8) threads = 8;
   if (flops < 4e6 || threads < 2) threads = 1;
   int units = (g->M + MU - 1) / MU;
