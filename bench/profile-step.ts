@@ -24,7 +24,7 @@ console.log(`kernels: ${prof.kernels.length}, kernel time ${total.toFixed(0)} ms
 for (const [name, e] of rows.slice(0, 25)) console.log(`${name.padEnd(28)} ${e.ms.toFixed(1).padStart(9)} ms  ${String(e.n).padStart(6)} calls`);
 const byShape = new Map<string, { ms: number; n: number }>();
 for (const k of prof.kernels) {
-  if (k.name !== 'BatchMatMul' && k.name !== 'Transpose' && k.name !== 'Reverse') continue;
+  if (!['BatchMatMul', 'Transpose', 'Reverse', 'GatherV2', 'Softmax', 'Sum', 'Multiply', 'Add'].includes(k.name)) continue;
   const key = `${k.name} ${JSON.stringify(k.inputShapes)} -> ${JSON.stringify(k.outputShapes)}`;
   const e = byShape.get(key) ?? { ms: 0, n: 0 };
   e.ms += typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0;

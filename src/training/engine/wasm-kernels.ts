@@ -8,6 +8,8 @@
  * - `UnsortedSegmentSum` (the gradient of `gather`) is not implemented by the wasm backend; it is built
  *   here on the backend's `ScatterNd` kernel (which sums duplicate indices), so `tf.gather` is
  *   differentiable on wasm.
+ * - `GatherV2` (batchDims 0): copies contiguous rows through heap views (the stock kernel took ~3 ms for
+ *   1536 rows of a `[512, 64]` embedding table, ~8 % of a stories260K step).
  * Values are identical to the reference kernels (pure data movement / the same summation).
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -120,6 +122,47 @@ function unsortedSegmentSum(args: KernelArgs): tf.TensorInfo {
   return res;
 }
 
+let stockGather: tf.KernelFunc | null = null;
+
+/**
+ * GatherV2 (batchDims 0, numeric dtypes): x viewed as `[outer, x.shape[axis], inner]`, output
+ * `[outer, nIndices, inner]` copied as contiguous runs of `inner` elements straight from the heap (the stock
+ * wasm kernel took ~3 ms for 1536 rows of a `[512, 64]` table).
+ * @throws RangeError when an index is outside [0, x.shape[axis] - 1]
+ */
+function fastGather(args: KernelArgs): tf.TensorInfo {
+  const backend = args.backend as WasmBackendLike;
+  const x = args.inputs.x as tf.TensorInfo;
+  const indices = args.inputs.indices as tf.TensorInfo;
+  const attrs = args.attrs as unknown as { axis: number; batchDims?: number };
+  const rank = x.shape.length;
+  const axis = attrs.axis < 0 ? attrs.axis + rank : attrs.axis;
+  if ((attrs.batchDims ?? 0) !== 0 || x.dtype === 'string' || indices.dtype === 'string' || !stockGather || axis < 0 || axis >= rank)
+    return (stockGather as tf.KernelFunc)(args as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
+  const outer = x.shape.slice(0, axis).reduce((a, b) => a * b, 1);
+  const dim = x.shape[axis]!;
+  const inner = x.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const n = indices.shape.reduce((a, b) => a * b, 1);
+  const out = backend.makeOutput([...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)], x.dtype);
+  if (outer * n * inner === 0) return out;
+  const ov = backend.typedArrayFromHeap(out);
+  const xv = backend.typedArrayFromHeap(x);
+  const iv = backend.typedArrayFromHeap(indices);
+  const idx = new Int32Array(n);
+  for (let j = 0; j < n; j++) {
+    const v = Number(iv[j]);
+    if (!(v >= 0 && v < dim)) throw new RangeError(`GatherV2: index ${v} is not in [0, ${dim - 1}]`);
+    idx[j] = v;
+  }
+  for (let o = 0; o < outer; o++) {
+    const src = o * dim * inner;
+    const dst = o * n * inner;
+    if (inner === 1) for (let j = 0; j < n; j++) ov[dst + j] = xv[src + idx[j]!]!;
+    else for (let j = 0; j < n; j++) ov.set(xv.subarray(src + idx[j]! * inner, src + (idx[j]! + 1) * inner), dst + j * inner);
+  }
+  return out;
+}
+
 let registered = false;
 
 /**
@@ -136,6 +179,7 @@ export function registerWasmKernels(): void {
   };
   stockSlice = replace('Slice', fastSlice);
   stockUnpack = replace('Unpack', fastUnpack);
+  stockGather = replace('GatherV2', fastGather);
   if (!tf.getKernel('UnsortedSegmentSum', 'wasm')) {
     tf.registerKernel({
       kernelName: 'UnsortedSegmentSum',
