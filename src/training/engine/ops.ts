@@ -354,7 +354,8 @@ function attentionBatched(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale:
     const q3 = tf.reshape(qi, [BH, T, hd]) as tf.Tensor3D;
     const k3 = expand(ki);
     const v3 = expand(vi);
-    const logits = tf.add(tf.mul(tf.matMul(q3, k3, false, true), scale), mask); // [BH, T, S]
+    // (scale q) k^T: the scale on the [BH, T, hd] queries, not on the S/hd times larger scores
+    const logits = tf.add(tf.matMul(tf.mul(q3, scale), k3, false, true), mask); // [BH, T, S]
     // the native row softmax (tfjs-wasm's Softmax took ~2.4 ms for [128, 128, 128])
     const p = tf.reshape(softmaxWithLse(tf.reshape(logits, [BH * T, S]) as tf.Tensor2D).p, [BH, T, S]) as tf.Tensor3D;
     save([q3, k3, v3, p]);
