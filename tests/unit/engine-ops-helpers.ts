@@ -107,6 +107,7 @@ export function runAllOpChecks(): void {
     (q, k, v) => ref.causalAttention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, { scale: 0.3 }),
     [randn([1, 2, 4, 4]), randn([1, 2, 4, 4]), randn([1, 2, 4, 4])],
   );
+  checkSelfAttention();
   // token log-probs: both layouts, one chunk and several chunks
   const N = 7;
   const D = 6;
@@ -129,6 +130,41 @@ export function runAllOpChecks(): void {
       (h, w) => fast.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout, { rowMask, chunkRows: 2, vocabBlock: 4 }),
       (h, w) => tf.mul(ref.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout), m),
       [randn([N, D], 2), randn(wShape, 2)],
+    );
+  }
+}
+
+/**
+ * selfAttention (fused native kernel when active) against the reference composition: reference RoPE on q
+ * and k, head transposes, reference causal attention. Shapes cover MHA, GQA, T across 16-key vector
+ * boundaries, no RoPE with an odd head dim, and a size large enough for the threaded path.
+ */
+export function checkSelfAttention(): void {
+  for (const [B, T, H, KV, hd, withRope] of [
+    [2, 5, 3, 3, 4, true],
+    [2, 37, 4, 2, 8, true],
+    [1, 16, 2, 1, 6, true],
+    [3, 17, 2, 2, 5, false],
+    [2, 40, 4, 2, 16, true],
+  ] as const) {
+    const rope = withRope ? ropeTables(T, hd) : undefined;
+    const dims = { B, T, H, KV, hd };
+    const refAttention = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor): tf.Tensor => {
+      let q4 = tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D;
+      let k4 = tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D;
+      if (rope) {
+        q4 = ref.applyRope(q4, rope.cos, rope.sin);
+        k4 = ref.applyRope(k4, rope.cos, rope.sin);
+      }
+      const heads = (x: tf.Tensor): tf.Tensor4D => tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D;
+      const att = ref.causalAttention(heads(q4), heads(k4), heads(tf.reshape(v, [B, T, KV, hd])));
+      return tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, H * hd]);
+    };
+    checkOp(
+      `selfAttention B${B} T${T} H${H} KV${KV} hd${hd}${withRope ? ' rope' : ''}`,
+      (q, k, v) => fast.selfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope),
+      refAttention,
+      [randn([B * T, H * hd]), randn([B * T, KV * hd]), randn([B * T, KV * hd])],
     );
   }
 }

@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
-import { runAllOpChecks, randn, relErr } from './engine-ops-helpers.js';
+import { checkSelfAttention, runAllOpChecks, randn, relErr } from './engine-ops-helpers.js';
+import { fusedAttentionActive, useFusedAttention } from '../../src/training/engine/ops.js';
+import { nativeStatus } from '../../src/training/engine/native.js';
 
 test('wasm backend initialises', async () => {
   const info = await initBackend('wasm');
@@ -18,6 +20,19 @@ test('wasm backend initialises', async () => {
 test('fast ops equal the reference ops (values and gradients) on wasm', async () => {
   await initBackend('wasm');
   runAllOpChecks();
+});
+
+test('the fused native attention kernel is the one checked, and so is the tfjs composition it replaces', async () => {
+  await initBackend('wasm');
+  if (nativeStatus().available) assert.ok(fusedAttentionActive(), 'native addon loaded but the fused attention is not active');
+  checkSelfAttention();
+  useFusedAttention(false);
+  try {
+    assert.equal(fusedAttentionActive(), false);
+    checkSelfAttention();
+  } finally {
+    useFusedAttention(true);
+  }
 });
 
 test('wasm Slice/Unpack kernels equal a plain JS slice', async () => {

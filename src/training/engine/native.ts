@@ -1,7 +1,8 @@
 /**
- * Native matrix products for the wasm backend: a small SGEMM (native/gemm.c, packed panels + an FMA
- * register-blocked micro-kernel, pthreads over both cores) built as a Node-API addon with the system C
- * compiler on first use and registered as the wasm backend's `BatchMatMul` kernel. It reads and writes the
+ * Native kernels for the wasm backend, built as one Node-API addon (native/addon.c) with the system C
+ * compiler on first use: a small SGEMM (native/gemm.c, packed panels + an FMA register-blocked
+ * micro-kernel, pthreads over both cores) registered as the wasm backend's `BatchMatMul` kernel, a fused
+ * AdamW, a row softmax with log-sum-exp, and a fused causal attention with RoPE (native/attention.c). It reads and writes the
  * tensors in place in the wasm heap (no copies) and handles transposed operands in its packing, so every
  * matmul form (NN, NT, TN, batched) runs at the same speed.
  *
@@ -11,8 +12,8 @@
  *
  * Optional by design: when there is no C compiler, no Node headers, or `DPO_NATIVE=0`, nothing is
  * registered and the stock XNNPACK kernel runs (same values up to float32 summation order).
- * Build: `cc -O3 -march=native -shared -fPIC -pthread -I<node include> gemm.c` into a cache directory
- * (env `DPO_NATIVE_CACHE`, default `<os tmpdir>/dpo-native`), keyed by a hash of the source, the Node
+ * Build: `cc -O3 -march=native -shared -fPIC -pthread -I<node include> addon.c` into a cache directory
+ * (env `DPO_NATIVE_CACHE`, default `<os tmpdir>/dpo-native`), keyed by a hash of the sources, the Node
  * version and the CPU model; concurrent processes build to temporary names and rename atomically.
  */
 import { createHash } from 'node:crypto';
@@ -41,7 +42,7 @@ export interface NativeGemm {
     strideB: number,
     strideC: number,
   ): void;
-  /** Fused AdamW, out of place (see gemm.c). */
+  /** Fused AdamW, out of place (see optim.c). */
   adamw(
     p: Float32Array,
     g: Float32Array,
@@ -57,8 +58,48 @@ export interface NativeGemm {
     weightDecay: number,
     step: number,
   ): void;
-  /** Row softmax P of X `[n, V]` and row log-sum-exp L `[n]` in one pass pair (see gemm.c). */
+  /** Row softmax P of X `[n, V]` and row log-sum-exp L `[n]` in one pass pair (see softmax.c). */
   softmaxLse(X: Float32Array, P: Float32Array, L: Float32Array, n: number, V: number, threads: number): void;
+  /** Fused causal attention with RoPE, forward (see attention.c); cos/sin empty for no rotary embedding. */
+  attentionFwd(
+    Q: Float32Array,
+    K: Float32Array,
+    V: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    O: Float32Array,
+    Qr: Float32Array,
+    Kr: Float32Array,
+    L: Float32Array,
+    B: number,
+    T: number,
+    H: number,
+    KV: number,
+    hd: number,
+    scale: number,
+    threads: number,
+  ): void;
+  /** Its backward pass (see attention.c). */
+  attentionBwd(
+    dO: Float32Array,
+    Qr: Float32Array,
+    Kr: Float32Array,
+    V: Float32Array,
+    O: Float32Array,
+    L: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    dQ: Float32Array,
+    dK: Float32Array,
+    dV: Float32Array,
+    B: number,
+    T: number,
+    H: number,
+    KV: number,
+    hd: number,
+    scale: number,
+    threads: number,
+  ): void;
 }
 
 export interface NativeStatus {
@@ -74,11 +115,11 @@ let tried = false;
 
 function sourcePath(): string | null {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const cands = [path.join(here, 'native', 'gemm.c')];
+  const cands = [path.join(here, 'native', 'addon.c')];
   // compiled to dist/: look for the source tree beside it
   let dir = here;
   for (let i = 0; i < 6; i++) {
-    cands.push(path.join(dir, 'src', 'training', 'engine', 'native', 'gemm.c'));
+    cands.push(path.join(dir, 'src', 'training', 'engine', 'native', 'addon.c'));
     dir = path.dirname(dir);
   }
   return cands.find((c) => fs.existsSync(c)) ?? null;
@@ -101,14 +142,16 @@ export function loadNativeGemm(): NativeGemm | null {
   }
   try {
     const src = sourcePath();
-    if (!src) throw new Error('native/gemm.c not found');
+    if (!src) throw new Error('native/addon.c not found');
     const include = [path.join(path.dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node', '/usr/local/include/node'].find((d) =>
       fs.existsSync(path.join(d, 'node_api.h')),
     );
     if (!include) throw new Error('Node headers (node_api.h) not found');
-    const code = fs.readFileSync(src);
-    const key = createHash('sha256')
-      .update(code)
+    // every source of the one translation unit (addon.c includes the others)
+    const srcDir = path.dirname(src);
+    const hash = createHash('sha256');
+    for (const f of fs.readdirSync(srcDir).filter((n) => /\.[ch]$/.test(n)).sort()) hash.update(f).update(fs.readFileSync(path.join(srcDir, f)));
+    const key = hash
       .update(process.version)
       .update(os.cpus()[0]?.model ?? '')
       .update(process.arch)
@@ -116,7 +159,7 @@ export function loadNativeGemm(): NativeGemm | null {
       .slice(0, 16);
     const cacheDir = process.env.DPO_NATIVE_CACHE ?? path.join(os.tmpdir(), 'dpo-native');
     fs.mkdirSync(cacheDir, { recursive: true });
-    const out = path.join(cacheDir, `gemm-${key}.node`);
+    const out = path.join(cacheDir, `kernels-${key}.node`);
     if (!fs.existsSync(out)) {
       const cc = process.env.CC ?? 'cc';
       const tmp = `${out}.${process.pid}.${Date.now()}.tmp`;
@@ -307,4 +350,62 @@ export function softmaxWithLse(logits: tf.Tensor2D): { p: tf.Tensor2D; lse: tf.T
   // max(p) = exp(max - lse) >= 1/V: never underflows
   const lse = tf.sub(tf.max(logits, -1, true), tf.log(tf.max(p, -1, true))) as tf.Tensor2D;
   return { p, lse };
+}
+
+/** Names of the fused attention kernels registered for the wasm backend with the native addon. */
+export const ATTENTION_FWD_KERNEL = 'DpoAttentionFwd';
+export const ATTENTION_BWD_KERNEL = 'DpoAttentionBwd';
+let attentionRegistered = false;
+
+/** Attributes of the fused attention kernels (see {@link registerNativeAttention}). */
+export interface AttentionAttrs {
+  B: number;
+  T: number;
+  H: number;
+  KV: number;
+  hd: number;
+  scale: number;
+}
+
+/**
+ * Register the fused causal attention kernels for the wasm backend (idempotent; native/attention.c):
+ * - `DpoAttentionFwd`: inputs q `[B*T, H*hd]`, k, v `[B*T, KV*hd]`, optional cos, sin `[T, hd]`; outputs o
+ *   `[B*T, H*hd]`, qr (scaled, rotated queries, same shape), kr (rotated keys, shape of k), lse `[B*H*T]`;
+ * - `DpoAttentionBwd`: inputs dy, qr, kr, v, o, lse, optional cos, sin; outputs dq, dk, dv.
+ * Attributes {@link AttentionAttrs}.
+ * @returns true when the kernels are available
+ */
+export function registerNativeAttention(): boolean {
+  if (attentionRegistered) return true;
+  const g = loadNativeGemm();
+  if (!g || typeof g.attentionFwd !== 'function') return false;
+  type Args = { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown };
+  const empty = new Float32Array(0);
+  const fwd = (args: Args): tf.TensorInfo[] => {
+    const backend = args.backend as WasmBackendLike;
+    const view = (t: tf.TensorInfo | undefined): Float32Array => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : empty);
+    const { q, k, v, cos, sin } = args.inputs as Record<string, tf.TensorInfo | undefined>;
+    const a = args.attrs as unknown as AttentionAttrs;
+    const o = backend.makeOutput(q!.shape.slice(), 'float32');
+    const qr = backend.makeOutput(q!.shape.slice(), 'float32');
+    const kr = backend.makeOutput(k!.shape.slice(), 'float32');
+    const lse = backend.makeOutput([a.B * a.H * a.T], 'float32');
+    g.attentionFwd(view(q), view(k), view(v), view(cos), view(sin), view(o), view(qr), view(kr), view(lse), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
+    return [o, qr, kr, lse];
+  };
+  const bwd = (args: Args): tf.TensorInfo[] => {
+    const backend = args.backend as WasmBackendLike;
+    const view = (t: tf.TensorInfo | undefined): Float32Array => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : empty);
+    const { dy, qr, kr, v, o, lse, cos, sin } = args.inputs as Record<string, tf.TensorInfo | undefined>;
+    const a = args.attrs as unknown as AttentionAttrs;
+    const dq = backend.makeOutput(qr!.shape.slice(), 'float32');
+    const dk = backend.makeOutput(kr!.shape.slice(), 'float32');
+    const dv = backend.makeOutput(v!.shape.slice(), 'float32');
+    g.attentionBwd(view(dy), view(qr), view(kr), view(v), view(o), view(lse), view(cos), view(sin), view(dq), view(dk), view(dv), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
+    return [dq, dk, dv];
+  };
+  tf.registerKernel({ kernelName: ATTENTION_FWD_KERNEL, backendName: 'wasm', kernelFunc: fwd as unknown as tf.KernelFunc });
+  tf.registerKernel({ kernelName: ATTENTION_BWD_KERNEL, backendName: 'wasm', kernelFunc: bwd as unknown as tf.KernelFunc });
+  attentionRegistered = true;
+  return true;
 }

@@ -16,7 +16,7 @@
  * 2-D product per (batch, head). Formulas are the textbook derivatives, cited per op.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { nativeMatmulActive, softmaxWithLse } from './native.js';
+import { ATTENTION_BWD_KERNEL, ATTENTION_FWD_KERNEL, nativeMatmulActive, registerNativeAttention, softmaxWithLse } from './native.js';
 
 /**
  * op(a) @ op(b). With the native GEMM (native.ts) every form is fast and transposes are folded into its
@@ -375,6 +375,89 @@ function attentionBatched(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale:
     };
   });
   return f(q, k, v) as tf.Tensor4D;
+}
+
+let fusedAttentionOn = process.env.DPO_FUSED_ATTENTION !== '0';
+/**
+ * Turn the native fused attention of {@link selfAttention} on or off (A/B measurements and tests; env
+ * `DPO_FUSED_ATTENTION=0` starts with it off). When off, or without the native addon, selfAttention runs
+ * as applyRope + head transposes + causalAttention.
+ */
+export function useFusedAttention(on: boolean): void {
+  fusedAttentionOn = on;
+}
+
+/** Whether {@link selfAttention} runs the native fused kernel now. */
+export function fusedAttentionActive(): boolean {
+  return fusedAttentionOn && nativeMatmulActive() && registerNativeAttention();
+}
+
+/** Shapes of {@link selfAttention}: batch, sequence, query heads, key/value heads, head dim. */
+export interface AttentionDims {
+  B: number;
+  T: number;
+  H: number;
+  KV: number;
+  hd: number;
+}
+
+/**
+ * Causal self-attention over whole sequences (training and scoring; no KV cache), from the q/k/v
+ * projections' row layout to the output projection's input, with rotary embeddings on q and k when `rope`
+ * is given: the same computation as `applyRope` on q and k, the head transposes and {@link causalAttention}
+ * (Vaswani et al. 2017, eq. 1; RoPE: Su et al. 2021, Hugging Face rotate_half convention), with its
+ * analytic gradient. With the native addon it is one fused kernel forward and one backward
+ * (native/attention.c: rotation, scores, causal softmax and both products, probabilities recomputed in the
+ * backward pass from the row log-sum-exp as in FlashAttention-2), instead of ~30 and ~40 tfjs kernels.
+ * @param q `[B*T, H*hd]` (row b*T + t, head h at columns h*hd..), before RoPE
+ * @param k `[B*T, KV*hd]` before RoPE; v `[B*T, KV*hd]`
+ * @param dims B, T, H, KV (H a multiple of KV: query head h reads key/value head floor(h / (H / KV))), hd
+ * @param rope cos, sin `[T, hd]` of positions 0..T-1 (halves duplicated), or undefined for none
+ * @param scale defaults to 1/sqrt(hd)
+ * @returns `[B*T, H*hd]`
+ * @throws RangeError when the shapes disagree with dims
+ */
+export function selfAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  dims: AttentionDims,
+  rope?: { cos: tf.Tensor2D; sin: tf.Tensor2D },
+  scale = 1 / Math.sqrt(dims.hd),
+): tf.Tensor2D {
+  const { B, T, H, KV, hd } = dims;
+  const N = B * T;
+  if (q.shape[0] !== N || q.shape[1] !== H * hd || k.shape[0] !== N || k.shape[1] !== KV * hd || v.shape[0] !== N || v.shape[1] !== KV * hd || H % KV !== 0)
+    throw new RangeError(
+      `selfAttention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit B=${B} T=${T} H=${H} KV=${KV} hd=${hd}`,
+    );
+  if (!fusedAttentionActive()) {
+    let q4 = tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D;
+    let k4 = tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D;
+    if (rope) {
+      q4 = applyRope(q4, rope.cos, rope.sin);
+      k4 = applyRope(k4, rope.cos, rope.sin);
+    }
+    const heads = (x: tf.Tensor4D): tf.Tensor4D => tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D;
+    const att = causalAttention(heads(q4), heads(k4), heads(tf.reshape(v, [B, T, KV, hd]) as tf.Tensor4D), { scale, queryOffset: 0 });
+    return tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
+  }
+  const attrs = { B, T, H, KV, hd, scale } as unknown as tf.NamedAttrMap;
+  const ropeInputs: tf.NamedTensorMap = rope ? { cos: rope.cos, sin: rope.sin } : {};
+  const f = custom<[tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]>((qi, ki, vi, save) => {
+    const [o, qr, kr, lse] = tf.engine().runKernel(ATTENTION_FWD_KERNEL, { q: qi, k: ki, v: vi, ...ropeInputs }, attrs) as tf.Tensor[];
+    save(rope ? [qr!, kr!, vi, o!, lse!, rope.cos, rope.sin] : [qr!, kr!, vi, o!, lse!]);
+    return {
+      value: o!,
+      gradFunc: (dy, saved) => {
+        const [qs, ks, vs, os, ls, cs, ss] = saved;
+        const inputs: tf.NamedTensorMap = { dy, qr: qs!, kr: ks!, v: vs!, o: os!, lse: ls! };
+        if (cs) Object.assign(inputs, { cos: cs, sin: ss! });
+        return tf.engine().runKernel(ATTENTION_BWD_KERNEL, inputs, attrs) as tf.Tensor[];
+      },
+    };
+  });
+  return f(q, k, v) as tf.Tensor2D;
 }
 
 // ---------------------------------------------------------------------------------------------------------

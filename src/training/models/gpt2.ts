@@ -14,7 +14,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../types.js';
-import { causalAttention, embedding, geluTanh, layerNorm } from '../engine/ops.js';
+import { causalAttention, embedding, geluTanh, layerNorm, selfAttention } from '../engine/ops.js';
 import { BaseLM, KVCache, type ShapeSpec } from './base.js';
 
 /** GPT-2 has no tensors stored `[out, in]`: Conv1D is `[in, out]`. */
@@ -82,11 +82,15 @@ export class Gpt2Model extends BaseLM {
         const h = layerNorm(x, this.p(pre + 'ln_1.weight'), this.p(pre + 'ln_1.bias'), eps);
         const qkv = this.proj(h, pre + 'attn.c_attn'); // [N, 3D]
         const [q, k, v] = tf.split(qkv, [D, D, D], 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-        let kh = heads(k);
-        let vh = heads(v);
-        if (cache) ({ k: kh, v: vh } = cache.append(l, kh, vh));
-        const att = causalAttention(heads(q), kh, vh, { queryOffset: offset });
-        const o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, D]) as tf.Tensor2D;
+        let o: tf.Tensor2D;
+        if (!cache) {
+          // whole sequences (training, scoring): one fused op (a native kernel when available)
+          o = selfAttention(q, k, v, { B, T, H, KV: H, hd });
+        } else {
+          const kv = cache.append(l, heads(k), heads(v));
+          const att = causalAttention(heads(q), kv.k, kv.v, { queryOffset: offset });
+          o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, D]) as tf.Tensor2D;
+        }
         x = tf.add(x, this.proj(o, pre + 'attn.c_proj')) as tf.Tensor2D;
         const h2 = layerNorm(x, this.p(pre + 'ln_2.weight'), this.p(pre + 'ln_2.bias'), eps);
         const m = geluTanh(this.proj(h2, pre + 'mlp.c_fc')) as tf.Tensor2D;

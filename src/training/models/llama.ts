@@ -19,7 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../types.js';
-import { applyRope, causalAttention, embedding, rmsNorm, swiglu } from '../engine/ops.js';
+import { applyRope, causalAttention, embedding, rmsNorm, selfAttention, swiglu } from '../engine/ops.js';
 import { BaseLM, KVCache, type ShapeSpec } from './base.js';
 
 /** HF names of the Llama-family tensors stored `[out, in]` on disk (held `[in, out]` here). */
@@ -155,27 +155,25 @@ export class LlamaModel extends BaseLM {
         const pre = `model.layers.${l}.`;
         // --- attention ---
         const h = rmsNorm(x, this.p<tf.Tensor1D>(pre + 'input_layernorm.weight'), eps);
-        let q = tf.reshape(this.proj(h, pre + 'self_attn.q_proj'), [B, T, H, hd]) as tf.Tensor4D;
-        let k = tf.reshape(this.proj(h, pre + 'self_attn.k_proj'), [B, T, KV, hd]) as tf.Tensor4D;
-        const v = tf.reshape(this.proj(h, pre + 'self_attn.v_proj'), [B, T, KV, hd]) as tf.Tensor4D;
+        let q = this.proj(h, pre + 'self_attn.q_proj'); // [B*T, H*hd]
+        let k = this.proj(h, pre + 'self_attn.k_proj'); // [B*T, KV*hd]
+        const v = this.proj(h, pre + 'self_attn.v_proj');
         if (c.qkNorm) {
-          q = tf.reshape(
-            rmsNorm(tf.reshape(q, [B * T * H, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.q_norm.weight'), eps),
-            [B, T, H, hd],
-          ) as tf.Tensor4D;
-          k = tf.reshape(
-            rmsNorm(tf.reshape(k, [B * T * KV, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.k_norm.weight'), eps),
-            [B, T, KV, hd],
-          ) as tf.Tensor4D;
+          q = tf.reshape(rmsNorm(tf.reshape(q, [B * T * H, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.q_norm.weight'), eps), [B * T, H * hd]) as tf.Tensor2D;
+          k = tf.reshape(rmsNorm(tf.reshape(k, [B * T * KV, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.k_norm.weight'), eps), [B * T, KV * hd]) as tf.Tensor2D;
         }
-        q = applyRope(q, cos, sin);
-        k = applyRope(k, cos, sin);
-        const qh = tf.transpose(q, [0, 2, 1, 3]) as tf.Tensor4D; // [B, H, T, hd]
-        let kh = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, KV, T, hd]
-        let vh = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D;
-        if (cache) ({ k: kh, v: vh } = cache.append(l, kh, vh));
-        const att = causalAttention(qh, kh, vh, { queryOffset: offset }); // [B, H, T, hd]
-        const o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D;
+        let o: tf.Tensor2D;
+        if (!cache) {
+          // whole sequences (training, scoring): one fused op (a native kernel when available)
+          o = selfAttention(q, k, v, { B, T, H, KV, hd }, { cos, sin });
+        } else {
+          const q4 = applyRope(tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D, cos, sin);
+          const k4 = applyRope(tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D, cos, sin);
+          const heads = (x: tf.Tensor4D): tf.Tensor4D => tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D; // [B, heads, T, hd]
+          const kv = cache.append(l, heads(k4), heads(tf.reshape(v, [B, T, KV, hd]) as tf.Tensor4D));
+          const att = causalAttention(heads(q4), kv.k, kv.v, { queryOffset: offset }); // [B, H, T, hd]
+          o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D;
+        }
         x = tf.add(x, this.proj(o, pre + 'self_attn.o_proj')) as tf.Tensor2D;
         // --- SwiGLU MLP ---
         const h2 = rmsNorm(x, this.p<tf.Tensor1D>(pre + 'post_attention_layernorm.weight'), eps);

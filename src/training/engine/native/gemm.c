@@ -15,13 +15,7 @@
  *   A, B, C: Float32Array (may be views of a wasm heap, shared or not); batch >= 1 independent products
  *   with element strides between them. Returns undefined; throws on bad arguments.
  */
-#include <node_api.h>
-#include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
-#include <stdint.h>
-#include <stdatomic.h>
-#include <sched.h>
+#include "common.h"
 
 #define MR 8
 #define NR 32
@@ -29,8 +23,6 @@
 #define MC 128
 #define NC 2048
 
-typedef float v16 __attribute__((vector_size(64), aligned(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
 typedef struct {
   const float *A;
@@ -322,22 +314,6 @@ static void gemm(const gemm_args *g, int threads) {
   free(sh.Bp);
 }
 
-static int get_f32(napi_env env, napi_value v, float **data, size_t *len) {
-  napi_typedarray_type type;
-  size_t length, offset;
-  void *ptr;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, &ab, &offset) != napi_ok) return 0;
-  if (type != napi_float32_array) return 0;
-  *data = (float *)ptr;
-  *len = length;
-  return 1;
-}
-
-static int get_i(napi_env env, napi_value v, int64_t *out) {
-  return napi_get_value_int64(env, v, out) == napi_ok;
-}
-
 typedef struct {
   const gemm_args *g0;
   int batch;
@@ -403,167 +379,3 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
   }
   return NULL;
 }
-
-/*
- * adamw(p, g, m, v, pOut, mOut, vOut, lr, beta1, beta2, eps, weightDecay, step): one AdamW update
- * (torch.optim.AdamW; Loshchilov & Hutter 2019, Algorithm 2), fused, out of place:
- *   p' = p (1 - lr wd);  m' = b1 m + (1 - b1) g;  v' = b2 v + (1 - b2) g^2
- *   p' -= (lr / (1 - b1^t)) m' / (sqrt(v') / sqrt(1 - b2^t) + eps)
- */
-static napi_value adamw(napi_env env, napi_callback_info info) {
-  size_t argc = 13;
-  napi_value argv[13];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  float *p, *g, *m, *v, *po, *mo, *vo;
-  size_t n, n2;
-  double lr, b1, b2, eps, wd;
-  int64_t t;
-  if (argc < 13 || !get_f32(env, argv[0], &p, &n) || !get_f32(env, argv[1], &g, &n2) || n2 != n ||
-      !get_f32(env, argv[2], &m, &n2) || n2 != n || !get_f32(env, argv[3], &v, &n2) || n2 != n ||
-      !get_f32(env, argv[4], &po, &n2) || n2 != n || !get_f32(env, argv[5], &mo, &n2) || n2 != n ||
-      !get_f32(env, argv[6], &vo, &n2) || n2 != n || napi_get_value_double(env, argv[7], &lr) != napi_ok ||
-      napi_get_value_double(env, argv[8], &b1) != napi_ok || napi_get_value_double(env, argv[9], &b2) != napi_ok ||
-      napi_get_value_double(env, argv[10], &eps) != napi_ok || napi_get_value_double(env, argv[11], &wd) != napi_ok ||
-      !get_i(env, argv[12], &t)) {
-    napi_throw_type_error(env, "ADAMW_ARGS", "adamw(p, g, m, v, pOut, mOut, vOut: Float32Array of one length, lr, beta1, beta2, eps, weightDecay, step)");
-    return NULL;
-  }
-  double bc1 = 1.0, bc2 = 1.0;
-  for (int64_t i = 0; i < t; i++) { bc1 *= b1; bc2 *= b2; }
-  bc1 = 1.0 - bc1;
-  bc2 = 1.0 - bc2;
-  const float decay = (float)(1.0 - lr * wd), fb1 = (float)b1, fb2 = (float)b2, c1 = (float)(1.0 - b1), c2 = (float)(1.0 - b2);
-  const float step = (float)(lr / bc1), isb2 = (float)(1.0 / __builtin_sqrt(bc2)), feps = (float)eps;
-  for (size_t i = 0; i < n; i++) {
-    float gi = g[i];
-    float mi = fb1 * m[i] + c1 * gi;
-    float vi = fb2 * v[i] + c2 * gi * gi;
-    float denom = __builtin_sqrtf(vi) * isb2 + feps;
-    po[i] = p[i] * decay - step * (mi / denom);
-    mo[i] = mi;
-    vo[i] = vi;
-  }
-  return NULL;
-}
-
-
-/* ---- softmax with log-sum-exp, rows split over threads ---------------------------------------------- */
-
-/* exp(x) for 16 floats: 2^k * e^r, r = x - k ln2 in [-ln2/2, ln2/2], degree-6 polynomial (|rel err| < 2e-7),
-   inputs clamped to [-87.3, 88.7] (e^-87.3 ~ 1.2e-38, the smallest normal float). */
-typedef int v16i __attribute__((vector_size(64)));
-/* m ? a : b lane-wise (m from a vector comparison: all ones or zero) */
-static inline v16 vsel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
-static inline v16 vexp(v16 x) {
-  const v16 hi = (v16){0} + 88.7f, lo = (v16){0} - 87.3f;
-  x = vsel(x > hi, hi, x);
-  x = vsel(x < lo, lo, x);
-  v16 t = x * 1.44269504088896341f;
-  v16 half = vsel(t >= 0, (v16){0} + 0.5f, (v16){0} - 0.5f);
-  v16 kf = __builtin_convertvector(__builtin_convertvector(t + half, v16i), v16);
-  v16 r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
-  v16 p = (v16){0} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  v16i k = __builtin_convertvector(kf, v16i);
-  v16i bits = (k + 127) << 23;
-  v16 scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-typedef struct {
-  const float *X;
-  float *P, *L;
-  int n, V;
-  atomic_int next;
-} smx_t;
-
-static void softmax_row(const float *x, float *p, float *lse, int V) {
-  int j = 0;
-  v16 vm = (v16){0} - 3.0e38f;
-  for (; j + 16 <= V; j += 16) {
-    v16 v;
-    memcpy(&v, x + j, sizeof v);
-    vm = vsel(v > vm, v, vm);
-  }
-  float m = -3.0e38f;
-  for (int q = 0; q < 16; q++) m = vm[q] > m ? vm[q] : m;
-  for (; j < V; j++) m = x[j] > m ? x[j] : m;
-  v16 vs = (v16){0};
-  v16 mv = (v16){0} + m;
-  for (j = 0; j + 16 <= V; j += 16) {
-    v16 v;
-    memcpy(&v, x + j, sizeof v);
-    v16 e = vexp(v - mv);
-    memcpy(p + j, &e, sizeof e);
-    vs += e;
-  }
-  double s = 0;
-  for (int q = 0; q < 16; q++) s += vs[q];
-  for (; j < V; j++) {
-    v16 v = (v16){0} + (x[j] - m);
-    float e = vexp(v)[0];
-    p[j] = e;
-    s += e;
-  }
-  v16 inv = (v16){0} + (float)(1.0 / s);
-  for (j = 0; j + 16 <= V; j += 16) {
-    v16 v;
-    memcpy(&v, p + j, sizeof v);
-    v *= inv;
-    memcpy(p + j, &v, sizeof v);
-  }
-  for (; j < V; j++) p[j] *= (float)(1.0 / s);
-  *lse = m + (float)__builtin_log(s);
-}
-
-static void *smx_worker(void *arg) {
-  smx_t *t = (smx_t *)arg;
-  for (int i; (i = atomic_fetch_add(&t->next, 1)) < t->n;)
-    softmax_row(t->X + (size_t)i * t->V, t->P + (size_t)i * t->V, t->L + i, t->V);
-  return NULL;
-}
-
-/* softmaxLse(X [n*V], P [n*V], L [n], n, V, threads): P = softmax(X) by rows, L = logsumexp(X) by rows. */
-static napi_value softmax_lse(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  float *X, *P, *L;
-  size_t lx, lp, ll;
-  int64_t n, V, threads;
-  if (argc < 6 || !get_f32(env, argv[0], &X, &lx) || !get_f32(env, argv[1], &P, &lp) || !get_f32(env, argv[2], &L, &ll) ||
-      !get_i(env, argv[3], &n) || !get_i(env, argv[4], &V) || !get_i(env, argv[5], &threads) || n < 0 || V < 1 ||
-      (size_t)(n * V) > lx || (size_t)(n * V) > lp || (size_t)n > ll) {
-    napi_throw_type_error(env, "SOFTMAX_ARGS", "softmaxLse(X, P, L: Float32Array, n, V, threads) with X, P of n*V and L of n");
-    return NULL;
-  }
-  smx_t t = {X, P, L, (int)n, (int)V, 0};
-  if (threads > 8) threads = 8;
-  if ((double)n * V < 1e5) threads = 1;
-  pthread_t th[8];
-  int started = 0;
-  for (int i = 1; i < threads; i++)
-    if (pthread_create(&th[started], NULL, smx_worker, &t) == 0) started++;
-  smx_worker(&t);
-  for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
-  return NULL;
-}
-
-static napi_value init(napi_env env, napi_value exports) {
-  napi_value fn;
-  napi_create_function(env, "sgemm", NAPI_AUTO_LENGTH, sgemm, NULL, &fn);
-  napi_set_named_property(env, exports, "sgemm", fn);
-  napi_create_function(env, "adamw", NAPI_AUTO_LENGTH, adamw, NULL, &fn);
-  napi_set_named_property(env, exports, "adamw", fn);
-  napi_create_function(env, "softmaxLse", NAPI_AUTO_LENGTH, softmax_lse, NULL, &fn);
-  napi_set_named_property(env, exports, "softmaxLse", fn);
-  return exports;
-}
-
-NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,35 @@
+/*
+ * The engine's native kernels as one Node-API addon (compiled on first use by ../native.ts with the system
+ * C compiler, -O3 -march=native; optional: without a compiler the engine runs on tfjs-wasm alone).
+ * One translation unit, so the files share common.h's static helpers:
+ *   gemm.c       SGEMM, every transpose form and batched (the wasm backend's BatchMatMul)
+ *   optim.c      fused AdamW
+ *   softmax.c    row softmax + log-sum-exp (the LM head's log-probs)
+ *   attention.c  fused causal attention with RoPE, forward and backward
+ */
+#include "common.h"
+#include "gemm.c"
+#include "optim.c"
+#include "softmax.c"
+#include "attention.c"
+
+static napi_value init(napi_env env, napi_value exports) {
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } fns[] = {
+      {"sgemm", sgemm},
+      {"adamw", adamw},
+      {"softmaxLse", softmax_lse},
+      {"attentionFwd", attention_fwd},
+      {"attentionBwd", attention_bwd},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value fn;
+    napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);
+    napi_set_named_property(env, exports, fns[i].name, fn);
+  }
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
