@@ -6,6 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { OptimizerName } from '../../config/index.js';
+import { adamwUpdate } from '../engine/optim.js';
 
 export interface OptimizerSettings {
   name: OptimizerName;
@@ -85,18 +86,11 @@ export class Optimizer {
       if (name === 'adamw' || name === 'adam') {
         const m = this.slot(pname, 'exp_avg', p);
         const v = this.slot(pname, 'exp_avg_sq', p);
+        // torch: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), AdamW's decay p *= 1 - lr wd first; Adam's
+        // L2 decay goes into the gradient. One fused kernel per parameter where the engine has it.
         tf.tidy(() => {
           const g = name === 'adam' && wd > 0 ? tf.add(g0, tf.mul(p, wd)) : g0;
-          const base = name === 'adamw' && wd > 0 ? tf.mul(p, 1 - lr * wd) : p;
-          const mNew = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));
-          const vNew = tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2));
-          const bc1 = 1 - Math.pow(b1, t);
-          const bc2 = 1 - Math.pow(b2, t);
-          // torch: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
-          const denom = tf.add(tf.div(tf.sqrt(vNew), Math.sqrt(bc2)), eps);
-          m.assign(mNew);
-          v.assign(vNew);
-          p.assign(tf.sub(base, tf.mul(tf.div(mNew, denom), lr / bc1)));
+          adamwUpdate(p, g, m, v, { lr, beta1: b1, beta2: b2, eps, weightDecay: name === 'adamw' ? wd : 0, step: t });
         });
       } else if (name === 'rmsprop') {
         const sq = this.slot(pname, 'square_avg', p);

@@ -27,7 +27,7 @@ typedef struct {
   float *O, *Qr, *Kr, *L;
   const float *dO;
   float *dQ, *dK, *dV;
-  int B, T, H, KV, hd, Tp;
+  int B, T, H, KV, hd, Tp, hdp; /* Tp: T rounded up to 16; hdp: hd rounded up to 16 */
   float scale;
   atomic_int failed;
 } attn_t;
@@ -70,12 +70,18 @@ static inline v16i causal_lanes(int j0, int i) {
   return (iota + j0) <= ((v16i){0} + i);
 }
 
-/* Transposed copies of this task's keys (roped, written to Kr as well when x is the raw K) and values. */
-static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, float *KrT, float *VT) {
-  const int T = a->T, hd = a->hd, Tp = a->Tp, ld = a->KV * hd;
+/*
+ * This task's keys (rotated; written to Kr as well when Ksrc is the raw K) and values, in the layouts the
+ * loops want: transposed KrT, VT [hd, Tp] (score and dP rows as vectors over 16 keys) and row-major Krow,
+ * Vrow [T, hdp] (O and dQ rows as sums over keys of 16-lane rows; no horizontal sums). NULL skips one.
+ */
+static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, float *KrT, float *VT, float *Krow, float *Vrow) {
+  const int T = a->T, hd = a->hd, Tp = a->Tp, hdp = a->hdp, ld = a->KV * hd;
   float kr[hd];
-  memset(KrT, 0, (size_t)hd * Tp * sizeof(float));
-  memset(VT, 0, (size_t)hd * Tp * sizeof(float));
+  if (KrT) memset(KrT, 0, (size_t)hd * Tp * sizeof(float));
+  if (VT) memset(VT, 0, (size_t)hd * Tp * sizeof(float));
+  if (Krow) memset(Krow, 0, (size_t)T * hdp * sizeof(float));
+  if (Vrow) memset(Vrow, 0, (size_t)T * hdp * sizeof(float));
   for (int t = 0; t < T; t++) {
     size_t off = ((size_t)b * T + t) * ld + (size_t)g * hd;
     const float *k = Ksrc + off;
@@ -86,24 +92,58 @@ static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, 
     }
     const float *v = a->V + off;
     for (int d = 0; d < hd; d++) {
-      KrT[(size_t)d * Tp + t] = k[d];
-      VT[(size_t)d * Tp + t] = v[d];
+      if (KrT) KrT[(size_t)d * Tp + t] = k[d];
+      if (VT) VT[(size_t)d * Tp + t] = v[d];
     }
+    if (Krow) memcpy(Krow + (size_t)t * hdp, k, (size_t)hd * sizeof(float));
+    if (Vrow) memcpy(Vrow + (size_t)t * hdp, v, (size_t)hd * sizeof(float));
   }
+}
+
+/* acc[0 .. hdp) = sum_{j <= i} w[j] rows[j][0 .. hdp)  (rows [T, hdp], hdp a multiple of 16). Four
+   independent partial sums over j, so the fused multiply-adds do not wait on each other's latency. */
+static inline void weighted_rows(const float *w, const float *rows, int i, int hdp, v16 *acc) {
+  const int nh = hdp / 16;
+  for (int c = 0; c < nh; c++) {
+    v16 a0 = (v16){0}, a1 = (v16){0}, a2 = (v16){0}, a3 = (v16){0};
+    const float *r = rows + (size_t)c * 16;
+    int j = 0;
+    for (; j + 3 <= i; j += 4) {
+      a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
+      a1 += w[j + 1] * *(const v16 *)(r + (size_t)(j + 1) * hdp);
+      a2 += w[j + 2] * *(const v16 *)(r + (size_t)(j + 2) * hdp);
+      a3 += w[j + 3] * *(const v16 *)(r + (size_t)(j + 3) * hdp);
+    }
+    for (; j <= i; j++) a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
+    acc[c] = (a0 + a1) + (a2 + a3);
+  }
+}
+
+/* scores (or dP) for 16 keys: sum_d x[d] colsT[d][v], two partial sums over d */
+static inline v16 col_dot(const float *x, const v16 *colsT, int v, int nvT, int hd) {
+  v16 s0 = (v16){0}, s1 = (v16){0};
+  int d = 0;
+  for (; d + 1 < hd; d += 2) {
+    s0 += x[d] * colsT[(size_t)d * nvT + v];
+    s1 += x[d + 1] * colsT[(size_t)(d + 1) * nvT + v];
+  }
+  if (d < hd) s0 += x[d] * colsT[(size_t)d * nvT + v];
+  return s0 + s1;
 }
 
 static void attn_fwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
-  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, rep = H / KV, nvT = Tp / 16;
+  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
   const int b = task / KV, g = task % KV, ldq = H * hd;
-  float *buf = aligned_alloc(64, ((size_t)2 * hd * Tp + Tp) * sizeof(float));
+  float *buf = aligned_alloc(64, ((size_t)hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
   }
-  float *KrT = buf, *VT = buf + (size_t)hd * Tp, *p = buf + (size_t)2 * hd * Tp;
-  load_kv(a, b, g, a->K, 1, KrT, VT);
-  const v16 *kt = (const v16 *)KrT, *vt = (const v16 *)VT;
+  float *KrT = buf, *Vrow = buf + (size_t)hd * Tp, *p = Vrow + (size_t)T * hdp;
+  v16 *acc = (v16 *)(p + Tp);
+  load_kv(a, b, g, a->K, 1, KrT, NULL, NULL, Vrow);
+  const v16 *kt = (const v16 *)KrT;
   for (int r = 0; r < rep; r++) {
     const int h = g * rep + r;
     for (int i = 0; i < T; i++) {
@@ -113,8 +153,7 @@ static void attn_fwd_task(void *ctx, int task) {
       const int nv = (i + 16) / 16; /* vectors covering keys 0..i */
       v16 vmax = (v16){0} - 3.0e38f;
       for (int v = 0; v < nv; v++) {
-        v16 s = (v16){0};
-        for (int d = 0; d < hd; d++) s += q[d] * kt[(size_t)d * nvT + v];
+        v16 s = col_dot(q, kt, v, nvT, hd);
         if (v == nv - 1) s = vsel(causal_lanes(v * 16, i), s, (v16){0} - 3.0e38f);
         ((v16 *)p)[v] = s;
         vmax = vsel(s > vmax, s, vmax);
@@ -130,12 +169,10 @@ static void attn_fwd_task(void *ctx, int task) {
       }
       float sum = hsum(vs), inv = 1.f / sum;
       a->L[((size_t)b * H + h) * T + i] = m + logf(sum);
+      weighted_rows(p, Vrow, i, hdp, acc);
+      const float *av = (const float *)acc;
       float *o = a->O + off;
-      for (int d = 0; d < hd; d++) {
-        v16 acc = (v16){0};
-        for (int v = 0; v < nv; v++) acc += ((v16 *)p)[v] * vt[(size_t)d * nvT + v];
-        o[d] = hsum(acc) * inv;
-      }
+      for (int d = 0; d < hd; d++) o[d] = av[d] * inv;
     }
   }
   free(buf);
@@ -143,20 +180,21 @@ static void attn_fwd_task(void *ctx, int task) {
 
 static void attn_bwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
-  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, rep = H / KV, nvT = Tp / 16;
+  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
   const int b = task / KV, g = task % KV, ldq = H * hd, ldk = KV * hd;
-  float *buf = aligned_alloc(64, ((size_t)4 * hd * Tp + Tp) * sizeof(float));
+  float *buf = aligned_alloc(64, ((size_t)4 * hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
   }
   float *KrT = buf, *VT = buf + (size_t)hd * Tp, *dKT = buf + (size_t)2 * hd * Tp, *dVT = buf + (size_t)3 * hd * Tp;
-  float *ds = buf + (size_t)4 * hd * Tp;
-  load_kv(a, b, g, a->Kr, 0, KrT, VT);
+  float *Krow = buf + (size_t)4 * hd * Tp, *ds = Krow + (size_t)T * hdp;
+  v16 *acc = (v16 *)(ds + Tp);
+  load_kv(a, b, g, a->Kr, 0, KrT, VT, Krow, NULL);
   memset(dKT, 0, (size_t)2 * hd * Tp * sizeof(float));
   const v16 *kt = (const v16 *)KrT, *vt = (const v16 *)VT;
   v16 *dkt = (v16 *)dKT, *dvt = (v16 *)dVT;
-  float dq[hd], tmp[hd];
+  float tmp[hd];
   for (int r = 0; r < rep; r++) {
     const int h = g * rep + r;
     for (int i = 0; i < T; i++) {
@@ -167,11 +205,7 @@ static void attn_bwd_task(void *ctx, int task) {
       const v16 lse = (v16){0} + a->L[((size_t)b * H + h) * T + i], Dv = (v16){0} + Di;
       const int nv = (i + 16) / 16;
       for (int v = 0; v < nv; v++) {
-        v16 s = (v16){0}, dp = (v16){0};
-        for (int d = 0; d < hd; d++) {
-          s += q[d] * kt[(size_t)d * nvT + v];
-          dp += go[d] * vt[(size_t)d * nvT + v];
-        }
+        v16 s = col_dot(q, kt, v, nvT, hd), dp = col_dot(go, vt, v, nvT, hd);
         v16 p = vexp(s - lse);
         if (v == nv - 1) p = vsel(causal_lanes(v * 16, i), p, (v16){0});
         v16 dsv = p * (dp - Dv);
@@ -181,12 +215,8 @@ static void attn_bwd_task(void *ctx, int task) {
           dvt[(size_t)d * nvT + v] += p * go[d];
         }
       }
-      for (int d = 0; d < hd; d++) {
-        v16 acc = (v16){0};
-        for (int v = 0; v < nv; v++) acc += ((v16 *)ds)[v] * kt[(size_t)d * nvT + v];
-        dq[d] = hsum(acc);
-      }
-      rope_row_t(dq, a->dQ + off, a->cosT ? a->cosT + (size_t)i * hd : NULL, a->sinT ? a->sinT + (size_t)i * hd : NULL, hd, a->scale);
+      weighted_rows(ds, Krow, i, hdp, acc);
+      rope_row_t((const float *)acc, a->dQ + off, a->cosT ? a->cosT + (size_t)i * hd : NULL, a->sinT ? a->sinT + (size_t)i * hd : NULL, hd, a->scale);
     }
   }
   for (int t = 0; t < T; t++) {
@@ -214,6 +244,7 @@ static int attn_dims(napi_env env, napi_value *argv, attn_t *a, int64_t *threads
   a->KV = (int)KV;
   a->hd = (int)hd;
   a->Tp = (int)((T + 15) / 16 * 16);
+  a->hdp = (int)((hd + 15) / 16 * 16);
   a->scale = (float)scale;
   return 1;
 }
