@@ -63,31 +63,131 @@ static int get_f64(napi_env env, napi_value v, double *out) {
   return napi_get_value_double(env, v, out) == napi_ok;
 }
 
-/* Run fn(ctx, task) for task in [0, n) on up to `threads` threads (the caller is one of them); tasks are
-   taken dynamically from an atomic counter so a busy core does not hold the others back. */
+/*
+ * A persistent pool of worker threads (created on first use, never joined: they live as long as the
+ * process). parallel_for(fn, ctx, n, threads) runs fn(ctx, task) for task in [0, n) on the caller plus up
+ * to threads - 1 workers; tasks are taken dynamically from an atomic counter, so a busy core does not hold
+ * the others back. Workers spin (with pause) for a while after each job before sleeping on a condition
+ * variable, so the back-to-back kernels of a training step find them awake: creating and joining threads
+ * per call cost 60-300 us in the training process, more than a small product itself.
+ * Jobs are serialised (one at a time per process; the engine calls from the JS thread only).
+ */
 typedef void (*task_fn)(void *ctx, int task);
-typedef struct {
+
+#define POOL_MAX 8
+#define POOL_SPIN_DEFAULT 2000
+static int pool_spin = -1; /* pause iterations before sleeping; env DPO_NATIVE_SPIN overrides */
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  atomic_uint gen;     /* bumped once per job */
+  atomic_int sleeping; /* workers blocked on cv */
+  atomic_int done;     /* participating workers finished with the current job */
+  atomic_int next;     /* next task of the current job */
   task_fn fn;
   void *ctx;
-  int n;
-  atomic_int next;
-} pool_t;
+  int n, nthreads;     /* tasks, and threads taking part (caller included) */
+  int workers;         /* started so far */
+  unsigned gen0[POOL_MAX]; /* gen when worker i was created: its first job is the next one */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, {0}};
 
-static void *pool_worker(void *arg) {
-  pool_t *p = (pool_t *)arg;
-  for (int t; (t = atomic_fetch_add(&p->next, 1)) < p->n;) p->fn(p->ctx, t);
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static void *pool_main(void *arg) {
+  const int id = (int)(intptr_t)arg; /* 1 .. POOL_MAX - 1; the caller of parallel_for is 0 */
+  unsigned seen = pool.gen0[id];
+  for (;;) {
+    unsigned g;
+    int spins = 0;
+    while ((g = atomic_load(&pool.gen)) == seen) {
+      if (++spins < pool_spin) {
+        cpu_relax();
+        continue;
+      }
+      pthread_mutex_lock(&pool.mu);
+      atomic_fetch_add(&pool.sleeping, 1);
+      while (atomic_load(&pool.gen) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+      atomic_fetch_sub(&pool.sleeping, 1);
+      pthread_mutex_unlock(&pool.mu);
+      spins = 0;
+    }
+    seen = g;
+    if (id < pool.nthreads) {
+      for (int t; (t = atomic_fetch_add(&pool.next, 1)) < pool.n;) pool.fn(pool.ctx, t);
+      atomic_fetch_add(&pool.done, 1);
+    }
+  }
   return NULL;
 }
 
+/* Start workers so that `want` threads (caller included) can run; returns how many can (>= 1). */
+static int pool_threads(int want) {
+  if (pool_spin < 0) {
+    const char *e = getenv("DPO_NATIVE_SPIN");
+    pool_spin = e && *e ? atoi(e) : POOL_SPIN_DEFAULT;
+  }
+  if (want > POOL_MAX) want = POOL_MAX;
+  while (pool.workers < want - 1) {
+    pthread_t th;
+    pool.gen0[pool.workers + 1] = atomic_load(&pool.gen);
+    if (pthread_create(&th, NULL, pool_main, (void *)(intptr_t)(pool.workers + 1)) != 0) break;
+    pthread_detach(th);
+    pool.workers++;
+  }
+  return want < pool.workers + 1 ? (want < 1 ? 1 : want) : pool.workers + 1;
+}
+
 static void parallel_for(task_fn fn, void *ctx, int n, int threads) {
-  pool_t p = {fn, ctx, n, 0};
-  if (threads > 8) threads = 8;
   if (threads > n) threads = n;
-  pthread_t th[8];
-  int started = 0;
-  for (int i = 1; i < threads; i++)
-    if (pthread_create(&th[started], NULL, pool_worker, &p) == 0) started++;
-  pool_worker(&p);
-  for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+  threads = pool_threads(threads);
+  if (threads <= 1) {
+    for (int t = 0; t < n; t++) fn(ctx, t);
+    return;
+  }
+  pool.fn = fn;
+  pool.ctx = ctx;
+  pool.n = n;
+  pool.nthreads = threads;
+  atomic_store(&pool.next, 0);
+  atomic_store(&pool.done, 0);
+  atomic_fetch_add(&pool.gen, 1); /* publishes the job (sequentially consistent) */
+  if (atomic_load(&pool.sleeping) > 0) {
+    pthread_mutex_lock(&pool.mu);
+    pthread_cond_broadcast(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+  }
+  for (int t; (t = atomic_fetch_add(&pool.next, 1)) < n;) fn(ctx, t);
+  while (atomic_load(&pool.done) < threads - 1) cpu_relax();
+}
+
+/* A spinning barrier for the threads of one parallel_for job (sense-reversing; n participants). */
+typedef struct {
+  atomic_int count;
+  atomic_int sense;
+  int n;
+} spin_barrier_t;
+
+static void spin_barrier_init(spin_barrier_t *b, int n) {
+  atomic_store(&b->count, 0);
+  atomic_store(&b->sense, 0);
+  b->n = n;
+}
+
+static void spin_barrier_wait(spin_barrier_t *b) {
+  if (b->n <= 1) return;
+  int s = atomic_load(&b->sense);
+  if (atomic_fetch_add(&b->count, 1) == b->n - 1) {
+    atomic_store(&b->count, 0);
+    atomic_store(&b->sense, !s);
+  } else {
+    while (atomic_load(&b->sense) == s) cpu_relax();
+  }
 }
 #endif

@@ -140,34 +140,27 @@ static void micro(int kc, const float *Ap, const float *Bp, float *C, int ldc, i
  * Threads share each packed KC x NC block of op(B) (packed cooperatively, panel by panel), then take row
  * units of MU rows of op(A) dynamically (an atomic counter), packing their own A panels. Dynamic
  * assignment keeps both cores busy when one of them is also running something else (a static split would
- * wait for the slower half). Three barriers per (jc, pc) block.
+ * wait for the slower half). Three barriers per (jc, pc) block. The threads are common.h's pool: each
+ * of the T tasks of one parallel_for job is one thread (they meet at spinning barriers).
  */
 #define MU 64
 
 typedef struct {
   const gemm_args *g;
   int T;
-  pthread_barrier_t bar;
+  spin_barrier_t bar;
   atomic_int next_b, next_a;
-  atomic_int go; /* workers start once the barrier is set up for the threads that really started */
   float *Bp;
-  int jc, nc, pc, kc;
 } shared_t;
 
-typedef struct {
-  shared_t *sh;
-  int t;
-} worker_t;
-
 static inline void sync_all(shared_t *sh) {
-  if (sh->T > 1) pthread_barrier_wait(&sh->bar);
+  spin_barrier_wait(&sh->bar);
 }
 
-static void *gemm_worker(void *arg) {
-  worker_t *w = (worker_t *)arg;
-  shared_t *sh = w->sh;
+/* One of the T threads of a product; task 0 resets the shared counters. */
+static void gemm_task(void *ctx, int t) {
+  shared_t *sh = (shared_t *)ctx;
   const gemm_args *g = sh->g;
-  while (!atomic_load(&sh->go)) sched_yield();
   float *Ap = aligned_alloc(64, (size_t)MU * KC * sizeof(float));
   int ok = Ap != NULL;
   for (int jc = 0; jc < g->N; jc += NC) {
@@ -176,7 +169,7 @@ static void *gemm_worker(void *arg) {
     for (int pc = 0; pc < g->K; pc += KC) {
       int kc = g->K - pc < KC ? g->K - pc : KC;
       sync_all(sh); /* everyone is done with the previous block of Bp */
-      if (w->t == 0) {
+      if (t == 0) {
         atomic_store(&sh->next_b, 0);
         atomic_store(&sh->next_a, 0);
       }
@@ -204,7 +197,6 @@ static void *gemm_worker(void *arg) {
     }
   }
   free(Ap);
-  return NULL;
 }
 
 /*
@@ -289,28 +281,14 @@ static void gemm(const gemm_args *g, int threads) {
   if (flops < 4e6 || threads < 2) threads = 1;
   int units = (g->M + MU - 1) / MU;
   if (threads > units) threads = units;
+  threads = pool_threads(threads);
   shared_t sh;
   sh.g = g;
+  sh.T = threads;
+  spin_barrier_init(&sh.bar, threads);
   sh.Bp = aligned_alloc(64, (size_t)KC * (NC + NR) * sizeof(float));
   if (!sh.Bp) return;
-  atomic_store(&sh.go, 0);
-  worker_t ws[8];
-  pthread_t th[8];
-  int started = 1; /* the calling thread is worker 0 */
-  for (int t = 1; t < threads; t++) {
-    ws[started].sh = &sh;
-    ws[started].t = started;
-    if (pthread_create(&th[started], NULL, gemm_worker, &ws[started]) == 0) started++;
-  }
-  threads = started;
-  sh.T = threads;
-  if (threads > 1) pthread_barrier_init(&sh.bar, NULL, (unsigned)threads);
-  ws[0].sh = &sh;
-  ws[0].t = 0;
-  atomic_store(&sh.go, 1);
-  gemm_worker(&ws[0]);
-  for (int t = 1; t < threads; t++) pthread_join(th[t], NULL);
-  if (threads > 1) pthread_barrier_destroy(&sh.bar);
+  parallel_for(gemm_task, &sh, threads, threads);
   free(sh.Bp);
 }
 
@@ -318,19 +296,15 @@ typedef struct {
   const gemm_args *g0;
   int batch;
   int64_t sA, sB, sC;
-  atomic_int next;
 } batch_t;
 
-static void *batch_worker(void *arg) {
-  batch_t *bt = (batch_t *)arg;
-  for (int b; (b = atomic_fetch_add(&bt->next, 1)) < bt->batch;) {
-    gemm_args g = *bt->g0;
-    g.A += b * bt->sA;
-    g.B += b * bt->sB;
-    g.C += b * bt->sC;
-    gemm(&g, 1);
-  }
-  return NULL;
+static void batch_task(void *ctx, int b) {
+  batch_t *bt = (batch_t *)ctx;
+  gemm_args g = *bt->g0;
+  g.A += b * bt->sA;
+  g.B += b * bt->sB;
+  g.C += b * bt->sC;
+  gemm(&g, 1);
 }
 
 static napi_value sgemm(napi_env env, napi_callback_info info) {
@@ -360,14 +334,8 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
   gemm_args g0 = {A, B, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N};
   if (batch > 1 && threads > 1 && 2.0 * M * K * N < 4e6 && 2.0 * M * K * N * batch >= 4e6) {
     /* many small products: spread the batch over the threads, one single-threaded product at a time */
-    batch_t bt = {&g0, (int)batch, sA, sB, sC, 0};
-    int T = threads > 8 ? 8 : (int)threads;
-    pthread_t th[8];
-    int started = 0;
-    for (int t = 1; t < T; t++)
-      if (pthread_create(&th[started], NULL, batch_worker, &bt) == 0) started++;
-    batch_worker(&bt);
-    for (int t = 0; t < started; t++) pthread_join(th[t], NULL);
+    batch_t bt = {&g0, (int)batch, sA, sB, sC};
+    parallel_for(batch_task, &bt, (int)batch, (int)threads);
     return NULL;
   }
   for (int64_t b = 0; b < batch; b++) {

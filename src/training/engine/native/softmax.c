@@ -4,8 +4,7 @@
 typedef struct {
   const float *X;
   float *P, *L;
-  int n, V;
-  atomic_int next;
+  int n, V, rows; /* rows per task */
 } smx_t;
 
 static void softmax_row(const float *x, float *p, float *lse, int V) {
@@ -47,11 +46,11 @@ static void softmax_row(const float *x, float *p, float *lse, int V) {
   *lse = m + (float)__builtin_log(s);
 }
 
-static void *smx_worker(void *arg) {
-  smx_t *t = (smx_t *)arg;
-  for (int i; (i = atomic_fetch_add(&t->next, 1)) < t->n;)
+static void smx_task(void *ctx, int task) {
+  smx_t *t = (smx_t *)ctx;
+  int end = (task + 1) * t->rows < t->n ? (task + 1) * t->rows : t->n;
+  for (int i = task * t->rows; i < end; i++)
     softmax_row(t->X + (size_t)i * t->V, t->P + (size_t)i * t->V, t->L + i, t->V);
-  return NULL;
 }
 
 /* softmaxLse(X [n*V], P [n*V], L [n], n, V, threads): P = softmax(X) by rows, L = logsumexp(X) by rows. */
@@ -68,14 +67,9 @@ static napi_value softmax_lse(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "SOFTMAX_ARGS", "softmaxLse(X, P, L: Float32Array, n, V, threads) with X, P of n*V and L of n");
     return NULL;
   }
-  smx_t t = {X, P, L, (int)n, (int)V, 0};
-  if (threads > 8) threads = 8;
-  if ((double)n * V < 1e5) threads = 1;
-  pthread_t th[8];
-  int started = 0;
-  for (int i = 1; i < threads; i++)
-    if (pthread_create(&th[started], NULL, smx_worker, &t) == 0) started++;
-  smx_worker(&t);
-  for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+  /* tasks of about 64k floats */
+  int rows = V >= 65536 ? 1 : (int)(65536 / V);
+  smx_t t = {X, P, L, (int)n, (int)V, rows};
+  parallel_for(smx_task, &t, (int)((n + rows - 1) / rows), (double)n * V < 1e5 ? 1 : (int)threads);
   return NULL;
 }
