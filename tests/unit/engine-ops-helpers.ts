@@ -85,6 +85,9 @@ export function runAllOpChecks(): void {
     [randn([6, 10]), randn([10]), randn([10])],
   );
   checkOp('swiglu', (a, b) => fast.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), (a, b) => ref.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), [randn([5, 12], 2), randn([5, 12])]);
+  // sizes past the native kernels' one-thread and one-task limits (row blocks with partial dw sums)
+  checkOp('rmsNorm large', (x, w) => fast.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5), (x, w) => ref.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5), [randn([1100, 72]), randn([72])]);
+  checkOp('swiglu large', (a, b) => fast.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), (a, b) => ref.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), [randn([300, 172], 2), randn([300, 172])]);
   checkOp('geluTanh', (x) => fast.geluTanh(x), (x) => ref.geluTanh(x), [randn([5, 12], 2)]);
   const { cos, sin } = ropeTables(5, 8, 2);
   checkOp('applyRope', (x) => fast.applyRope(x as tf.Tensor4D, cos, sin), (x) => ref.applyRope(x as tf.Tensor4D, cos, sin), [randn([2, 5, 3, 8])]);

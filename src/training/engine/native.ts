@@ -79,6 +79,14 @@ export interface NativeGemm {
     scale: number,
     threads: number,
   ): void;
+  /** RMSNorm forward: y = w x r, r `[N]` = (mean(x^2) + eps)^-1/2 (see elementwise.c). */
+  rmsNormFwd(x: Float32Array, w: Float32Array, y: Float32Array, r: Float32Array, N: number, D: number, eps: number, threads: number): void;
+  /** RMSNorm backward: dx `[N, D]`, dw `[D]` (see elementwise.c). */
+  rmsNormBwd(g: Float32Array, x: Float32Array, w: Float32Array, r: Float32Array, dx: Float32Array, dw: Float32Array, N: number, D: number, threads: number): void;
+  /** SwiGLU forward y = silu(a) b (see elementwise.c). */
+  swigluFwd(a: Float32Array, b: Float32Array, y: Float32Array, threads: number): void;
+  /** SwiGLU backward (see elementwise.c). */
+  swigluBwd(g: Float32Array, a: Float32Array, b: Float32Array, da: Float32Array, db: Float32Array, threads: number): void;
   /** Its backward pass (see attention.c). */
   attentionBwd(
     dO: Float32Array,
@@ -407,5 +415,60 @@ export function registerNativeAttention(): boolean {
   tf.registerKernel({ kernelName: ATTENTION_FWD_KERNEL, backendName: 'wasm', kernelFunc: fwd as unknown as tf.KernelFunc });
   tf.registerKernel({ kernelName: ATTENTION_BWD_KERNEL, backendName: 'wasm', kernelFunc: bwd as unknown as tf.KernelFunc });
   attentionRegistered = true;
+  return true;
+}
+
+/** Names of the fused RMSNorm / SwiGLU kernels registered for the wasm backend with the native addon. */
+export const RMSNORM_FWD_KERNEL = 'DpoRmsNormFwd';
+export const RMSNORM_BWD_KERNEL = 'DpoRmsNormBwd';
+export const SWIGLU_FWD_KERNEL = 'DpoSwigluFwd';
+export const SWIGLU_BWD_KERNEL = 'DpoSwigluBwd';
+let elementwiseRegistered = false;
+
+/**
+ * Register the fused element-wise kernels for the wasm backend (idempotent; native/elementwise.c):
+ * - `DpoRmsNormFwd`: x `[N, D]`, w `[D]`, attr eps -> y `[N, D]`, r `[N]` (the inverse RMS of each row);
+ * - `DpoRmsNormBwd`: dy, x, w, r -> dx `[N, D]`, dw `[D]`;
+ * - `DpoSwigluFwd`: a, b (one shape) -> silu(a) b;  `DpoSwigluBwd`: dy, a, b -> da, db.
+ * @returns true when the kernels are available
+ */
+export function registerNativeElementwise(): boolean {
+  if (elementwiseRegistered) return true;
+  const g = loadNativeGemm();
+  if (!g || typeof g.rmsNormFwd !== 'function') return false;
+  type Args = { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown };
+  const reg = (kernelName: string, f: (inputs: Record<string, tf.TensorInfo>, attrs: tf.NamedAttrMap, b: WasmBackendLike, view: (t: tf.TensorInfo) => Float32Array) => tf.TensorInfo[]): void => {
+    const kernelFunc = (args: Args): tf.TensorInfo[] => {
+      const b = args.backend as WasmBackendLike;
+      return f(args.inputs as Record<string, tf.TensorInfo>, args.attrs ?? {}, b, (t) => b.typedArrayFromHeap(t) as Float32Array);
+    };
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  };
+  reg(RMSNORM_FWD_KERNEL, ({ x, w }, attrs, b, view) => {
+    const [N, D] = x!.shape as [number, number];
+    const y = b.makeOutput([N, D], 'float32');
+    const r = b.makeOutput([N], 'float32');
+    g.rmsNormFwd(view(x!), view(w!), view(y), view(r), N, D, Number(attrs.eps), threads);
+    return [y, r];
+  });
+  reg(RMSNORM_BWD_KERNEL, ({ dy, x, w, r }, _attrs, b, view) => {
+    const [N, D] = x!.shape as [number, number];
+    const dx = b.makeOutput([N, D], 'float32');
+    const dw = b.makeOutput([D], 'float32');
+    g.rmsNormBwd(view(dy!), view(x!), view(w!), view(r!), view(dx), view(dw), N, D, threads);
+    return [dx, dw];
+  });
+  reg(SWIGLU_FWD_KERNEL, ({ a, b: bb }, _attrs, b, view) => {
+    const y = b.makeOutput(a!.shape.slice(), 'float32');
+    g.swigluFwd(view(a!), view(bb!), view(y), threads);
+    return [y];
+  });
+  reg(SWIGLU_BWD_KERNEL, ({ dy, a, b: bb }, _attrs, b, view) => {
+    const da = b.makeOutput(a!.shape.slice(), 'float32');
+    const db = b.makeOutput(a!.shape.slice(), 'float32');
+    g.swigluBwd(view(dy!), view(a!), view(bb!), view(da), view(db), threads);
+    return [da, db];
+  });
+  elementwiseRegistered = true;
   return true;
 }

@@ -16,7 +16,18 @@
  * 2-D product per (batch, head). Formulas are the textbook derivatives, cited per op.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { ATTENTION_BWD_KERNEL, ATTENTION_FWD_KERNEL, nativeMatmulActive, registerNativeAttention, softmaxWithLse } from './native.js';
+import {
+  ATTENTION_BWD_KERNEL,
+  ATTENTION_FWD_KERNEL,
+  RMSNORM_BWD_KERNEL,
+  RMSNORM_FWD_KERNEL,
+  SWIGLU_BWD_KERNEL,
+  SWIGLU_FWD_KERNEL,
+  nativeMatmulActive,
+  registerNativeAttention,
+  registerNativeElementwise,
+  softmaxWithLse,
+} from './native.js';
 
 /**
  * op(a) @ op(b). With the native GEMM (native.ts) every form is fast and transposes are folded into its
@@ -91,6 +102,21 @@ export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
 // ---------------------------------------------------------------------------------------------------------
 // norms and activations
 
+/** true when the native fused element-wise kernels (RMSNorm, SwiGLU) run (wasm with the native addon). */
+function nativeElementwise(): boolean {
+  return nativeMatmulActive() && registerNativeElementwise();
+}
+
+const rmsNormNative = (eps: number) =>
+  custom<[tf.Tensor2D, tf.Tensor1D]>((x, w, save) => {
+    const [y, r] = tf.engine().runKernel(RMSNORM_FWD_KERNEL, { x, w }, { eps }) as tf.Tensor[];
+    save([x, w, r!]);
+    return {
+      value: y!,
+      gradFunc: (dy, [xs, ws, rs]) => tf.engine().runKernel(RMSNORM_BWD_KERNEL, { dy, x: xs!, w: ws!, r: rs! }, {}) as tf.Tensor[],
+    };
+  });
+
 const rmsNormGrad = (eps: number) =>
   custom<[tf.Tensor2D, tf.Tensor1D]>((x, w, save) => {
     const r = tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps));
@@ -111,12 +137,13 @@ const rmsNormGrad = (eps: number) =>
 
 /**
  * Root-mean-square layer norm: x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019; llama2.c model.py),
- * fused with its analytic gradient.
+ * fused with its analytic gradient (one native kernel each way on wasm with the native addon,
+ * native/elementwise.c).
  * @param x `[N, D]`
  * @param weight `[D]`
  */
 export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor1D, eps: number): tf.Tensor2D {
-  return rmsNormGrad(eps)(x, weight) as tf.Tensor2D;
+  return (nativeElementwise() ? rmsNormNative(eps) : rmsNormGrad(eps))(x, weight) as tf.Tensor2D;
 }
 
 const layerNormGrad = (eps: number) =>
@@ -159,9 +186,20 @@ const swigluGrad = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
   };
 });
 
-/** SwiGLU gate: silu(gate) * up (Shazeer 2020), fused with its analytic gradient. Shapes `[N, H]` each. */
+const swigluNative = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
+  save([a, b]);
+  return {
+    value: (tf.engine().runKernel(SWIGLU_FWD_KERNEL, { a, b }, {}) as tf.Tensor[])[0]!,
+    gradFunc: (dy, [as, bs]) => tf.engine().runKernel(SWIGLU_BWD_KERNEL, { dy, a: as!, b: bs! }, {}) as tf.Tensor[],
+  };
+});
+
+/**
+ * SwiGLU gate: silu(gate) * up (Shazeer 2020), fused with its analytic gradient (one native kernel each way
+ * on wasm with the native addon, native/elementwise.c). Shapes `[N, H]` each.
+ */
 export function swiglu(gate: tf.Tensor2D, up: tf.Tensor2D): tf.Tensor2D {
-  return swigluGrad(gate, up) as tf.Tensor2D;
+  return (nativeElementwise() ? swigluNative : swigluGrad)(gate, up) as tf.Tensor2D;
 }
 
 const GELU_C = Math.sqrt(2 / Math.PI);

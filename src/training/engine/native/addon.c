@@ -6,12 +6,14 @@
  *   optim.c      fused AdamW
  *   softmax.c    row softmax + log-sum-exp (the LM head's log-probs)
  *   attention.c  fused causal attention with RoPE, forward and backward
+ *   elementwise.c fused RMSNorm and SwiGLU, forward and backward
  */
 #include "common.h"
 #include "gemm.c"
 #include "optim.c"
 #include "softmax.c"
 #include "attention.c"
+#include "elementwise.c"
 
 static napi_value init(napi_env env, napi_value exports) {
   static const struct {
@@ -23,6 +25,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"softmaxLse", softmax_lse},
       {"attentionFwd", attention_fwd},
       {"attentionBwd", attention_bwd},
+      {"rmsNormFwd", rmsnorm_fwd},
+      {"rmsNormBwd", rmsnorm_bwd},
+      {"swigluFwd", swiglu_fwd},
+      {"swigluBwd", swiglu_bwd},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;
