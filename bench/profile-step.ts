@@ -1,13 +1,28 @@
 /**
  * Kernel-level profile of one bench step: `npx tsx bench/profile-step.ts [same args as dpo-step.ts]`.
  * Prints the kernels sorted by total time (tf.profile), to see where a step's time goes.
+ * With DPO_NATIVE_PROFILE=1 it instead times 10 real steps (no profiler overhead) and prints the wall time
+ * spent in each native function (sgemm by shape) per step, against the whole step.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { nativeProfile } from '../src/training/engine/native.js';
 import { parseArgs, runBench } from './dpo-step.js';
 
 const a = parseArgs(process.argv.slice(2));
 a.steps = 1;
 await runBench(a); // warm-up (and backend init)
+if (process.env.DPO_NATIVE_PROFILE === '1') {
+  const steps = 10;
+  nativeProfile(true);
+  const r = (await runBench({ ...a, steps })) as { median_step_s: number };
+  const rows = [...nativeProfile(true)].sort((x, y) => y[1].ms - x[1].ms);
+  const calls = steps + 1; // runBench times `steps` steps after one warm-up step
+  const total = rows.reduce((s, [, e]) => s + e.ms, 0) / calls;
+  console.log(`median step ${(r.median_step_s * 1000).toFixed(1)} ms; native ${total.toFixed(1)} ms per step`);
+  for (const [k, e] of rows.slice(0, 25))
+    console.log(`${(e.ms / calls).toFixed(2).padStart(8)} ms/step ${String(e.calls / calls).padStart(4)} calls  ${((e.ms / e.calls) * 1000).toFixed(0).padStart(6)} us/call  ${k}`);
+  process.exit(0);
+}
 const prof = await tf.profile(async () => {
   await runBench({ ...a, steps: 0 });
 });

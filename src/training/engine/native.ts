@@ -188,12 +188,43 @@ export function loadNativeGemm(): NativeGemm | null {
     }
     const req = createRequire(import.meta.url);
     loaded = req(out) as NativeGemm;
+    if (process.env.DPO_NATIVE_PROFILE === '1') loaded = profiled(loaded);
     status = { available: true, detail: out };
   } catch (e) {
     loaded = null;
     status = { available: false, detail: (e as Error).message };
   }
   return loaded;
+}
+
+const profile = new Map<string, { ms: number; calls: number }>();
+
+/** The addon with every function timed into {@link nativeProfile} (env DPO_NATIVE_PROFILE=1). */
+function profiled(addon: NativeGemm): NativeGemm {
+  const out: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(addon as unknown as Record<string, (...a: unknown[]) => unknown>)) {
+    out[name] = (...args: unknown[]): unknown => {
+      const key = name === 'sgemm' ? `sgemm ${args[3]}x${args[4]}x${args[5]} ${args[6] ? 'T' : 'N'}${args[7] ? 'T' : 'N'} b${args[9]}` : name;
+      const t0 = performance.now();
+      const r = fn(...args);
+      const e = profile.get(key) ?? { ms: 0, calls: 0 };
+      e.ms += performance.now() - t0;
+      e.calls += 1;
+      profile.set(key, e);
+      return r;
+    };
+  }
+  return out as unknown as NativeGemm;
+}
+
+/**
+ * Wall time spent in each native function (sgemm by shape) since the last reset, when the process started
+ * with DPO_NATIVE_PROFILE=1 (else empty). For bench/profile-step.ts.
+ */
+export function nativeProfile(reset = false): Map<string, { ms: number; calls: number }> {
+  const copy = new Map(profile);
+  if (reset) profile.clear();
+  return copy;
 }
 
 /** Whether the native GEMM is loaded, and from where (or why not). */

@@ -135,7 +135,7 @@ static void attn_fwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
   const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
   const int b = task / KV, g = task % KV, ldq = H * hd;
-  float *buf = aligned_alloc(64, ((size_t)hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
+  float *buf = scratch(SCRATCH_ATTENTION, ((size_t)hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
@@ -175,14 +175,13 @@ static void attn_fwd_task(void *ctx, int task) {
       for (int d = 0; d < hd; d++) o[d] = av[d] * inv;
     }
   }
-  free(buf);
 }
 
 static void attn_bwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
   const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
   const int b = task / KV, g = task % KV, ldq = H * hd, ldk = KV * hd;
-  float *buf = aligned_alloc(64, ((size_t)4 * hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
+  float *buf = scratch(SCRATCH_ATTENTION, ((size_t)4 * hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
@@ -227,7 +226,6 @@ static void attn_bwd_task(void *ctx, int task) {
     }
     rope_row_t(tmp, a->dK + off, a->cosT ? a->cosT + (size_t)t * hd : NULL, a->sinT ? a->sinT + (size_t)t * hd : NULL, hd, 1.f);
   }
-  free(buf);
 }
 
 /* Reads B, T, H, KV, hd, scale, threads from argv[first..first+6] and checks the layout. */
@@ -290,7 +288,7 @@ static napi_value attention_fwd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   a.Q = Q; a.K = K; a.V = V; a.O = O; a.Qr = Qr; a.Kr = Kr; a.L = L;
-  parallel_for(attn_fwd_task, &a, a.B * a.KV, (double)a.B * a.H * a.T * a.T * a.hd < 2e5 ? 1 : (int)threads);
+  parallel_for(attn_fwd_task, &a, a.B * a.KV, mt_threads(2.0 * a.B * a.H * a.T * a.T * a.hd, threads));
   if (atomic_load(&a.failed)) napi_throw_error(env, "ATTENTION_OOM", "attentionFwd: out of memory");
   return NULL;
 }
@@ -322,7 +320,7 @@ static napi_value attention_bwd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   a.dO = dO; a.Qr = Qr; a.Kr = Kr; a.V = V; a.O = O; a.L = L; a.dQ = dQ; a.dK = dK; a.dV = dV;
-  parallel_for(attn_bwd_task, &a, a.B * a.KV, (double)a.B * a.H * a.T * a.T * a.hd < 1e5 ? 1 : (int)threads);
+  parallel_for(attn_bwd_task, &a, a.B * a.KV, mt_threads(5.0 * a.B * a.H * a.T * a.T * a.hd, threads));
   if (atomic_load(&a.failed)) napi_throw_error(env, "ATTENTION_OOM", "attentionBwd: out of memory");
   return NULL;
 }

@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <sched.h>
 #include <math.h>
+#include <time.h>
 
 typedef float v16 __attribute__((vector_size(64), aligned(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
@@ -64,6 +65,28 @@ static int get_f64(napi_env env, napi_value v, double *out) {
 }
 
 /*
+ * Per-thread scratch buffers, grown on demand and reused across calls (never freed; bounded by the largest
+ * use). malloc/free of the GEMM's 2 MB packing block on every call went through mmap/munmap, whose page
+ * faults and TLB shootdowns cost more than a small product.
+ */
+enum { SCRATCH_GEMM_A, SCRATCH_GEMM_B, SCRATCH_SMALL_B, SCRATCH_SMALL_ACC, SCRATCH_ATTENTION, SCRATCH_SLOTS };
+static __thread struct {
+  void *p;
+  size_t n;
+} scratch_slots[SCRATCH_SLOTS];
+
+/* 64-byte aligned scratch of at least `bytes` for this thread's `slot`, or NULL when out of memory. */
+static void *scratch(int slot, size_t bytes) {
+  if (scratch_slots[slot].n < bytes) {
+    free(scratch_slots[slot].p);
+    size_t n = (bytes + bytes / 4 + 63) & ~(size_t)63;
+    scratch_slots[slot].p = aligned_alloc(64, n);
+    scratch_slots[slot].n = scratch_slots[slot].p ? n : 0;
+  }
+  return scratch_slots[slot].p;
+}
+
+/*
  * A persistent pool of worker threads (created on first use, never joined: they live as long as the
  * process). parallel_for(fn, ctx, n, threads) runs fn(ctx, task) for task in [0, n) on the caller plus up
  * to threads - 1 workers; tasks are taken dynamically from an atomic counter, so a busy core does not hold
@@ -75,8 +98,14 @@ static int get_f64(napi_env env, napi_value v, double *out) {
 typedef void (*task_fn)(void *ctx, int task);
 
 #define POOL_MAX 8
-#define POOL_SPIN_DEFAULT 2000
-static int pool_spin = -1; /* pause iterations before sleeping; env DPO_NATIVE_SPIN overrides */
+#define POOL_SPIN_US_DEFAULT 300
+static int pool_spin_us = -1; /* microseconds a worker spins after a job before sleeping; env DPO_NATIVE_SPIN_US */
+
+static inline double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
 
 static struct {
   pthread_mutex_t mu;
@@ -106,8 +135,9 @@ static void *pool_main(void *arg) {
   for (;;) {
     unsigned g;
     int spins = 0;
+    double t0 = now_us();
     while ((g = atomic_load(&pool.gen)) == seen) {
-      if (++spins < pool_spin) {
+      if ((++spins & 63) != 0 || now_us() - t0 < pool_spin_us) {
         cpu_relax();
         continue;
       }
@@ -117,6 +147,7 @@ static void *pool_main(void *arg) {
       atomic_fetch_sub(&pool.sleeping, 1);
       pthread_mutex_unlock(&pool.mu);
       spins = 0;
+      t0 = now_us();
     }
     seen = g;
     if (id < pool.nthreads) {
@@ -127,11 +158,26 @@ static void *pool_main(void *arg) {
   return NULL;
 }
 
+/*
+ * Threads for a kernel of about `flops` floating-point operations: 1 below DPO_NATIVE_MT_MFLOP million
+ * (default 24), else `threads`. On a small machine the OS (or hypervisor) now and then preempts one of our
+ * threads for the runtime's own background threads; a multi-threaded kernel then waits for it (measured:
+ * 2-3 ms spikes on a 0.2 ms product), which costs more on average than a second core saves on small work.
+ */
+static double mt_min_flops = -1;
+static int mt_threads(double flops, int64_t threads) {
+  if (mt_min_flops < 0) {
+    const char *e = getenv("DPO_NATIVE_MT_MFLOP");
+    mt_min_flops = (e && *e ? atof(e) : 24.0) * 1e6;
+  }
+  return flops < mt_min_flops || threads < 2 ? 1 : (int)threads;
+}
+
 /* Start workers so that `want` threads (caller included) can run; returns how many can (>= 1). */
 static int pool_threads(int want) {
-  if (pool_spin < 0) {
-    const char *e = getenv("DPO_NATIVE_SPIN");
-    pool_spin = e && *e ? atoi(e) : POOL_SPIN_DEFAULT;
+  if (pool_spin_us < 0) {
+    const char *e = getenv("DPO_NATIVE_SPIN_US");
+    pool_spin_us = e && *e ? atoi(e) : POOL_SPIN_US_DEFAULT;
   }
   if (want > POOL_MAX) want = POOL_MAX;
   while (pool.workers < want - 1) {

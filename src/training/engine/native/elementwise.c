@@ -76,7 +76,7 @@ static napi_value rmsnorm_fwd(napi_env env, napi_callback_info info) {
   }
   rms_t a = {x, w, NULL, NULL, y, r, NULL, NULL, (int)N, (int)D, rms_rows((int)N, (int)D), (float)eps};
   int tasks = (int)((N + a.rows - 1) / a.rows);
-  parallel_for(rms_fwd_task, &a, tasks, (double)N * D < 65536 ? 1 : (int)threads);
+  parallel_for(rms_fwd_task, &a, tasks, mt_threads(4.0 * N * D, threads));
   return NULL;
 }
 
@@ -103,7 +103,7 @@ static napi_value rmsnorm_bwd(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "RMSNORM_OOM", "rmsNormBwd: out of memory");
     return NULL;
   }
-  parallel_for(rms_bwd_task, &a, tasks, (double)N * D < 65536 ? 1 : (int)threads);
+  parallel_for(rms_bwd_task, &a, tasks, mt_threads(8.0 * N * D, threads));
   for (int d = 0; d < D; d++) {
     double s = 0;
     for (int t = 0; t < tasks; t++) s += a.dwPart[(size_t)t * D + d];
@@ -119,22 +119,47 @@ typedef struct {
   size_t n, chunk;
 } swiglu_t;
 
+/* sigmoid of 16 lanes with common.h's vector exp */
+static inline v16 vsigmoid(v16 a) { return 1.f / (1.f + vexp(-a)); }
+
+/* lanes [i, i + n) of x as a v16 (n <= 16; the rest zero) */
+static inline v16 vload_n(const float *x, size_t n) {
+  if (n == 16) return *(const v16u *)x;
+  v16 v = (v16){0};
+  for (size_t l = 0; l < n; l++) v[l] = x[l];
+  return v;
+}
+
+/* store the first n lanes of v at x */
+static inline void vstore_n(float *x, v16 v, size_t n) {
+  if (n == 16) {
+    *(v16u *)x = v;
+    return;
+  }
+  for (size_t l = 0; l < n; l++) x[l] = v[l];
+}
+
 static void swiglu_fwd_task(void *ctx, int task) {
   swiglu_t *t = (swiglu_t *)ctx;
   size_t i0 = (size_t)task * t->chunk, i1 = i0 + t->chunk < t->n ? i0 + t->chunk : t->n;
-  for (size_t i = i0; i < i1; i++) {
-    const float a = t->a[i], s = 1.f / (1.f + expf(-a));
-    t->y[i] = a * s * t->b[i];
+  for (size_t i = i0; i < i1; i += 16) {
+    size_t n = i1 - i < 16 ? i1 - i : 16;
+    v16 a = vload_n(t->a + i, n), b = vload_n(t->b + i, n);
+    v16 y = a * vsigmoid(a) * b;
+    vstore_n(t->y + i, y, n);
   }
 }
 
 static void swiglu_bwd_task(void *ctx, int task) {
   swiglu_t *t = (swiglu_t *)ctx;
   size_t i0 = (size_t)task * t->chunk, i1 = i0 + t->chunk < t->n ? i0 + t->chunk : t->n;
-  for (size_t i = i0; i < i1; i++) {
-    const float a = t->a[i], b = t->b[i], s = 1.f / (1.f + expf(-a)), gs = t->g[i] * s;
-    t->da[i] = gs * b * (1.f + a * (1.f - s));
-    t->db[i] = gs * a;
+  for (size_t i = i0; i < i1; i += 16) {
+    size_t n = i1 - i < 16 ? i1 - i : 16;
+    v16 a = vload_n(t->a + i, n), b = vload_n(t->b + i, n), g = vload_n(t->g + i, n);
+    v16 s = vsigmoid(a), gs = g * s;
+    v16 da = gs * b * (1.f + a * (1.f - s)), db = gs * a;
+    vstore_n(t->da + i, da, n);
+    vstore_n(t->db + i, db, n);
   }
 }
 
@@ -154,7 +179,7 @@ static napi_value swiglu_fwd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   swiglu_t t = {a, b, NULL, y, NULL, NULL, la, SWIGLU_CHUNK};
-  parallel_for(swiglu_fwd_task, &t, (int)((la + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK), (int)threads);
+  parallel_for(swiglu_fwd_task, &t, (int)((la + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK), mt_threads(10.0 * la, threads));
   return NULL;
 }
 
@@ -173,6 +198,6 @@ static napi_value swiglu_bwd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   swiglu_t t = {a, b, g, NULL, da, db, la, SWIGLU_CHUNK};
-  parallel_for(swiglu_bwd_task, &t, (int)((la + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK), (int)threads);
+  parallel_for(swiglu_bwd_task, &t, (int)((la + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK), mt_threads(15.0 * la, threads));
   return NULL;
 }

@@ -161,7 +161,7 @@ static inline void sync_all(shared_t *sh) {
 static void gemm_task(void *ctx, int t) {
   shared_t *sh = (shared_t *)ctx;
   const gemm_args *g = sh->g;
-  float *Ap = aligned_alloc(64, (size_t)MU * KC * sizeof(float));
+  float *Ap = scratch(SCRATCH_GEMM_A, (size_t)MU * KC * sizeof(float));
   int ok = Ap != NULL;
   for (int jc = 0; jc < g->N; jc += NC) {
     int nc = g->N - jc < NC ? g->N - jc : NC;
@@ -196,7 +196,6 @@ static void gemm_task(void *ctx, int t) {
       }
     }
   }
-  free(Ap);
 }
 
 /*
@@ -208,13 +207,9 @@ static void gemm_task(void *ctx, int t) {
  */
 static int gemm_small(const gemm_args *g) {
   int M = g->M, K = g->K, N = g->N;
-  float *Bt = malloc((size_t)K * N * sizeof(float));
-  float *acc = malloc((size_t)N * sizeof(float));
-  if (!Bt || !acc) {
-    free(Bt);
-    free(acc);
-    return 0;
-  }
+  float *Bt = scratch(SCRATCH_SMALL_B, (size_t)K * N * sizeof(float));
+  float *acc = scratch(SCRATCH_SMALL_ACC, (size_t)N * sizeof(float));
+  if (!Bt || !acc) return 0;
   for (int k = 0; k < K; k++)
     for (int j = 0; j < N; j++)
       Bt[(size_t)k * N + j] = g->transB ? g->B[(size_t)j * g->ldb + k] : g->B[(size_t)k * g->ldb + j];
@@ -228,8 +223,6 @@ static int gemm_small(const gemm_args *g) {
     }
     memcpy(g->C + (size_t)i * g->ldc, acc, (size_t)N * sizeof(float));
   }
-  free(Bt);
-  free(acc);
   return 1;
 }
 
@@ -240,7 +233,7 @@ static int gemm_small(const gemm_args *g) {
  */
 static int gemm_narrow(const gemm_args *g) {
   int M = g->M, K = g->K, N = g->N;
-  v16 *Bt = aligned_alloc(64, (size_t)K * sizeof(v16));
+  v16 *Bt = scratch(SCRATCH_SMALL_B, (size_t)K * sizeof(v16));
   if (!Bt) return 0;
   for (int k = 0; k < K; k++) {
     float *row = (float *)&Bt[k];
@@ -264,7 +257,6 @@ static int gemm_narrow(const gemm_args *g) {
     }
     for (int r = 0; r < mr; r++) memcpy(g->C + (size_t)(i0 + r) * g->ldc, &acc[r], (size_t)N * sizeof(float));
   }
-  free(Bt);
   return 1;
 }
 
@@ -278,7 +270,7 @@ static void gemm(const gemm_args *g, int threads) {
   if (g->K <= 32 && g->N >= 32 && flops < 4e6 && gemm_small(g)) return;
   if (g->N <= 16 && flops < 4e6 && gemm_narrow(g)) return;
   if (threads > 8) threads = 8;
-  if (flops < 4e6 || threads < 2) threads = 1;
+  threads = mt_threads(flops, threads);
   int units = (g->M + MU - 1) / MU;
   if (threads > units) threads = units;
   threads = pool_threads(threads);
@@ -286,10 +278,12 @@ static void gemm(const gemm_args *g, int threads) {
   sh.g = g;
   sh.T = threads;
   spin_barrier_init(&sh.bar, threads);
-  sh.Bp = aligned_alloc(64, (size_t)KC * (NC + NR) * sizeof(float));
+  {
+    size_t kc = g->K < KC ? g->K : KC, nc = g->N < NC ? g->N : NC;
+    sh.Bp = scratch(SCRATCH_GEMM_B, kc * ((nc + NR - 1) / NR * NR) * sizeof(float));
+  }
   if (!sh.Bp) return;
   parallel_for(gemm_task, &sh, threads, threads);
-  free(sh.Bp);
 }
 
 typedef struct {
@@ -332,7 +326,7 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     return NULL;
   }
   gemm_args g0 = {A, B, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N};
-  if (batch > 1 && threads > 1 && 2.0 * M * K * N < 4e6 && 2.0 * M * K * N * batch >= 4e6) {
+  if (batch > 1 && 2.0 * M * K * N < 4e6 && mt_threads(2.0 * M * K * N * batch, threads) > 1) {
     /* many small products: spread the batch over the threads, one single-threaded product at a time */
     batch_t bt = {&g0, (int)batch, sA, sB, sC};
     parallel_for(batch_task, &bt, (int)batch, (int)threads);

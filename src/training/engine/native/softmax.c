@@ -70,6 +70,6 @@ static napi_value softmax_lse(napi_env env, napi_callback_info info) {
   /* tasks of about 64k floats */
   int rows = V >= 65536 ? 1 : (int)(65536 / V);
   smx_t t = {X, P, L, (int)n, (int)V, rows};
-  parallel_for(smx_task, &t, (int)((n + rows - 1) / rows), (double)n * V < 1e5 ? 1 : (int)threads);
+  parallel_for(smx_task, &t, (int)((n + rows - 1) / rows), mt_threads(10.0 * n * V, threads));
   return NULL;
 }
