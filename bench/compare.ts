@@ -1,7 +1,7 @@
 /**
  * Side-by-side timing of our training step and the PyTorch peer's on this machine.
  *
- *   npm run bench:compare -- [--preset stories15M] [--pairs 4] [--seq 128] [--steps 3] [--runs 3]
+ *   npm run bench:compare -- [--preset stories15M] [--pairs 4] [--seq 128] [--steps S] [--runs 3]
  *                            [--mode dpo|sft|both] [--threads N] [--peer PATH/torch_dpo_step.py]
  *
  * Each run executes the peer (`/usr/bin/python3 torch_dpo_step.py`, or bench/torch_sft_step.py for SFT) and
@@ -11,6 +11,8 @@
  * our numbers are printed alone. The peer script is found at --peer, env PEER_DPO_SCRIPT,
  * ../shared/bench/torch_dpo_step.py (beside the repository) or /work/shared/bench/torch_dpo_step.py.
  * Output: one line per run, then one JSON summary line per mode.
+ * --steps defaults to 3 timed steps, 20 for stories260K (its steps take tens of milliseconds: 3 would time
+ * mostly warm-up jitter, on both sides).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -33,7 +35,7 @@ interface Args {
 }
 
 function parse(argv: string[]): Args {
-  const a: Args = { preset: 'stories15M', pairs: 4, seq: 128, steps: 3, runs: 3, modes: ['dpo', 'sft'], extra: [] };
+  const a: Args = { preset: 'stories15M', pairs: 4, seq: 128, steps: NaN, runs: 3, modes: ['dpo', 'sft'], extra: [] };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => argv[++i] ?? '';
@@ -49,6 +51,7 @@ function parse(argv: string[]): Args {
     else if (k === '--peer') a.peer = v();
     else a.extra.push(k); // passed to ours (e.g. --no-row-mask)
   }
+  if (Number.isNaN(a.steps)) a.steps = a.preset === 'stories260K' ? 20 : 3;
   return a;
 }
 

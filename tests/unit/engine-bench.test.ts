@@ -34,3 +34,22 @@ test('peer FLOP count: DPO = 4/3 of SFT (reference forward added), grows with th
   assert.ok(Math.abs(dpo / sft - 4 / 3) < 1e-12);
   assert.ok(peerStepFlops({ ...c, vocabSize: 64000 }, 8, 128, 'sft') > sft);
 });
+
+test('the fast engine trains like the plain tfjs reference ops (DPO_ENGINE_OPS=reference): same losses over two steps', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const run = (env: Record<string, string>): { first_loss: number; loss: number } => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/dpo-step.ts', '--preset', 'stories260K', '--pairs', '2', '--seq', '24', '--steps', '1', '--json'], {
+      encoding: 'utf8',
+      env: { ...process.env, ...env },
+    });
+    assert.equal(r.status, 0, r.stderr.slice(-2000));
+    const line = r.stdout.trim().split('\n').pop()!;
+    return JSON.parse(line) as { first_loss: number; loss: number };
+  };
+  const fast = run({});
+  const reference = run({ DPO_ENGINE_OPS: 'reference', DPO_NATIVE: '0' });
+  assert.ok(Math.abs(fast.first_loss - Math.log(2)) < 1e-6 && Math.abs(reference.first_loss - Math.log(2)) < 1e-6);
+  // the second step's loss depends on the first step's gradients and update: the paths must agree on both
+  assert.notEqual(fast.loss, fast.first_loss);
+  assert.ok(Math.abs(fast.loss - reference.loss) < 1e-4 * Math.max(1, Math.abs(reference.loss)), `fast ${fast.loss} vs reference ${reference.loss}`);
+});

@@ -28,6 +28,14 @@ import {
   registerNativeElementwise,
   softmaxWithLse,
 } from './native.js';
+import * as ref from './ops-reference.js';
+
+/**
+ * `DPO_ENGINE_OPS=reference` routes every op below to ops-reference.ts (plain tfjs ops and autodiff, no
+ * custom gradients, no fused kernels): the engine as it was before any speed work, for checking a suspected
+ * fast-path bug on a real run and for measuring what the fast paths buy (bench/README.md).
+ */
+const referenceOps = process.env.DPO_ENGINE_OPS === 'reference';
 
 /**
  * op(a) @ op(b). With the native GEMM (native.ts) every form is fast and transposes are folded into its
@@ -68,6 +76,7 @@ const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
  * @returns `[N, out]`
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
+  if (referenceOps) return ref.linear(x, w, b);
   const y = matMulNN(x, w) as tf.Tensor2D;
   if (!b) return y;
   const out = tf.add(y, b) as tf.Tensor2D;
@@ -87,6 +96,7 @@ export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tens
  * @returns `[N, dim]`
  */
 export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
+  if (referenceOps) return ref.embedding(ids, table);
   const [vocab, dim] = table.shape;
   const f = custom<[tf.Tensor2D]>((t, save) => {
     save([ids]);
@@ -143,6 +153,7 @@ const rmsNormGrad = (eps: number) =>
  * @param weight `[D]`
  */
 export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor1D, eps: number): tf.Tensor2D {
+  if (referenceOps) return ref.rmsNorm(x, weight, eps);
   return (nativeElementwise() ? rmsNormNative(eps) : rmsNormGrad(eps))(x, weight) as tf.Tensor2D;
 }
 
@@ -168,6 +179,7 @@ const layerNormGrad = (eps: number) =>
  * @param x `[N, D]`; gamma, beta `[D]`
  */
 export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): tf.Tensor2D {
+  if (referenceOps) return ref.layerNorm(x, gamma, beta, eps);
   return layerNormGrad(eps)(x, gamma, beta) as tf.Tensor2D;
 }
 
@@ -199,6 +211,7 @@ const swigluNative = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
  * on wasm with the native addon, native/elementwise.c). Shapes `[N, H]` each.
  */
 export function swiglu(gate: tf.Tensor2D, up: tf.Tensor2D): tf.Tensor2D {
+  if (referenceOps) return ref.swiglu(gate, up);
   return (nativeElementwise() ? swigluNative : swigluGrad)(gate, up) as tf.Tensor2D;
 }
 
@@ -223,6 +236,7 @@ const geluGrad = custom<[tf.Tensor]>((x, save) => {
 
 /** GELU, tanh approximation (GPT-2's `gelu_new`): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
+  if (referenceOps) return ref.geluTanh(x);
   return geluGrad(x);
 }
 
@@ -261,6 +275,7 @@ function rotMatrix(hd: number, transposed: boolean): tf.Tensor2D {
  * @param cos `[T, hd]` and sin `[T, hd]` for the absolute positions of the T rows (halves duplicated)
  */
 export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
+  if (referenceOps) return ref.applyRope(x, cos, sin);
   const [B, T, H, hd] = x.shape;
   const shape = x.shape.slice();
   const rows = B * T * H;
@@ -319,6 +334,7 @@ export function causalAttention(
   v: tf.Tensor4D,
   opts: { scale?: number; queryOffset?: number } = {},
 ): tf.Tensor4D {
+  if (referenceOps) return ref.causalAttention(q, k, v, opts);
   const [B, H, T, hd] = q.shape;
   const KV = k.shape[1];
   const S = k.shape[2];
@@ -427,7 +443,7 @@ export function useFusedAttention(on: boolean): void {
 
 /** Whether {@link selfAttention} runs the native fused kernel now. */
 export function fusedAttentionActive(): boolean {
-  return fusedAttentionOn && nativeMatmulActive() && registerNativeAttention();
+  return !referenceOps && fusedAttentionOn && nativeMatmulActive() && registerNativeAttention();
 }
 
 /** Shapes of {@link selfAttention}: batch, sequence, query heads, key/value heads, head dim. */
@@ -539,6 +555,11 @@ export function tokenLogps(
   layout: 'DV' | 'VD',
   opts: TokenLogpsOptions = {},
 ): tf.Tensor1D {
+  if (referenceOps) {
+    const lp = ref.tokenLogps(hidden, weight, labels, layout);
+    if (!opts.rowMask) return lp;
+    return tf.tidy(() => tf.mul(lp, tf.tensor1d(Array.from(opts.rowMask!), 'float32'))) as tf.Tensor1D;
+  }
   const [N, D] = hidden.shape;
   const V = weight.shape[layout === 'VD' ? 0 : 1];
   const labelData = labels.dataSync() as Int32Array;

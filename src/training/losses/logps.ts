@@ -17,6 +17,8 @@ await ensureGradients();
 export interface CompletionLogps {
   logps: tf.Tensor1D;
   tokenCounts: tf.Tensor1D;
+  /** `[B*T, D]` final hidden states, only with `keepHidden`. */
+  hidden?: tf.Tensor2D;
 }
 
 /**
@@ -56,10 +58,17 @@ function shiftLabels(inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): { labe
  * @param model causal LM
  * @param inputIds `[B, T]` int32 (prompt + completion, right padded)
  * @param completionMask `[B, T]` float32, 1 on completion tokens (0 on prompt and padding)
+ * @param opts.keepHidden also return the final hidden states `[B*T, D]` (the caller disposes them), so
+ *   logit statistics can reuse this forward pass ({@link completionStats} `hidden`)
  * @returns `logps` `[B]` (nats, ≤ 0) and `tokenCounts` `[B]` = Σ_{t≥1} completionMask[b, t]
  *   (a row with no completion token gives logps 0 and count 0, never NaN).
  */
-export function completionLogps(model: CausalLM, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): CompletionLogps {
+export function completionLogps(
+  model: CausalLM,
+  inputIds: tf.Tensor2D,
+  completionMask: tf.Tensor2D,
+  opts: { keepHidden?: boolean } = {},
+): CompletionLogps {
   return tf.tidy(() => {
     const [B, T] = inputIds.shape;
     const { labels, mask } = shiftLabels(inputIds, completionMask);
@@ -70,7 +79,7 @@ export function completionLogps(model: CausalLM, inputIds: tf.Tensor2D, completi
     const tl = tokenLogps(hidden, weight, tf.reshape(labels, [B * T]) as tf.Tensor1D, layout, { rowMask });
     const logps = tf.sum(tf.mul(tf.reshape(tl, [B, T]), mask), 1) as tf.Tensor1D;
     const tokenCounts = tf.sum(mask, 1) as tf.Tensor1D;
-    return { logps, tokenCounts };
+    return opts.keepHidden ? { logps, tokenCounts, hidden } : { logps, tokenCounts };
   });
 }
 
@@ -146,17 +155,20 @@ export function statsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, comp
 }
 
 /**
- * Logit statistics of a causal LM over the completion tokens (no gradient; one extra forward pass): the
- * inputs of logits/chosen|rejected, entropy and mean_token_accuracy. Logits are computed from the hidden
- * states in chunks of `chunkRows` rows so that `[B*T, V]` is never held at once.
+ * Logit statistics of a causal LM over the completion tokens (no gradient): the inputs of
+ * logits/chosen|rejected, entropy and mean_token_accuracy. Logits are computed from the hidden states in
+ * chunks of `chunkRows` rows so that `[B*T, V]` is never held at once. The hidden states are those of a
+ * forward pass already made (`opts.hidden`, from {@link completionLogps} with keepHidden: TRL takes these
+ * metrics from the training forward too) or of one extra forward pass.
  * @param model causal LM; `inputIds` `[B, T]` int32; `completionMask` `[B, T]` float32
+ * @param opts.hidden `[B*T, D]` final hidden states of `inputIds` (not disposed here)
  * @returns per-row sums (see {@link CompletionStats})
  */
 export function completionStats(
   model: CausalLM,
   inputIds: tf.Tensor2D,
   completionMask: tf.Tensor2D,
-  opts: { chunkRows?: number } = {},
+  opts: { chunkRows?: number; hidden?: tf.Tensor2D } = {},
 ): CompletionStats {
   const [B, T] = inputIds.shape;
   const { labels, mask } = shiftLabels(inputIds, completionMask);
@@ -167,11 +179,11 @@ export function completionStats(
   const rows: number[] = [];
   for (let i = 0; i < B * T; i++) if (msk[i] !== 0) rows.push(i);
   if (rows.length === 0) return out;
-  const hidden = tf.tidy(() => model.hidden(inputIds));
+  const hidden = opts.hidden ?? tf.tidy(() => model.hidden(inputIds));
   const { weight, layout } = model.outputProjection();
   // only completion rows, and a plain (non-transposed) [D, V] product: the fast matMul form on wasm
   const selected = tf.tidy(() => tf.gather(hidden, tf.tensor1d(rows, 'int32')) as tf.Tensor2D);
-  hidden.dispose();
+  if (hidden !== opts.hidden) hidden.dispose();
   const wDV = layout === 'VD' ? tf.transpose(weight) : weight;
   const D = selected.shape[1];
   const chunk = Math.max(1, opts.chunkRows ?? 256);

@@ -116,7 +116,7 @@ export interface DpoTaskOptions {
   /** Trainable parameters by name. */
   params: Map<string, tf.Variable>;
   evalBatchSize: number;
-  /** Log logits/*, entropy, mean_token_accuracy (one extra forward pass per micro-batch). */
+  /** Log logits/*, entropy, mean_token_accuracy (from the policy forward's hidden states: one more LM-head product). */
   logitStats: boolean;
   /** Reference sync after an optimizer step (TR-DPO / hard updates). */
   afterStep?: (step: number) => void;
@@ -130,6 +130,8 @@ interface PairOut {
   rejectedRewards: tf.Tensor1D;
   pc: tf.Tensor1D;
   pr: tf.Tensor1D;
+  /** the policy's final hidden states, kept for the logit metrics when logitStats is on */
+  hidden?: tf.Tensor2D;
 }
 
 /**
@@ -161,7 +163,7 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
 
   /** Policy forward + loss on one collated batch (call inside a gradient or tidy scope). */
   const pairLoss = (batch: TokenBatch, B: number, ref: RefLogps | null, ids: tf.Tensor2D, mask: tf.Tensor2D): PairOut => {
-    const { logps, tokenCounts } = completionLogps(o.policy, ids, mask);
+    const { logps, tokenCounts, hidden } = completionLogps(o.policy, ids, mask, { keepHidden: o.logitStats });
     const pc = tf.slice(logps, [0], [B]) as tf.Tensor1D;
     const pr = tf.slice(logps, [B], [B]) as tf.Tensor1D;
     const out = preferenceLoss(
@@ -176,7 +178,7 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
       o.loss,
     );
     void batch;
-    return { ...out, pc, pr };
+    return hidden ? { ...out, pc, pr, hidden } : { ...out, pc, pr };
   };
 
   const metricsOf = (kept: PairOut, batch: TokenBatch, ids: tf.Tensor2D, mask: tf.Tensor2D): Record<string, number> => {
@@ -185,7 +187,7 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
       ? (() => {
           let s: ReturnType<typeof splitStats> | null = null;
           tf.tidy(() => {
-            s = splitStats(completionStats(o.policy, ids, mask));
+            s = splitStats(completionStats(o.policy, ids, mask, { hidden: kept.hidden }));
           });
           return s as ReturnType<typeof splitStats> | null;
         })()
