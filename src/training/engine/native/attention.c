@@ -58,11 +58,6 @@ static inline void rope_row_t(const float *g, float *dx, const float *c, const f
   }
 }
 
-static inline float hsum(v16 x) {
-  float s = 0.f;
-  for (int l = 0; l < 16; l++) s += x[l];
-  return s;
-}
 
 /* lanes j0 .. j0 + 15 that are valid keys for query i (j <= i) */
 static inline v16i causal_lanes(int j0, int i) {
@@ -158,8 +153,7 @@ static void attn_fwd_task(void *ctx, int task) {
         ((v16 *)p)[v] = s;
         vmax = vsel(s > vmax, s, vmax);
       }
-      float m = vmax[0];
-      for (int l = 1; l < 16; l++) m = vmax[l] > m ? vmax[l] : m;
+      float m = hmax16(vmax);
       v16 vs = (v16){0}, mv = (v16){0} + m;
       for (int v = 0; v < nv; v++) {
         v16 e = vexp(((v16 *)p)[v] - mv);
@@ -167,7 +161,7 @@ static void attn_fwd_task(void *ctx, int task) {
         ((v16 *)p)[v] = e;
         vs += e;
       }
-      float sum = hsum(vs), inv = 1.f / sum;
+      float sum = hsum16(vs), inv = 1.f / sum;
       a->L[((size_t)b * H + h) * T + i] = m + logf(sum);
       weighted_rows(p, Vrow, i, hdp, acc);
       const float *av = (const float *)acc;

@@ -22,6 +22,27 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 typedef int v16i __attribute__((vector_size(64)));
 /* m ? a : b lane-wise (m from a vector comparison: all ones or zero) */
 static inline v16 vsel(v16i m, v16 a, v16 b) { return (v16)(((v16i)a & m) | ((v16i)b & ~m)); }
+/* horizontal sum / max of 16 lanes as a 4-step tree (lane shuffles) rather than a 15-step chain */
+static inline float hsum16(v16 x) {
+  x += __builtin_shuffle(x, (v16i){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  x += __builtin_shuffle(x, (v16i){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  x += __builtin_shuffle(x, (v16i){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  x += __builtin_shuffle(x, (v16i){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+  return x[0];
+}
+static inline float hmax16(v16 x) {
+  v16 y;
+  y = __builtin_shuffle(x, (v16i){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  x = vsel(y > x, y, x);
+  y = __builtin_shuffle(x, (v16i){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  x = vsel(y > x, y, x);
+  y = __builtin_shuffle(x, (v16i){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  x = vsel(y > x, y, x);
+  y = __builtin_shuffle(x, (v16i){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+  x = vsel(y > x, y, x);
+  return x[0];
+}
+
 static inline v16 vexp(v16 x) {
   const v16 hi = (v16){0} + 88.7f, lo = (v16){0} - 87.3f;
   x = vsel(x > hi, hi, x);
