@@ -9,10 +9,18 @@
  * installs a resolve hook that adds `.js` (or `/index.js`) to such specifiers inside `@tensorflow/tfjs-core/dist/`
  * only, then imports `register_all_gradients.js`. The registries, the engine and the Tensor class are tfjs
  * globals, so the gradients registered by the ES-module copy serve the CommonJS copy the rest of the code uses.
- * Cost: about 1 s once per process.
+ * That costs about 0.9 s per process (hundreds of small files through the hook), which every training job
+ * paid in its child process. So first the tree is bundled once into one file with esbuild (a dependency, also
+ * tsx's) and cached beside the native addon (env `DPO_NATIVE_CACHE`, default `<tmpdir>/dpo-native`), keyed by
+ * the tfjs-core version: later processes import it in ~10 ms. The hook is the fallback when that fails.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { register } from 'node:module';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { createRequire, register } from 'node:module';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 const HOOK = `
 import { existsSync, statSync } from 'node:fs';
@@ -33,6 +41,30 @@ export async function resolve(specifier, context, next) {
 
 let pending: Promise<void> | null = null;
 
+/** Import the cached one-file bundle of tfjs-core's gradient tree, building it first if needed; false on any failure. */
+async function importBundled(): Promise<boolean> {
+  try {
+    const req = createRequire(import.meta.url);
+    const entry = req.resolve('@tensorflow/tfjs-core/dist/register_all_gradients.js');
+    const version = (req('@tensorflow/tfjs-core/package.json') as { version: string }).version;
+    const key = createHash('sha256').update(entry).update(version).digest('hex').slice(0, 12);
+    const dir = process.env.DPO_NATIVE_CACHE ?? path.join(os.tmpdir(), 'dpo-native');
+    const out = path.join(dir, `tfjs-core-${version}-gradients-${key}.mjs`);
+    if (!fs.existsSync(out)) {
+      const esbuild = (await import('esbuild')) as typeof import('esbuild');
+      const r = esbuild.buildSync({ entryPoints: [entry], bundle: true, format: 'esm', platform: 'node', write: false, logLevel: 'silent' });
+      fs.mkdirSync(dir, { recursive: true });
+      const tmp = `${out}.${process.pid}.${Date.now()}.tmp`;
+      fs.writeFileSync(tmp, r.outputFiles[0]!.text);
+      fs.renameSync(tmp, out); // atomic: concurrent processes never import a partial file
+    }
+    await import(pathToFileURL(out).href);
+    return gradientsRegistered();
+  } catch {
+    return false;
+  }
+}
+
 /** True when tfjs has a gradient for the `Mean` kernel (a proxy for "gradients are registered"). */
 export function gradientsRegistered(): boolean {
   try {
@@ -49,6 +81,7 @@ export function gradientsRegistered(): boolean {
 export function ensureGradients(): Promise<void> {
   if (gradientsRegistered()) return Promise.resolve();
   pending ??= (async () => {
+    if (await importBundled()) return;
     register(`data:text/javascript,${encodeURIComponent(HOOK)}`);
     await import('@tensorflow/tfjs-core/dist/register_all_gradients.js' as string);
     if (!gradientsRegistered()) {
