@@ -323,6 +323,32 @@ export function useNativeMatmul(on: boolean): boolean {
 export const ADAMW_KERNEL = 'DpoFusedAdamW';
 let adamwRegistered = false;
 
+/** What a native wasm kernel body gets: its inputs, attributes, the backend, and float32 heap views. */
+interface KernelCtx {
+  inputs: Record<string, tf.TensorInfo | undefined>;
+  attrs: tf.NamedAttrMap;
+  /** a Float32Array view of a tensor in the wasm heap (no copy); an empty array for an absent input */
+  view(t: tf.TensorInfo | undefined): Float32Array;
+  /** a new float32 output of the given shape */
+  out(shape: number[]): tf.TensorInfo;
+}
+
+const emptyView = new Float32Array(0);
+
+/** Register `body` as the wasm backend's kernel `kernelName` (outputs in order). */
+function registerWasmKernel(kernelName: string, body: (k: KernelCtx) => tf.TensorInfo[]): void {
+  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown }): tf.TensorInfo[] => {
+    const backend = args.backend as WasmBackendLike;
+    return body({
+      inputs: args.inputs as Record<string, tf.TensorInfo | undefined>,
+      attrs: args.attrs ?? {},
+      view: (t) => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : emptyView),
+      out: (shape) => backend.makeOutput(shape, 'float32'),
+    });
+  };
+  tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+}
+
 /**
  * Register the fused AdamW kernel (inputs p, g, m, v; outputs p', m', v'; attrs lr, beta1, beta2, eps,
  * weightDecay, step) for the wasm backend. Idempotent.
@@ -332,16 +358,12 @@ export function registerNativeAdamW(): boolean {
   if (adamwRegistered) return true;
   const g = loadNativeGemm();
   if (!g || typeof g.adamw !== 'function') return false;
-  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown }): tf.TensorInfo[] => {
-    const { p, g: gr, m, v } = args.inputs as Record<string, tf.TensorInfo>;
-    const at = args.attrs as unknown as { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number };
-    const backend = args.backend as WasmBackendLike;
-    const outs = [p!, m!, v!].map((t) => backend.makeOutput(t.shape.slice(), 'float32'));
-    const view = (t: tf.TensorInfo): Float32Array => backend.typedArrayFromHeap(t) as Float32Array;
-    g.adamw(view(p!), view(gr!), view(m!), view(v!), view(outs[0]!), view(outs[1]!), view(outs[2]!), at.lr, at.beta1, at.beta2, at.eps, at.weightDecay, at.step);
+  registerWasmKernel(ADAMW_KERNEL, ({ inputs: { p, g: gr, m, v }, attrs, view, out }) => {
+    const at = attrs as unknown as { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number };
+    const outs = [p!, m!, v!].map((t) => out(t.shape.slice()));
+    g.adamw(view(p), view(gr), view(m), view(v), view(outs[0]), view(outs[1]), view(outs[2]), at.lr, at.beta1, at.beta2, at.eps, at.weightDecay, at.step);
     return outs;
-  };
-  tf.registerKernel({ kernelName: ADAMW_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  });
   adamwRegistered = true;
   return true;
 }
@@ -359,17 +381,13 @@ export function registerNativeSoftmaxLse(): boolean {
   if (softmaxRegistered) return true;
   const g = loadNativeGemm();
   if (!g || typeof g.softmaxLse !== 'function') return false;
-  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; backend: unknown }): tf.TensorInfo[] => {
-    const x = args.inputs.x as tf.TensorInfo;
-    const [n, V] = x.shape as [number, number];
-    const backend = args.backend as WasmBackendLike;
-    const p = backend.makeOutput([n, V], 'float32');
-    const l = backend.makeOutput([n], 'float32');
-    const view = (t: tf.TensorInfo): Float32Array => backend.typedArrayFromHeap(t) as Float32Array;
+  registerWasmKernel(SOFTMAX_LSE_KERNEL, ({ inputs: { x }, view, out }) => {
+    const [n, V] = x!.shape as [number, number];
+    const p = out([n, V]);
+    const l = out([n]);
     g.softmaxLse(view(x), view(p), view(l), n, V, threads);
     return [p, l];
-  };
-  tf.registerKernel({ kernelName: SOFTMAX_LSE_KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  });
   softmaxRegistered = true;
   return true;
 }
@@ -418,33 +436,18 @@ export function registerNativeAttention(): boolean {
   if (attentionRegistered) return true;
   const g = loadNativeGemm();
   if (!g || typeof g.attentionFwd !== 'function') return false;
-  type Args = { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown };
-  const empty = new Float32Array(0);
-  const fwd = (args: Args): tf.TensorInfo[] => {
-    const backend = args.backend as WasmBackendLike;
-    const view = (t: tf.TensorInfo | undefined): Float32Array => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : empty);
-    const { q, k, v, cos, sin } = args.inputs as Record<string, tf.TensorInfo | undefined>;
-    const a = args.attrs as unknown as AttentionAttrs;
-    const o = backend.makeOutput(q!.shape.slice(), 'float32');
-    const qr = backend.makeOutput(q!.shape.slice(), 'float32');
-    const kr = backend.makeOutput(k!.shape.slice(), 'float32');
-    const lse = backend.makeOutput([a.B * a.H * a.T], 'float32');
+  registerWasmKernel(ATTENTION_FWD_KERNEL, ({ inputs: { q, k, v, cos, sin }, attrs, view, out }) => {
+    const a = attrs as unknown as AttentionAttrs;
+    const [o, qr, kr, lse] = [out(q!.shape.slice()), out(q!.shape.slice()), out(k!.shape.slice()), out([a.B * a.H * a.T])];
     g.attentionFwd(view(q), view(k), view(v), view(cos), view(sin), view(o), view(qr), view(kr), view(lse), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
     return [o, qr, kr, lse];
-  };
-  const bwd = (args: Args): tf.TensorInfo[] => {
-    const backend = args.backend as WasmBackendLike;
-    const view = (t: tf.TensorInfo | undefined): Float32Array => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : empty);
-    const { dy, qr, kr, v, o, lse, cos, sin } = args.inputs as Record<string, tf.TensorInfo | undefined>;
-    const a = args.attrs as unknown as AttentionAttrs;
-    const dq = backend.makeOutput(qr!.shape.slice(), 'float32');
-    const dk = backend.makeOutput(kr!.shape.slice(), 'float32');
-    const dv = backend.makeOutput(v!.shape.slice(), 'float32');
+  });
+  registerWasmKernel(ATTENTION_BWD_KERNEL, ({ inputs: { dy, qr, kr, v, o, lse, cos, sin }, attrs, view, out }) => {
+    const a = attrs as unknown as AttentionAttrs;
+    const [dq, dk, dv] = [out(qr!.shape.slice()), out(kr!.shape.slice()), out(v!.shape.slice())];
     g.attentionBwd(view(dy), view(qr), view(kr), view(v), view(o), view(lse), view(cos), view(sin), view(dq), view(dk), view(dv), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
     return [dq, dk, dv];
-  };
-  tf.registerKernel({ kernelName: ATTENTION_FWD_KERNEL, backendName: 'wasm', kernelFunc: fwd as unknown as tf.KernelFunc });
-  tf.registerKernel({ kernelName: ATTENTION_BWD_KERNEL, backendName: 'wasm', kernelFunc: bwd as unknown as tf.KernelFunc });
+  });
   attentionRegistered = true;
   return true;
 }
@@ -467,37 +470,29 @@ export function registerNativeElementwise(): boolean {
   if (elementwiseRegistered) return true;
   const g = loadNativeGemm();
   if (!g || typeof g.rmsNormFwd !== 'function') return false;
-  type Args = { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown };
-  const reg = (kernelName: string, f: (inputs: Record<string, tf.TensorInfo>, attrs: tf.NamedAttrMap, b: WasmBackendLike, view: (t: tf.TensorInfo) => Float32Array) => tf.TensorInfo[]): void => {
-    const kernelFunc = (args: Args): tf.TensorInfo[] => {
-      const b = args.backend as WasmBackendLike;
-      return f(args.inputs as Record<string, tf.TensorInfo>, args.attrs ?? {}, b, (t) => b.typedArrayFromHeap(t) as Float32Array);
-    };
-    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
-  };
-  reg(RMSNORM_FWD_KERNEL, ({ x, w }, attrs, b, view) => {
+  registerWasmKernel(RMSNORM_FWD_KERNEL, ({ inputs: { x, w }, attrs, view, out }) => {
     const [N, D] = x!.shape as [number, number];
-    const y = b.makeOutput([N, D], 'float32');
-    const r = b.makeOutput([N], 'float32');
-    g.rmsNormFwd(view(x!), view(w!), view(y), view(r), N, D, Number(attrs.eps), threads);
+    const y = out([N, D]);
+    const r = out([N]);
+    g.rmsNormFwd(view(x), view(w), view(y), view(r), N, D, Number(attrs.eps), threads);
     return [y, r];
   });
-  reg(RMSNORM_BWD_KERNEL, ({ dy, x, w, r }, _attrs, b, view) => {
+  registerWasmKernel(RMSNORM_BWD_KERNEL, ({ inputs: { dy, x, w, r }, view, out }) => {
     const [N, D] = x!.shape as [number, number];
-    const dx = b.makeOutput([N, D], 'float32');
-    const dw = b.makeOutput([D], 'float32');
-    g.rmsNormBwd(view(dy!), view(x!), view(w!), view(r!), view(dx), view(dw), N, D, threads);
+    const dx = out([N, D]);
+    const dw = out([D]);
+    g.rmsNormBwd(view(dy), view(x), view(w), view(r), view(dx), view(dw), N, D, threads);
     return [dx, dw];
   });
-  reg(SWIGLU_FWD_KERNEL, ({ a, b: bb }, _attrs, b, view) => {
-    const y = b.makeOutput(a!.shape.slice(), 'float32');
-    g.swigluFwd(view(a!), view(bb!), view(y), threads);
+  registerWasmKernel(SWIGLU_FWD_KERNEL, ({ inputs: { a, b }, view, out }) => {
+    const y = out(a!.shape.slice());
+    g.swigluFwd(view(a), view(b), view(y), threads);
     return [y];
   });
-  reg(SWIGLU_BWD_KERNEL, ({ dy, a, b: bb }, _attrs, b, view) => {
-    const da = b.makeOutput(a!.shape.slice(), 'float32');
-    const db = b.makeOutput(a!.shape.slice(), 'float32');
-    g.swigluBwd(view(dy!), view(a!), view(bb!), view(da), view(db), threads);
+  registerWasmKernel(SWIGLU_BWD_KERNEL, ({ inputs: { dy, a, b }, view, out }) => {
+    const da = out(a!.shape.slice());
+    const db = out(a!.shape.slice());
+    g.swigluBwd(view(dy), view(a), view(b), view(da), view(db), threads);
     return [da, db];
   });
   elementwiseRegistered = true;
