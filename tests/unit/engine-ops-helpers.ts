@@ -149,6 +149,7 @@ export function checkSelfAttention(): void {
     [1, 16, 2, 1, 6, true],
     [3, 17, 2, 2, 5, false],
     [2, 40, 4, 2, 16, true],
+    [1, 130, 2, 1, 48, true], // head dim of stories15M (3 lane blocks), T past 128 (9 key vectors)
   ] as const) {
     const rope = withRope ? ropeTables(T, hd) : undefined;
     const dims = { B, T, H, KV, hd };
