@@ -74,6 +74,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 ENV DPO_NATIVE_CACHE=/tmp/dpo-native
 USER node
+# Bundle tfjs-core's gradient tree into the cache now (CPU-independent, ~0.2 s), so the first job does not;
+# the native kernels still compile on first use, for the CPU the worker actually runs on.
+RUN node --import tsx -e "await (await import('./src/training/engine/gradients.ts')).ensureGradients()" \
+ && ls /tmp/dpo-native/tfjs-core-*-gradients-*.mjs
 # Liveness: when something listens on WORKER_METRICS_PORT (default 9464), GET /metrics must answer 2xx;
 # otherwise (port 0 or nothing listening) a process check that the container's main process is the worker.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
