@@ -321,7 +321,6 @@ export function useNativeMatmul(on: boolean): boolean {
 
 /** Name of the fused AdamW kernel registered for the wasm backend when the native addon is loaded. */
 export const ADAMW_KERNEL = 'DpoFusedAdamW';
-let adamwRegistered = false;
 
 /** What a native wasm kernel body gets: its inputs, attributes, the backend, and float32 heap views. */
 interface KernelCtx {
@@ -349,28 +348,40 @@ function registerWasmKernel(kernelName: string, body: (k: KernelCtx) => tf.Tenso
   tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
+const registeredGroups = new Set<string>();
+
+/**
+ * Run `register` once per process for the kernel group whose addon entry is `probe`, when the addon is
+ * loaded and has that entry (an addon built from older sources may not).
+ * @returns true when the group's kernels are registered
+ */
+function registerOnce(probe: keyof NativeGemm, register: (g: NativeGemm) => void): boolean {
+  if (registeredGroups.has(probe)) return true;
+  const g = loadNativeGemm();
+  if (!g || typeof g[probe] !== 'function') return false;
+  register(g);
+  registeredGroups.add(probe);
+  return true;
+}
+
 /**
  * Register the fused AdamW kernel (inputs p, g, m, v; outputs p', m', v'; attrs lr, beta1, beta2, eps,
  * weightDecay, step) for the wasm backend. Idempotent.
  * @returns true when the kernel is available
  */
 export function registerNativeAdamW(): boolean {
-  if (adamwRegistered) return true;
-  const g = loadNativeGemm();
-  if (!g || typeof g.adamw !== 'function') return false;
-  registerWasmKernel(ADAMW_KERNEL, ({ inputs: { p, g: gr, m, v }, attrs, view, out }) => {
-    const at = attrs as unknown as { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number };
-    const outs = [p!, m!, v!].map((t) => out(t.shape.slice()));
-    g.adamw(view(p), view(gr), view(m), view(v), view(outs[0]), view(outs[1]), view(outs[2]), at.lr, at.beta1, at.beta2, at.eps, at.weightDecay, at.step);
-    return outs;
+  return registerOnce('adamw', (g) => {
+    registerWasmKernel(ADAMW_KERNEL, ({ inputs: { p, g: gr, m, v }, attrs, view, out }) => {
+      const at = attrs as unknown as { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number };
+      const outs = [p!, m!, v!].map((t) => out(t.shape.slice()));
+      g.adamw(view(p), view(gr), view(m), view(v), view(outs[0]), view(outs[1]), view(outs[2]), at.lr, at.beta1, at.beta2, at.eps, at.weightDecay, at.step);
+      return outs;
+    });
   });
-  adamwRegistered = true;
-  return true;
 }
 
 /** Name of the fused softmax + logsumexp kernel registered for the wasm backend with the native addon. */
 export const SOFTMAX_LSE_KERNEL = 'DpoSoftmaxLse';
-let softmaxRegistered = false;
 
 /**
  * Register the fused row softmax + log-sum-exp kernel (input x `[n, V]`; outputs p `[n, V]`, lse `[n]`) for
@@ -378,18 +389,15 @@ let softmaxRegistered = false;
  * @returns true when the kernel is available
  */
 export function registerNativeSoftmaxLse(): boolean {
-  if (softmaxRegistered) return true;
-  const g = loadNativeGemm();
-  if (!g || typeof g.softmaxLse !== 'function') return false;
-  registerWasmKernel(SOFTMAX_LSE_KERNEL, ({ inputs: { x }, view, out }) => {
-    const [n, V] = x!.shape as [number, number];
-    const p = out([n, V]);
-    const l = out([n]);
-    g.softmaxLse(view(x), view(p), view(l), n, V, threads);
-    return [p, l];
+  return registerOnce('softmaxLse', (g) => {
+    registerWasmKernel(SOFTMAX_LSE_KERNEL, ({ inputs: { x }, view, out }) => {
+      const [n, V] = x!.shape as [number, number];
+      const p = out([n, V]);
+      const l = out([n]);
+      g.softmaxLse(view(x), view(p), view(l), n, V, threads);
+      return [p, l];
+    });
   });
-  softmaxRegistered = true;
-  return true;
 }
 
 /**
@@ -412,7 +420,6 @@ export function softmaxWithLse(logits: tf.Tensor2D): { p: tf.Tensor2D; lse: tf.T
 /** Names of the fused attention kernels registered for the wasm backend with the native addon. */
 export const ATTENTION_FWD_KERNEL = 'DpoAttentionFwd';
 export const ATTENTION_BWD_KERNEL = 'DpoAttentionBwd';
-let attentionRegistered = false;
 
 /** Attributes of the fused attention kernels (see {@link registerNativeAttention}). */
 export interface AttentionAttrs {
@@ -433,23 +440,20 @@ export interface AttentionAttrs {
  * @returns true when the kernels are available
  */
 export function registerNativeAttention(): boolean {
-  if (attentionRegistered) return true;
-  const g = loadNativeGemm();
-  if (!g || typeof g.attentionFwd !== 'function') return false;
-  registerWasmKernel(ATTENTION_FWD_KERNEL, ({ inputs: { q, k, v, cos, sin }, attrs, view, out }) => {
-    const a = attrs as unknown as AttentionAttrs;
-    const [o, qr, kr, lse] = [out(q!.shape.slice()), out(q!.shape.slice()), out(k!.shape.slice()), out([a.B * a.H * a.T])];
-    g.attentionFwd(view(q), view(k), view(v), view(cos), view(sin), view(o), view(qr), view(kr), view(lse), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
-    return [o, qr, kr, lse];
+  return registerOnce('attentionFwd', (g) => {
+    registerWasmKernel(ATTENTION_FWD_KERNEL, ({ inputs: { q, k, v, cos, sin }, attrs, view, out }) => {
+      const a = attrs as unknown as AttentionAttrs;
+      const [o, qr, kr, lse] = [out(q!.shape.slice()), out(q!.shape.slice()), out(k!.shape.slice()), out([a.B * a.H * a.T])];
+      g.attentionFwd(view(q), view(k), view(v), view(cos), view(sin), view(o), view(qr), view(kr), view(lse), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
+      return [o, qr, kr, lse];
+    });
+    registerWasmKernel(ATTENTION_BWD_KERNEL, ({ inputs: { dy, qr, kr, v, o, lse, cos, sin }, attrs, view, out }) => {
+      const a = attrs as unknown as AttentionAttrs;
+      const [dq, dk, dv] = [out(qr!.shape.slice()), out(kr!.shape.slice()), out(v!.shape.slice())];
+      g.attentionBwd(view(dy), view(qr), view(kr), view(v), view(o), view(lse), view(cos), view(sin), view(dq), view(dk), view(dv), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
+      return [dq, dk, dv];
+    });
   });
-  registerWasmKernel(ATTENTION_BWD_KERNEL, ({ inputs: { dy, qr, kr, v, o, lse, cos, sin }, attrs, view, out }) => {
-    const a = attrs as unknown as AttentionAttrs;
-    const [dq, dk, dv] = [out(qr!.shape.slice()), out(kr!.shape.slice()), out(v!.shape.slice())];
-    g.attentionBwd(view(dy), view(qr), view(kr), view(v), view(o), view(lse), view(cos), view(sin), view(dq), view(dk), view(dv), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
-    return [dq, dk, dv];
-  });
-  attentionRegistered = true;
-  return true;
 }
 
 /** Names of the fused RMSNorm / SwiGLU kernels registered for the wasm backend with the native addon. */
@@ -457,7 +461,6 @@ export const RMSNORM_FWD_KERNEL = 'DpoRmsNormFwd';
 export const RMSNORM_BWD_KERNEL = 'DpoRmsNormBwd';
 export const SWIGLU_FWD_KERNEL = 'DpoSwigluFwd';
 export const SWIGLU_BWD_KERNEL = 'DpoSwigluBwd';
-let elementwiseRegistered = false;
 
 /**
  * Register the fused element-wise kernels for the wasm backend (idempotent; native/elementwise.c):
@@ -467,34 +470,31 @@ let elementwiseRegistered = false;
  * @returns true when the kernels are available
  */
 export function registerNativeElementwise(): boolean {
-  if (elementwiseRegistered) return true;
-  const g = loadNativeGemm();
-  if (!g || typeof g.rmsNormFwd !== 'function') return false;
-  registerWasmKernel(RMSNORM_FWD_KERNEL, ({ inputs: { x, w }, attrs, view, out }) => {
-    const [N, D] = x!.shape as [number, number];
-    const y = out([N, D]);
-    const r = out([N]);
-    g.rmsNormFwd(view(x), view(w), view(y), view(r), N, D, Number(attrs.eps), threads);
-    return [y, r];
+  return registerOnce('rmsNormFwd', (g) => {
+    registerWasmKernel(RMSNORM_FWD_KERNEL, ({ inputs: { x, w }, attrs, view, out }) => {
+      const [N, D] = x!.shape as [number, number];
+      const y = out([N, D]);
+      const r = out([N]);
+      g.rmsNormFwd(view(x), view(w), view(y), view(r), N, D, Number(attrs.eps), threads);
+      return [y, r];
+    });
+    registerWasmKernel(RMSNORM_BWD_KERNEL, ({ inputs: { dy, x, w, r }, view, out }) => {
+      const [N, D] = x!.shape as [number, number];
+      const dx = out([N, D]);
+      const dw = out([D]);
+      g.rmsNormBwd(view(dy), view(x), view(w), view(r), view(dx), view(dw), N, D, threads);
+      return [dx, dw];
+    });
+    registerWasmKernel(SWIGLU_FWD_KERNEL, ({ inputs: { a, b }, view, out }) => {
+      const y = out(a!.shape.slice());
+      g.swigluFwd(view(a), view(b), view(y), threads);
+      return [y];
+    });
+    registerWasmKernel(SWIGLU_BWD_KERNEL, ({ inputs: { dy, a, b }, view, out }) => {
+      const da = out(a!.shape.slice());
+      const db = out(a!.shape.slice());
+      g.swigluBwd(view(dy), view(a), view(b), view(da), view(db), threads);
+      return [da, db];
+    });
   });
-  registerWasmKernel(RMSNORM_BWD_KERNEL, ({ inputs: { dy, x, w, r }, view, out }) => {
-    const [N, D] = x!.shape as [number, number];
-    const dx = out([N, D]);
-    const dw = out([D]);
-    g.rmsNormBwd(view(dy), view(x), view(w), view(r), view(dx), view(dw), N, D, threads);
-    return [dx, dw];
-  });
-  registerWasmKernel(SWIGLU_FWD_KERNEL, ({ inputs: { a, b }, view, out }) => {
-    const y = out(a!.shape.slice());
-    g.swigluFwd(view(a), view(b), view(y), threads);
-    return [y];
-  });
-  registerWasmKernel(SWIGLU_BWD_KERNEL, ({ inputs: { dy, a, b }, view, out }) => {
-    const da = out(a!.shape.slice());
-    const db = out(a!.shape.slice());
-    g.swigluBwd(view(dy), view(a), view(b), view(da), view(db), threads);
-    return [da, db];
-  });
-  elementwiseRegistered = true;
-  return true;
 }
