@@ -8,7 +8,7 @@ REDIS_HOST ?= 127.0.0.1
 REDIS_PORT ?= 6379
 COMPOSE    ?= docker compose
 
-.PHONY: help setup redis toy-data toy-train api worker toy-trigger test bench typecheck \
+.PHONY: help setup redis toy-data toy-train api worker toy-trigger test test-api lint format clean bench typecheck \
         docker-build docker-build-gpu docker-run docker-run-gpu docker-clean
 
 help: ## list the targets
@@ -47,8 +47,20 @@ toy-trigger: ## start api + worker if needed, post the toy data, follow the job,
 test: ## run every test (needs Redis: make redis)
 	npm test
 
+test-api: ## the API's unit and integration tests only (needs Redis)
+	npm run test:api
+
+lint: ## Biome: lint + format check (what CI runs)
+	npm run lint
+
+format: ## Biome: rewrite files in the repo's format
+	npm run format
+
 typecheck: ## tsc --noEmit
-	npx tsc --noEmit -p .
+	npm run typecheck
+
+clean: ## remove build output, local artifacts, runs and the native kernel cache
+	rm -rf dist artifacts runs output "$${DPO_NATIVE_CACHE:-$${TMPDIR:-/tmp}/dpo-native}"
 
 bench: ## the DPO step benchmark
 	npm run bench

@@ -85,7 +85,23 @@ function runPeer(a: Args, mode: 'dpo' | 'sft', peer: string): Record<string, unk
 }
 
 function runOurs(a: Args, mode: 'dpo' | 'sft'): Record<string, unknown> {
-  const args = ['--import', 'tsx', path.join(here, 'dpo-step.ts'), '--preset', a.preset, '--pairs', String(a.pairs), '--seq', String(a.seq), '--steps', String(a.steps), '--mode', mode, '--json', ...a.extra];
+  const args = [
+    '--import',
+    'tsx',
+    path.join(here, 'dpo-step.ts'),
+    '--preset',
+    a.preset,
+    '--pairs',
+    String(a.pairs),
+    '--seq',
+    String(a.seq),
+    '--steps',
+    String(a.steps),
+    '--mode',
+    mode,
+    '--json',
+    ...a.extra,
+  ];
   if (a.threads) args.push('--threads', String(a.threads));
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', cwd: root, maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`ours failed (${r.status}): ${r.stderr.slice(-2000)}`);
@@ -101,7 +117,10 @@ const stats = (xs: number[]): { min: number; median: number; max: number } => {
 const a = parse(process.argv.slice(2));
 const peer = findPeer(a);
 const havePeer = peer !== null && torchAvailable();
-if (!havePeer) console.log(`peer not run: ${peer ? 'python3 cannot import torch (apt-get install -y python3-torch libopenblas0-pthread)' : 'torch_dpo_step.py not found (--peer PATH)'}`);
+if (!havePeer)
+  console.log(
+    `peer not run: ${peer ? 'python3 cannot import torch (apt-get install -y python3-torch libopenblas0-pthread)' : 'torch_dpo_step.py not found (--peer PATH)'}`,
+  );
 for (const mode of a.modes) {
   const ratios: number[] = [];
   const oursT: number[] = [];

@@ -45,7 +45,18 @@ export interface BenchArgs {
 }
 
 export function parseArgs(argv: string[]): BenchArgs {
-  const a: BenchArgs = { preset: 'stories15M', pairs: 4, seq: 128, steps: 5, mode: 'dpo', backend: 'wasm', rowMask: true, precomputeRef: false, fusedAdamW: false, json: false };
+  const a: BenchArgs = {
+    preset: 'stories15M',
+    pairs: 4,
+    seq: 128,
+    steps: 5,
+    mode: 'dpo',
+    backend: 'wasm',
+    rowMask: true,
+    precomputeRef: false,
+    fusedAdamW: false,
+    json: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -111,7 +122,13 @@ class BenchAdamW {
   private m = new Map<string, tf.Variable>();
   private v = new Map<string, tf.Variable>();
   private t = 0;
-  constructor(private lr = 1e-5, private wd = 0.01, private b1 = 0.9, private b2 = 0.999, private eps = 1e-8) {}
+  constructor(
+    private lr = 1e-5,
+    private wd = 0.01,
+    private b1 = 0.9,
+    private b2 = 0.999,
+    private eps = 1e-8,
+  ) {}
   apply(params: Map<string, tf.Variable>, grads: Map<string, tf.Tensor>): void {
     this.t++;
     const bc1 = 1 - this.b1 ** this.t;
@@ -317,6 +334,9 @@ if (isMain) {
   const a = parseArgs(process.argv.slice(2));
   const r = await runBench(a);
   if (a.json) console.log(JSON.stringify(r));
-  else console.log(`${r.engine}/${r.backend}x${r.threads} ${r.preset} ${r.mode} ${r.pairs}x${r.seq}: ${(r.median_step_s * 1000).toFixed(0)} ms/step (min ${(r.min_step_s * 1000).toFixed(0)}, max ${(r.max_step_s * 1000).toFixed(0)}), ${r.tokens_per_s} tok/s, ${r.gflops} GFLOP/s (peer-equivalent), peak RSS ${r.peak_rss_mb} MB, optimizer ${r.optimizer}, native matmul ${r.native_matmul}; per step: reference ${r.parts_s.ref}s, policy fwd/bwd ${r.parts_s.policy}s, optimizer ${r.parts_s.optimizer}s`);
+  else
+    console.log(
+      `${r.engine}/${r.backend}x${r.threads} ${r.preset} ${r.mode} ${r.pairs}x${r.seq}: ${(r.median_step_s * 1000).toFixed(0)} ms/step (min ${(r.min_step_s * 1000).toFixed(0)}, max ${(r.max_step_s * 1000).toFixed(0)}), ${r.tokens_per_s} tok/s, ${r.gflops} GFLOP/s (peer-equivalent), peak RSS ${r.peak_rss_mb} MB, optimizer ${r.optimizer}, native matmul ${r.native_matmul}; per step: reference ${r.parts_s.ref}s, policy fwd/bwd ${r.parts_s.policy}s, optimizer ${r.parts_s.optimizer}s`,
+    );
   process.exit(0);
 }

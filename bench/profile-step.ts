@@ -20,7 +20,9 @@ if (process.env.DPO_NATIVE_PROFILE === '1') {
   const total = rows.reduce((s, [, e]) => s + e.ms, 0) / calls;
   console.log(`median step ${(r.median_step_s * 1000).toFixed(1)} ms; native ${total.toFixed(1)} ms per step`);
   for (const [k, e] of rows.slice(0, 25))
-    console.log(`${(e.ms / calls).toFixed(2).padStart(8)} ms/step ${String(e.calls / calls).padStart(4)} calls  ${((e.ms / e.calls) * 1000).toFixed(0).padStart(6)} us/call  ${k}`);
+    console.log(
+      `${(e.ms / calls).toFixed(2).padStart(8)} ms/step ${String(e.calls / calls).padStart(4)} calls  ${((e.ms / e.calls) * 1000).toFixed(0).padStart(6)} us/call  ${k}`,
+    );
   process.exit(0);
 }
 const prof = await tf.profile(async () => {

@@ -9,8 +9,7 @@ import { fileURLToPath } from 'node:url';
 const repo = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 
 export const SHARED_DIR: string =
-  [process.env.DPO_SHARED_DIR, resolve(repo, '..', 'shared'), '/work/shared'].find((d): d is string => !!d && existsSync(d)) ??
-  resolve(repo, '..', 'shared');
+  [process.env.DPO_SHARED_DIR, resolve(repo, '..', 'shared'), '/work/shared'].find((d): d is string => !!d && existsSync(d)) ?? resolve(repo, '..', 'shared');
 
 /** Absolute path of a file under the shared directory. */
 export function shared(...parts: string[]): string {

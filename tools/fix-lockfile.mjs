@@ -18,7 +18,10 @@ for (const name of Object.keys(parent.optionalDependencies ?? {})) {
   lock.packages[key] = {
     version,
     resolved: `https://registry.npmjs.org/${name}/-/${name.split('/').pop()}-${version}.tgz`,
-    cpu: [cpu], license: 'MIT', optional: true, os: [os],
+    cpu: [cpu],
+    license: 'MIT',
+    optional: true,
+    os: [os],
   };
   added++;
 }

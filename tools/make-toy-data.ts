@@ -35,7 +35,7 @@ const SITUATIONS: Situation[] = [
   {
     setup: (n) => `Once upon a time, there was a little child named ${n}. One day, ${n} saw a sad dog in the park.`,
     kind: (n, p) => `${cap(p)} gave the dog a big hug and they played with a ball. The dog was happy, and ${n} smiled.`,
-    unkind: (n, p) => `${cap(p)} yelled at the dog and ran away. The dog was sad and cried all day.`,
+    unkind: (_n, p) => `${cap(p)} yelled at the dog and ran away. The dog was sad and cried all day.`,
   },
   {
     setup: (n) => `${n} had a big red ball. A small boy in the park did not have a toy.`,
@@ -60,7 +60,7 @@ const SITUATIONS: Situation[] = [
   {
     setup: (n, p) => `${n} had a yummy cake. ${cap(p)} saw that a little girl was hungry.`,
     kind: (n, p) => `${n} cut the cake and gave her a big piece. They ate together, and ${p} was glad to share.`,
-    unkind: (n, p) => `${n} ate all the cake and said, "You can not have any." The girl was sad and hungry.`,
+    unkind: (n, _p) => `${n} ate all the cake and said, "You can not have any." The girl was sad and hungry.`,
   },
 ];
 

@@ -141,10 +141,7 @@ async function main(): Promise<number> {
     const m = status.stage === 'dpo' ? status.metrics.dpo : status.stage === 'sft' ? status.metrics.sft : {};
     const loss = typeof m?.loss === 'number' ? ` loss ${m.loss.toFixed(4)}` : '';
     const margin = typeof m?.['rewards/margins'] === 'number' ? ` rewards/margins ${m['rewards/margins'].toFixed(4)}` : '';
-    const line =
-      status.state === 'active' && status.stage
-        ? `active ${status.stage} ${p.step}/${p.totalSteps}${loss}${margin}`
-        : status.state;
+    const line = status.state === 'active' && status.stage ? `active ${status.stage} ${p.step}/${p.totalSteps}${loss}${margin}` : status.state;
     if (line !== last) say(line);
     last = line;
     if (['completed', 'failed', 'cancelled'].includes(status.state)) break;

@@ -53,9 +53,7 @@ function isPublic(url: string): boolean {
 export async function buildApp(options: BuildAppOptions): Promise<FastifyInstance> {
   const { env } = options;
   const app = Fastify({
-    ...(options.loggerInstance
-      ? { loggerInstance: options.loggerInstance }
-      : { logger: options.logger ?? false }),
+    ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: options.logger ?? false }),
     bodyLimit: env.BODY_LIMIT_BYTES,
     connectionTimeout: 60_000,
     requestTimeout: 60_000,
@@ -116,7 +114,10 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
       app.verifyBearerAuth!(request, reply, (err) => {
         if (!err) return done();
         // answered here (not via done(err)) so encapsulated plugins (Bull Board) give the same 401 body
-        reply.code(401).header('www-authenticate', 'Bearer').send(toErrorBody(err as Error, env.BODY_LIMIT_BYTES));
+        reply
+          .code(401)
+          .header('www-authenticate', 'Bearer')
+          .send(toErrorBody(err as Error, env.BODY_LIMIT_BYTES));
       });
     });
   }

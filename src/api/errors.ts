@@ -30,12 +30,7 @@ export class ValidationError extends ApiError {
   constructor(problems: Problem[], total = problems.length) {
     const shown = problems.slice(0, MAX_PROBLEMS);
     const more = total > shown.length ? ` (and ${total - shown.length} more)` : '';
-    super(
-      400,
-      'VALIDATION_FAILED',
-      `invalid request: ${shown.map((p) => `${p.path} ${p.message}`).join('; ')}${more}`,
-      shown,
-    );
+    super(400, 'VALIDATION_FAILED', `invalid request: ${shown.map((p) => `${p.path} ${p.message}`).join('; ')}${more}`, shown);
   }
 }
 

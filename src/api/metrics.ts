@@ -44,13 +44,9 @@ export async function metricsRoutes(app: FastifyInstance, opts: { queue: Finetun
     durations.observe({ method: request.method, route }, reply.elapsedTime / 1000);
   });
 
-  app.get(
-    '/metrics',
-    { schema: { tags: ['ops'], summary: 'Prometheus metrics', security: [{ bearerAuth: [] }] } },
-    async (_request, reply) => {
-      const own = await registry.metrics();
-      const jobs = await renderJobStats(opts.queue.redis, opts.queue.prefix).catch(() => '');
-      return reply.type(registry.contentType).send(own + jobs);
-    },
-  );
+  app.get('/metrics', { schema: { tags: ['ops'], summary: 'Prometheus metrics', security: [{ bearerAuth: [] }] } }, async (_request, reply) => {
+    const own = await registry.metrics();
+    const jobs = await renderJobStats(opts.queue.redis, opts.queue.prefix).catch(() => '');
+    return reply.type(registry.contentType).send(own + jobs);
+  });
 }

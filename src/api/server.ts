@@ -12,9 +12,7 @@ import { buildApp } from './app.js';
 /** pino options for a service process: pretty on a TTY, JSON lines otherwise, auth headers redacted. */
 export function loggerOptions(env: Pick<ServiceEnv, 'LOG_LEVEL'>): Record<string, unknown> {
   const base = { level: env.LOG_LEVEL, redact: ['req.headers.authorization', 'req.headers["idempotency-key"]'] };
-  return process.stdout.isTTY
-    ? { ...base, transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } }
-    : base;
+  return process.stdout.isTTY ? { ...base, transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } } : base;
 }
 
 /**

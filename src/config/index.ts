@@ -166,7 +166,10 @@ function deepMerge(base: Obj, over: Obj): Obj {
 export function listGroup(group: 'model' | 'loss'): string[] {
   const dir = join(configDir(), group);
   if (!existsSync(dir)) return [];
-  return readdirSync(dir).filter((f) => f.endsWith('.yaml')).map((f) => f.slice(0, -5)).sort();
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.yaml'))
+    .map((f) => f.slice(0, -5))
+    .sort();
 }
 
 const GROUP_NAME = /^[A-Za-z0-9_.-]+$/;
@@ -191,10 +194,7 @@ function lossGroup(value: string): Obj {
   if (GROUP_NAME.test(value) && existsSync(file)) return { name: value, ...readYamlFile(file, 'loss') };
   const n = value.trim().toLowerCase();
   if ((LOSS_TYPES as readonly string[]).includes(n) || n in LOSS_ALIASES) return { name: n };
-  throw new ConfigError(
-    'loss',
-    `unknown loss '${value}'; use one of ${[...new Set([...listGroup('loss'), ...LOSS_TYPES])].join(', ')}`,
-  );
+  throw new ConfigError('loss', `unknown loss '${value}'; use one of ${[...new Set([...listGroup('loss'), ...LOSS_TYPES])].join(', ')}`);
 }
 
 /** Apply a layer (file, object or override) onto the config, expanding group names. */
@@ -231,7 +231,10 @@ export interface Override {
 export function parseOverride(text: string): Override {
   const eq = text.indexOf('=');
   if (eq <= 0) throw new ConfigError(text, `an override must be key=value (e.g. loss.beta=0.1), got '${text}'`);
-  const key = text.slice(0, eq).trim().replace(/^\+\+?/, '');
+  const key = text
+    .slice(0, eq)
+    .trim()
+    .replace(/^\+\+?/, '');
   const raw = text.slice(eq + 1);
   if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/.test(key)) {
     throw new ConfigError(key || text, `'${key}' is not a valid setting name (letters, digits, _ and dots)`);
@@ -264,8 +267,7 @@ function editDistance(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
   for (let j = 1; j <= b.length; j++) d[0]![j] = j;
   for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++)
-      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    for (let j = 1; j <= b.length; j++) d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
   return d[a.length]![b.length]!;
 }
 
@@ -275,7 +277,10 @@ function suggest(name: string, known: string[]): string {
 }
 
 function pathOf(e: ErrorObject): string {
-  const parts = e.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const parts = e.instancePath
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
   if (e.keyword === 'additionalProperties') parts.push(String((e.params as { additionalProperty: string }).additionalProperty));
   return parts.map((p, i) => (/^\d+$/.test(p) ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
 }
@@ -386,10 +391,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
   }
   resolveLoss(c);
   if (c.max_prompt_length >= c.max_length) {
-    throw new ConfigError(
-      'max_prompt_length',
-      `must be smaller than max_length (${c.max_length}), got ${c.max_prompt_length}; the completion needs room`,
-    );
+    throw new ConfigError('max_prompt_length', `must be smaller than max_length (${c.max_length}), got ${c.max_prompt_length}; the completion needs room`);
   }
   if (c.lora.enabled && c.sync_ref_model) {
     throw new ConfigError('sync_ref_model', 'is not supported with lora.enabled (the reference is the adapter-disabled model); set one of them to false');

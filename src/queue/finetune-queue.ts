@@ -141,10 +141,7 @@ export class FinetuneQueueService {
    * dataset + config hash). A failed or cancelled job with that id is replaced by a fresh one.
    * @throws the Redis error when Redis is unreachable (the API maps it to 503).
    */
-  async enqueue(
-    req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> },
-    idempotencyKey?: string,
-  ): Promise<EnqueueResult> {
+  async enqueue(req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> }, idempotencyKey?: string): Promise<EnqueueResult> {
     return this.guarded('enqueue', () => this.enqueueNow(req, idempotencyKey));
   }
 
@@ -171,10 +168,7 @@ export class FinetuneQueueService {
       requestedAt: new Date().toISOString(),
     };
     const job = await this.queue.add('finetune', payload, { jobId });
-    const status = toJobStatus(
-      { id: jobId, data: payload, progress: 0, returnvalue: null, timestamp: job.timestamp },
-      'waiting',
-    );
+    const status = toJobStatus({ id: jobId, data: payload, progress: 0, returnvalue: null, timestamp: job.timestamp }, 'waiting');
     return { jobId, created: true, status };
   }
 
@@ -258,9 +252,7 @@ export class FinetuneQueueService {
 
   /** Job counts by BullMQ state (queue depth for /metrics). */
   async counts(): Promise<Record<string, number>> {
-    return this.guarded('counts', () =>
-      this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed'),
-    );
+    return this.guarded('counts', () => this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed'));
   }
 
   /** PING Redis with a timeout; true when it answers. */

@@ -63,10 +63,7 @@ function emptyMetrics(): StageMetrics {
 export function toJobStatus(job: JobSnapshot, bullState: string, cancel: CancelRecord | null = null): JobStatus {
   let state = mapBullState(bullState);
   const progress = isProgress(job.progress) ? job.progress : null;
-  const result =
-    state === 'completed' && typeof job.returnvalue === 'object' && job.returnvalue !== null
-      ? (job.returnvalue as FinetuneResult)
-      : null;
+  const result = state === 'completed' && typeof job.returnvalue === 'object' && job.returnvalue !== null ? (job.returnvalue as FinetuneResult) : null;
   let error: JobStatus['error'] = null;
   if (state === 'failed') {
     error = decodeFailure(job.failedReason);

@@ -222,12 +222,15 @@ export class FirebaseStorage implements Storage {
     const bad = (setting: string, why: string): never => {
       throw new StorageError('STORAGE_CONFIG_INVALID', `${setting} ${why}`);
     };
-    const bucket = (options.bucket ?? '').trim().replace(/^gs:\/\//, '').replace(/\/+$/, '');
+    const bucket = (options.bucket ?? '')
+      .trim()
+      .replace(/^gs:\/\//, '')
+      .replace(/\/+$/, '');
     if (!BUCKET_NAME.test(bucket) || bucket.includes('..')) {
       bad('FIREBASE_BUCKET', `"${options.bucket}" is not a bucket name: use e.g. my-project.appspot.com (the name the Firebase console shows under Storage)`);
     }
     const prefix = options.prefix ?? '';
-    if (prefix !== '' && (!/^[A-Za-z0-9_.\/-]+\/$/.test(prefix) || prefix.startsWith('/') || prefix.split('/').includes('..'))) {
+    if (prefix !== '' && (!/^[A-Za-z0-9_./-]+\/$/.test(prefix) || prefix.startsWith('/') || prefix.split('/').includes('..'))) {
       bad('prefix', `"${prefix}" must be relative path segments ending in "/" (e.g. models/)`);
     }
     const int = (name: string, v: number | undefined, dflt: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
@@ -269,7 +272,10 @@ export class FirebaseStorage implements Storage {
   }
 
   private objectPrefix(communityId: string, jobId: string): string {
-    for (const [name, v] of [['communityId', communityId], ['jobId', jobId]] as const) {
+    for (const [name, v] of [
+      ['communityId', communityId],
+      ['jobId', jobId],
+    ] as const) {
       if (!SEGMENT.test(v) || v === '.' || v === '..') {
         throw new StorageError('STORAGE_UPLOAD_FAILED', `${name} "${v}" cannot be part of an object name: use letters, digits, _ . - only`);
       }
@@ -284,10 +290,7 @@ export class FirebaseStorage implements Storage {
         this.opts.app ??
         (getApps().some((a) => a.name === APP_NAME)
           ? getApp(APP_NAME)
-          : initializeApp(
-              { storageBucket: this.bucketName, ...(this.opts.projectId ? { projectId: this.opts.projectId } : {}) },
-              APP_NAME,
-            ));
+          : initializeApp({ storageBucket: this.bucketName, ...(this.opts.projectId ? { projectId: this.opts.projectId } : {}) }, APP_NAME));
       this.bucketHandle = getStorage(app).bucket(this.bucketName);
     } catch (err) {
       throw new StorageError(
@@ -317,7 +320,11 @@ export class FirebaseStorage implements Storage {
     try {
       manifest = await readManifest(localDir);
     } catch (err) {
-      throw new StorageError('STORAGE_ARTIFACT_INVALID', `cannot read ${join(localDir, MANIFEST_NAME)}: ${describe(err)}; the worker writes it with writeManifest()`, { file: MANIFEST_NAME, cause: err });
+      throw new StorageError(
+        'STORAGE_ARTIFACT_INVALID',
+        `cannot read ${join(localDir, MANIFEST_NAME)}: ${describe(err)}; the worker writes it with writeManifest()`,
+        { file: MANIFEST_NAME, cause: err },
+      );
     }
     if (!Array.isArray(manifest?.files)) {
       throw new StorageError('STORAGE_ARTIFACT_INVALID', `${join(localDir, MANIFEST_NAME)} has no "files" array`, { file: MANIFEST_NAME });
@@ -325,7 +332,11 @@ export class FirebaseStorage implements Storage {
     for (const f of manifest.files) {
       const p = String(f?.path ?? '');
       if (p === '' || p.startsWith('/') || p.includes('\\') || p.split('/').some((s) => s === '' || s === '.' || s === '..')) {
-        throw new StorageError('STORAGE_ARTIFACT_INVALID', `manifest.json lists an unsafe path "${p}": paths must be relative, '/'-separated, without . or ..`, { file: p });
+        throw new StorageError(
+          'STORAGE_ARTIFACT_INVALID',
+          `manifest.json lists an unsafe path "${p}": paths must be relative, '/'-separated, without . or ..`,
+          { file: p },
+        );
       }
     }
     const bucket = this.bucket();
@@ -375,7 +386,10 @@ export class FirebaseStorage implements Storage {
     try {
       local = await hashFile(localPath);
     } catch (err) {
-      throw new StorageError('STORAGE_ARTIFACT_INVALID', `artifact file "${relPath}" cannot be read at ${localPath}: ${describe(err)}`, { file: relPath, cause: err });
+      throw new StorageError('STORAGE_ARTIFACT_INVALID', `artifact file "${relPath}" cannot be read at ${localPath}: ${describe(err)}`, {
+        file: relPath,
+        cause: err,
+      });
     }
     if (expected && (local.size !== expected.size || local.sha256 !== expected.sha256)) {
       throw new StorageError(

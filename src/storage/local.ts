@@ -10,7 +10,6 @@ import { readManifest, verifyManifest } from './manifest.js';
 import { StorageError } from './errors.js';
 import type { Storage, UploadResult } from './storage.js';
 
-
 const SAFE_SEGMENT = /^[A-Za-z0-9_-]{1,128}$/;
 
 /** Stores artifacts under a root directory. */
@@ -51,10 +50,7 @@ export class LocalStorage implements Storage {
     try {
       manifest = await readManifest(source);
     } catch (err) {
-      throw new StorageError(
-        'STORAGE_ARTIFACT_INVALID',
-        `artifact directory ${source} has no readable manifest.json (${(err as Error).message})`,
-      );
+      throw new StorageError('STORAGE_ARTIFACT_INVALID', `artifact directory ${source} has no readable manifest.json (${(err as Error).message})`);
     }
     if (source !== target) {
       const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;

@@ -9,23 +9,14 @@
 import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import pino, { type Logger } from 'pino';
 import { ConfigError, dpoStage, loadConfig, repoRoot, resolveLoss, sftStage, type StageSettings, type TrainConfig } from '../config/index.js';
 import { writeManifest } from '../storage/manifest.js';
 import { initBackend, type BackendRequest } from './engine/backend.js';
 import { loadPreferenceExamples, resolvePadId, splitEval, tokenizeDataset, type TokenizedPair } from './data/index.js';
 import { hardSyncReference, needsReference, referenceSyncDue, softSyncReference } from './losses/index.js';
-import {
-  applyLora,
-  cloneModel,
-  generate,
-  loadPretrained,
-  mergeLora,
-  saveLoraAdapter,
-  saveModelHF,
-  type GenerativeLM,
-} from './models/index.js';
+import { applyLora, cloneModel, generate, loadPretrained, mergeLora, saveLoraAdapter, saveModelHF, type GenerativeLM } from './models/index.js';
 import { loadTokenizer } from './tokenizers/index.js';
 import { readMetricsJsonl, TensorBoardWriter, writeTrainingPlot } from './metrics/index.js';
 import {
@@ -170,12 +161,21 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
     const train = trainTok.pairs;
     const evalPairs = evalTok.pairs;
     if (train.length === 0) {
-      throw new ConfigError('max_length', `no training pair fits max_length=${cfg.max_length} (all ${trainEx.length} dropped); raise max_length or lower max_prompt_length`);
+      throw new ConfigError(
+        'max_length',
+        `no training pair fits max_length=${cfg.max_length} (all ${trainEx.length} dropped); raise max_length or lower max_prompt_length`,
+      );
     }
     const padId = resolvePadId(tokenizer);
     timings.load_data_s = (Date.now() - tl) / 1000;
     logger.info(
-      { examples: examples.length, train: train.length, eval: evalPairs.length, dropped: trainTok.stats.dropped + evalTok.stats.dropped, truncated: trainTok.stats.truncated + evalTok.stats.truncated },
+      {
+        examples: examples.length,
+        train: train.length,
+        eval: evalPairs.length,
+        dropped: trainTok.stats.dropped + evalTok.stats.dropped,
+        truncated: trainTok.stats.truncated + evalTok.stats.truncated,
+      },
       'data ready',
     );
     checkAbort('before training');
@@ -193,21 +193,21 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
     if (!ckpt && existsSync(samplesPath)) rmSync(samplesPath);
     const log = (r: MetricsRecord): void => metricsFile.append(r);
     progress = new ProgressReporter(logger, cfg.progress_bar, options.onProgress);
-    const sampler = (stage: 'sft' | 'dpo') => async (ctx: { step: number }): Promise<void> => {
-      if (!cfg.sample_during_eval || cfg.n_eval_model_samples <= 0 || evalPairs.length === 0) return;
-      for (let i = 0; i < Math.min(cfg.n_eval_model_samples, evalPairs.length); i++) {
-        const prompt = promptText(evalPairs[i]!, tokenizer);
-        const out = generate(policy, tokenizer, prompt, {
-          maxNewTokens: cfg.sample_max_new_tokens,
-          temperature: cfg.sample_temperature,
-          seed: cfg.seed + ctx.step,
-        });
-        appendFileSync(samplesPath, JSON.stringify({ stage, step: ctx.step, index: i, prompt, completion: out.text }) + '\n');
-      }
-    };
-    const lora = cfg.lora.enabled
-      ? { r: cfg.lora.r, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, targetModules: cfg.lora.target_modules }
-      : null;
+    const sampler =
+      (stage: 'sft' | 'dpo') =>
+      async (ctx: { step: number }): Promise<void> => {
+        if (!cfg.sample_during_eval || cfg.n_eval_model_samples <= 0 || evalPairs.length === 0) return;
+        for (let i = 0; i < Math.min(cfg.n_eval_model_samples, evalPairs.length); i++) {
+          const prompt = promptText(evalPairs[i]!, tokenizer);
+          const out = generate(policy, tokenizer, prompt, {
+            maxNewTokens: cfg.sample_max_new_tokens,
+            temperature: cfg.sample_temperature,
+            seed: cfg.seed + ctx.step,
+          });
+          appendFileSync(samplesPath, JSON.stringify({ stage, step: ctx.step, index: i, prompt, completion: out.text }) + '\n');
+        }
+      };
+    const lora = cfg.lora.enabled ? { r: cfg.lora.r, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, targetModules: cfg.lora.target_modules } : null;
     const posFromCkpt = (s: CheckpointState): StagePosition => ({
       step: s.step,
       examples: s.examples,
@@ -308,7 +308,10 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
       else if (cfg.precompute_ref_log_probs) {
         if (inDpo && ckpt!.refLogps) {
           const g = (k: string): Float32Array => ckpt!.refLogps!.get(k)?.data ?? new Float32Array(0);
-          precomputed = { train: { chosen: g('train_chosen'), rejected: g('train_rejected') }, eval: { chosen: g('eval_chosen'), rejected: g('eval_rejected') } };
+          precomputed = {
+            train: { chosen: g('train_chosen'), rejected: g('train_rejected') },
+            eval: { chosen: g('eval_chosen'), rejected: g('eval_rejected') },
+          };
         } else {
           const tp = Date.now();
           precomputed = {
@@ -321,7 +324,8 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
       } else {
         reference = cloneModel(policy, { trainable: false });
         if (inDpo) {
-          if (!ckpt!.reference) throw new ConfigError('resume_from_checkpoint', `${ckptDir} has no reference weights; it was written with other reference settings`);
+          if (!ckpt!.reference)
+            throw new ConfigError('resume_from_checkpoint', `${ckptDir} has no reference weights; it was written with other reference settings`);
           assignVariables(reference.params, ckpt!.reference, 'checkpoint reference');
         }
         refSource = { kind: 'model', model: reference };
@@ -414,7 +418,10 @@ export async function runTraining(options: RunTrainingOptions): Promise<RunTrain
     };
     writeFileSync(join(outputDir, 'run.json'), JSON.stringify(runJson, null, 2) + '\n');
     await writeManifest(outputDir);
-    logger.info({ artifactDir: outputDir, seconds: timings.total_s, 'rewards/accuracies': dpoSummary['rewards/accuracies'], 'tokens/s': dpoSummary['tokens/s'] }, 'training finished');
+    logger.info(
+      { artifactDir: outputDir, seconds: timings.total_s, 'rewards/accuracies': dpoSummary['rewards/accuracies'], 'tokens/s': dpoSummary['tokens/s'] },
+      'training finished',
+    );
     return { artifactDir: outputDir, metrics: { sft: sftSummary, dpo: dpoSummary } };
   } finally {
     progress?.stop();

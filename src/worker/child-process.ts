@@ -84,10 +84,7 @@ export function trainInChild(opts: RunChildOptions): Promise<TrainResult> {
       const aborted = opts.signal.aborted;
       finish(() =>
         reject(
-          new ChildFailure(
-            aborted ? 'ABORTED' : 'WORKER_CHILD_EXITED',
-            `training process exited (${sig ? `signal ${sig}` : `code ${code}`}) without a result`,
-          ),
+          new ChildFailure(aborted ? 'ABORTED' : 'WORKER_CHILD_EXITED', `training process exited (${sig ? `signal ${sig}` : `code ${code}`}) without a result`),
         ),
       );
     });

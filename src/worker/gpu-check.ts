@@ -97,11 +97,7 @@ export async function probeGpus(opts: { command?: string; timeoutMs?: number } =
  * @throws GpuCheckError (code GPU_BACKEND_UNAVAILABLE) when a GPU worker would train on the CPU and
  *   ALLOW_CPU_FALLBACK is not true.
  */
-export function checkWorkerBackend(
-  backend: BackendSummary,
-  gpus: GpuDevice[],
-  env: Record<string, string | undefined> = process.env,
-): GpuCheckResult {
+export function checkWorkerBackend(backend: BackendSummary, gpus: GpuDevice[], env: Record<string, string | undefined> = process.env): GpuCheckResult {
   const gpuWorker = truthy(env.WORKER_GPU) || env.TFJS_BACKEND === 'tensorflow-gpu';
   const allowFallback = truthy(env.ALLOW_CPU_FALLBACK);
   const warnings: string[] = [];
@@ -122,10 +118,14 @@ export function checkWorkerBackend(
   }
   if (onGpu) {
     if (gpus.some((g) => g.computeCapability !== undefined && Number(g.computeCapability) >= 9) && !env.CUDA_CACHE_PATH) {
-      warnings.push('a GPU with compute capability >= 9.0 JIT-compiles libtensorflow 2.9 kernels from PTX at first use (minutes); set CUDA_CACHE_PATH to a persistent volume so it happens once');
+      warnings.push(
+        'a GPU with compute capability >= 9.0 JIT-compiles libtensorflow 2.9 kernels from PTX at first use (minutes); set CUDA_CACHE_PATH to a persistent volume so it happens once',
+      );
     }
     if (gpus.length > 1 && !env.CUDA_VISIBLE_DEVICES) {
-      warnings.push(`${gpus.length} GPUs visible and CUDA_VISIBLE_DEVICES is unset: one worker trains on one GPU; run one worker per GPU with CUDA_VISIBLE_DEVICES=<index>`);
+      warnings.push(
+        `${gpus.length} GPUs visible and CUDA_VISIBLE_DEVICES is unset: one worker trains on one GPU; run one worker per GPU with CUDA_VISIBLE_DEVICES=<index>`,
+      );
     }
   }
   return { gpuWorker, backend, gpus, cpuFallback: gpuWorker && !onGpu, summary, warnings };
@@ -136,11 +136,7 @@ export function checkWorkerBackend(
  * `env.NVIDIA_SMI` overrides the nvidia-smi path.
  * @throws GpuCheckError as {@link checkWorkerBackend}; the caller should log it and exit non-zero.
  */
-export async function runGpuCheck(
-  backend: BackendSummary,
-  logger: Logger,
-  env: Record<string, string | undefined> = process.env,
-): Promise<GpuCheckResult> {
+export async function runGpuCheck(backend: BackendSummary, logger: Logger, env: Record<string, string | undefined> = process.env): Promise<GpuCheckResult> {
   const gpus = await probeGpus({ command: env.NVIDIA_SMI });
   const result = checkWorkerBackend(backend, gpus, env);
   logger.info({ backend: backend.name, package: backend.package, gpus, gpuWorker: result.gpuWorker }, result.summary);

@@ -21,10 +21,7 @@ export interface TrainResult {
   metrics: { sft: Record<string, number>; dpo: Record<string, number> };
 }
 
-export type ParentMessage =
-  | { type: 'train'; request: TrainRequest }
-  | { type: 'abort'; reason: string }
-  | { type: 'probe'; backend: string };
+export type ParentMessage = { type: 'train'; request: TrainRequest } | { type: 'abort'; reason: string } | { type: 'probe'; backend: string };
 
 export type ChildMessage =
   | { type: 'progress'; event: ProgressEvent }
@@ -47,4 +44,3 @@ export function describeError(err: unknown, aborted: boolean): { code: string; m
   const code = typeof e?.code === 'string' && CODE.test(e.code) ? e.code : 'TRAINING_FAILED';
   return { code, message };
 }
-

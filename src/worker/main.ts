@@ -52,9 +52,7 @@ export function createLogger(env: Pick<ServiceEnv, 'LOG_LEVEL'>, name: string): 
   return pino({
     name,
     level: env.LOG_LEVEL,
-    ...(process.stdout.isTTY
-      ? { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } }
-      : {}),
+    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } } : {}),
   });
 }
 
@@ -106,10 +104,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
   }
   const addr = metricsServer?.address();
   const metricsAddress = addr && typeof addr === 'object' ? `http://127.0.0.1:${addr.port}` : null;
-  logger.info(
-    { queue: QueueNames.finetune, prefix: env.QUEUE_PREFIX, concurrency: env.WORKER_CONCURRENCY, storage: storage.kind },
-    'worker ready',
-  );
+  logger.info({ queue: QueueNames.finetune, prefix: env.QUEUE_PREFIX, concurrency: env.WORKER_CONCURRENCY, storage: storage.kind }, 'worker ready');
   if (metricsAddress) logger.info({ metrics: `${metricsAddress}/metrics` }, 'worker metrics endpoint');
 
   return {

@@ -53,12 +53,7 @@ export function createWorkerMetrics(worker: WorkerEvents): WorkerMetrics {
  * Serve `GET /metrics` and `GET /health` on `host:port` (port 0 = a free port, for tests).
  * @returns the listening server; close it on shutdown.
  */
-export async function serveWorkerMetrics(
-  metrics: WorkerMetrics,
-  isHealthy: () => boolean,
-  port: number,
-  host = '0.0.0.0',
-): Promise<Server> {
+export async function serveWorkerMetrics(metrics: WorkerMetrics, isHealthy: () => boolean, port: number, host = '0.0.0.0'): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method === 'GET' && path === '/metrics') {

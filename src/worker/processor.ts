@@ -14,14 +14,7 @@ import type { Logger } from 'pino';
 import { cancelKey } from '../queue/connection.js';
 import { FailureCodes, JobFailure } from '../queue/errors.js';
 import { recordJobOutcome } from '../queue/stats.js';
-import {
-  QueueNames,
-  type FinetuneProgress,
-  type FinetuneResult,
-  type QueueJobTypes,
-  type Stage,
-  type StageSpan,
-} from '../queue/types.js';
+import { QueueNames, type FinetuneProgress, type FinetuneResult, type QueueJobTypes, type Stage, type StageSpan } from '../queue/types.js';
 import type { Storage } from '../storage/storage.js';
 import type { ProgressEvent } from '../training/types.js';
 import { ChildFailure, trainInChild } from './child-process.js';
@@ -268,8 +261,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       if (err instanceof WaitingError) throw err;
       reporter.endStage();
       await reporter.flush();
-      const failure =
-        err instanceof JobFailure ? err : new JobFailure(FailureCodes.training, (err as Error).message ?? String(err));
+      const failure = err instanceof JobFailure ? err : new JobFailure(FailureCodes.training, (err as Error).message ?? String(err));
       await recordJobOutcome(deps.redis, deps.prefix, {
         durations: spanSeconds(reporter.state.stages),
         tokensPerSecond: lastTps,

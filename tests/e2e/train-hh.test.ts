@@ -12,11 +12,12 @@ import pino from 'pino';
 import { loadPreferenceExamples, resolveDataset } from '../../src/training/data/index.js';
 import { runTraining } from '../../src/training/run.js';
 import { MetricsFile } from '../../src/training/trainer/monitor.js';
-import { shared } from '../shared.js';
 
 const entry = resolveDataset('hh');
 
-test('HH-RLHF slice: first DPO loss is ln 2 and rewards/margins rise', { skip: !entry || !existsSync(entry.path) ? 'HH-RLHF data not present' : false }, async () => {
+test('HH-RLHF slice: first DPO loss is ln 2 and rewards/margins rise', {
+  skip: !entry || !existsSync(entry.path) ? 'HH-RLHF data not present' : false,
+}, async () => {
   const examples = (await loadPreferenceExamples('hh')).slice(0, 40);
   const dir = mkdtempSync(join(tmpdir(), 'train-hh-'));
   await runTraining({

@@ -12,7 +12,17 @@ import pino from 'pino';
 import { runTraining } from '../../src/training/run.js';
 import { MetricsFile } from '../../src/training/trainer/monitor.js';
 
-const BASE = ['sft.max_steps=2', 'max_steps=4', 'batch_size=2', 'n_eval_examples=4', 'n_eval_model_samples=0', 'progress_bar=false', 'tensorboard=false', 'plot=false', 'log_logit_stats=false'];
+const BASE = [
+  'sft.max_steps=2',
+  'max_steps=4',
+  'batch_size=2',
+  'n_eval_examples=4',
+  'n_eval_model_samples=0',
+  'progress_bar=false',
+  'tensorboard=false',
+  'plot=false',
+  'log_logit_stats=false',
+];
 
 async function dpoRecords(extra: string[]): Promise<Array<Record<string, number | string>>> {
   const dir = mkdtempSync(join(tmpdir(), 'train-ref-'));

@@ -85,7 +85,10 @@ test('resume after interruptions equals the uninterrupted run, step for step', a
   const a = deterministic(join(full, 'metrics.jsonl'));
   const b = deterministic(join(cut, 'metrics.jsonl'));
   assert.equal(a.filter((r) => r.stage === 'dpo' && r.loss !== undefined).length, 6);
-  assert.ok(a.some((r) => r['eval_rewards/accuracies'] !== undefined), 'eval metrics are logged with eval_ prefix');
+  assert.ok(
+    a.some((r) => r['eval_rewards/accuracies'] !== undefined),
+    'eval metrics are logged with eval_ prefix',
+  );
   assert.deepEqual(b, a);
   const runJson = JSON.parse(readFileSync(join(cut, 'run.json'), 'utf8'));
   assert.match(String(runJson.resumed_from), /checkpoint-dpo-000003/);

@@ -163,7 +163,9 @@ export class FakeGcs {
   }
 
   private injected(kind: LoggedRequest['kind'], object: string): number | undefined {
-    const f = this.faults.find((x) => (typeof x.object === 'string' ? x.object === object : x.object.test(object)) && x.kinds.includes(kind) && x.remaining > 0);
+    const f = this.faults.find(
+      (x) => (typeof x.object === 'string' ? x.object === object : x.object.test(object)) && x.kinds.includes(kind) && x.remaining > 0,
+    );
     if (!f) return undefined;
     f.remaining -= 1;
     return f.status;

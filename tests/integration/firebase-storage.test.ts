@@ -98,7 +98,10 @@ describe('FirebaseStorage against a fake GCS JSON API', () => {
 
     // The 600 KiB weights went through a resumable session in 256 KiB chunks (308s, then 200); the rest multipart.
     const puts = fake.requestsFor('community_1/job-ok/model/model.safetensors', 'resumable-put');
-    assert.deepEqual(puts.map((r) => r.status), [308, 308, 200]);
+    assert.deepEqual(
+      puts.map((r) => r.status),
+      [308, 308, 200],
+    );
     assert.equal(fake.requestsFor('community_1/job-ok/model/config.json', 'multipart').length, 1);
     // Every object was read back for verification, and manifest.json was written after all the others.
     for (const rel of manifest.files.map((f) => f.path)) {
@@ -117,7 +120,10 @@ describe('FirebaseStorage against a fake GCS JSON API', () => {
     const result = await storage().putArtifact(dir, 'c2', 'job-retry');
 
     assert.equal(result.uri, `gs://${BUCKET}/c2/job-retry`);
-    assert.deepEqual(fake.requestsFor('c2/job-retry/model/config.json', 'multipart').map((r) => r.status), [503, 200]);
+    assert.deepEqual(
+      fake.requestsFor('c2/job-retry/model/config.json', 'multipart').map((r) => r.status),
+      [503, 200],
+    );
     const starts = fake.requestsFor('c2/job-retry/model/model.safetensors', 'resumable-start');
     assert.equal(starts.length, 2, 'a new resumable session after the failed one');
     for (const rel of ['model/config.json', 'model/model.safetensors']) {
@@ -189,11 +195,7 @@ describe('FirebaseStorage against a fake GCS JSON API', () => {
 
   it('deletes the local copy only after a verified upload, and returns V4 signed URLs', async () => {
     const dir = await makeArtifact('cleanup', 1000);
-    const result = await storage({ deleteLocalAfterUpload: true, signedUrls: true, signedUrlTtlSeconds: 600 }).putArtifact(
-      dir,
-      'c7',
-      'job-clean',
-    );
+    const result = await storage({ deleteLocalAfterUpload: true, signedUrls: true, signedUrlTtlSeconds: 600 }).putArtifact(dir, 'c7', 'job-clean');
     await assert.rejects(access(dir), /ENOENT/);
     assert.ok(obj('c7/job-clean/manifest.json'));
     const urls = result.signedUrls ?? {};

@@ -58,7 +58,15 @@ before(async () => {
   workerMetricsPort = await closedPort();
   worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
     cwd: root,
-    env: { ...process.env, REDIS_URL, QUEUE_PREFIX: prefix, STORAGE_DIR: storageDir, LOG_LEVEL: 'info', TFJS_BACKEND: 'wasm', WORKER_METRICS_PORT: String(workerMetricsPort) },
+    env: {
+      ...process.env,
+      REDIS_URL,
+      QUEUE_PREFIX: prefix,
+      STORAGE_DIR: storageDir,
+      LOG_LEVEL: 'info',
+      TFJS_BACKEND: 'wasm',
+      WORKER_METRICS_PORT: String(workerMetricsPort),
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   worker.stdout!.on('data', (d: Buffer) => (workerLog += d.toString()));
@@ -102,7 +110,10 @@ test('a toy job runs SFT then DPO to completed; the artifact is complete and ver
   const dpoPolls = seen.filter((s) => s.stage === 'dpo' && s.state === 'active');
   assert.ok(dpoPolls.every((s) => s.progress.totalSteps === 0 || s.progress.step <= s.progress.totalSteps));
   // the recorded timeline: sft → dpo → upload, each closed
-  assert.deepEqual(final.stages.map((s) => s.stage), ['sft', 'dpo', 'upload']);
+  assert.deepEqual(
+    final.stages.map((s) => s.stage),
+    ['sft', 'dpo', 'upload'],
+  );
   assert.ok(final.stages.every((s) => s.finishedAt !== null));
   assert.ok(final.finishedAt && Date.parse(final.finishedAt) >= Date.parse(final.createdAt));
   assert.equal(final.progress.fraction, 1);
@@ -124,7 +135,10 @@ test('a toy job runs SFT then DPO to completed; the artifact is complete and ver
     assert.ok(paths.includes(p), `artifact lacks ${p}: ${paths.join(', ')}`);
   }
   assert.deepEqual(final.artifact.files.map((f) => f.path).sort(), [...paths].sort());
-  const metricsLines = readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const metricsLines = readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   assert.ok(metricsLines.some((l) => l.stage === 'sft'));
   assert.ok(metricsLines.some((l) => l.stage === 'dpo'));
   // the scratch copy is gone once stored

@@ -124,7 +124,15 @@ test('SIGTERM past WORKER_SHUTDOWN_TIMEOUT_MS: the job is checkpointed, handed b
   await workersConnected(1);
   // Long enough (240 SFT steps: 8 pairs, batch 2, 60 epochs) that the SIGTERM always lands mid-training,
   // however fast a step is on this machine.
-  const config = { max_steps: 1, sft: { max_steps: 240, n_epochs: 60 }, save_steps: 2, batch_size: 2, sample_during_eval: false, tensorboard: false, plot: false };
+  const config = {
+    max_steps: 1,
+    sft: { max_steps: 240, n_epochs: 60 },
+    save_steps: 2,
+    batch_size: 2,
+    sample_during_eval: false,
+    tensorboard: false,
+    plot: false,
+  };
   const res = await app.inject({ method: 'POST', url: '/trigger-finetune', payload: { communityId: 'handoff', dataset: toy.slice(8, 16), config } });
   assert.equal(res.statusCode, 202, res.body);
   const { jobId } = res.json();

@@ -39,7 +39,12 @@ async function fakeTrain(opts: RunChildOptions) {
   }
   for (const stage of ['sft', 'dpo'] as const) {
     for (let step = 1; step <= 2; step++) {
-      opts.onProgress({ stage, step, totalSteps: 2, metrics: { loss: 1 / step, 'tokens/s': 100 * step, ...(stage === 'dpo' ? { 'rewards/margins': step } : {}) } });
+      opts.onProgress({
+        stage,
+        step,
+        totalSteps: 2,
+        metrics: { loss: 1 / step, 'tokens/s': 100 * step, ...(stage === 'dpo' ? { 'rewards/margins': step } : {}) },
+      });
     }
   }
   const out = opts.request.outputDir;
@@ -88,7 +93,10 @@ after(async () => {
 test('a job reports sft → dpo → upload, merges metrics and stores the artifact', async () => {
   const s = await runJob('ok-community', 'ok');
   assert.equal(s.state, 'completed');
-  assert.deepEqual(s.stages.map((x) => x.stage), ['sft', 'dpo', 'upload']);
+  assert.deepEqual(
+    s.stages.map((x) => x.stage),
+    ['sft', 'dpo', 'upload'],
+  );
   assert.equal(s.metrics.dpo['rewards/margins'], 2);
   assert.equal(s.metrics.sft['tokens/s'], 200);
   assert.ok(s.artifact?.uri.startsWith('file://'));

@@ -34,7 +34,10 @@ test('an active job reports the stage and progress of the worker', () => {
     totalSteps: 4,
     fraction: 0.75,
     metrics: { sft: { loss: 2 }, dpo: { 'rewards/margins': 0.1 } },
-    stages: [{ stage: 'sft', startedAt: 'a', finishedAt: 'b' }, { stage: 'dpo', startedAt: 'b', finishedAt: null }],
+    stages: [
+      { stage: 'sft', startedAt: 'a', finishedAt: 'b' },
+      { stage: 'dpo', startedAt: 'b', finishedAt: null },
+    ],
   };
   const s = toJobStatus({ ...base, progress }, 'active');
   assert.equal(s.state, 'active');
@@ -58,7 +61,10 @@ test('job ids are deterministic, never contain ":" and are never all digits', ()
 });
 
 test('a bad environment value names the variable', () => {
-  assert.throws(() => loadEnv({ PORT: 'eighty' }), (e: unknown) => e instanceof EnvError && /PORT/.test(e.message));
+  assert.throws(
+    () => loadEnv({ PORT: 'eighty' }),
+    (e: unknown) => e instanceof EnvError && /PORT/.test(e.message),
+  );
   assert.throws(() => loadEnv({ STORAGE_BACKEND: 's3' }), /STORAGE_BACKEND/);
   assert.throws(() => loadEnv({ STORAGE_BACKEND: 'firebase' }), /FIREBASE_BUCKET/);
   assert.throws(() => loadEnv({ REDIS_URL: 'localhost:6379' }), /REDIS_URL/);

@@ -80,15 +80,25 @@ describe('POST /trigger-finetune', () => {
     ['communityId ../x', { communityId: '../x', dataset: toyRows(1) }, 400, '/communityId'],
     ['missing communityId', { dataset: toyRows(1) }, 400, '/communityId'],
     ['chosen == rejected', { communityId: 'c', dataset: [...toyRows(1), { prompt: 'p', chosen: 'same', rejected: 'same' }] }, 400, '/dataset/1/rejected'],
-    ['chosen == rejected up to whitespace (the data module\'s rule)', { communityId: 'c', dataset: [{ prompt: 'p', chosen: 'same', rejected: 'same  ' }] }, 400, '/dataset/0/rejected'],
+    [
+      "chosen == rejected up to whitespace (the data module's rule)",
+      { communityId: 'c', dataset: [{ prompt: 'p', chosen: 'same', rejected: 'same  ' }] },
+      400,
+      '/dataset/0/rejected',
+    ],
     ['blank prompt', { communityId: 'c', dataset: [{ prompt: '   ', chosen: 'a', rejected: 'b' }] }, 400, '/dataset/0/prompt'],
     ['non-string chosen', { communityId: 'c', dataset: [{ prompt: 'p', chosen: 3, rejected: 'b' }] }, 400, '/dataset/0/chosen'],
     ['unknown top-level key', { communityId: 'c', dataset: toyRows(1), comunity: 'x' }, 400, '/comunity'],
     ['config value of the wrong type', { communityId: 'c', dataset: toyRows(1), config: { beta: 'high' } }, 400, '/config/beta'],
     ['config key the caller may not set', { communityId: 'c', dataset: toyRows(1), config: { output_dir: '/etc' } }, 400, '/config/output_dir'],
     ['unknown loss name (trainer config check)', { communityId: 'c', dataset: toyRows(1), config: { loss: 'no_such_loss' } }, 400, '/config/loss'],
-    ['max_prompt_length >= max_length (trainer config check)', { communityId: 'c', dataset: toyRows(1), config: { max_length: 64, max_prompt_length: 64 } }, 400, '/config/max_prompt_length'],
-    ['config backend is the worker\'s', { communityId: 'c', dataset: toyRows(1), config: { backend: 'cpu' } }, 400, '/config/backend'],
+    [
+      'max_prompt_length >= max_length (trainer config check)',
+      { communityId: 'c', dataset: toyRows(1), config: { max_length: 64, max_prompt_length: 64 } },
+      400,
+      '/config/max_prompt_length',
+    ],
+    ["config backend is the worker's", { communityId: 'c', dataset: toyRows(1), config: { backend: 'cpu' } }, 400, '/config/backend'],
     ['bad Idempotency-Key', { communityId: 'c', dataset: toyRows(1, 'ik') }, 400, '/headers/idempotency-key', { 'idempotency-key': 'has space' }],
   ];
   for (const [name, payload, status, path, headers] of bad) {

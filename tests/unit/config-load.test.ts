@@ -65,8 +65,14 @@ test('config object (webhook) and file layers; shorthand beta', () => {
   assert.equal(c.loss.beta, 0.5);
   assert.equal(c.lr, 0.01);
   assert.equal(c.n_epochs, 2);
-  assert.throws(() => loadConfig({ object: { loss: { name: 'dpo', beta: -1 } } }), (e: unknown) => e instanceof ConfigError && e.key === 'loss.beta');
-  assert.throws(() => loadConfig({ object: { evil: 1 } }), (e: unknown) => e instanceof ConfigError && e.key === 'evil');
+  assert.throws(
+    () => loadConfig({ object: { loss: { name: 'dpo', beta: -1 } } }),
+    (e: unknown) => e instanceof ConfigError && e.key === 'loss.beta',
+  );
+  assert.throws(
+    () => loadConfig({ object: { evil: 1 } }),
+    (e: unknown) => e instanceof ConfigError && e.key === 'evil',
+  );
 });
 
 test('the schema compiles under ajv strict mode and validates a webhook config', () => {

@@ -86,7 +86,10 @@ test('PaddleNLP: higher sort is chosen, whatever the order of responses', async 
   const b = await loadPreferenceExamples([{ src: 'Q?', response: ['bad', 'good'], sort: [2, 5] }]);
   assert.deepEqual(a, b);
   assert.equal(a[0]!.chosen, ' good');
-  await assert.rejects(loadPreferenceExamples([{ src: ['Q?'], tgt: [], response: ['a', 'b'], sort: [1, 1] }]), (e: unknown) => e instanceof DataError && e.field === 'sort');
+  await assert.rejects(
+    loadPreferenceExamples([{ src: ['Q?'], tgt: [], response: ['a', 'b'], sort: [1, 1] }]),
+    (e: unknown) => e instanceof DataError && e.field === 'sort',
+  );
 });
 
 test('conversational data is rendered with the tokenizer chat template (TRL: prompt with generation prompt, completion = suffix)', async () => {
@@ -120,9 +123,18 @@ test('implicit prompt: HH rule, TRL common-prefix rule', () => {
 });
 
 test('format errors are typed and name keys, fields, lines', async () => {
-  assert.throws(() => detectFormat({ question: 'x', answer: 'y' }), (e: unknown) => e instanceof DataError && e.code === 'DATA_UNKNOWN_FORMAT' && /question, answer/.test(e.message));
-  await assert.rejects(loadPreferenceExamples([{ prompt: 'p', chosen: 'c' }], { format: 'explicit' }), (e: unknown) => e instanceof DataError && e.code === 'DATA_BAD_RECORD' && e.field === 'rejected' && e.index === 0);
-  await assert.rejects(loadPreferenceExamples([{ prompt: 'p', chosen: 'c', rejected: 'r' }], { format: 'nope' }), (e: unknown) => e instanceof DataError && e.code === 'DATA_UNKNOWN_FORMAT');
+  assert.throws(
+    () => detectFormat({ question: 'x', answer: 'y' }),
+    (e: unknown) => e instanceof DataError && e.code === 'DATA_UNKNOWN_FORMAT' && /question, answer/.test(e.message),
+  );
+  await assert.rejects(
+    loadPreferenceExamples([{ prompt: 'p', chosen: 'c' }], { format: 'explicit' }),
+    (e: unknown) => e instanceof DataError && e.code === 'DATA_BAD_RECORD' && e.field === 'rejected' && e.index === 0,
+  );
+  await assert.rejects(
+    loadPreferenceExamples([{ prompt: 'p', chosen: 'c', rejected: 'r' }], { format: 'nope' }),
+    (e: unknown) => e instanceof DataError && e.code === 'DATA_UNKNOWN_FORMAT',
+  );
   await assert.rejects(loadPreferenceExamples('/nonexistent/file.jsonl'), (e: unknown) => e instanceof DataError && e.code === 'DATA_NOT_FOUND');
   await assert.rejects(
     loadPreferenceExamples(join(FX, 'malformed.jsonl')),
@@ -160,7 +172,11 @@ test('grouped records also come as JSONL: keyed by prompt per line, or flat {pro
     assert.deepEqual(strip(await loadPreferenceExamples(join(dir, 'keyed.jsonl'))), expected);
     const f = await loadPreferenceExamples(join(dir, 'flat.jsonl'));
     assert.deepEqual(strip(f), expected);
-    assert.deepEqual(f.map((e) => e.sftTarget), expected.map((e) => e.chosen), 'without sft_target SFT uses the first pair\'s preferred response');
+    assert.deepEqual(
+      f.map((e) => e.sftTarget),
+      expected.map((e) => e.chosen),
+      "without sft_target SFT uses the first pair's preferred response",
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -55,7 +55,11 @@ test('HH-RLHF tokenises with stories260K at max_length 512 / prompt 256 (drop co
 
 test('LLaMA-Factory dpo_en_demo.json: 300 ShareGPT records → 300 pairs in the plain chat layout', async () => {
   const file = shared('data/llamafactory/dpo_en_demo.json');
-  const raw = JSON.parse(readFileSync(file, 'utf8')) as { conversations: { from: string; value: string }[]; chosen: { value: string }; rejected: { value: string } }[];
+  const raw = JSON.parse(readFileSync(file, 'utf8')) as {
+    conversations: { from: string; value: string }[];
+    chosen: { value: string };
+    rejected: { value: string };
+  }[];
   const examples = await loadPreferenceExamples(file);
   assert.equal(examples.length, 300);
   examples.forEach((ex, i) => {

@@ -12,11 +12,12 @@ import {
   tokenizePreference,
   type TokenizedPair,
 } from '../../src/training/data/index.js';
-import { loadTokenizer, HfTokenizer } from '../../src/training/tokenizers/index.js';
+import { loadTokenizer, type HfTokenizer } from '../../src/training/tokenizers/index.js';
 import type { Tokenizer } from '../../src/training/types.js';
 import { shared } from '../shared.js';
 
-const rows = (a: Int32Array | Float32Array, seqLen: number) => Array.from({ length: a.length / seqLen }, (_, r) => Array.from(a.slice(r * seqLen, (r + 1) * seqLen)));
+const rows = (a: Int32Array | Float32Array, seqLen: number) =>
+  Array.from({ length: a.length / seqLen }, (_, r) => Array.from(a.slice(r * seqLen, (r + 1) * seqLen)));
 const pair = (p: number[], c: number[], r: number[]): TokenizedPair => ({ promptIds: p, chosenIds: c, rejectedIds: r, sftIds: c });
 
 test('collator: TRL DataCollatorForPreference vectors (dpo-anchors §3.3a)', () => {
@@ -83,7 +84,11 @@ test('llama2.c tokenizer: BOS once, completion = suffix of prompt+completion, EO
 
 test('GPT-2: no BOS added; an EOS already in the text is not doubled', async () => {
   const tok = await loadTokenizer(shared('tokenizers/gpt2'));
-  const t = tokenizePreference({ prompt: 'Q: hi\nA:', chosen: ' hello<|endoftext|>', rejected: ' bye' }, tok, { maxLength: 64, maxPromptLength: 32, truncationMode: 'keep_end' })!;
+  const t = tokenizePreference({ prompt: 'Q: hi\nA:', chosen: ' hello<|endoftext|>', rejected: ' bye' }, tok, {
+    maxLength: 64,
+    maxPromptLength: 32,
+    truncationMode: 'keep_end',
+  })!;
   assert.deepEqual(t.promptIds, tok.encode('Q: hi\nA:'));
   assert.equal(t.chosenIds.filter((x) => x === 50256).length, 1);
   assert.equal(t.chosenIds.at(-1), 50256);
@@ -104,9 +109,17 @@ test('a chat template that renders BOS itself does not get a second BOS', async 
     decode: (ids) => gpt2.decode(ids),
     chatTemplate: '{{ bos_token }}...',
   };
-  const templated = tokenizePreference({ prompt: '<|endoftext|>User: hi\nBot:', chosen: ' yes', rejected: ' no' }, tok, { maxLength: 64, maxPromptLength: 32, truncationMode: 'keep_end' })!;
+  const templated = tokenizePreference({ prompt: '<|endoftext|>User: hi\nBot:', chosen: ' yes', rejected: ' no' }, tok, {
+    maxLength: 64,
+    maxPromptLength: 32,
+    truncationMode: 'keep_end',
+  })!;
   assert.deepEqual(templated.promptIds.slice(0, 2), [50256, ...gpt2.encode('User')]);
-  const plain = tokenizePreference({ prompt: 'User: hi\nBot:', chosen: ' yes', rejected: ' no' }, tok, { maxLength: 64, maxPromptLength: 32, truncationMode: 'keep_end' })!;
+  const plain = tokenizePreference({ prompt: 'User: hi\nBot:', chosen: ' yes', rejected: ' no' }, tok, {
+    maxLength: 64,
+    maxPromptLength: 32,
+    truncationMode: 'keep_end',
+  })!;
   assert.deepEqual(plain.promptIds, templated.promptIds);
 });
 
@@ -153,11 +166,17 @@ test('shuffle and eval split are deterministic by seed; dedup keeps first occurr
   assert.deepEqual(a, shuffleExamples(xs, 3));
   assert.notDeepEqual(a, shuffleExamples(xs, 4));
   assert.notDeepEqual(a, xs);
-  assert.deepEqual([...a].sort((p, q) => p - q), xs);
+  assert.deepEqual(
+    [...a].sort((p, q) => p - q),
+    xs,
+  );
   const s = splitEval(xs, 0.2, 7);
   assert.equal(s.eval.length, 10);
   assert.equal(s.train.length, 40);
-  assert.deepEqual([...s.train, ...s.eval].sort((p, q) => p - q), xs);
+  assert.deepEqual(
+    [...s.train, ...s.eval].sort((p, q) => p - q),
+    xs,
+  );
   assert.deepEqual(splitEval(xs, 0.2, 7), s);
   assert.deepEqual(splitEval([1, 2], 0.01, 0).eval.length, 1);
   assert.deepEqual(splitEval(xs, 0, 0), { train: xs, eval: [] });
@@ -167,7 +186,10 @@ test('shuffle and eval split are deterministic by seed; dedup keeps first occurr
     { prompt: 'a', chosen: 'b', rejected: 'c' },
   ]);
   assert.equal(d.removed, 1);
-  assert.deepEqual(d.examples.map((e) => e.rejected), ['c', 'd']);
+  assert.deepEqual(
+    d.examples.map((e) => e.rejected),
+    ['c', 'd'],
+  );
 });
 
 test('loadPreferenceExamples dedup option drops exact duplicates', async () => {

@@ -59,7 +59,10 @@ test('inspectDataset lists bad records by line, duplicates, chosen == rejected; 
   assert.equal(r.warnings[0]!.line, 5);
   const m = await inspectDataset('tests/fixtures/data/malformed.jsonl');
   assert.equal(m.ok, false);
-  assert.deepEqual(m.errors.map((p) => [p.code, p.line]), [['JSON_PARSE', 4]]);
+  assert.deepEqual(
+    m.errors.map((p) => [p.code, p.line]),
+    [['JSON_PARSE', 4]],
+  );
   assert.equal(m.pairs, 3, 'lines after the malformed one are still read');
   const toy = await inspectDataset('toy', { tokenizer: await loadTokenizer('stories260K'), maxLength: 64, maxPromptLength: 32 });
   assert.equal(toy.ok, true);

@@ -50,13 +50,19 @@ function checkStructure(c: Compose, label: string): void {
   assert.match(cmd, /--appendonly yes/, `${label}: redis append-only persistence`);
   assert.match(cmd, /--maxmemory-policy noeviction/, `${label}: redis noeviction (BullMQ)`);
   assert.match((redis.healthcheck?.test ?? []).join(' '), /redis-cli ping/);
-  assert.ok(redis.volumes?.some((v) => v.startsWith('redis-data:/data')), `${label}: redis data volume`);
+  assert.ok(
+    redis.volumes?.some((v) => v.startsWith('redis-data:/data')),
+    `${label}: redis data volume`,
+  );
 
   for (const name of ['api', 'worker', 'worker-gpu']) {
     const s = c.services[name];
     assert.equal(s.depends_on?.redis?.condition, 'service_healthy', `${label}: ${name} waits for a healthy redis`);
     assert.ok(s.healthcheck?.test?.length, `${label}: ${name} healthcheck`);
-    assert.ok(s.volumes?.some((v) => /^artifacts:\/app\/artifacts(:rw)?$/.test(v)), `${label}: ${name} shares the artifacts volume`);
+    assert.ok(
+      s.volumes?.some((v) => /^artifacts:\/app\/artifacts(:rw)?$/.test(v)),
+      `${label}: ${name} shares the artifacts volume`,
+    );
     assert.equal(s.environment?.REDIS_URL, 'redis://redis:6379');
   }
   assert.match(c.services.api.healthcheck!.test.join(' '), /\/health/);
@@ -121,7 +127,16 @@ describe('.env.example', () => {
   });
 
   it('documents the settings the deployment relies on, and leaves CUDA_VISIBLE_DEVICES commented out', () => {
-    for (const k of ['API_KEYS', 'STORAGE_BACKEND', 'FIREBASE_BUCKET', 'GOOGLE_APPLICATION_CREDENTIALS', 'FIREBASE_STORAGE_EMULATOR_HOST', 'ALLOW_CPU_FALLBACK', 'TFJS_NODE_BASE_URI', 'COMPOSE_PROJECT_NAME']) {
+    for (const k of [
+      'API_KEYS',
+      'STORAGE_BACKEND',
+      'FIREBASE_BUCKET',
+      'GOOGLE_APPLICATION_CREDENTIALS',
+      'FIREBASE_STORAGE_EMULATOR_HOST',
+      'ALLOW_CPU_FALLBACK',
+      'TFJS_NODE_BASE_URI',
+      'COMPOSE_PROJECT_NAME',
+    ]) {
       assert.ok(k in example, `${k} in .env.example`);
     }
     // An empty CUDA_VISIBLE_DEVICES hides every GPU from CUDA.

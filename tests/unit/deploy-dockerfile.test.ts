@@ -114,7 +114,11 @@ function tracked(path: string): boolean {
   if (r.status !== 0) return existsSync(join(ROOT, path));
   return r.stdout.trim().length > 0;
 }
-const sortedFlags = (cmd: string): string[] => cmd.split(/\s+/).filter((w) => w.startsWith('--')).sort();
+const sortedFlags = (cmd: string): string[] =>
+  cmd
+    .split(/\s+/)
+    .filter((w) => w.startsWith('--'))
+    .sort();
 
 describe('Dockerfile (CPU api and worker)', () => {
   it('has a build stage and api/worker targets on a Node LTS slim image', () => {
@@ -200,7 +204,10 @@ describe('both Dockerfiles', () => {
           for (const src of sources) {
             assert.notEqual(src, '.', `${file} ${s.name}: COPY . would send the whole context`);
             assert.doesNotMatch(src, /\.env|secrets|\.pem|credentials/i);
-            assert.ok(tracked(src), `${file} ${s.name}: COPY source ${src} is in the repository (git ls-files; an empty or untracked directory is not in a clean clone)`);
+            assert.ok(
+              tracked(src),
+              `${file} ${s.name}: COPY source ${src} is in the repository (git ls-files; an empty or untracked directory is not in a clean clone)`,
+            );
           }
         }
       }

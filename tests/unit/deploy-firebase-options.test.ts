@@ -13,8 +13,7 @@ import { pino } from 'pino';
 import { backoffDelayMs, contentTypeFor, FirebaseStorage, firebaseOptionsFromEnv, hashFile, StorageError } from '../../src/storage/firebase.js';
 
 const silent = pino({ level: 'silent' });
-const isConfigError = (re: RegExp) => (err: unknown) =>
-  err instanceof StorageError && err.code === 'STORAGE_CONFIG_INVALID' && re.test(err.message);
+const isConfigError = (re: RegExp) => (err: unknown) => err instanceof StorageError && err.code === 'STORAGE_CONFIG_INVALID' && re.test(err.message);
 
 describe('firebase storage options', () => {
   it('reads the FIREBASE_* environment, empty meaning default', () => {
@@ -38,7 +37,10 @@ describe('firebase storage options', () => {
 
   it('names the variable when it is missing or malformed', () => {
     assert.throws(() => firebaseOptionsFromEnv({}), isConfigError(/FIREBASE_BUCKET must be set/));
-    assert.throws(() => firebaseOptionsFromEnv({ FIREBASE_BUCKET: 'b-1', FIREBASE_UPLOAD_MAX_ATTEMPTS: 'five' }), isConfigError(/FIREBASE_UPLOAD_MAX_ATTEMPTS/));
+    assert.throws(
+      () => firebaseOptionsFromEnv({ FIREBASE_BUCKET: 'b-1', FIREBASE_UPLOAD_MAX_ATTEMPTS: 'five' }),
+      isConfigError(/FIREBASE_UPLOAD_MAX_ATTEMPTS/),
+    );
     assert.throws(() => firebaseOptionsFromEnv({ FIREBASE_BUCKET: 'b-1', FIREBASE_SIGNED_URLS: 'maybe' }), isConfigError(/FIREBASE_SIGNED_URLS/));
   });
 
@@ -96,11 +98,26 @@ describe('firebase storage options', () => {
 
 describe('backoff, content types, hashes', () => {
   it('doubles the delay per retry within ±20 % and caps it', () => {
-    assert.equal(backoffDelayMs(1, 100, 10_000, () => 0.5), 100);
-    assert.equal(backoffDelayMs(4, 100, 10_000, () => 0.5), 800);
-    assert.equal(backoffDelayMs(20, 100, 10_000, () => 0.5), 10_000);
-    assert.equal(backoffDelayMs(3, 100, 10_000, () => 0), 320);
-    assert.equal(backoffDelayMs(3, 100, 10_000, () => 1), 480);
+    assert.equal(
+      backoffDelayMs(1, 100, 10_000, () => 0.5),
+      100,
+    );
+    assert.equal(
+      backoffDelayMs(4, 100, 10_000, () => 0.5),
+      800,
+    );
+    assert.equal(
+      backoffDelayMs(20, 100, 10_000, () => 0.5),
+      10_000,
+    );
+    assert.equal(
+      backoffDelayMs(3, 100, 10_000, () => 0),
+      320,
+    );
+    assert.equal(
+      backoffDelayMs(3, 100, 10_000, () => 1),
+      480,
+    );
   });
 
   it('maps artifact files to content types', () => {

@@ -38,10 +38,14 @@ test('peer FLOP count: DPO = 4/3 of SFT (reference forward added), grows with th
 test('the fast engine trains like the plain tfjs reference ops (DPO_ENGINE_OPS=reference): same losses over two steps', async () => {
   const { spawnSync } = await import('node:child_process');
   const run = (env: Record<string, string>): { first_loss: number; loss: number } => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'bench/dpo-step.ts', '--preset', 'stories260K', '--pairs', '2', '--seq', '24', '--steps', '1', '--json'], {
-      encoding: 'utf8',
-      env: { ...process.env, ...env },
-    });
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'bench/dpo-step.ts', '--preset', 'stories260K', '--pairs', '2', '--seq', '24', '--steps', '1', '--json'],
+      {
+        encoding: 'utf8',
+        env: { ...process.env, ...env },
+      },
+    );
     assert.equal(r.status, 0, r.stderr.slice(-2000));
     const line = r.stdout.trim().split('\n').pop()!;
     return JSON.parse(line) as { first_loss: number; loss: number };

@@ -38,7 +38,10 @@ test('gradients: built into the cache once, then imported from it; d mean(x^2) =
       assert.equal(r.before, false);
       assert.equal(r.after, true);
       r.grad.forEach((v, j) => assert.ok(Math.abs(v - (2 * (j + 1)) / 3) < 1e-6, `grad ${r.grad}`));
-      assert.ok(fs.readdirSync(dir).some((f) => /^tfjs-core-.*-gradients-.*\.mjs$/.test(f)), 'bundle cached');
+      assert.ok(
+        fs.readdirSync(dir).some((f) => /^tfjs-core-.*-gradients-.*\.mjs$/.test(f)),
+        'bundle cached',
+      );
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -27,13 +27,7 @@ export function relErr(a: tf.Tensor, b: tf.Tensor): number {
  * Compare f(...xs) and g(...xs) (values) and their gradients w.r.t. xs.
  * @param tol relative tolerance (see relErr)
  */
-export function checkOp(
-  name: string,
-  f: (...xs: tf.Tensor[]) => tf.Tensor,
-  g: (...xs: tf.Tensor[]) => tf.Tensor,
-  xs: tf.Tensor[],
-  tol = 1e-4,
-): void {
+export function checkOp(name: string, f: (...xs: tf.Tensor[]) => tf.Tensor, g: (...xs: tf.Tensor[]) => tf.Tensor, xs: tf.Tensor[], tol = 1e-4): void {
   tf.tidy(() => {
     const yf = f(...xs);
     const yg = g(...xs);
@@ -59,7 +53,7 @@ export function ropeTables(T: number, hd: number, offset = 0): { cos: tf.Tensor2
   const s = new Float32Array(T * hd);
   for (let t = 0; t < T; t++)
     for (let j = 0; j < hd / 2; j++) {
-      const a = (t + offset) / Math.pow(10000, (2 * j) / hd);
+      const a = (t + offset) / 10000 ** ((2 * j) / hd);
       c[t * hd + j] = c[t * hd + j + hd / 2] = Math.cos(a);
       s[t * hd + j] = s[t * hd + j + hd / 2] = Math.sin(a);
     }
@@ -68,7 +62,12 @@ export function ropeTables(T: number, hd: number, offset = 0): { cos: tf.Tensor2
 
 /** Run every op comparison of the fast ops against the reference on the current backend. */
 export function runAllOpChecks(): void {
-  checkOp('linear', (x, w) => fast.linear(x as tf.Tensor2D, w as tf.Tensor2D), (x, w) => ref.linear(x as tf.Tensor2D, w as tf.Tensor2D), [randn([7, 5]), randn([5, 3])]);
+  checkOp(
+    'linear',
+    (x, w) => fast.linear(x as tf.Tensor2D, w as tf.Tensor2D),
+    (x, w) => ref.linear(x as tf.Tensor2D, w as tf.Tensor2D),
+    [randn([7, 5]), randn([5, 3])],
+  );
   checkOp(
     'linear+bias',
     (x, w, b) => fast.linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D),
@@ -76,21 +75,56 @@ export function runAllOpChecks(): void {
     [randn([6, 4]), randn([4, 9]), randn([9])],
   );
   const ids = tf.tensor1d([3, 1, 3, 0, 7, 3], 'int32');
-  checkOp('embedding', (t) => fast.embedding(ids, t as tf.Tensor2D), (t) => ref.embedding(ids, t as tf.Tensor2D), [randn([8, 5])]);
-  checkOp('rmsNorm', (x, w) => fast.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5), (x, w) => ref.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5), [randn([6, 10]), randn([10])]);
+  checkOp(
+    'embedding',
+    (t) => fast.embedding(ids, t as tf.Tensor2D),
+    (t) => ref.embedding(ids, t as tf.Tensor2D),
+    [randn([8, 5])],
+  );
+  checkOp(
+    'rmsNorm',
+    (x, w) => fast.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5),
+    (x, w) => ref.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5),
+    [randn([6, 10]), randn([10])],
+  );
   checkOp(
     'layerNorm',
     (x, a, b) => fast.layerNorm(x as tf.Tensor2D, a as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
     (x, a, b) => ref.layerNorm(x as tf.Tensor2D, a as tf.Tensor1D, b as tf.Tensor1D, 1e-5),
     [randn([6, 10]), randn([10]), randn([10])],
   );
-  checkOp('swiglu', (a, b) => fast.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), (a, b) => ref.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), [randn([5, 12], 2), randn([5, 12])]);
+  checkOp(
+    'swiglu',
+    (a, b) => fast.swiglu(a as tf.Tensor2D, b as tf.Tensor2D),
+    (a, b) => ref.swiglu(a as tf.Tensor2D, b as tf.Tensor2D),
+    [randn([5, 12], 2), randn([5, 12])],
+  );
   // sizes past the native kernels' one-thread and one-task limits (row blocks with partial dw sums)
-  checkOp('rmsNorm large', (x, w) => fast.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5), (x, w) => ref.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5), [randn([1100, 72]), randn([72])]);
-  checkOp('swiglu large', (a, b) => fast.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), (a, b) => ref.swiglu(a as tf.Tensor2D, b as tf.Tensor2D), [randn([300, 172], 2), randn([300, 172])]);
-  checkOp('geluTanh', (x) => fast.geluTanh(x), (x) => ref.geluTanh(x), [randn([5, 12], 2)]);
+  checkOp(
+    'rmsNorm large',
+    (x, w) => fast.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5),
+    (x, w) => ref.rmsNorm(x as tf.Tensor2D, w as tf.Tensor1D, 1e-5),
+    [randn([1100, 72]), randn([72])],
+  );
+  checkOp(
+    'swiglu large',
+    (a, b) => fast.swiglu(a as tf.Tensor2D, b as tf.Tensor2D),
+    (a, b) => ref.swiglu(a as tf.Tensor2D, b as tf.Tensor2D),
+    [randn([300, 172], 2), randn([300, 172])],
+  );
+  checkOp(
+    'geluTanh',
+    (x) => fast.geluTanh(x),
+    (x) => ref.geluTanh(x),
+    [randn([5, 12], 2)],
+  );
   const { cos, sin } = ropeTables(5, 8, 2);
-  checkOp('applyRope', (x) => fast.applyRope(x as tf.Tensor4D, cos, sin), (x) => ref.applyRope(x as tf.Tensor4D, cos, sin), [randn([2, 5, 3, 8])]);
+  checkOp(
+    'applyRope',
+    (x) => fast.applyRope(x as tf.Tensor4D, cos, sin),
+    (x) => ref.applyRope(x as tf.Tensor4D, cos, sin),
+    [randn([2, 5, 3, 8])],
+  );
   // attention: MHA, GQA (2 query heads per kv head), and a KV-cache offset (T < S)
   for (const [B, H, KV, T, S, hd] of [
     [2, 3, 3, 5, 5, 4],
@@ -118,7 +152,12 @@ export function runAllOpChecks(): void {
   const labels = tf.tensor1d([0, 10, 3, 3, 7, 1, 5], 'int32');
   for (const layout of ['VD', 'DV'] as const) {
     const wShape = layout === 'VD' ? [V, D] : [D, V];
-    for (const [chunkRows, vocabBlock] of [[undefined, undefined], [3, undefined], [undefined, 4], [4, 5]] as const) {
+    for (const [chunkRows, vocabBlock] of [
+      [undefined, undefined],
+      [3, undefined],
+      [undefined, 4],
+      [4, 5],
+    ] as const) {
       checkOp(
         `tokenLogps ${layout} chunk ${chunkRows ?? 'all'} block ${vocabBlock ?? 'all'}`,
         (h, w) => fast.tokenLogps(h as tf.Tensor2D, w as tf.Tensor2D, labels, layout, { chunkRows, vocabBlock }),

@@ -48,8 +48,7 @@ test('wasm Slice/Unpack kernels equal a plain JS slice', async () => {
     for (let a = 0; a < size[0]!; a++)
       for (let b = 0; b < size[1]!; b++)
         for (let c = 0; c < size[2]!; c++)
-          for (let d = 0; d < size[3]!; d++)
-            want.push(xv[(((begin[0]! + a) * 4 + begin[1]! + b) * 5 + begin[2]! + c) * 6 + begin[3]! + d]!);
+          for (let d = 0; d < size[3]!; d++) want.push(xv[(((begin[0]! + a) * 4 + begin[1]! + b) * 5 + begin[2]! + c) * 6 + begin[3]! + d]!);
     assert.deepEqual(Array.from(got), want);
     const parts = tf.unstack(x, 1);
     assert.equal(parts.length, 4);

@@ -21,7 +21,11 @@ test('threaded wasm backend: 2 threads, correct product, process exits', () => {
   `;
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: root, encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 0, r.stderr.slice(-2000));
-  const line = r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop()!;
+  const line = r.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .pop()!;
   const out = JSON.parse(line) as { threads: number; c: number[] };
   assert.equal(out.threads, 2);
   assert.deepEqual(out.c, [4, 5, 10, 11]);

@@ -9,14 +9,7 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
-import {
-  LOSS_TYPES,
-  LossConfigError,
-  needsReference,
-  preferenceLoss,
-  resolveLossOptions,
-  type ResolvedLossOptions,
-} from '../../src/training/losses/index.js';
+import { LOSS_TYPES, LossConfigError, needsReference, preferenceLoss, resolveLossOptions, type ResolvedLossOptions } from '../../src/training/losses/index.js';
 
 const LOSS_DIR = join(import.meta.dirname, '../../config/loss');
 
@@ -141,9 +134,15 @@ test('reference_free is allowed for delta-only losses; needsReference reflects t
 
 test('a loss that needs the reference fails clearly when reference log-probs are missing', () => {
   const { referenceChosenLogps: _a, referenceRejectedLogps: _b, ...rest } = inputs();
-  assert.throws(() => preferenceLoss(rest, { lossType: 'dpo', beta: 0.1 }), (e: unknown) => e instanceof LossConfigError && /reference/.test(e.message));
+  assert.throws(
+    () => preferenceLoss(rest, { lossType: 'dpo', beta: 0.1 }),
+    (e: unknown) => e instanceof LossConfigError && /reference/.test(e.message),
+  );
   const { chosenTokens: _c, ...noTokens } = inputs();
-  assert.throws(() => preferenceLoss(noTokens, { lossType: 'ipo', beta: 0.1 }), (e: unknown) => e instanceof LossConfigError && /chosenTokens/.test(e.message));
+  assert.throws(
+    () => preferenceLoss(noTokens, { lossType: 'ipo', beta: 0.1 }),
+    (e: unknown) => e instanceof LossConfigError && /chosenTokens/.test(e.message),
+  );
 });
 
 test('sft_loss_ratio and pref_loss_ratio combine as PaddleNLP: ratio * pref + ratio * token-mean NLL', () => {

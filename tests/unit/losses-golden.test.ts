@@ -98,12 +98,7 @@ function fromGoldenLogps(c: Case): Logps {
 
 function halves(x: CompletionLogps): [tf.Tensor1D, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D] {
   const B = x.logps.shape[0] / 2;
-  return [
-    tf.slice(x.logps, [0], [B]),
-    tf.slice(x.logps, [B], [B]),
-    tf.slice(x.tokenCounts, [0], [B]),
-    tf.slice(x.tokenCounts, [B], [B]),
-  ];
+  return [tf.slice(x.logps, [0], [B]), tf.slice(x.logps, [B], [B]), tf.slice(x.tokenCounts, [0], [B]), tf.slice(x.tokenCounts, [B], [B])];
 }
 
 function fromLogits(c: Case): Logps {
@@ -126,7 +121,10 @@ function logitsModel(logits: number[][][]): CausalLM {
   const config = { architecture: 'llama', vocabSize: V, hiddenSize: V } as unknown as ModelConfig;
   return {
     config,
-    params: new Map([['table', table], ['lm_head.weight', eye]]),
+    params: new Map([
+      ['table', table],
+      ['lm_head.weight', eye],
+    ]),
     hidden: () => tf.clone(table) as tf.Tensor2D,
     outputProjection: () => ({ weight: eye as unknown as tf.Tensor2D, layout: 'DV' as const }),
     logits: () => tf.reshape(table, [B, T, V]) as tf.Tensor3D,
@@ -190,7 +188,14 @@ function checkTrl(c: Case, lp: Logps, path: string): void {
 function checkReference(c: Case, lp: Logps, path: string): void {
   for (const e of c.reference_implementation) {
     const out = preferenceLoss(
-      { policyChosenLogps: lp.pc, policyRejectedLogps: lp.pr, referenceChosenLogps: lp.rc, referenceRejectedLogps: lp.rr, chosenTokens: lp.nc, rejectedTokens: lp.nr },
+      {
+        policyChosenLogps: lp.pc,
+        policyRejectedLogps: lp.pr,
+        referenceChosenLogps: lp.rc,
+        referenceRejectedLogps: lp.rr,
+        chosenTokens: lp.nc,
+        rejectedTokens: lp.nr,
+      },
       { lossType: e.ipo ? 'ipo' : 'dpo', ipoNormalize: false, beta: e.beta, labelSmoothing: e.label_smoothing, referenceFree: e.reference_free },
     );
     const key = `reference:${e.ipo ? 'ipo (summed)' : e.reference_free ? 'dpo reference_free' : e.label_smoothing > 0 ? 'cdpo' : 'dpo'}`;
@@ -207,7 +212,10 @@ function checkReference(c: Case, lp: Logps, path: string): void {
 
 test('golden: log-probs summed from the logits equal the golden log-probs', () => {
   golden.cases.forEach((c, ci) => {
-    for (const [name, lp] of [['logits', fromLogits(c)], ['model', fromModel(c)]] as const) {
+    for (const [name, lp] of [
+      ['logits', fromLogits(c)],
+      ['model', fromModel(c)],
+    ] as const) {
       const pairs: Array<[tf.Tensor1D, number[], string]> = [
         [lp.pc, c.policy_chosen_logps, 'policy_chosen_logps'],
         [lp.pr, c.policy_rejected_logps, 'policy_rejected_logps'],
@@ -249,7 +257,10 @@ test('golden: TRL logit metrics (logits/*, entropy, mean_token_accuracy) from th
       { policyChosenLogps: lp.pc, policyRejectedLogps: lp.pr, referenceChosenLogps: lp.rc, referenceRejectedLogps: lp.rr },
       trlOptions(e),
     );
-    for (const [name, s] of [['logits', viaLogits], ['model', viaModel]] as const) {
+    for (const [name, s] of [
+      ['logits', viaLogits],
+      ['model', viaModel],
+    ] as const) {
       const m = preferenceMetrics({
         chosenRewards: out.chosenRewards,
         rejectedRewards: out.rejectedRewards,

@@ -8,14 +8,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
 import { embedding } from '../../src/training/engine/ops.js';
-import {
-  LOSS_TYPES,
-  completionLogps,
-  logpsFromLogits,
-  preferenceLoss,
-  sftLoss,
-  type LossOptions,
-} from '../../src/training/losses/index.js';
+import { LOSS_TYPES, completionLogps, logpsFromLogits, preferenceLoss, sftLoss, type LossOptions } from '../../src/training/losses/index.js';
 import type { CausalLM, ModelConfig } from '../../src/training/types.js';
 
 before(async () => {
@@ -78,7 +71,10 @@ function checkGrad(o: LossOptions): void {
       );
     }
   }
-  assert.ok(analytic.flat().some((v) => v !== 0), 'gradient must not be all zero');
+  assert.ok(
+    analytic.flat().some((v) => v !== 0),
+    'gradient must not be all zero',
+  );
 }
 
 test('tfjs gradients w.r.t. the log-probs match finite differences', () => {
@@ -154,7 +150,7 @@ test('completionLogps of a CausalLM equals the logits path; a fully truncated co
   for (let i = 0; i < 4; i++) assert.ok(Math.abs(la[i]! - lb[i]!) < 1e-5, `row ${i}: ${la[i]} vs ${lb[i]}`);
   assert.deepEqual(Array.from(a.tokenCounts.dataSync()), [2, 0, 3, 2]);
   assert.equal(la[1], 0);
-  for (let i of [0, 2, 3]) assert.ok(la[i]! < 0);
+  for (const i of [0, 2, 3]) assert.ok(la[i]! < 0);
   model.dispose();
 });
 

@@ -49,13 +49,19 @@ test('hard sync copies the policy; a later policy update does not leak into the 
 
 test('sync refuses mismatched parameter maps with REFERENCE_SYNC_MISMATCH', () => {
   const policy = params({ a: [1, 2, 3] }, true);
-  assert.throws(() => hardSyncReference(policy, params({ a: [1, 2] }, false)), (e: unknown) => e instanceof ReferenceSyncError && e.code === 'REFERENCE_SYNC_MISMATCH');
+  assert.throws(
+    () => hardSyncReference(policy, params({ a: [1, 2] }, false)),
+    (e: unknown) => e instanceof ReferenceSyncError && e.code === 'REFERENCE_SYNC_MISMATCH',
+  );
   assert.throws(() => softSyncReference(policy, params({ z: [1, 2, 3] }, false), 0.5), ReferenceSyncError);
 });
 
 test('referenceSyncDue: soft every ref_model_sync_steps when sync_ref_model, hard every ref_model_update_steps', () => {
   const soft = { syncRefModel: true, refModelSyncSteps: 4 };
-  assert.deepEqual([1, 2, 3, 4, 5, 8].map((s) => referenceSyncDue(s, soft)), [null, null, null, 'soft', null, 'soft']);
+  assert.deepEqual(
+    [1, 2, 3, 4, 5, 8].map((s) => referenceSyncDue(s, soft)),
+    [null, null, null, 'soft', null, 'soft'],
+  );
   assert.equal(referenceSyncDue(4, { syncRefModel: false, refModelSyncSteps: 4 }), null);
   assert.equal(referenceSyncDue(6, { refModelUpdateSteps: 3 }), 'hard');
   assert.equal(referenceSyncDue(5, { refModelUpdateSteps: 3 }), null);

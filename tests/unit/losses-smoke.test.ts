@@ -9,14 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
 import { loadPretrained, cloneModel } from '../../src/training/models/index.js';
 import { tokenizePreference, collatePreference, resolvePadId } from '../../src/training/data/index.js';
-import {
-  LOSS_TYPES,
-  completionLogps,
-  needsReference,
-  normalizeLossOptions,
-  preferenceLoss,
-  type LossType,
-} from '../../src/training/losses/index.js';
+import { LOSS_TYPES, completionLogps, needsReference, normalizeLossOptions, preferenceLoss, type LossType } from '../../src/training/losses/index.js';
 import type { CausalLM } from '../../src/training/types.js';
 
 let base: CausalLM;
@@ -90,7 +83,10 @@ test('every loss type trains stories260K: loss logged, every trainable weight ch
     for (const [name, v] of policy.params) {
       const b = before.get(name)!;
       const a = v.dataSync();
-      assert.ok(a.some((x, i) => x !== b[i]), `${lossType}: parameter ${name} did not change`);
+      assert.ok(
+        a.some((x, i) => x !== b[i]),
+        `${lossType}: parameter ${name} did not change`,
+      );
     }
     policy.dispose();
   }

@@ -86,9 +86,7 @@ test('writeTrainingPlot draws sft loss and dpo loss / rewards/accuracies / rewar
     const lines: string[] = [];
     for (let s = 1; s <= 20; s++) lines.push(JSON.stringify({ stage: 'sft', step: s, loss: 5 / Math.sqrt(s) }));
     for (let s = 1; s <= 30; s++) {
-      lines.push(
-        JSON.stringify({ stage: 'dpo', step: s, loss: 0.6931 - s * 0.01, 'rewards/accuracies': Math.min(1, s / 20), 'rewards/margins': s * 0.02 }),
-      );
+      lines.push(JSON.stringify({ stage: 'dpo', step: s, loss: 0.6931 - s * 0.01, 'rewards/accuracies': Math.min(1, s / 20), 'rewards/margins': s * 0.02 }));
       if (s % 10 === 0) lines.push(JSON.stringify({ stage: 'dpo', step: s, eval_loss: 0.7 - s * 0.005, 'eval_rewards/accuracies': 0.5 + s / 100 }));
     }
     const jsonl = join(dir, 'metrics.jsonl');

@@ -166,14 +166,7 @@ test('MetricsLog appends one JSON line per step and mirrors numbers to TensorBoa
     assert.equal(typeof recs[0]!.time, 'string');
     const events = readEvents(join(dir, 'tb', readdirSync(join(dir, 'tb'))[0]!)).slice(1);
     const tags = events.map((e) => `${e.values[0]!.tag}@${e.step}`);
-    assert.deepEqual(tags, [
-      'sft/loss@1',
-      'sft/lr@1',
-      'dpo/loss@1',
-      'dpo/rewards/accuracies@1',
-      'dpo/rewards/margins@1',
-      'dpo/eval_loss@2',
-    ]);
+    assert.deepEqual(tags, ['sft/loss@1', 'sft/lr@1', 'dpo/loss@1', 'dpo/rewards/accuracies@1', 'dpo/rewards/margins@1', 'dpo/eval_loss@2']);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

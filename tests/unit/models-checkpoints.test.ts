@@ -48,7 +48,7 @@ function rng(seed: number): () => number {
 /** Values k/128, |k| < 128: exact in F32, F16 and BF16, so every dtype holds the same numbers. */
 function exactValues(n: number, r: () => number, scale = 1): Float32Array {
   const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = (Math.floor(r() * 255) - 127) / 128 * scale;
+  for (let i = 0; i < n; i++) a[i] = ((Math.floor(r() * 255) - 127) / 128) * scale;
   return a;
 }
 function toBf16(a: Float32Array): Uint8Array {
@@ -361,14 +361,28 @@ test('llama with attention_bias (o_proj bias too) and mistral sliding_window war
   writeFileSync(join(d, 'config.json'), JSON.stringify(hfConfig(c, 'llama', { attention_bias: true })));
   writeST(join(d, 'model.safetensors'), W, 'F32');
   const m = await loadModel(d);
-  assertMatchesRef(logitsOf(m, IDS.slice(0, 5).map((x) => x % 30)), refLlama(c, W, IDS.slice(0, 5).map((x) => x % 30)), 'llama-bias');
+  assertMatchesRef(
+    logitsOf(
+      m,
+      IDS.slice(0, 5).map((x) => x % 30),
+    ),
+    refLlama(
+      c,
+      W,
+      IDS.slice(0, 5).map((x) => x % 30),
+    ),
+    'llama-bias',
+  );
   m.dispose();
 
   const lines: string[] = [];
   setModelLogger(pino({ level: 'warn' }, new Writable({ write: (chunk, _e, cb) => (lines.push(String(chunk)), cb()) })));
   const cfg = parseHFConfig({ ...hfConfig({ ...c, bias: false }, 'mistral'), sliding_window: 4096 });
   assert.equal(cfg.modelType, 'mistral');
-  assert.ok(lines.some((l) => l.includes('sliding_window')), 'a pino warning names sliding_window');
+  assert.ok(
+    lines.some((l) => l.includes('sliding_window')),
+    'a pino warning names sliding_window',
+  );
 });
 
 test('unsupported model_type names the supported ones', () => {
@@ -390,7 +404,10 @@ test('a corrupt header, a missing tensor and a shape mismatch each give a Weight
     return d;
   };
   // corrupt: truncated JSON header
-  await assert.rejects(loadModel(mk('corrupt-json', W, { dropHeaderTail: true })), (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_INVALID' && /corrupt safetensors header/.test(e.message));
+  await assert.rejects(
+    loadModel(mk('corrupt-json', W, { dropHeaderTail: true })),
+    (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_INVALID' && /corrupt safetensors header/.test(e.message),
+  );
   // corrupt: an entry whose offsets do not match its shape names that tensor
   const d = mk('corrupt-entry', W);
   const buf = readFileSync(join(d, 'model.safetensors'));
@@ -404,11 +421,21 @@ test('a corrupt header, a missing tensor and a shape mismatch each give a Weight
   // missing tensor
   const missing = new Map(W);
   missing.delete('model.layers.0.mlp.up_proj.weight');
-  await assert.rejects(loadModel(mk('missing', missing)), (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_MISSING_TENSOR' && e.message.includes('model.layers.0.mlp.up_proj.weight'));
+  await assert.rejects(
+    loadModel(mk('missing', missing)),
+    (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_MISSING_TENSOR' && e.message.includes('model.layers.0.mlp.up_proj.weight'),
+  );
   // shape mismatch
   const wrong = new Map(W);
   wrong.set('model.layers.0.self_attn.k_proj.weight', { shape: [8, 16], data: new Float32Array(128) });
-  await assert.rejects(loadModel(mk('shape', wrong)), (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_SHAPE_MISMATCH' && e.message.includes('model.layers.0.self_attn.k_proj.weight') && /\[8, 16\]/.test(e.message));
+  await assert.rejects(
+    loadModel(mk('shape', wrong)),
+    (e: unknown) =>
+      e instanceof WeightsError &&
+      e.code === 'WEIGHTS_SHAPE_MISMATCH' &&
+      e.message.includes('model.layers.0.self_attn.k_proj.weight') &&
+      /\[8, 16\]/.test(e.message),
+  );
 });
 
 // ---------- GPT-2 ----------
@@ -424,7 +451,10 @@ function readST(file: string): Map<string, T> {
   for (const [k, v] of Object.entries(header)) {
     if (k === '__metadata__') continue;
     const bytes = b.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]);
-    out.set(k.replace(/^transformer\./, ''), { shape: v.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)) });
+    out.set(k.replace(/^transformer\./, ''), {
+      shape: v.shape,
+      data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)),
+    });
   }
   return out;
 }
@@ -508,7 +538,11 @@ test('gpt2: the golden HF checkpoint (transformer. prefix, Conv1D [in, out], tie
   }
   const m = await loadModel(GPT2);
   for (const c of gptGolden.cases) {
-    assertMatchesRef(logitsOf(m, c.input_ids), c.logits.map((r) => Float64Array.from(r)), `gpt2 golden (${c.input_ids.length} tokens)`);
+    assertMatchesRef(
+      logitsOf(m, c.input_ids),
+      c.logits.map((r) => Float64Array.from(r)),
+      `gpt2 golden (${c.input_ids.length} tokens)`,
+    );
   }
   m.dispose();
 });
@@ -533,7 +567,10 @@ test('gpt2: the same tensors without the transformer. prefix (hub layout) load t
   mkdirSync(d);
   copyFileSync(join(GPT2, 'config.json'), join(d, 'config.json'));
   writeFileSync(join(d, 'model.safetensors'), Buffer.concat([len, hb, src.subarray(8 + n)]));
-  assert.ok(Object.keys(renamed).some((k) => k.startsWith('h.0.')), 'prefix removed');
+  assert.ok(
+    Object.keys(renamed).some((k) => k.startsWith('h.0.')),
+    'prefix removed',
+  );
   const m = await loadModel(d);
   checkGpt2Ref(m);
   m.dispose();
@@ -561,7 +598,9 @@ test('gpt2: a random checkpoint built here: save → load gives identical logits
 });
 
 test('cloneModel: independent variables, same logits; frozen when asked', () => {
-  const cfg = parseHFConfig(hfConfig({ vocab: 20, D: 16, F: 24, L: 1, H: 2, KV: 1, hd: 8, eps: 1e-5, theta: 10000, tied: true, bias: false, oBias: false, qkNorm: false }, 'llama'));
+  const cfg = parseHFConfig(
+    hfConfig({ vocab: 20, D: 16, F: 24, L: 1, H: 2, KV: 1, hd: 8, eps: 1e-5, theta: 10000, tied: true, bias: false, oBias: false, qkNorm: false }, 'llama'),
+  );
   const m = createModel(cfg, { seed: 1 });
   const ref = cloneModel(m, { trainable: false });
   assert.ok([...ref.params.values()].every((v) => !v.trainable));
@@ -577,20 +616,35 @@ test('cloneModel: independent variables, same logits; frozen when asked', () => 
 });
 
 test('config: EOS lists kept (Llama 3), unsupported rope_scaling named, toHFConfig round-trips', () => {
-  const base = hfConfig({ vocab: 20, D: 16, F: 24, L: 1, H: 2, KV: 1, hd: 8, eps: 1e-5, theta: 10000, tied: true, bias: false, oBias: false, qkNorm: false }, 'llama');
+  const base = hfConfig(
+    { vocab: 20, D: 16, F: 24, L: 1, H: 2, KV: 1, hd: 8, eps: 1e-5, theta: 10000, tied: true, bias: false, oBias: false, qkNorm: false },
+    'llama',
+  );
   const c = parseHFConfig({ ...base, eos_token_id: [2, 7, 9] });
   assert.equal(c.eosTokenId, 2);
   assert.deepEqual(eosIds(c), [2, 7, 9]);
   const back = parseHFConfig(toHFConfig(c));
   assert.deepEqual(eosIds(back), [2, 7, 9]);
   assert.deepEqual({ ...back, eosTokenIds: undefined }, { ...c, eosTokenIds: undefined });
-  assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'yarn', factor: 4 } }), (e: unknown) => e instanceof UnsupportedModelError && /yarn/.test(e.message) && /llama3/.test(e.message));
+  assert.throws(
+    () => parseHFConfig({ ...base, rope_scaling: { rope_type: 'yarn', factor: 4 } }),
+    (e: unknown) => e instanceof UnsupportedModelError && /yarn/.test(e.message) && /llama3/.test(e.message),
+  );
 });
 
 test('gpt2 with the real GPT-2 tokenizer.json: save with tokenizer → loadPretrained → same logits, ids and generation', async () => {
   const tok = await loadTokenizer(shared('tokenizers/gpt2'));
   assert.deepEqual(tok.encode('Hello world'), [15496, 995]);
-  const cfg = parseHFConfig({ model_type: 'gpt2', vocab_size: 50257, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 64, bos_token_id: 50256, eos_token_id: 50256 });
+  const cfg = parseHFConfig({
+    model_type: 'gpt2',
+    vocab_size: 50257,
+    n_embd: 16,
+    n_layer: 1,
+    n_head: 2,
+    n_positions: 64,
+    bos_token_id: 50256,
+    eos_token_id: 50256,
+  });
   const m = createModel(cfg, { seed: 4 });
   const d = join(dir, 'gpt2-tok');
   const files = await saveModelHF(m, d, { tokenizer: tok });
@@ -609,7 +663,10 @@ test('gpt2 with the real GPT-2 tokenizer.json: save with tokenizer → loadPretr
 });
 
 test('loadModel: unknown name and a directory without weights give typed errors naming the fix', async () => {
-  await assert.rejects(loadModel(join(dir, 'does-not-exist')), (e: unknown) => e instanceof ModelNotFoundError && e.code === 'MODEL_NOT_FOUND' && /stories260K/.test(e.message));
+  await assert.rejects(
+    loadModel(join(dir, 'does-not-exist')),
+    (e: unknown) => e instanceof ModelNotFoundError && e.code === 'MODEL_NOT_FOUND' && /stories260K/.test(e.message),
+  );
   const d = join(dir, 'no-weights');
   mkdirSync(d);
   writeFileSync(join(d, 'config.json'), JSON.stringify({ model_type: 'gpt2', vocab_size: 10, n_embd: 8, n_layer: 1, n_head: 2 }));

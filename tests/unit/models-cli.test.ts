@@ -86,7 +86,10 @@ test('dpo score gives the summed completion log-probs DPO uses (checked against 
     assert.equal(got[i]!.chosen_tokens, expect[0]!.n);
     assert.equal(got[i]!.rejected_tokens, expect[1]!.n);
     assert.ok(Math.abs(got[i]!.chosen_logps! - expect[0]!.s) < 1e-3 * Math.max(1, Math.abs(expect[0]!.s)), `chosen ${got[i]!.chosen_logps} vs ${expect[0]!.s}`);
-    assert.ok(Math.abs(got[i]!.rejected_logps! - expect[1]!.s) < 1e-3 * Math.max(1, Math.abs(expect[1]!.s)), `rejected ${got[i]!.rejected_logps} vs ${expect[1]!.s}`);
+    assert.ok(
+      Math.abs(got[i]!.rejected_logps! - expect[1]!.s) < 1e-3 * Math.max(1, Math.abs(expect[1]!.s)),
+      `rejected ${got[i]!.rejected_logps} vs ${expect[1]!.s}`,
+    );
   });
   // the model prefers the fluent continuation in the first row
   assert.ok(got[0]!.chosen_logps! > got[0]!.rejected_logps!);

@@ -56,10 +56,7 @@ test('permuteQK moves interleaved pair rows to halves (transformers permute)', (
   // 1 head, dim1 = 4 rows (pairs (0,1),(2,3)), dim2 = 1 column: rows 0,1,2,3 -> 0,2,1,3
   assert.deepEqual(Array.from(permuteQK(new Float32Array([0, 1, 2, 3]), 1, 4, 1)), [0, 2, 1, 3]);
   // 2 heads of 4 rows each
-  assert.deepEqual(
-    Array.from(permuteQK(new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]), 2, 8, 1)),
-    [0, 2, 1, 3, 4, 6, 5, 7],
-  );
+  assert.deepEqual(Array.from(permuteQK(new Float32Array([0, 1, 2, 3, 4, 5, 6, 7]), 2, 8, 1)), [0, 2, 1, 3, 4, 6, 5, 7]);
 });
 
 test('last-position logits equal llama2.c model.py (1e-4)', () => {
@@ -80,7 +77,9 @@ test('per-token log-probs (hidden + tokenLogps) equal model.py', () => {
       const h = model.hidden(tf.tensor2d([c.input_ids], [1, T], 'int32'));
       const { weight, layout } = model.outputProjection();
       const labels = tf.tensor1d([...c.input_ids.slice(1), 0], 'int32');
-      return tokenLogps(h, weight, labels, layout).dataSync().slice(0, T - 1);
+      return tokenLogps(h, weight, labels, layout)
+        .dataSync()
+        .slice(0, T - 1);
     });
     assertClose(lp, c.token_logprobs, 1e-4, 'token_logprobs');
   }

@@ -24,12 +24,18 @@ import {
 import { LoraConfigError } from '../../src/training/models/lora.js';
 
 const cfg = parseHFConfig({
-  model_type: 'llama', vocab_size: 32, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
-  num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: false, max_position_embeddings: 64,
+  model_type: 'llama',
+  vocab_size: 32,
+  hidden_size: 16,
+  intermediate_size: 24,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  tie_word_embeddings: false,
+  max_position_embeddings: 64,
 });
 const IDS = [1, 4, 9, 16, 25, 3];
-const logitsOf = (m: GenerativeLM): number[] =>
-  Array.from(tf.tidy(() => m.logits(tf.tensor2d([IDS], [1, IDS.length], 'int32')).dataSync()));
+const logitsOf = (m: GenerativeLM): number[] => Array.from(tf.tidy(() => m.logits(tf.tensor2d([IDS], [1, IDS.length], 'int32')).dataSync()));
 function maxDiff(a: number[], b: number[]): number {
   return a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 }
@@ -45,12 +51,19 @@ test('applyLora: no-op at init, only adapters trainable, the adapted forward equ
   const m = createModel(cfg, { seed: 5 });
   const base = logitsOf(m);
   applyLora(m, { r: 4, alpha: 8, dropout: 0, targetModules: ['q_proj', 'v_proj'] });
-  const trainable = [...m.params].filter(([, v]) => v.trainable).map(([n]) => n).sort();
+  const trainable = [...m.params]
+    .filter(([, v]) => v.trainable)
+    .map(([n]) => n)
+    .sort();
   assert.deepEqual(trainable, [
-    'model.layers.0.self_attn.q_proj.lora_A.weight', 'model.layers.0.self_attn.q_proj.lora_B.weight',
-    'model.layers.0.self_attn.v_proj.lora_A.weight', 'model.layers.0.self_attn.v_proj.lora_B.weight',
-    'model.layers.1.self_attn.q_proj.lora_A.weight', 'model.layers.1.self_attn.q_proj.lora_B.weight',
-    'model.layers.1.self_attn.v_proj.lora_A.weight', 'model.layers.1.self_attn.v_proj.lora_B.weight',
+    'model.layers.0.self_attn.q_proj.lora_A.weight',
+    'model.layers.0.self_attn.q_proj.lora_B.weight',
+    'model.layers.0.self_attn.v_proj.lora_A.weight',
+    'model.layers.0.self_attn.v_proj.lora_B.weight',
+    'model.layers.1.self_attn.q_proj.lora_A.weight',
+    'model.layers.1.self_attn.q_proj.lora_B.weight',
+    'model.layers.1.self_attn.v_proj.lora_A.weight',
+    'model.layers.1.self_attn.v_proj.lora_B.weight',
   ]);
   assert.deepEqual(m.params.get('model.layers.0.self_attn.q_proj.lora_A.weight')!.shape, [16, 4]);
   assert.deepEqual(m.params.get('model.layers.0.self_attn.v_proj.lora_B.weight')!.shape, [4, 8]);
@@ -72,7 +85,11 @@ test('applyLora: no-op at init, only adapters trainable, the adapted forward equ
   for (const [n, v] of m.params) if (n.endsWith('lora_B.weight')) v.assign(tf.randomNormal(v.shape, 0, 0.3, 'float32', 9));
   const adapted = logitsOf(m);
   assert.ok(maxDiff(adapted, base) > 1e-3, 'the adapters change the output');
-  assert.deepEqual(withAdaptersDisabled(m, () => logitsOf(m)), base, 'adapters disabled = base model');
+  assert.deepEqual(
+    withAdaptersDisabled(m, () => logitsOf(m)),
+    base,
+    'adapters disabled = base model',
+  );
   const manual = cloneModel(m);
   assert.deepEqual(logitsOf(manual), adapted, 'cloneModel keeps the adapters');
   for (const mod of ['q_proj', 'v_proj']) {
@@ -133,7 +150,10 @@ test('targetModules matching nothing is a LoraConfigError listing the available 
 test('LoRA on GPT-2 Conv1D c_attn: merge equals the adapted forward', () => {
   const g = createModel(parseHFConfig({ model_type: 'gpt2', vocab_size: 32, n_embd: 16, n_layer: 1, n_head: 2, n_positions: 16 }), { seed: 2 });
   applyLora(g, { r: 2, alpha: 2, dropout: 0, targetModules: ['c_attn'] });
-  assert.deepEqual([...g.params.keys()].filter((n) => n.includes('lora')), ['transformer.h.0.attn.c_attn.lora_A.weight', 'transformer.h.0.attn.c_attn.lora_B.weight']);
+  assert.deepEqual(
+    [...g.params.keys()].filter((n) => n.includes('lora')),
+    ['transformer.h.0.attn.c_attn.lora_A.weight', 'transformer.h.0.attn.c_attn.lora_B.weight'],
+  );
   const B = g.params.get('transformer.h.0.attn.c_attn.lora_B.weight')!;
   B.assign(tf.randomNormal(B.shape, 0, 0.5, 'float32', 1));
   const adapted = logitsOf(g);

@@ -56,7 +56,10 @@ test('chat template from tokenizer_config.json is rendered with @huggingface/jin
 test('without a chat template: applyChatTemplate throws a typed error; the plain fallback is HH-style', async () => {
   const tok = await loadTokenizer(GPT2);
   assert.equal(tok.chatTemplate, null);
-  assert.throws(() => tok.applyChatTemplate!([{ role: 'user', content: 'x' }]), (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_NO_CHAT_TEMPLATE');
+  assert.throws(
+    () => tok.applyChatTemplate!([{ role: 'user', content: 'x' }]),
+    (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_NO_CHAT_TEMPLATE',
+  );
   assert.equal(renderPlainChat([{ role: 'user', content: 'Hi' }], { addGenerationPrompt: true }), '\n\nHuman: Hi\n\nAssistant:');
 });
 
@@ -114,7 +117,7 @@ test('BPE with byte fallback (Llama-style tokenizer.json built from tok512) enco
     const model = (sentencePieceToTokenizerJson(sp) as { model: { byte_fallback: boolean } }).model;
     assert.equal(model.byte_fallback, true);
     let s = 1;
-    const rnd = () => ((s = (Math.imul(s, 48271) + 11) >>> 0) / 2 ** 32);
+    const rnd = () => (s = (Math.imul(s, 48271) + 11) >>> 0) / 2 ** 32;
     const alphabet = [...'abcdefghijklmnopqrstuvwxyz   .,!?"\n', 'Once ', ' upon', ' the', 'Lily', '🙂', 'ü', '日本', '  '];
     for (let k = 0; k < 200; k++) {
       let t = '';

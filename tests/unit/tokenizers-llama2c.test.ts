@@ -108,7 +108,10 @@ test('byte fallback for characters outside the vocabulary, decoded back to UTF-8
   const ids = tok.encode('🙂');
   const bytes = [...new TextEncoder().encode('🙂')];
   // dummy-prefix space piece, then the four UTF-8 bytes as <0xXX> pieces (ids byte+3 in tok512)
-  assert.deepEqual(ids.slice(-4), bytes.map((b) => b + 3));
+  assert.deepEqual(
+    ids.slice(-4),
+    bytes.map((b) => b + 3),
+  );
   assert.equal(tok.decode(ids), '🙂');
 });
 
@@ -174,7 +177,10 @@ test('tokenizer.bin serializes back to the same bytes', () => {
 test('typed errors: missing path, truncated .bin, non-protobuf .model', async () => {
   await assert.rejects(loadTokenizer('/nonexistent/tok.bin'), (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_NOT_FOUND');
   const raw = new Uint8Array(readFileSync(BIN));
-  assert.throws(() => parseLlama2cTokenizer(raw.subarray(0, 1000)), (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT');
+  assert.throws(
+    () => parseLlama2cTokenizer(raw.subarray(0, 1000)),
+    (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT',
+  );
   assert.throws(
     () => parseSentencePieceModelProto(new TextEncoder().encode('{"not": "protobuf"}')),
     (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT',

@@ -69,7 +69,11 @@ test('gradient accumulation: SFT (token-weighted mean) batch 1 x 8 equals batch 
     const params = trainable(model);
     const task = sftTask({ model, train: pairs.slice(0, 8), eval: [], padId, params, evalBatchSize: 8 });
     const recs: Array<Record<string, number | string>> = [];
-    const res = await runStage(task, { settings: s, optimizer: optim('sgd'), params, seed: 3, evalEvery: null, doFirstEval: false, logEvery: 1, saveSteps: null }, { log: (r) => void recs.push(r) });
+    const res = await runStage(
+      task,
+      { settings: s, optimizer: optim('sgd'), params, seed: 3, evalEvery: null, doFirstEval: false, logEvery: 1, saveSteps: null },
+      { log: (r) => void recs.push(r) },
+    );
     res.optimizer.dispose();
     const snap = snapshot(model.params);
     model.dispose();
@@ -120,7 +124,16 @@ test('tf.memory().numTensors is flat across DPO steps (policy, frozen reference,
   });
   const res = await runStage(
     task,
-    { settings: stage({ max_steps: 5, batch_size: 2, gradient_accumulation_steps: 2, max_grad_norm: 1 }), optimizer: optim('adamw'), params, seed: 0, evalEvery: 4, doFirstEval: false, logEvery: 1, saveSteps: null },
+    {
+      settings: stage({ max_steps: 5, batch_size: 2, gradient_accumulation_steps: 2, max_grad_norm: 1 }),
+      optimizer: optim('adamw'),
+      params,
+      seed: 0,
+      evalEvery: 4,
+      doFirstEval: false,
+      logEvery: 1,
+      saveSteps: null,
+    },
     { ...noHooks, progress: () => void counts.push(tf.memory().numTensors) },
   );
   // slots are created at step 1; from then on the count must not grow
@@ -154,7 +167,9 @@ test('optimizer state round trip continues identically (AdamW, RMSprop with mome
 test('AdamW matches the torch update rule on one scalar (decoupled weight decay, bias correction)', () => {
   const p = tf.variable(tf.scalar(1.0));
   const o = new Optimizer(new Map([['p', p]]), optim('adamw', { weightDecay: 0.1 }));
-  let m = 0, v = 0, x = 1.0;
+  let m = 0,
+    v = 0,
+    x = 1.0;
   for (let t = 1; t <= 3; t++) {
     const g = 0.5 * t;
     o.apply(new Map([['p', tf.scalar(g)]]), 0.01);
@@ -179,7 +194,10 @@ test('learning-rate schedules: warmup then linear / cosine / constant', () => {
 });
 
 test('clipping by global norm returns the pre-clip norm and scales to max_norm', () => {
-  const g = new Map<string, tf.Tensor>([['a', tf.tensor1d([3, 0])], ['b', tf.tensor1d([0, 4])]]);
+  const g = new Map<string, tf.Tensor>([
+    ['a', tf.tensor1d([3, 0])],
+    ['b', tf.tensor1d([0, 4])],
+  ]);
   assert.equal(clipByGlobalNorm(g, 1), 5);
   const after = Math.hypot(...g.get('a')!.dataSync(), ...g.get('b')!.dataSync());
   assert.ok(Math.abs(after - 1) < 1e-5);

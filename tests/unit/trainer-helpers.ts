@@ -1,5 +1,5 @@
 /** Shared set-up of the trainer tests: the wasm backend, stories260K, tokenized toy pairs, stage settings. */
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import type { StageSettings } from '../../src/config/index.js';
 import { loadPreferenceExamples, resolvePadId, tokenizeDataset, type TokenizedPair } from '../../src/training/data/index.js';
 import { initBackend } from '../../src/training/engine/backend.js';

@@ -40,7 +40,16 @@ test('LoRA: only adapters train, reference = adapters disabled, merge/export rep
   });
   const res = await runStage(
     task,
-    { settings: stage({ max_steps: 3, batch_size: 2, lr: 1e-2 }), optimizer: optim('adamw'), params, seed: 0, evalEvery: null, doFirstEval: false, logEvery: 1, saveSteps: null },
+    {
+      settings: stage({ max_steps: 3, batch_size: 2, lr: 1e-2 }),
+      optimizer: optim('adamw'),
+      params,
+      seed: 0,
+      evalEvery: null,
+      doFirstEval: false,
+      logEvery: 1,
+      saveSteps: null,
+    },
     { log: (r) => void records.push(r) },
   );
   res.optimizer.dispose();
@@ -70,7 +79,18 @@ test('runTraining with lora.merge=false saves a PEFT adapter next to the base mo
   await runTraining({
     outputDir: dir,
     logger: pino({ level: 'silent' }),
-    overrides: ['lora.enabled=true', 'lora.merge=false', 'lora.r=2', 'sft.max_steps=2', 'max_steps=2', 'batch_size=2', 'n_eval_model_samples=0', 'progress_bar=false', 'tensorboard=false', 'plot=false'],
+    overrides: [
+      'lora.enabled=true',
+      'lora.merge=false',
+      'lora.r=2',
+      'sft.max_steps=2',
+      'max_steps=2',
+      'batch_size=2',
+      'n_eval_model_samples=0',
+      'progress_bar=false',
+      'tensorboard=false',
+      'plot=false',
+    ],
   });
   for (const f of ['model/adapter_model.safetensors', 'model/adapter_config.json', 'model/model.safetensors', 'model/config.json']) {
     assert.ok(existsSync(join(dir, f)), `${f} exists`);

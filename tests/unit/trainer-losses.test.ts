@@ -34,7 +34,16 @@ for (const lossType of LOSS_TYPES) {
     });
     const res = await runStage(
       task,
-      { settings: stage({ max_steps: 2, batch_size: 2, lr: 1e-2 }), optimizer: optim('adamw'), params, seed: 1, evalEvery: null, doFirstEval: false, logEvery: 1, saveSteps: null },
+      {
+        settings: stage({ max_steps: 2, batch_size: 2, lr: 1e-2 }),
+        optimizer: optim('adamw'),
+        params,
+        seed: 1,
+        evalEvery: null,
+        doFirstEval: false,
+        logEvery: 1,
+        saveSteps: null,
+      },
       { log: (r) => void records.push(r) },
     );
     assert.equal(records.length, 2);

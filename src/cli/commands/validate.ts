@@ -44,7 +44,8 @@ export function formatReport(r: DatasetReport): string {
       `over max_length ${c.overLength}, prompt fills max_length ${c.promptFillsMaxLength}, bad records ${c.badRecords}`,
   );
   if (r.fatal) lines.push(`FATAL ${r.fatal.code}: ${r.fatal.message}`);
-  for (const p of r.errors) lines.push(`error   ${p.code}${p.line !== undefined ? ` line ${p.line}` : ''} index ${p.index}${p.field ? ` ${p.field}` : ''}: ${p.message}`);
+  for (const p of r.errors)
+    lines.push(`error   ${p.code}${p.line !== undefined ? ` line ${p.line}` : ''} index ${p.index}${p.field ? ` ${p.field}` : ''}: ${p.message}`);
   if (r.errorCount > r.errors.length) lines.push(`... ${r.errorCount - r.errors.length} more errors`);
   for (const p of r.warnings.slice(0, 10)) lines.push(`warning ${p.code}${p.line !== undefined ? ` line ${p.line}` : ''} index ${p.index}: ${p.message}`);
   if (r.warningCount > 10) lines.push(`... ${r.warningCount - 10} more warnings`);

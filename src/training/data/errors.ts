@@ -18,11 +18,7 @@ export class DataError extends Error {
   readonly field?: string;
   /** For DATA_BAD_RECORD: FIELD_MISSING, FIELD_NOT_STRING, FIELD_EMPTY or BAD_FIELD. */
   readonly reason?: string;
-  constructor(
-    code: DataErrorCode,
-    message: string,
-    where: { line?: number; index?: number; field?: string; reason?: string; cause?: unknown } = {},
-  ) {
+  constructor(code: DataErrorCode, message: string, where: { line?: number; index?: number; field?: string; reason?: string; cause?: unknown } = {}) {
     super(message, where.cause !== undefined ? { cause: where.cause } : undefined);
     this.name = 'DataError';
     this.code = code;

@@ -99,7 +99,15 @@ export function detectFormat(record: unknown, opts: FormatOptions = {}): DataFor
 }
 
 function bad(field: string, message: string, reason?: string): DataError {
-  const r = reason ?? (message === 'is missing' ? 'FIELD_MISSING' : message === 'is empty' ? 'FIELD_EMPTY' : message.startsWith('must be a string,') ? 'FIELD_NOT_STRING' : 'BAD_FIELD');
+  const r =
+    reason ??
+    (message === 'is missing'
+      ? 'FIELD_MISSING'
+      : message === 'is empty'
+        ? 'FIELD_EMPTY'
+        : message.startsWith('must be a string,')
+          ? 'FIELD_NOT_STRING'
+          : 'BAD_FIELD');
   return new DataError('DATA_BAD_RECORD', `${field}: ${message}`, { field, reason: r });
 }
 
@@ -181,7 +189,16 @@ function messages(v: unknown, field: string): ChatMessage[] {
   });
 }
 
-const ROLE_MAP: Record<string, string> = { human: 'user', user: 'user', gpt: 'assistant', assistant: 'assistant', system: 'system', observation: 'tool', function_call: 'assistant', tool: 'tool' };
+const ROLE_MAP: Record<string, string> = {
+  human: 'user',
+  user: 'user',
+  gpt: 'assistant',
+  assistant: 'assistant',
+  system: 'system',
+  observation: 'tool',
+  function_call: 'assistant',
+  tool: 'tool',
+};
 function normaliseRole(r: string): string {
   return ROLE_MAP[r.toLowerCase()] ?? r;
 }

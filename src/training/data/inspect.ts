@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '../types.js';
-import { DataError, type DataProblem } from './errors.js';
+import type { DataError, DataProblem } from './errors.js';
 import type { DataFormat } from './formats.js';
 import type { Container } from './readers.js';
 import { iteratePreferenceExamples, type LoadOptions } from './load.js';
@@ -138,7 +138,13 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
   const where = (line: number | undefined, pair: number) => (line !== undefined ? `line ${line} (pair ${pair})` : `pair ${pair}`);
   const onBadRecord = (e: DataError): void => {
     report.counts.badRecords++;
-    err({ index: e.index ?? -1, ...(e.line !== undefined ? { line: e.line } : {}), field: e.field ?? '', code: e.code === 'DATA_PARSE' ? 'JSON_PARSE' : (e.reason ?? 'BAD_RECORD'), message: e.message });
+    err({
+      index: e.index ?? -1,
+      ...(e.line !== undefined ? { line: e.line } : {}),
+      field: e.field ?? '',
+      code: e.code === 'DATA_PARSE' ? 'JSON_PARSE' : (e.reason ?? 'BAD_RECORD'),
+      message: e.message,
+    });
   };
   try {
     for await (const b of iteratePreferenceExamples(source, { ...opts, onBadRecord }, info)) {
@@ -186,12 +192,22 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
         if (tok) {
           if (lp + longest > maxLength) {
             report.counts.overLength++;
-            warn({ ...at, field: '', code: 'OVER_LENGTH', message: `${where(b.line, index)}: ${lp + longest} tokens > max_length ${maxLength}; it will be truncated` });
+            warn({
+              ...at,
+              field: '',
+              code: 'OVER_LENGTH',
+              message: `${where(b.line, index)}: ${lp + longest} tokens > max_length ${maxLength}; it will be truncated`,
+            });
           }
           const promptAfter = lp + longest > maxLength && lp > maxPromptLength ? maxPromptLength : lp;
           if (promptAfter >= maxLength) {
             report.counts.promptFillsMaxLength++;
-            warn({ ...at, field: 'prompt', code: 'PROMPT_FILLS_MAX_LENGTH', message: `${where(b.line, index)}: the prompt alone fills max_length ${maxLength}; it will be dropped` });
+            warn({
+              ...at,
+              field: 'prompt',
+              code: 'PROMPT_FILLS_MAX_LENGTH',
+              message: `${where(b.line, index)}: the prompt alone fills max_length ${maxLength}; it will be dropped`,
+            });
           }
         }
       }

@@ -45,7 +45,9 @@ async function textStream(path: string): Promise<Readable> {
 async function readAllText(path: string): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const c of await textStream(path)) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/^\uFEFF/, '');
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/^\uFEFF/, '');
 }
 
 /** The first non-whitespace character of the (decompressed) file, or null for an empty file. */
@@ -53,7 +55,10 @@ async function firstChar(path: string): Promise<string | null> {
   const s = await textStream(path);
   try {
     for await (const c of s) {
-      const t = (c as Buffer).toString('utf8').replace(/^\uFEFF/, '').trimStart();
+      const t = (c as Buffer)
+        .toString('utf8')
+        .replace(/^\uFEFF/, '')
+        .trimStart();
       if (t.length > 0) return t[0]!;
     }
     return null;
@@ -70,8 +75,7 @@ function* fromParsed(doc: unknown, path: string): Generator<RawRecord> {
   if (doc && typeof doc === 'object') {
     // a JSON object: either keyed by prompt ({prompt: {responses, pairs, sft_target}}) or a single record
     const entries = Object.entries(doc as Record<string, unknown>);
-    const grouped =
-      entries.length > 0 && entries.every(([, v]) => v !== null && typeof v === 'object' && !Array.isArray(v) && 'responses' in (v as object));
+    const grouped = entries.length > 0 && entries.every(([, v]) => v !== null && typeof v === 'object' && !Array.isArray(v) && 'responses' in (v as object));
     if (grouped) {
       let i = 0;
       for (const [prompt, v] of entries) yield { value: { prompt, ...(v as object) }, index: i++ };

@@ -21,7 +21,8 @@ export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
   if (!Array.isArray(rows)) {
     return [{ index: -1, field: 'dataset', code: 'DATASET_NOT_ARRAY', message: 'dataset must be an array of {prompt, chosen, rejected} rows' }];
   }
-  if (rows.length === 0) add({ index: -1, field: 'dataset', code: 'DATASET_EMPTY', message: 'dataset has no rows; send at least one {prompt, chosen, rejected}' });
+  if (rows.length === 0)
+    add({ index: -1, field: 'dataset', code: 'DATASET_EMPTY', message: 'dataset has no rows; send at least one {prompt, chosen, rejected}' });
   for (let index = 0; index < rows.length && out.length < limit; index++) {
     const row = rows[index];
     if (row === null || typeof row !== 'object' || Array.isArray(row)) {

@@ -81,15 +81,9 @@ export async function initBackend(request?: BackendRequest, opts: BackendOptions
     { req: 'cpu', pkg: '@tensorflow/tfjs-backend-cpu', backend: 'cpu', gpu: false },
   ];
   const order =
-    want === 'auto'
-      ? candidates
-      : want === 'tensorflow'
-        ? candidates.filter((c) => c.backend === 'tensorflow')
-        : candidates.filter((c) => c.req === want);
+    want === 'auto' ? candidates : want === 'tensorflow' ? candidates.filter((c) => c.backend === 'tensorflow') : candidates.filter((c) => c.req === want);
   if (order.length === 0) {
-    throw new BackendUnavailableError(
-      `TFJS_BACKEND=${String(want)} is not one of auto, tensorflow, tensorflow-gpu, wasm, cpu`,
-    );
+    throw new BackendUnavailableError(`TFJS_BACKEND=${String(want)} is not one of auto, tensorflow, tensorflow-gpu, wasm, cpu`);
   }
   for (const c of order) {
     if (!(await tryImport(c.pkg))) continue;

@@ -82,7 +82,17 @@ export interface NativeGemm {
   /** RMSNorm forward: y = w x r, r `[N]` = (mean(x^2) + eps)^-1/2 (see elementwise.c). */
   rmsNormFwd(x: Float32Array, w: Float32Array, y: Float32Array, r: Float32Array, N: number, D: number, eps: number, threads: number): void;
   /** RMSNorm backward: dx `[N, D]`, dw `[D]` (see elementwise.c). */
-  rmsNormBwd(g: Float32Array, x: Float32Array, w: Float32Array, r: Float32Array, dx: Float32Array, dw: Float32Array, N: number, D: number, threads: number): void;
+  rmsNormBwd(
+    g: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    r: Float32Array,
+    dx: Float32Array,
+    dw: Float32Array,
+    N: number,
+    D: number,
+    threads: number,
+  ): void;
   /** SwiGLU forward y = silu(a) b (see elementwise.c). */
   swigluFwd(a: Float32Array, b: Float32Array, y: Float32Array, threads: number): void;
   /** SwiGLU backward (see elementwise.c). */
@@ -158,7 +168,11 @@ export function loadNativeGemm(): NativeGemm | null {
     // every source of the one translation unit (addon.c includes the others)
     const srcDir = path.dirname(src);
     const hash = createHash('sha256');
-    for (const f of fs.readdirSync(srcDir).filter((n) => /\.[ch]$/.test(n)).sort()) hash.update(f).update(fs.readFileSync(path.join(srcDir, f)));
+    for (const f of fs
+      .readdirSync(srcDir)
+      .filter((n) => /\.[ch]$/.test(n))
+      .sort())
+      hash.update(f).update(fs.readFileSync(path.join(srcDir, f)));
     const key = hash
       .update(process.version)
       .update(os.cpus()[0]?.model ?? '')
@@ -450,7 +464,26 @@ export function registerNativeAttention(): boolean {
     registerWasmKernel(ATTENTION_BWD_KERNEL, ({ inputs: { dy, qr, kr, v, o, lse, cos, sin }, attrs, view, out }) => {
       const a = attrs as unknown as AttentionAttrs;
       const [dq, dk, dv] = [out(qr!.shape.slice()), out(kr!.shape.slice()), out(v!.shape.slice())];
-      g.attentionBwd(view(dy), view(qr), view(kr), view(v), view(o), view(lse), view(cos), view(sin), view(dq), view(dk), view(dv), a.B, a.T, a.H, a.KV, a.hd, a.scale, threads);
+      g.attentionBwd(
+        view(dy),
+        view(qr),
+        view(kr),
+        view(v),
+        view(o),
+        view(lse),
+        view(cos),
+        view(sin),
+        view(dq),
+        view(dk),
+        view(dv),
+        a.B,
+        a.T,
+        a.H,
+        a.KV,
+        a.hd,
+        a.scale,
+        threads,
+      );
       return [dq, dk, dv];
     });
   });

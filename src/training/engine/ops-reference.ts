@@ -98,14 +98,9 @@ export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): t
  * @param opts.scale defaults to 1/sqrt(hd)
  * @returns `[B, H, T, hd]`
  */
-export function causalAttention(
-  q: tf.Tensor4D,
-  k: tf.Tensor4D,
-  v: tf.Tensor4D,
-  opts: { scale?: number; queryOffset?: number } = {},
-): tf.Tensor4D {
+export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, opts: { scale?: number; queryOffset?: number } = {}): tf.Tensor4D {
   return tf.tidy(() => {
-    const [B, H, T, hd] = q.shape;
+    const [_B, H, T, hd] = q.shape;
     const KV = k.shape[1];
     const S = k.shape[2];
     const offset = opts.queryOffset ?? S - T;
@@ -115,7 +110,10 @@ export function causalAttention(
     let vv: tf.Tensor4D = v;
     if (rep > 1) {
       // head h reads kv head floor(h / rep) (repeat_interleave); gather is differentiable, rank-5 tile is not
-      const heads = tf.tensor1d(Array.from({ length: H }, (_, h) => Math.floor(h / rep)), 'int32');
+      const heads = tf.tensor1d(
+        Array.from({ length: H }, (_, h) => Math.floor(h / rep)),
+        'int32',
+      );
       kk = tf.gather(k, heads, 1) as tf.Tensor4D;
       vv = tf.gather(v, heads, 1) as tf.Tensor4D;
     }
@@ -135,12 +133,7 @@ export function causalAttention(
  * @param labels `[N]` int32 label ids (any valid id where the row is masked out by the caller)
  * @returns `[N]` log-probs (nats)
  */
-export function tokenLogps(
-  hidden: tf.Tensor2D,
-  weight: tf.Tensor2D,
-  labels: tf.Tensor1D,
-  layout: 'DV' | 'VD',
-): tf.Tensor1D {
+export function tokenLogps(hidden: tf.Tensor2D, weight: tf.Tensor2D, labels: tf.Tensor1D, layout: 'DV' | 'VD'): tf.Tensor1D {
   return tf.tidy(() => {
     const logits = tf.matMul(hidden, weight, false, layout === 'VD');
     const lsm = tf.logSoftmax(logits, -1);

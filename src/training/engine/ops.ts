@@ -61,10 +61,7 @@ const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
   return {
     value: tf.matMul(x, w),
     // dX = dY W^T, dW = X^T dY, each as a plain product of an explicitly transposed operand.
-    gradFunc: (dy, [xs, ws]) => [
-      mm(dy as tf.Tensor2D, ws as tf.Tensor2D, false, true),
-      mm(xs as tf.Tensor2D, dy as tf.Tensor2D, true, false),
-    ],
+    gradFunc: (dy, [xs, ws]) => [mm(dy as tf.Tensor2D, ws as tf.Tensor2D, false, true), mm(xs as tf.Tensor2D, dy as tf.Tensor2D, true, false)],
   };
 });
 
@@ -102,8 +99,7 @@ export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
     save([ids]);
     return {
       value: tf.gather(t, ids),
-      gradFunc: (dy, [idsSaved]) =>
-        tf.scatterND(tf.reshape(idsSaved!, [-1, 1]), dy as tf.Tensor2D, [vocab, dim]),
+      gradFunc: (dy, [idsSaved]) => tf.scatterND(tf.reshape(idsSaved!, [-1, 1]), dy as tf.Tensor2D, [vocab, dim]),
     };
   });
   return f(table) as tf.Tensor2D;
@@ -225,10 +221,7 @@ const geluGrad = custom<[tf.Tensor]>((x, save) => {
     // d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
     gradFunc: (dy, [xs, x2s, ts]) => {
       const a = tf.mul(0.5, tf.add(1, ts!));
-      const b = tf.mul(
-        tf.mul(tf.mul(0.5 * GELU_C, xs!), tf.sub(1, tf.square(ts!))),
-        tf.add(1, tf.mul(3 * 0.044715, x2s!)),
-      );
+      const b = tf.mul(tf.mul(tf.mul(0.5 * GELU_C, xs!), tf.sub(1, tf.square(ts!))), tf.add(1, tf.mul(3 * 0.044715, x2s!)));
       return [tf.mul(dy, tf.add(a, b))];
     },
   };
@@ -328,12 +321,7 @@ function pieces(x: tf.Tensor, n: number, r: number, c: number): tf.Tensor2D[] {
  * @param opts.scale defaults to 1/sqrt(hd)
  * @returns `[B, H, T, hd]`
  */
-export function causalAttention(
-  q: tf.Tensor4D,
-  k: tf.Tensor4D,
-  v: tf.Tensor4D,
-  opts: { scale?: number; queryOffset?: number } = {},
-): tf.Tensor4D {
+export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, opts: { scale?: number; queryOffset?: number } = {}): tf.Tensor4D {
   if (referenceOps) return ref.causalAttention(q, k, v, opts);
   const [B, H, T, hd] = q.shape;
   const KV = k.shape[1];
@@ -422,8 +410,7 @@ function attentionBatched(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale:
         const dQ = tf.matMul(dS, ks as tf.Tensor3D); // [BH, T, hd]
         const dK = tf.matMul(dS, qs as tf.Tensor3D, true, false); // [BH, S, hd]
         const dV = tf.matMul(ps as tf.Tensor3D, d3, true, false); // [BH, S, hd]
-        const fold = (x: tf.Tensor): tf.Tensor =>
-          rep > 1 ? tf.sum(tf.reshape(x, [B, KV, rep, S, hd]), 2) : tf.reshape(x, [B, KV, S, hd]);
+        const fold = (x: tf.Tensor): tf.Tensor => (rep > 1 ? tf.sum(tf.reshape(x, [B, KV, rep, S, hd]), 2) : tf.reshape(x, [B, KV, S, hd]));
         return [tf.reshape(dQ, [B, H, T, hd]), fold(dK), fold(dV)];
       },
     };
@@ -548,13 +535,7 @@ export interface TokenLogpsOptions {
  * @returns `[N]` log-probs (nats)
  * @throws RangeError when rowMask's length differs from N
  */
-export function tokenLogps(
-  hidden: tf.Tensor2D,
-  weight: tf.Tensor2D,
-  labels: tf.Tensor1D,
-  layout: 'DV' | 'VD',
-  opts: TokenLogpsOptions = {},
-): tf.Tensor1D {
+export function tokenLogps(hidden: tf.Tensor2D, weight: tf.Tensor2D, labels: tf.Tensor1D, layout: 'DV' | 'VD', opts: TokenLogpsOptions = {}): tf.Tensor1D {
   if (referenceOps) {
     const lp = ref.tokenLogps(hidden, weight, labels, layout);
     if (!opts.rowMask) return lp;
@@ -584,16 +565,13 @@ export function tokenLogps(
 
   /** W's blocks in its stored layout: `[Vb, D]` ('VD') or `[D, Vb]` ('DV'). */
   const wBlocks = (w: tf.Tensor2D): tf.Tensor2D[] =>
-    blocks.map(([v0, n]) =>
-      blocks.length === 1 ? w : layout === 'VD' ? tf.slice(w, [v0, 0], [n, D]) : tf.slice(w, [0, v0], [D, n]),
-    );
+    blocks.map(([v0, n]) => (blocks.length === 1 ? w : layout === 'VD' ? tf.slice(w, [v0, 0], [n, D]) : tf.slice(w, [0, v0], [D, n])));
   /** h @ W_j as logits `[n, Vb]`. */
   const project = (h: tf.Tensor2D, wj: tf.Tensor2D): tf.Tensor2D => mm(h, wj, false, layout === 'VD');
   /** p_j @ W_j^T as `[n, D]` (p_j `[n, Vb]`). */
   const backProject = (p: tf.Tensor2D, wj: tf.Tensor2D): tf.Tensor2D => mm(p, wj, false, layout === 'DV');
   /** Rows of W (as `[n, D]`) for the given label ids. */
-  const labelRows = (w: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D =>
-    layout === 'VD' ? tf.gather(w, ids) : tf.transpose(tf.gather(w, ids, 1));
+  const labelRows = (w: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D => (layout === 'VD' ? tf.gather(w, ids) : tf.transpose(tf.gather(w, ids, 1)));
 
   const f = custom<[tf.Tensor2D, tf.Tensor2D]>((h, w, save) => {
     if (M === 0) {
@@ -647,8 +625,7 @@ export function tokenLogps(
             const t = backProject(p, wB[j]!);
             pw = pw ? tf.add(pw, t) : t;
             // 'VD': p^T (-g h) [Vb, D] (native: transposed operand in the packing; XNNPACK: (-gh)^T p, transposed)
-            const a =
-              layout === 'DV' ? mm(nhg, p, true, false) : native ? mm(p, nhg, true, false) : tf.transpose(mm(nhg, p, true, false));
+            const a = layout === 'DV' ? mm(nhg, p, true, false) : native ? mm(p, nhg, true, false) : tf.transpose(mm(nhg, p, true, false));
             dWb[j] = dWb[j] ? tf.add(dWb[j]!, a) : a;
           }
           dhParts.push(tf.mul(gc, tf.sub(labelRows(ws, labT), pw!)));

@@ -44,8 +44,8 @@ export function adamwUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, v: tf.
     return;
   }
   tf.tidy(() => {
-    const bc1 = 1 - Math.pow(h.beta1, h.step);
-    const bc2 = 1 - Math.pow(h.beta2, h.step);
+    const bc1 = 1 - h.beta1 ** h.step;
+    const bc2 = 1 - h.beta2 ** h.step;
     const mN = tf.add(tf.mul(m, h.beta1), tf.mul(g, 1 - h.beta1));
     const vN = tf.add(tf.mul(v, h.beta2), tf.mul(tf.square(g), 1 - h.beta2));
     const denom = tf.add(tf.div(tf.sqrt(vN), Math.sqrt(bc2)), h.eps);

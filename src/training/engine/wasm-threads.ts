@@ -62,7 +62,7 @@ export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, thr
   };
   const create = (obj: Blob | MediaSource): string => {
     const text = parts.get(obj as object);
-    if (text !== undefined && text.includes(WORKER_MARK)) {
+    if (text?.includes(WORKER_MARK)) {
       // Load the main script from its file instead of the (unreadable in Node) Blob.
       const patched = text.replace('typeof e.data.urlOrBlob=="string"', `(e.data.urlOrBlob=${JSON.stringify(mainPath)},true)`);
       if (patched === text) throw new WasmThreadsError('tfjs-backend-wasm worker script has an unexpected form; pin tfjs 4.22');

@@ -63,12 +63,7 @@ function shiftLabels(inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): { labe
  * @returns `logps` `[B]` (nats, ≤ 0) and `tokenCounts` `[B]` = Σ_{t≥1} completionMask[b, t]
  *   (a row with no completion token gives logps 0 and count 0, never NaN).
  */
-export function completionLogps(
-  model: CausalLM,
-  inputIds: tf.Tensor2D,
-  completionMask: tf.Tensor2D,
-  opts: { keepHidden?: boolean } = {},
-): CompletionLogps {
+export function completionLogps(model: CausalLM, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D, opts: { keepHidden?: boolean } = {}): CompletionLogps {
   return tf.tidy(() => {
     const [B, T] = inputIds.shape;
     const { labels, mask } = shiftLabels(inputIds, completionMask);
@@ -105,14 +100,7 @@ export function logpsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, comp
  * Stats of `[n, V]` logits rows; logits row i is batch row `rows[i]` (a global index b*T + t) of the
  * shifted labels/mask. Accumulated into per-sequence sums.
  */
-function accumulateStats(
-  logits2d: tf.Tensor2D,
-  rows: ArrayLike<number>,
-  labels: Int32Array,
-  mask: Float32Array,
-  T: number,
-  out: CompletionStats,
-): void {
+function accumulateStats(logits2d: tf.Tensor2D, rows: ArrayLike<number>, labels: Int32Array, mask: Float32Array, T: number, out: CompletionStats): void {
   const [meanLogit, entropy, argmax] = tf.tidy(() => {
     const lsm = tf.logSoftmax(logits2d, -1);
     const ent = tf.neg(tf.sum(tf.mul(tf.exp(lsm), lsm), -1));
@@ -149,7 +137,14 @@ export function statsFromLogits(logits: tf.Tensor3D, inputIds: tf.Tensor2D, comp
   tf.dispose([labels, mask]);
   const out = emptyStats(B);
   const l2 = tf.tidy(() => tf.reshape(tf.cast(logits, 'float32'), [B * T, V]) as tf.Tensor2D);
-  accumulateStats(l2, Array.from({ length: B * T }, (_, i) => i), lab, msk, T, out);
+  accumulateStats(
+    l2,
+    Array.from({ length: B * T }, (_, i) => i),
+    lab,
+    msk,
+    T,
+    out,
+  );
   l2.dispose();
   return out;
 }

@@ -154,10 +154,7 @@ export function canonicalLossType(name: string, where = 'loss.loss_type'): LossT
   if ((LOSS_TYPES as readonly string[]).includes(n)) return n as LossType;
   const alias = LOSS_ALIASES[n];
   if (alias) return alias;
-  throw new LossConfigError(
-    where,
-    `unknown loss type '${name}'; use one of ${LOSS_TYPES.join(', ')} (aliases: ${Object.keys(LOSS_ALIASES).join(', ')})`,
-  );
+  throw new LossConfigError(where, `unknown loss type '${name}'; use one of ${LOSS_TYPES.join(', ')} (aliases: ${Object.keys(LOSS_ALIASES).join(', ')})`);
 }
 
 function checkNumber(v: unknown, setting: string, cond: (x: number) => boolean, rule: string): number {
@@ -176,9 +173,7 @@ function checkNumber(v: unknown, setting: string, cond: (x: number) => boolean, 
 export function normalizeLossOptions(o: LossOptions, prefix = 'loss'): ResolvedLossOptions {
   const raw = Array.isArray(o.lossType) ? o.lossType : [o.lossType];
   if (raw.length === 0) throw new LossConfigError(`${prefix}.loss_type`, 'must name at least one loss type');
-  const lossTypes = raw.map((t, i) =>
-    canonicalLossType(String(t), Array.isArray(o.lossType) ? `${prefix}.loss_type[${i}]` : `${prefix}.loss_type`),
-  );
+  const lossTypes = raw.map((t, i) => canonicalLossType(String(t), Array.isArray(o.lossType) ? `${prefix}.loss_type[${i}]` : `${prefix}.loss_type`));
   let lossWeights: number[];
   if (o.lossWeights === undefined || o.lossWeights === null) lossWeights = lossTypes.map(() => 1);
   else {
@@ -188,9 +183,7 @@ export function normalizeLossOptions(o: LossOptions, prefix = 'loss'): ResolvedL
         `needs one weight per loss type (${lossTypes.length}: ${lossTypes.join(', ')}), got ${JSON.stringify(o.lossWeights)}`,
       );
     }
-    lossWeights = o.lossWeights.map((w, i) =>
-      checkNumber(w, `${prefix}.loss_weights[${i}]`, (x) => x >= 0, 'a number >= 0'),
-    );
+    lossWeights = o.lossWeights.map((w, i) => checkNumber(w, `${prefix}.loss_weights[${i}]`, (x) => x >= 0, 'a number >= 0'));
   }
   const beta = checkNumber(o.beta ?? LOSS_DEFAULTS.beta, `${prefix}.beta`, (x) => x > 0, 'a number > 0 (e.g. 0.1)');
   const labelSmoothing = checkNumber(
@@ -278,10 +271,7 @@ export const LOSS_CONFIG_KEYS: Readonly<Record<string, keyof LossOptions | null>
  * @throws LossConfigError naming the setting (`loss.beta`, `loss.label_smoothing`, `loss.name`,
  *   `loss.reference_free`, ...) for invalid values or unknown keys.
  */
-export function resolveLossOptions(
-  cfg: Record<string, unknown>,
-  opts: { prefix?: string; allowKeys?: readonly string[] } = {},
-): ResolvedLossOptions {
+export function resolveLossOptions(cfg: Record<string, unknown>, opts: { prefix?: string; allowKeys?: readonly string[] } = {}): ResolvedLossOptions {
   const prefix = opts.prefix ?? 'loss';
   if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) {
     throw new LossConfigError(prefix, `must be an object with at least a name (e.g. {name: dpo, beta: 0.1}), got ${JSON.stringify(cfg)}`);

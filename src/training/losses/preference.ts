@@ -11,14 +11,7 @@
  * `trainers.py:preference_loss`.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import {
-  type LossOptions,
-  type LossType,
-  type ResolvedLossOptions,
-  LossConfigError,
-  REFERENCE_FREE_LOSS_TYPES,
-  normalizeLossOptions,
-} from './options.js';
+import { type LossOptions, type LossType, type ResolvedLossOptions, LossConfigError, REFERENCE_FREE_LOSS_TYPES, normalizeLossOptions } from './options.js';
 import { ensureGradients } from '../engine/gradients.js';
 
 // tfjs-core alone registers no gradient functions under Node: make sure they are there (see engine/gradients.ts).
@@ -70,7 +63,11 @@ function sortAscending(x: T): T {
 /** log(1 − exp(x)) for x < 0, stable on both sides of −ln 2 (Mächler 2012). */
 function log1mexp(x: T): T {
   // the branch mask is a constant (a comparison has no gradient in tfjs)
-  const useExpm1 = tf.tensor(Array.from(x.dataSync(), (v) => (v > -Math.LN2 ? 1 : 0)), x.shape, 'bool');
+  const useExpm1 = tf.tensor(
+    Array.from(x.dataSync(), (v) => (v > -Math.LN2 ? 1 : 0)),
+    x.shape,
+    'bool',
+  );
   const a = tf.log(tf.neg(tf.expm1(tf.minimum(x, -1e-30))));
   const b = tf.log1p(tf.neg(tf.exp(tf.minimum(x, -Math.LN2))));
   return tf.where(useExpm1, a, b) as T;
@@ -149,10 +146,7 @@ function conservativeSigmoid(z: tf.Tensor, beta: number, eps: number): T {
  * @returns per-pair `{losses, chosenRewards, rejectedRewards}`, `[B]` each.
  * @throws LossConfigError for invalid options, or when an input the loss needs is missing.
  */
-export function preferenceLoss(
-  inputs: PreferenceLossInputs,
-  options: LossOptions | ResolvedLossOptions,
-): PreferenceLossOutputs {
+export function preferenceLoss(inputs: PreferenceLossInputs, options: LossOptions | ResolvedLossOptions): PreferenceLossOutputs {
   const o: ResolvedLossOptions = 'lossTypes' in options ? options : normalizeLossOptions(options);
   const { beta } = o;
   const eps = o.labelSmoothing;
@@ -226,10 +220,7 @@ export function preferenceLoss(
           const bz = tf.mul(beta, delta);
           const qw = tf.sigmoid(bz);
           const ql = tf.sigmoid(tf.neg(bz));
-          return tf.add(
-            tf.mul(qw, tf.sub(logSig(bz), Math.log1p(-e))),
-            tf.mul(ql, tf.sub(logSig(tf.neg(bz)), Math.log(e))),
-          ) as T;
+          return tf.add(tf.mul(qw, tf.sub(logSig(bz), Math.log1p(-e))), tf.mul(ql, tf.sub(logSig(tf.neg(bz)), Math.log(e)))) as T;
         }
         case 'nca_pair': {
           const c = tf.mul(beta, sc);

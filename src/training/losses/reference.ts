@@ -23,7 +23,9 @@ function pairs(policy: Map<string, tf.Variable>, reference: Map<string, tf.Varia
   for (const [name, ref] of reference) {
     const pol = policy.get(name);
     if (!pol) {
-      throw new ReferenceSyncError(`reference parameter '${name}' has no policy counterpart; sync needs the same architecture (no LoRA adapters on one side only)`);
+      throw new ReferenceSyncError(
+        `reference parameter '${name}' has no policy counterpart; sync needs the same architecture (no LoRA adapters on one side only)`,
+      );
     }
     if (pol.shape.join('x') !== ref.shape.join('x')) {
       throw new ReferenceSyncError(`parameter '${name}': policy shape [${pol.shape}] differs from reference shape [${ref.shape}]`);

@@ -138,10 +138,7 @@ function drawPanel(c: Canvas, p: Panel, ox: number, oy: number, w: number, h: nu
  * Render metrics records to a canvas: a grid of panels, 2 per row, `panelWidth` x `panelHeight` pixels each.
  * An empty record list gives a single panel saying "no metrics".
  */
-export function renderTrainingPlot(
-  records: MetricsRecord[],
-  opts: { panelWidth?: number; panelHeight?: number; keys?: readonly string[] } = {},
-): Canvas {
+export function renderTrainingPlot(records: MetricsRecord[], opts: { panelWidth?: number; panelHeight?: number; keys?: readonly string[] } = {}): Canvas {
   const pw = opts.panelWidth ?? 440;
   const ph = opts.panelHeight ?? 280;
   const panels = plotPanels(records, opts.keys);

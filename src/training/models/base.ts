@@ -205,13 +205,7 @@ export function ownVariable(init: tf.Tensor, trainable: boolean): tf.Variable {
 }
 
 /** One HF-layout host tensor → a variable in internal layout. */
-export function hostToVariable(
-  name: string,
-  t: HostTensor,
-  hfShape: number[],
-  linearWeight: boolean,
-  trainable: boolean,
-): tf.Variable {
+export function hostToVariable(_name: string, t: HostTensor, hfShape: number[], linearWeight: boolean, trainable: boolean): tf.Variable {
   if (linearWeight && hfShape.length === 2) {
     const [out, inn] = hfShape as [number, number];
     return ownVariable(tf.tensor2d(transpose2d(t.data, out, inn), [inn, out]), trainable);
@@ -230,11 +224,7 @@ export function variableToHost(v: tf.Tensor, linearWeight: boolean): HostTensor 
 }
 
 /** Random init as in transformers' `_init_weights`: normal(0, 0.02) matrices, norms 1, biases 0. */
-export function randomVariables(
-  spec: ShapeSpec,
-  isLinear: (name: string) => boolean,
-  seed: number,
-): Map<string, tf.Variable> {
+export function randomVariables(spec: ShapeSpec, isLinear: (name: string) => boolean, seed: number): Map<string, tf.Variable> {
   const params = new Map<string, tf.Variable>();
   spec.forEach(([name, shape], i) => {
     let t: tf.Tensor;

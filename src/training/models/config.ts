@@ -88,9 +88,7 @@ function parseLlamaFamily(raw: Json, modelType: SupportedModelType): ModelConfig
   const numHeads = positiveInt(raw, 'num_attention_heads');
   const numKvHeads = positiveInt(raw, 'num_key_value_heads', numHeads);
   if (numHeads % numKvHeads !== 0) {
-    throw new ModelConfigError(
-      `config.json: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`,
-    );
+    throw new ModelConfigError(`config.json: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
   }
   const headDim = positiveInt(raw, 'head_dim', hiddenSize / numHeads);
   if (headDim % 2 !== 0) throw new ModelConfigError(`config.json: head_dim (${headDim}) must be even for RoPE`);
@@ -109,9 +107,7 @@ function parseLlamaFamily(raw: Json, modelType: SupportedModelType): ModelConfig
   if (ropeScaling) {
     const type = String(ropeScaling.rope_type ?? ropeScaling.type ?? 'default');
     if (!(SUPPORTED_ROPE_TYPES as readonly string[]).includes(type)) {
-      throw new UnsupportedModelError(
-        `config.json rope_scaling type ${JSON.stringify(type)} is not supported; supported: ${SUPPORTED_ROPE_TYPES.join(', ')}`,
-      );
+      throw new UnsupportedModelError(`config.json rope_scaling type ${JSON.stringify(type)} is not supported; supported: ${SUPPORTED_ROPE_TYPES.join(', ')}`);
     }
     if (type === 'default') ropeScaling = null;
     else {
@@ -122,10 +118,7 @@ function parseLlamaFamily(raw: Json, modelType: SupportedModelType): ModelConfig
     }
   }
   if (!Number.isFinite(ropeTheta) || ropeTheta <= 0) ropeTheta = 10000;
-  const slidingActive =
-    modelType === 'mistral'
-      ? raw.sliding_window !== undefined && raw.sliding_window !== null
-      : raw.use_sliding_window === true;
+  const slidingActive = modelType === 'mistral' ? raw.sliding_window !== undefined && raw.sliding_window !== null : raw.use_sliding_window === true;
   if (slidingActive) {
     modelLog().warn(
       { modelType, slidingWindow: raw.sliding_window },
@@ -165,9 +158,7 @@ function parseGpt2(raw: Json): ModelConfig {
   }
   const act = raw.activation_function ?? 'gelu_new';
   if (act !== 'gelu_new' && act !== 'gelu_pytorch_tanh') {
-    throw new UnsupportedModelError(
-      `config.json activation_function ${JSON.stringify(act)} is not supported for gpt2; supported: gelu_new, gelu_pytorch_tanh`,
-    );
+    throw new UnsupportedModelError(`config.json activation_function ${JSON.stringify(act)} is not supported for gpt2; supported: gelu_new, gelu_pytorch_tanh`);
   }
   if (raw.tie_word_embeddings === false) {
     throw new UnsupportedModelError('config.json tie_word_embeddings=false is not supported for gpt2; supported: tied lm_head');

@@ -40,11 +40,7 @@ export const seededRandom: (seed: number) => () => number = mulberry32;
  * @returns a token id: argmax when temperature <= 0, else a sample after temperature, top-k and top-p
  *   filtering (HF `TopKLogitsWarper`/`TopPLogitsWarper` semantics: at least one token is always kept)
  */
-export function sampleNext(
-  logits: Float32Array,
-  opts: { temperature?: number; topK?: number; topP?: number },
-  rand: () => number,
-): number {
+export function sampleNext(logits: Float32Array, opts: { temperature?: number; topK?: number; topP?: number }, rand: () => number): number {
   const T = opts.temperature ?? 0;
   if (!(T > 0)) {
     let best = 0;
@@ -87,12 +83,7 @@ export function sampleNext(
  *   continues the prompt (leading spaces kept)
  * @throws RangeError when the model has no KV-cache path (not built by this layer)
  */
-export function generate(
-  model: CausalLM,
-  tokenizer: Tokenizer,
-  prompt: string,
-  opts: GenerateOptions = {},
-): { ids: number[]; text: string } {
+export function generate(model: CausalLM, tokenizer: Tokenizer, prompt: string, opts: GenerateOptions = {}): { ids: number[]; text: string } {
   const lm = model as GenerativeLM;
   if (typeof lm.createCache !== 'function' || typeof lm.logitsCached !== 'function') {
     throw new RangeError('generate: the model has no KV-cache path; load it with loadModel/createModel');

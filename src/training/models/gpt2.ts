@@ -15,7 +15,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../types.js';
 import { causalAttention, embedding, geluTanh, layerNorm, selfAttention } from '../engine/ops.js';
-import { BaseLM, KVCache, type ShapeSpec } from './base.js';
+import { BaseLM, type KVCache, type ShapeSpec } from './base.js';
 
 /** GPT-2 has no tensors stored `[out, in]`: Conv1D is `[in, out]`. */
 export function isGpt2Linear(_name: string): boolean {
@@ -75,8 +75,7 @@ export class Gpt2Model extends BaseLM {
         embedding(ids, this.p<tf.Tensor2D>('transformer.wte.weight')),
         embedding(tf.tensor1d(pos, 'int32'), this.p<tf.Tensor2D>('transformer.wpe.weight')),
       ) as tf.Tensor2D;
-      const heads = (m: tf.Tensor2D): tf.Tensor4D =>
-        tf.transpose(tf.reshape(m, [B, T, H, hd]), [0, 2, 1, 3]) as tf.Tensor4D; // [B, H, T, hd]
+      const heads = (m: tf.Tensor2D): tf.Tensor4D => tf.transpose(tf.reshape(m, [B, T, H, hd]), [0, 2, 1, 3]) as tf.Tensor4D; // [B, H, T, hd]
       for (let l = 0; l < c.numLayers; l++) {
         const pre = `transformer.h.${l}.`;
         const h = layerNorm(x, this.p(pre + 'ln_1.weight'), this.p(pre + 'ln_1.bias'), eps);

@@ -12,16 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { CausalLM, ModelConfig, Tokenizer } from '../types.js';
 import { loadTokenizer, saveTokenizerFiles } from '../tokenizers/index.js';
-import {
-  BaseLM,
-  hostToVariable,
-  ownVariable,
-  randomVariables,
-  transpose2d,
-  variablesFromHF,
-  type GenerativeLM,
-  type ShapeSpec,
-} from './base.js';
+import { BaseLM, hostToVariable, ownVariable, randomVariables, transpose2d, variablesFromHF, type GenerativeLM, type ShapeSpec } from './base.js';
 import { eosIds, parseHFConfig, toHFConfig, type HFModelConfig } from './config.js';
 import { ModelConfigError, ModelNotFoundError, WeightsError } from './errors.js';
 import { Gpt2Model, canonicalGpt2Name, gpt2Shapes, isGpt2Linear } from './gpt2.js';
@@ -190,7 +181,10 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
     modelLog().warn({ dir, tensors: ignored.slice(0, 10), count: ignored.length }, 'checkpoint tensors not used by the model were ignored');
   }
   if (zeroFilled.length > 0) {
-    modelLog().warn({ dir, tensors: zeroFilled.slice(0, 10), count: zeroFilled.length }, 'checkpoint lacks these biases; they are zero-initialised as transformers does');
+    modelLog().warn(
+      { dir, tensors: zeroFilled.slice(0, 10), count: zeroFilled.length },
+      'checkpoint lacks these biases; they are zero-initialised as transformers does',
+    );
   }
   // Read tensor by tensor (grouped by shard); each host copy becomes a variable before the next is read.
   const canonicalOf = new Map<string, string>();
@@ -283,9 +277,7 @@ export function hfTensors(model: CausalLM): TensorToWrite[] {
       data: () => {
         let internal: Float32Array;
         if (ad) {
-          internal = tf.tidy(() =>
-            tf.add(v, tf.mul(tf.matMul(ad.A, ad.B), ad.alpha / ad.r)).dataSync() as Float32Array,
-          );
+          internal = tf.tidy(() => tf.add(v, tf.mul(tf.matMul(ad.A, ad.B), ad.alpha / ad.r)).dataSync() as Float32Array);
         } else internal = v.dataSync() as Float32Array;
         if (arch.isLinear(name) && hfShape.length === 2) return transpose2d(internal, hfShape[1]!, hfShape[0]!);
         return internal;
@@ -302,11 +294,7 @@ export function hfTensors(model: CausalLM): TensorToWrite[] {
  * @param opts.dtype `F32` (default) or `BF16`
  * @returns absolute paths of the files written
  */
-export async function saveModelHF(
-  model: CausalLM,
-  outDir: string,
-  opts: { dtype?: 'F32' | 'BF16'; tokenizer?: Tokenizer } = {},
-): Promise<string[]> {
+export async function saveModelHF(model: CausalLM, outDir: string, opts: { dtype?: 'F32' | 'BF16'; tokenizer?: Tokenizer } = {}): Promise<string[]> {
   const dtype = opts.dtype ?? 'F32';
   const dir = resolve(outDir);
   await mkdir(dir, { recursive: true });

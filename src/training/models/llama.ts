@@ -20,7 +20,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../types.js';
 import { applyRope, causalAttention, embedding, rmsNorm, selfAttention, swiglu } from '../engine/ops.js';
-import { BaseLM, KVCache, type ShapeSpec } from './base.js';
+import { BaseLM, type KVCache, type ShapeSpec } from './base.js';
 
 /** HF names of the Llama-family tensors stored `[out, in]` on disk (held `[in, out]` here). */
 export function isLlamaLinear(name: string): boolean {
@@ -70,7 +70,7 @@ export function llamaShapes(c: ModelConfig): ShapeSpec {
 export function ropeInvFreq(c: ModelConfig): Float64Array {
   const hd = c.headDim;
   const inv = new Float64Array(hd / 2);
-  for (let i = 0; i < hd / 2; i++) inv[i] = Math.fround(1 / Math.pow(c.ropeTheta, (2 * i) / hd));
+  for (let i = 0; i < hd / 2; i++) inv[i] = Math.fround(1 / c.ropeTheta ** ((2 * i) / hd));
   const s = c.ropeScaling;
   const type = s ? String(s.rope_type ?? s.type ?? 'default') : 'default';
   if (type === 'linear') {
@@ -160,7 +160,10 @@ export class LlamaModel extends BaseLM {
         const v = this.proj(h, pre + 'self_attn.v_proj');
         if (c.qkNorm) {
           q = tf.reshape(rmsNorm(tf.reshape(q, [B * T * H, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.q_norm.weight'), eps), [B * T, H * hd]) as tf.Tensor2D;
-          k = tf.reshape(rmsNorm(tf.reshape(k, [B * T * KV, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.k_norm.weight'), eps), [B * T, KV * hd]) as tf.Tensor2D;
+          k = tf.reshape(rmsNorm(tf.reshape(k, [B * T * KV, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.k_norm.weight'), eps), [
+            B * T,
+            KV * hd,
+          ]) as tf.Tensor2D;
         }
         let o: tf.Tensor2D;
         if (!cache) {

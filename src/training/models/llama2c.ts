@@ -60,9 +60,7 @@ export async function readLlama2c(path: string): Promise<{ config: ModelConfig; 
   const buf = await readFile(path);
   if (buf.byteLength < 28) throw new WeightsError(`${path}: too short for a llama2.c header (28 bytes)`);
   const header = new Int32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + 28));
-  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, rawVocab, seqLen] = Array.from(header) as [
-    number, number, number, number, number, number, number,
-  ];
+  const [dim, hiddenDim, nLayers, nHeads, nKvHeads, rawVocab, seqLen] = Array.from(header) as [number, number, number, number, number, number, number];
   const vocab = Math.abs(rawVocab);
   const shared = rawVocab > 0;
   const plausible = [dim, hiddenDim, nLayers, nHeads, nKvHeads, vocab, seqLen].every((v) => v > 0 && v < 1 << 24);

@@ -76,12 +76,8 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
       };
       if (typeof e !== 'object' || e === null) bad('entry is not an object');
       if (typeof e.dtype !== 'string') bad('dtype is missing');
-      if (!(e.dtype as string in DTYPE_BYTES)) {
-        throw new WeightsError(
-          `${file}: tensor "${name}" has dtype ${String(e.dtype)}; supported dtypes: F32, F16, BF16`,
-          name,
-          'WEIGHTS_UNSUPPORTED_DTYPE',
-        );
+      if (!((e.dtype as string) in DTYPE_BYTES)) {
+        throw new WeightsError(`${file}: tensor "${name}" has dtype ${String(e.dtype)}; supported dtypes: F32, F16, BF16`, name, 'WEIGHTS_UNSUPPORTED_DTYPE');
       }
       if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) bad('shape is not a list of non-negative integers');
       const offs = e.data_offsets;
@@ -201,11 +197,7 @@ async function exists(p: string): Promise<boolean> {
  * Read the named tensors as float32, one at a time, grouped by shard (each shard file is opened once).
  * `onTensor` should consume the host copy (e.g. make a tf.Variable) before returning.
  */
-export async function forEachTensor(
-  index: Map<string, TensorInfo>,
-  names: string[],
-  onTensor: (name: string, t: HostTensor) => void,
-): Promise<void> {
+export async function forEachTensor(index: Map<string, TensorInfo>, names: string[], onTensor: (name: string, t: HostTensor) => void): Promise<void> {
   const byFile = new Map<string, string[]>();
   for (const name of names) {
     const info = index.get(name);
@@ -242,12 +234,7 @@ export interface TensorToWrite {
  * @param metadata `__metadata__` strings; `format: "pt"` is added (transformers requires it)
  * @returns bytes written
  */
-export function writeSafetensors(
-  file: string,
-  tensors: TensorToWrite[],
-  dtype: 'F32' | 'BF16' = 'F32',
-  metadata: Record<string, string> = {},
-): number {
+export function writeSafetensors(file: string, tensors: TensorToWrite[], dtype: 'F32' | 'BF16' = 'F32', metadata: Record<string, string> = {}): number {
   const bpe = DTYPE_BYTES[dtype]!;
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
   let off = 0;

@@ -99,10 +99,7 @@ export async function loadTokenizer(pathOrDir: string): Promise<Tokenizer> {
     if (existsSync(join(p, 'tokenizer.bin'))) return loadLlama2c(join(p, 'tokenizer.bin'));
     const tok = (await readdir(p)).filter((f) => /^tok.*\.bin$/.test(f)).sort();
     if (tok.length > 0) return loadLlama2c(join(p, tok[0]!));
-    throw new TokenizerError(
-      'TOKENIZER_NOT_FOUND',
-      `${p}: no tokenizer.json, tokenizer.model, tokenizer.bin or tok*.bin in this directory`,
-    );
+    throw new TokenizerError('TOKENIZER_NOT_FOUND', `${p}: no tokenizer.json, tokenizer.model, tokenizer.bin or tok*.bin in this directory`);
   }
   const ext = extname(p).toLowerCase();
   if (ext === '.json') return loadHf(p);

@@ -16,10 +16,7 @@ const BYTE_PIECE = /^<0x[0-9A-Fa-f]{2}>$/;
  * @param modelProto the matching SentencePiece `.model` bytes, kept for export (optional).
  * @throws TokenizerError TOKENIZER_BAD_FORMAT when a record runs past the end of the buffer.
  */
-export function parseLlama2cTokenizer(
-  buf: Uint8Array,
-  opts: { path?: string; modelProto?: Uint8Array | null } = {},
-): SentencePieceBpeTokenizer {
+export function parseLlama2cTokenizer(buf: Uint8Array, opts: { path?: string; modelProto?: Uint8Array | null } = {}): SentencePieceBpeTokenizer {
   const where = opts.path ?? 'tokenizer.bin';
   if (buf.byteLength < 4) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: too short for a llama2.c tokenizer.bin header`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -44,9 +41,7 @@ export function parseLlama2cTokenizer(
     const id = pieces.length;
     pieces.push(piece);
     scores.push(score);
-    types.push(
-      id === 0 ? PieceType.UNKNOWN : id === 1 || id === 2 ? PieceType.CONTROL : BYTE_PIECE.test(piece) ? PieceType.BYTE : PieceType.NORMAL,
-    );
+    types.push(id === 0 ? PieceType.UNKNOWN : id === 1 || id === 2 ? PieceType.CONTROL : BYTE_PIECE.test(piece) ? PieceType.BYTE : PieceType.NORMAL);
   }
   if (pieces.length < 3) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: only ${pieces.length} tokens; need at least <unk>, <s>, </s>`);
   return new SentencePieceBpeTokenizer({

@@ -142,7 +142,9 @@ export async function resolveCheckpoint(spec: string, outputDir: string): Promis
   }
   const dir = resolve(spec);
   if (!existsSync(join(dir, 'state.json'))) {
-    throw new CheckpointError(`resume_from_checkpoint=${spec}: ${dir} is not a checkpoint (no state.json); use 'latest' or a checkpoints/checkpoint-<stage>-<step> directory`);
+    throw new CheckpointError(
+      `resume_from_checkpoint=${spec}: ${dir} is not a checkpoint (no state.json); use 'latest' or a checkpoints/checkpoint-<stage>-<step> directory`,
+    );
   }
   return dir;
 }

@@ -88,8 +88,7 @@ export class ProgressReporter {
         this.bar.start(p.totalSteps, 0, { loss: '-', extra: '', tps: '-' });
         this.barStage = p.stage;
       }
-      const extra =
-        p.stage === 'dpo' ? `acc ${fmt(m['rewards/accuracies'], 2)} margin ${fmt(m['rewards/margins'])}` : `lr ${fmt(m.learning_rate, 6)}`;
+      const extra = p.stage === 'dpo' ? `acc ${fmt(m['rewards/accuracies'], 2)} margin ${fmt(m['rewards/margins'])}` : `lr ${fmt(m.learning_rate, 6)}`;
       this.bar!.update(p.step, p.metrics ? { loss: fmt(m.loss), extra, tps: fmt(m['tokens/s'], 0) } : {});
       if (p.step >= p.totalSteps) {
         this.bar!.stop();

@@ -13,7 +13,7 @@
  *   the data position of a checkpoint is its step;
  * - the stage ends after `n_epochs` epochs, `n_examples` examples or `max_steps` steps, whichever comes first.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import type { StageSettings } from '../../config/index.js';
 import { averageMetrics } from '../losses/index.js';
 import { clipByGlobalNorm, accumulateGrads, disposeGrads } from './grads.js';

@@ -288,7 +288,10 @@ export function sftTask(o: SftTaskOptions): StageTask {
   const collate = (indices: number[]): TokenBatch => {
     const key = indices.join(',');
     if (key !== cacheKey || !cacheBatch) {
-      cacheBatch = collateSft(indices.map((i) => o.train[i]!), o.padId);
+      cacheBatch = collateSft(
+        indices.map((i) => o.train[i]!),
+        o.padId,
+      );
       cacheKey = key;
     }
     return cacheBatch;
