@@ -134,7 +134,7 @@ export function toErrorBody(err: FastifyError | ApiError | Error, bodyLimit: num
   if (fe.statusCode === 429) return body(429, 'RATE_LIMITED', err.message);
   const status = typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 600 ? fe.statusCode : 500;
   if (status >= 500) return body(status, 'INTERNAL_ERROR', 'internal server error');
-  return body(status, code || 'BAD_REQUEST', err.message);
+  return body(status, code || 'INVALID_REQUEST', err.message);
 }
 
 /** Install the error and 404 handlers on the root instance. */

@@ -92,7 +92,7 @@ const schema = {
 
 /** A bad environment value; the message names the variable and what it must be. */
 export class EnvError extends Error {
-  readonly code = 'ENV_INVALID';
+  readonly code = 'INVALID_ENV';
   constructor(message: string) {
     super(message);
     this.name = 'EnvError';

@@ -4,7 +4,7 @@
  */
 import { UnrecoverableError } from 'bullmq';
 
-/** Stable failure codes a job can end with (others come from training: CONFIG_INVALID, ...). */
+/** Stable failure codes a job can end with (others come from training: INVALID_CONFIG, ...). */
 export const FailureCodes = {
   cancelled: 'JOB_CANCELLED',
   timeout: 'JOB_TIMEOUT',

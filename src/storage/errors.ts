@@ -8,9 +8,9 @@ export type StorageErrorCode =
   /** A file could not be stored or its stored copy could not be verified (after every retry). */
   | 'STORAGE_UPLOAD_FAILED'
   /** The local artifact directory is missing files, or a file differs from manifest.json. */
-  | 'STORAGE_ARTIFACT_INVALID'
+  | 'INVALID_ARTIFACT'
   /** The backend's settings are wrong (bucket name, emulator host, credentials); fix the environment. */
-  | 'STORAGE_CONFIG_INVALID';
+  | 'INVALID_STORAGE_CONFIG';
 
 /** A storage failure with a stable `code`; `file` names the artifact file (relative path) when one is at fault. */
 export class StorageError extends Error {

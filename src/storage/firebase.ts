@@ -215,12 +215,12 @@ export class FirebaseStorage implements Storage {
   private bucketHandle: GcsBucket | undefined;
 
   /**
-   * @throws StorageError STORAGE_CONFIG_INVALID naming the setting when a value is out of range
+   * @throws StorageError INVALID_STORAGE_CONFIG naming the setting when a value is out of range
    *   (bucket name, prefix, attempts, sizes, TTL) or FIREBASE_STORAGE_EMULATOR_HOST contains a scheme.
    */
   constructor(options: FirebaseStorageOptions) {
     const bad = (setting: string, why: string): never => {
-      throw new StorageError('STORAGE_CONFIG_INVALID', `${setting} ${why}`);
+      throw new StorageError('INVALID_STORAGE_CONFIG', `${setting} ${why}`);
     };
     const bucket = (options.bucket ?? '')
       .trim()
@@ -294,7 +294,7 @@ export class FirebaseStorage implements Storage {
       this.bucketHandle = getStorage(app).bucket(this.bucketName);
     } catch (err) {
       throw new StorageError(
-        'STORAGE_CONFIG_INVALID',
+        'INVALID_STORAGE_CONFIG',
         `cannot create the Firebase Storage client for bucket "${this.bucketName}": ${describe(err)}; set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON or run where application default credentials exist`,
         { cause: err },
       );
@@ -309,9 +309,9 @@ export class FirebaseStorage implements Storage {
    * @param localDir artifact directory holding manifest.json (src/storage/manifest.ts).
    * @returns `uri` = `gs://<bucket>/<prefix><communityId>/<jobId>`, `files` = the manifest's entries,
    *   `signedUrls` (path → HTTPS URL, manifest.json included) when enabled and signing works.
-   * @throws StorageError STORAGE_ARTIFACT_INVALID when manifest.json is missing/unsafe or a local file differs
+   * @throws StorageError INVALID_ARTIFACT when manifest.json is missing/unsafe or a local file differs
    *   from it; STORAGE_UPLOAD_FAILED naming the file when it cannot be uploaded and verified after
-   *   `maxAttempts` (or at once on 400/401/403/404); STORAGE_CONFIG_INVALID when no client can be built.
+   *   `maxAttempts` (or at once on 400/401/403/404); INVALID_STORAGE_CONFIG when no client can be built.
    *   The local artifact is never deleted when anything throws.
    */
   async putArtifact(localDir: string, communityId: string, jobId: string): Promise<UploadResult> {
@@ -320,23 +320,20 @@ export class FirebaseStorage implements Storage {
     try {
       manifest = await readManifest(localDir);
     } catch (err) {
-      throw new StorageError(
-        'STORAGE_ARTIFACT_INVALID',
-        `cannot read ${join(localDir, MANIFEST_NAME)}: ${describe(err)}; the worker writes it with writeManifest()`,
-        { file: MANIFEST_NAME, cause: err },
-      );
+      throw new StorageError('INVALID_ARTIFACT', `cannot read ${join(localDir, MANIFEST_NAME)}: ${describe(err)}; the worker writes it with writeManifest()`, {
+        file: MANIFEST_NAME,
+        cause: err,
+      });
     }
     if (!Array.isArray(manifest?.files)) {
-      throw new StorageError('STORAGE_ARTIFACT_INVALID', `${join(localDir, MANIFEST_NAME)} has no "files" array`, { file: MANIFEST_NAME });
+      throw new StorageError('INVALID_ARTIFACT', `${join(localDir, MANIFEST_NAME)} has no "files" array`, { file: MANIFEST_NAME });
     }
     for (const f of manifest.files) {
       const p = String(f?.path ?? '');
       if (p === '' || p.startsWith('/') || p.includes('\\') || p.split('/').some((s) => s === '' || s === '.' || s === '..')) {
-        throw new StorageError(
-          'STORAGE_ARTIFACT_INVALID',
-          `manifest.json lists an unsafe path "${p}": paths must be relative, '/'-separated, without . or ..`,
-          { file: p },
-        );
+        throw new StorageError('INVALID_ARTIFACT', `manifest.json lists an unsafe path "${p}": paths must be relative, '/'-separated, without . or ..`, {
+          file: p,
+        });
       }
     }
     const bucket = this.bucket();
@@ -386,14 +383,14 @@ export class FirebaseStorage implements Storage {
     try {
       local = await hashFile(localPath);
     } catch (err) {
-      throw new StorageError('STORAGE_ARTIFACT_INVALID', `artifact file "${relPath}" cannot be read at ${localPath}: ${describe(err)}`, {
+      throw new StorageError('INVALID_ARTIFACT', `artifact file "${relPath}" cannot be read at ${localPath}: ${describe(err)}`, {
         file: relPath,
         cause: err,
       });
     }
     if (expected && (local.size !== expected.size || local.sha256 !== expected.sha256)) {
       throw new StorageError(
-        'STORAGE_ARTIFACT_INVALID',
+        'INVALID_ARTIFACT',
         `artifact file "${relPath}" differs from manifest.json (size ${local.size} vs ${expected.size}, sha256 ${local.sha256.slice(0, 12)}… vs ${expected.sha256.slice(0, 12)}…); the artifact changed after writeManifest()`,
         { file: relPath },
       );
@@ -495,7 +492,7 @@ export const FIREBASE_ENV_VARS = [
 /**
  * Build {@link FirebaseStorageOptions} from environment variables (names in {@link FIREBASE_ENV_VARS};
  * empty = default). Booleans accept true/false/1/0.
- * @throws StorageError STORAGE_CONFIG_INVALID naming the variable when it is missing (FIREBASE_BUCKET) or malformed.
+ * @throws StorageError INVALID_STORAGE_CONFIG naming the variable when it is missing (FIREBASE_BUCKET) or malformed.
  */
 export function firebaseOptionsFromEnv(env: Record<string, string | undefined> = process.env): FirebaseStorageOptions {
   const get = (k: string): string | undefined => {
@@ -505,7 +502,7 @@ export function firebaseOptionsFromEnv(env: Record<string, string | undefined> =
   const num = (k: string): number | undefined => {
     const v = get(k);
     if (v === undefined) return undefined;
-    if (!/^\d+$/.test(v)) throw new StorageError('STORAGE_CONFIG_INVALID', `${k} must be a non-negative integer, got "${v}"`);
+    if (!/^\d+$/.test(v)) throw new StorageError('INVALID_STORAGE_CONFIG', `${k} must be a non-negative integer, got "${v}"`);
     return Number(v);
   };
   const bool = (k: string): boolean | undefined => {
@@ -513,10 +510,10 @@ export function firebaseOptionsFromEnv(env: Record<string, string | undefined> =
     if (v === undefined) return undefined;
     if (v === 'true' || v === '1') return true;
     if (v === 'false' || v === '0') return false;
-    throw new StorageError('STORAGE_CONFIG_INVALID', `${k} must be true or false, got "${v}"`);
+    throw new StorageError('INVALID_STORAGE_CONFIG', `${k} must be true or false, got "${v}"`);
   };
   const bucket = get('FIREBASE_BUCKET');
-  if (!bucket) throw new StorageError('STORAGE_CONFIG_INVALID', 'FIREBASE_BUCKET must be set when STORAGE_BACKEND=firebase (e.g. my-project.appspot.com)');
+  if (!bucket) throw new StorageError('INVALID_STORAGE_CONFIG', 'FIREBASE_BUCKET must be set when STORAGE_BACKEND=firebase (e.g. my-project.appspot.com)');
   return {
     bucket,
     projectId: get('FIREBASE_PROJECT_ID'),

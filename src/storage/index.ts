@@ -15,7 +15,7 @@ export { StorageError } from './errors.js';
  * Create the configured Storage.
  * @param env the validated service environment (STORAGE_BACKEND, STORAGE_DIR)
  * @param opts.rawEnv the variables firebase reads (default process.env); opts.logger for its logs
- * @throws StorageError STORAGE_CONFIG_INVALID when the firebase settings are wrong (names the variable).
+ * @throws StorageError INVALID_STORAGE_CONFIG when the firebase settings are wrong (names the variable).
  */
 export async function createStorage(
   env: Pick<ServiceEnv, 'STORAGE_BACKEND' | 'STORAGE_DIR'>,

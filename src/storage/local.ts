@@ -22,14 +22,14 @@ export class LocalStorage implements Storage {
     this.root = resolve(root);
   }
 
-  /** Absolute directory of an artifact. @throws StorageError STORAGE_ARTIFACT_INVALID for unsafe ids. */
+  /** Absolute directory of an artifact. @throws StorageError INVALID_ARTIFACT for unsafe ids. */
   artifactDir(communityId: string, jobId: string): string {
     for (const [name, v] of [
       ['communityId', communityId],
       ['jobId', jobId],
     ] as const) {
       if (!SAFE_SEGMENT.test(v)) {
-        throw new StorageError('STORAGE_ARTIFACT_INVALID', `${name} "${v}" is not a safe path segment ([A-Za-z0-9_-]{1,128})`);
+        throw new StorageError('INVALID_ARTIFACT', `${name} "${v}" is not a safe path segment ([A-Za-z0-9_-]{1,128})`);
       }
     }
     return join(this.root, communityId, jobId);
@@ -40,7 +40,7 @@ export class LocalStorage implements Storage {
    * size and sha256 there. When `localDir` already is that directory, it is only verified. An existing
    * artifact at the target is replaced.
    * @returns `file://` URI of the directory and the manifest's files.
-   * @throws StorageError STORAGE_ARTIFACT_INVALID without a manifest, STORAGE_UPLOAD_FAILED on copy or
+   * @throws StorageError INVALID_ARTIFACT without a manifest, STORAGE_UPLOAD_FAILED on copy or
    *   verification failure (the message lists the bad files).
    */
   async putArtifact(localDir: string, communityId: string, jobId: string): Promise<UploadResult> {
@@ -50,7 +50,7 @@ export class LocalStorage implements Storage {
     try {
       manifest = await readManifest(source);
     } catch (err) {
-      throw new StorageError('STORAGE_ARTIFACT_INVALID', `artifact directory ${source} has no readable manifest.json (${(err as Error).message})`);
+      throw new StorageError('INVALID_ARTIFACT', `artifact directory ${source} has no readable manifest.json (${(err as Error).message})`);
     }
     if (source !== target) {
       const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;

@@ -19,7 +19,7 @@ export function childEntry(): { file: string; execArgv: string[] } {
   return { file, execArgv };
 }
 
-/** The child ended with an error message, or died. `code` is the child's (ABORTED, CONFIG_INVALID, ...). */
+/** The child ended with an error message, or died. `code` is the child's (ABORTED, INVALID_CONFIG, ...). */
 export class ChildFailure extends Error {
   constructor(
     readonly code: string,

@@ -59,7 +59,7 @@ export function createLogger(env: Pick<ServiceEnv, 'LOG_LEVEL'>, name: string): 
 /**
  * Start consuming the finetune queue.
  * @throws GpuCheckError when a GPU worker would train on the CPU (src/worker/gpu-check.ts), or the
- *   backend probe fails; StorageError STORAGE_CONFIG_INVALID for bad storage settings.
+ *   backend probe fails; StorageError INVALID_STORAGE_CONFIG for bad storage settings.
  */
 export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandle> {
   const { env } = opts;

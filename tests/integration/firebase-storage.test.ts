@@ -186,7 +186,7 @@ describe('FirebaseStorage against a fake GCS JSON API', () => {
     await appendFile(join(dir, 'metrics.jsonl'), '{"extra":true}\n');
     await assert.rejects(storage().putArtifact(dir, 'c6', 'job-tampered'), (err: unknown) => {
       assert.ok(err instanceof StorageError);
-      assert.equal(err.code, 'STORAGE_ARTIFACT_INVALID');
+      assert.equal(err.code, 'INVALID_ARTIFACT');
       assert.equal(err.file, 'metrics.jsonl');
       return true;
     });

@@ -22,9 +22,9 @@ test('failedReason CODE: message round-trips; a cancelled failure is state cance
   const s = toJobStatus({ ...base, failedReason: f.message, finishedOn: base.timestamp + 1000 }, 'failed');
   assert.equal(s.state, 'cancelled');
   assert.equal(s.finishedAt, new Date(base.timestamp + 1000).toISOString());
-  const t = toJobStatus({ ...base, failedReason: 'CONFIG_INVALID: loss.beta must be > 0' }, 'failed');
+  const t = toJobStatus({ ...base, failedReason: 'INVALID_CONFIG: loss.beta must be > 0' }, 'failed');
   assert.equal(t.state, 'failed');
-  assert.deepEqual(t.error, { code: 'CONFIG_INVALID', message: 'loss.beta must be > 0' });
+  assert.deepEqual(t.error, { code: 'INVALID_CONFIG', message: 'loss.beta must be > 0' });
 });
 
 test('an active job reports the stage and progress of the worker', () => {

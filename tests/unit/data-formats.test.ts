@@ -125,24 +125,24 @@ test('implicit prompt: HH rule, TRL common-prefix rule', () => {
 test('format errors are typed and name keys, fields, lines', async () => {
   assert.throws(
     () => detectFormat({ question: 'x', answer: 'y' }),
-    (e: unknown) => e instanceof DataError && e.code === 'DATA_UNKNOWN_FORMAT' && /question, answer/.test(e.message),
+    (e: unknown) => e instanceof DataError && e.code === 'UNKNOWN_DATA_FORMAT' && /question, answer/.test(e.message),
   );
   await assert.rejects(
     loadPreferenceExamples([{ prompt: 'p', chosen: 'c' }], { format: 'explicit' }),
-    (e: unknown) => e instanceof DataError && e.code === 'DATA_BAD_RECORD' && e.field === 'rejected' && e.index === 0,
+    (e: unknown) => e instanceof DataError && e.code === 'INVALID_DATA_RECORD' && e.field === 'rejected' && e.index === 0,
   );
   await assert.rejects(
     loadPreferenceExamples([{ prompt: 'p', chosen: 'c', rejected: 'r' }], { format: 'nope' }),
-    (e: unknown) => e instanceof DataError && e.code === 'DATA_UNKNOWN_FORMAT',
+    (e: unknown) => e instanceof DataError && e.code === 'UNKNOWN_DATA_FORMAT',
   );
   await assert.rejects(loadPreferenceExamples('/nonexistent/file.jsonl'), (e: unknown) => e instanceof DataError && e.code === 'DATA_NOT_FOUND');
   await assert.rejects(
     loadPreferenceExamples(join(FX, 'malformed.jsonl')),
-    (e: unknown) => e instanceof DataError && e.code === 'DATA_PARSE' && e.line === 4 && /malformed\.jsonl:4/.test(e.message),
+    (e: unknown) => e instanceof DataError && e.code === 'DATA_PARSE_FAILED' && e.line === 4 && /malformed\.jsonl:4/.test(e.message),
   );
   await assert.rejects(
     loadPreferenceExamples(join(FX, 'bad-rows.jsonl')),
-    (e: unknown) => e instanceof DataError && e.code === 'DATA_BAD_RECORD' && e.line === 2 && e.field === 'chosen',
+    (e: unknown) => e instanceof DataError && e.code === 'INVALID_DATA_RECORD' && e.line === 2 && e.field === 'chosen',
   );
 });
 

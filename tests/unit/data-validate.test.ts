@@ -21,16 +21,16 @@ test('validateRows: codes, fields and indices of each problem; a clean payload h
     validateRows(rows).map(({ index, field, code }) => ({ index, field, code })),
     [
       { index: 1, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED' },
-      { index: 2, field: 'prompt', code: 'FIELD_EMPTY' },
-      { index: 3, field: 'prompt', code: 'FIELD_MISSING' },
-      { index: 4, field: 'chosen', code: 'FIELD_NOT_STRING' },
-      { index: 5, field: '', code: 'ROW_NOT_OBJECT' },
+      { index: 2, field: 'prompt', code: 'EMPTY_FIELD' },
+      { index: 3, field: 'prompt', code: 'MISSING_FIELD' },
+      { index: 4, field: 'chosen', code: 'INVALID_FIELD_TYPE' },
+      { index: 5, field: '', code: 'INVALID_ROW_TYPE' },
       { index: 6, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED' },
     ],
   );
   for (const p of validateRows(rows)) assert.match(p.message, new RegExp(`row ${p.index}`));
   assert.deepEqual(validateRows([rows[0]]), []);
-  assert.equal(validateRows([]).at(0)?.code, 'DATASET_EMPTY');
+  assert.equal(validateRows([]).at(0)?.code, 'EMPTY_DATASET');
   const many = Array.from({ length: 50 }, () => ({ prompt: 'p', chosen: '', rejected: '' }));
   assert.equal(validateRows(many, 20).length, 20);
 });
@@ -50,9 +50,9 @@ test('inspectDataset lists bad records by line, duplicates, chosen == rejected; 
   assert.deepEqual(
     r.errors.map((p) => [p.line, p.code, p.field]),
     [
-      [2, 'FIELD_EMPTY', 'chosen'],
+      [2, 'EMPTY_FIELD', 'chosen'],
       [3, 'CHOSEN_EQUALS_REJECTED', 'rejected'],
-      [4, 'FIELD_NOT_STRING', 'chosen'],
+      [4, 'INVALID_FIELD_TYPE', 'chosen'],
     ],
   );
   assert.equal(r.counts.duplicates, 1);
@@ -61,7 +61,7 @@ test('inspectDataset lists bad records by line, duplicates, chosen == rejected; 
   assert.equal(m.ok, false);
   assert.deepEqual(
     m.errors.map((p) => [p.code, p.line]),
-    [['JSON_PARSE', 4]],
+    [['JSON_PARSE_FAILED', 4]],
   );
   assert.equal(m.pairs, 3, 'lines after the malformed one are still read');
   const toy = await inspectDataset('toy', { tokenizer: await loadTokenizer('stories260K'), maxLength: 64, maxPromptLength: 32 });

@@ -13,7 +13,7 @@ import { pino } from 'pino';
 import { backoffDelayMs, contentTypeFor, FirebaseStorage, firebaseOptionsFromEnv, hashFile, StorageError } from '../../src/storage/firebase.js';
 
 const silent = pino({ level: 'silent' });
-const isConfigError = (re: RegExp) => (err: unknown) => err instanceof StorageError && err.code === 'STORAGE_CONFIG_INVALID' && re.test(err.message);
+const isConfigError = (re: RegExp) => (err: unknown) => err instanceof StorageError && err.code === 'INVALID_STORAGE_CONFIG' && re.test(err.message);
 
 describe('firebase storage options', () => {
   it('reads the FIREBASE_* environment, empty meaning default', () => {

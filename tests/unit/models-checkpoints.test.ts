@@ -406,7 +406,7 @@ test('a corrupt header, a missing tensor and a shape mismatch each give a Weight
   // corrupt: truncated JSON header
   await assert.rejects(
     loadModel(mk('corrupt-json', W, { dropHeaderTail: true })),
-    (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_INVALID' && /corrupt safetensors header/.test(e.message),
+    (e: unknown) => e instanceof WeightsError && e.code === 'INVALID_WEIGHTS' && /corrupt safetensors header/.test(e.message),
   );
   // corrupt: an entry whose offsets do not match its shape names that tensor
   const d = mk('corrupt-entry', W);
@@ -423,7 +423,7 @@ test('a corrupt header, a missing tensor and a shape mismatch each give a Weight
   missing.delete('model.layers.0.mlp.up_proj.weight');
   await assert.rejects(
     loadModel(mk('missing', missing)),
-    (e: unknown) => e instanceof WeightsError && e.code === 'WEIGHTS_MISSING_TENSOR' && e.message.includes('model.layers.0.mlp.up_proj.weight'),
+    (e: unknown) => e instanceof WeightsError && e.code === 'MISSING_WEIGHT_TENSOR' && e.message.includes('model.layers.0.mlp.up_proj.weight'),
   );
   // shape mismatch
   const wrong = new Map(W);

@@ -141,7 +141,7 @@ test('targetModules matching nothing is a LoraConfigError listing the available 
   const m = createModel(cfg, { seed: 1 });
   assert.throws(
     () => applyLora(m, { r: 4, alpha: 8, dropout: 0, targetModules: ['query_key_value'] }),
-    (e: unknown) => e instanceof LoraConfigError && e.code === 'LORA_CONFIG_INVALID' && /q_proj/.test(e.message),
+    (e: unknown) => e instanceof LoraConfigError && e.code === 'INVALID_LORA_CONFIG' && /q_proj/.test(e.message),
   );
   assert.throws(() => applyLora(m, { r: 0, alpha: 8, dropout: 0, targetModules: ['q_proj'] }), LoraConfigError);
   m.dispose();

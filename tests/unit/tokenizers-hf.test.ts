@@ -58,7 +58,7 @@ test('without a chat template: applyChatTemplate throws a typed error; the plain
   assert.equal(tok.chatTemplate, null);
   assert.throws(
     () => tok.applyChatTemplate!([{ role: 'user', content: 'x' }]),
-    (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_NO_CHAT_TEMPLATE',
+    (e: unknown) => e instanceof TokenizerError && e.code === 'MISSING_CHAT_TEMPLATE',
   );
   assert.equal(renderPlainChat([{ role: 'user', content: 'Hi' }], { addGenerationPrompt: true }), '\n\nHuman: Hi\n\nAssistant:');
 });
@@ -95,7 +95,7 @@ test('a corrupt tokenizer.json is a typed error', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tok-bad-'));
   try {
     await writeFile(join(dir, 'tokenizer.json'), '{"model": ');
-    await assert.rejects(loadTokenizer(dir), (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT');
+    await assert.rejects(loadTokenizer(dir), (e: unknown) => e instanceof TokenizerError && e.code === 'INVALID_TOKENIZER_FORMAT');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -179,10 +179,10 @@ test('typed errors: missing path, truncated .bin, non-protobuf .model', async ()
   const raw = new Uint8Array(readFileSync(BIN));
   assert.throws(
     () => parseLlama2cTokenizer(raw.subarray(0, 1000)),
-    (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT',
+    (e: unknown) => e instanceof TokenizerError && e.code === 'INVALID_TOKENIZER_FORMAT',
   );
   assert.throws(
     () => parseSentencePieceModelProto(new TextEncoder().encode('{"not": "protobuf"}')),
-    (e: unknown) => e instanceof TokenizerError && e.code === 'TOKENIZER_BAD_FORMAT',
+    (e: unknown) => e instanceof TokenizerError && e.code === 'INVALID_TOKENIZER_FORMAT',
   );
 });

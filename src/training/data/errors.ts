@@ -4,19 +4,19 @@
  */
 export type DataErrorCode =
   | 'DATA_NOT_FOUND'
-  | 'DATA_PARSE'
-  | 'DATA_NOT_ARRAY'
-  | 'DATA_EMPTY'
-  | 'DATA_UNKNOWN_FORMAT'
-  | 'DATA_BAD_RECORD'
-  | 'DATA_UNKNOWN_DATASET';
+  | 'DATA_PARSE_FAILED'
+  | 'INVALID_DATA_TYPE'
+  | 'EMPTY_DATA'
+  | 'UNKNOWN_DATA_FORMAT'
+  | 'INVALID_DATA_RECORD'
+  | 'UNKNOWN_DATASET';
 
 export class DataError extends Error {
   readonly code: DataErrorCode;
   readonly line?: number;
   readonly index?: number;
   readonly field?: string;
-  /** For DATA_BAD_RECORD: FIELD_MISSING, FIELD_NOT_STRING, FIELD_EMPTY or BAD_FIELD. */
+  /** For INVALID_DATA_RECORD: MISSING_FIELD, INVALID_FIELD_TYPE, EMPTY_FIELD or INVALID_FIELD. */
   readonly reason?: string;
   constructor(code: DataErrorCode, message: string, where: { line?: number; index?: number; field?: string; reason?: string; cause?: unknown } = {}) {
     super(message, where.cause !== undefined ? { cause: where.cause } : undefined);
@@ -35,7 +35,7 @@ export interface DataProblem {
   index: number;
   /** The offending field (`prompt`, `chosen`, `rejected`, ...) or `''` for the row itself. */
   field: string;
-  /** Stable code: ROW_NOT_OBJECT, FIELD_MISSING, FIELD_NOT_STRING, FIELD_EMPTY, CHOSEN_EQUALS_REJECTED, ... */
+  /** Stable code: INVALID_ROW_TYPE, MISSING_FIELD, INVALID_FIELD_TYPE, EMPTY_FIELD, CHOSEN_EQUALS_REJECTED, ... */
   code: string;
   message: string;
   /** 1-based line number in a JSONL file, when known. */

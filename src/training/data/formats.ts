@@ -55,14 +55,14 @@ export interface FormatOptions {
   tokenizer?: Tokenizer;
 }
 
-/** Resolve a user-given format name or alias. @throws DataError DATA_UNKNOWN_FORMAT */
+/** Resolve a user-given format name or alias. @throws DataError UNKNOWN_DATA_FORMAT */
 export function resolveFormatName(name: string): DataFormat {
   const n = name.trim().toLowerCase();
   if ((DATA_FORMATS as readonly string[]).includes(n)) return n as DataFormat;
   const a = FORMAT_ALIASES[n];
   if (a) return a;
   throw new DataError(
-    'DATA_UNKNOWN_FORMAT',
+    'UNKNOWN_DATA_FORMAT',
     `data.format=${name} is not a known format; use one of ${DATA_FORMATS.join(', ')} (aliases: ${Object.keys(FORMAT_ALIASES).join(', ')})`,
   );
 }
@@ -72,11 +72,11 @@ const isObj = (v: unknown): v is Rec => v !== null && typeof v === 'object' && !
 
 /**
  * Detect the format of one record from its keys.
- * @throws DataError DATA_UNKNOWN_FORMAT naming the keys found.
+ * @throws DataError UNKNOWN_DATA_FORMAT naming the keys found.
  */
 export function detectFormat(record: unknown, opts: FormatOptions = {}): DataFormat {
   if (!isObj(record)) {
-    throw new DataError('DATA_UNKNOWN_FORMAT', `a record must be a JSON object, got ${Array.isArray(record) ? 'an array' : typeof record}`);
+    throw new DataError('UNKNOWN_DATA_FORMAT', `a record must be a JSON object, got ${Array.isArray(record) ? 'an array' : typeof record}`);
   }
   const has = (k: string) => k in record;
   const ck = opts.chosenKey ?? 'chosen';
@@ -91,7 +91,7 @@ export function detectFormat(record: unknown, opts: FormatOptions = {}): DataFor
   }
   if (has(ck) && has(rk)) return Array.isArray(record[ck]) || Array.isArray(record[rk]) ? 'conversational' : 'implicit';
   throw new DataError(
-    'DATA_UNKNOWN_FORMAT',
+    'UNKNOWN_DATA_FORMAT',
     `cannot detect the data format from keys [${Object.keys(record).join(', ')}]; expected e.g. {prompt, chosen, rejected}, {chosen, rejected}, ` +
       `{instruction, input, chosen, rejected}, {src, tgt, response, sort}, {conversations, chosen, rejected} or {prompt: {responses, pairs}}; ` +
       `or set data.format=...`,
@@ -102,13 +102,13 @@ function bad(field: string, message: string, reason?: string): DataError {
   const r =
     reason ??
     (message === 'is missing'
-      ? 'FIELD_MISSING'
+      ? 'MISSING_FIELD'
       : message === 'is empty'
-        ? 'FIELD_EMPTY'
+        ? 'EMPTY_FIELD'
         : message.startsWith('must be a string,')
-          ? 'FIELD_NOT_STRING'
-          : 'BAD_FIELD');
-  return new DataError('DATA_BAD_RECORD', `${field}: ${message}`, { field, reason: r });
+          ? 'INVALID_FIELD_TYPE'
+          : 'INVALID_FIELD');
+  return new DataError('INVALID_DATA_RECORD', `${field}: ${message}`, { field, reason: r });
 }
 
 function str(r: Rec, key: string, opts: { allowEmpty?: boolean } = {}): string {
@@ -325,10 +325,10 @@ function convertGrouped(r: Rec): PreferenceExample[] {
 /**
  * Convert one record of a known format.
  * @returns one example per pair (several for grouped / ranked records)
- * @throws DataError DATA_BAD_RECORD with `field` naming what is missing or malformed.
+ * @throws DataError INVALID_DATA_RECORD with `field` naming what is missing or malformed.
  */
 export function convertRecord(record: unknown, format: DataFormat, opts: FormatOptions = {}): PreferenceExample[] {
-  if (!isObj(record)) throw new DataError('DATA_BAD_RECORD', `a ${format} record must be a JSON object`, { field: '' });
+  if (!isObj(record)) throw new DataError('INVALID_DATA_RECORD', `a ${format} record must be a JSON object`, { field: '' });
   switch (format) {
     case 'explicit':
       return convertExplicit(record);

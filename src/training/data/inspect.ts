@@ -142,7 +142,7 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
       index: e.index ?? -1,
       ...(e.line !== undefined ? { line: e.line } : {}),
       field: e.field ?? '',
-      code: e.code === 'DATA_PARSE' ? 'JSON_PARSE' : (e.reason ?? 'BAD_RECORD'),
+      code: e.code === 'DATA_PARSE_FAILED' ? 'JSON_PARSE_FAILED' : (e.reason ?? 'INVALID_RECORD'),
       message: e.message,
     });
   };
@@ -154,15 +154,15 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
         const at = { index: b.index, ...(b.line !== undefined ? { line: b.line } : {}) };
         if (ex.prompt.trim() === '') {
           report.counts.emptyPrompt++;
-          warn({ ...at, field: 'prompt', code: 'FIELD_EMPTY', message: `${where(b.line, index)}: prompt is empty` });
+          warn({ ...at, field: 'prompt', code: 'EMPTY_FIELD', message: `${where(b.line, index)}: prompt is empty` });
         }
         if (ex.chosen.trim() === '') {
           report.counts.emptyChosen++;
-          err({ ...at, field: 'chosen', code: 'FIELD_EMPTY', message: `${where(b.line, index)}: chosen is empty` });
+          err({ ...at, field: 'chosen', code: 'EMPTY_FIELD', message: `${where(b.line, index)}: chosen is empty` });
         }
         if (ex.rejected.trim() === '') {
           report.counts.emptyRejected++;
-          err({ ...at, field: 'rejected', code: 'FIELD_EMPTY', message: `${where(b.line, index)}: rejected is empty` });
+          err({ ...at, field: 'rejected', code: 'EMPTY_FIELD', message: `${where(b.line, index)}: rejected is empty` });
         }
         if (ex.chosen.trim() === ex.rejected.trim()) {
           report.counts.chosenEqualsRejected++;
@@ -219,7 +219,7 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
   report.format = info.format ?? null;
   report.container = info.container ?? null;
   if (report.pairs > 0) report.lengths = { prompt: L.prompt.stats(), chosen: L.chosen.stats(), rejected: L.rejected.stats(), sequence: L.sequence.stats() };
-  if (report.pairs === 0 && !report.fatal) report.fatal = { code: 'DATA_EMPTY', message: `${info.label ?? report.source}: no preference pairs found` };
+  if (report.pairs === 0 && !report.fatal) report.fatal = { code: 'EMPTY_DATA', message: `${info.label ?? report.source}: no preference pairs found` };
   report.ok = report.errorCount === 0 && report.fatal === null;
   return report;
 }

@@ -42,8 +42,8 @@ export function resolveSource(source: string | unknown[], opts: { format?: strin
 /**
  * Stream the examples of a source, one record at a time (JSONL is never held whole in memory).
  * @param info receives the detected format and container as soon as they are known
- * @throws DataError DATA_NOT_FOUND, DATA_PARSE (with `line`), DATA_UNKNOWN_FORMAT, DATA_BAD_RECORD
- *   (with `index`, `line`, `field`), DATA_EMPTY
+ * @throws DataError DATA_NOT_FOUND, DATA_PARSE_FAILED (with `line`), UNKNOWN_DATA_FORMAT, INVALID_DATA_RECORD
+ *   (with `index`, `line`, `field`), EMPTY_DATA
  */
 export async function* iteratePreferenceExamples(
   source: string | unknown[],
@@ -99,7 +99,7 @@ export async function* iteratePreferenceExamples(
  * Chat-shaped formats are rendered with `opts.tokenizer`'s chat template (plain HH layout without one).
  * `opts.dedup` drops exact duplicate pairs (same prompt, chosen, rejected), keeping the first.
  * @returns examples in file order (grouped/ranked records expand to several pairs)
- * @throws DataError (see {@link iteratePreferenceExamples}); DATA_EMPTY when nothing was read
+ * @throws DataError (see {@link iteratePreferenceExamples}); EMPTY_DATA when nothing was read
  */
 export async function loadPreferenceExamples(
   source: string | unknown[],
@@ -108,6 +108,6 @@ export async function loadPreferenceExamples(
   const out: PreferenceExample[] = [];
   const info: { label?: string } = {};
   for await (const b of iteratePreferenceExamples(source, opts, info)) for (const ex of b.examples) out.push(ex);
-  if (out.length === 0) throw new DataError('DATA_EMPTY', `${info.label ?? 'dataset'}: no preference pairs found`);
+  if (out.length === 0) throw new DataError('EMPTY_DATA', `${info.label ?? 'dataset'}: no preference pairs found`);
   return opts.dedup ? dedupExamples(out).examples : out;
 }

@@ -84,7 +84,7 @@ function* fromParsed(doc: unknown, path: string): Generator<RawRecord> {
     yield { value: doc, index: 0 };
     return;
   }
-  throw new DataError('DATA_NOT_ARRAY', `${path}: top-level JSON must be an array of records or an object keyed by prompt, got ${typeof doc}`);
+  throw new DataError('INVALID_DATA_TYPE', `${path}: top-level JSON must be an array of records or an object keyed by prompt, got ${typeof doc}`);
 }
 
 /**
@@ -94,7 +94,7 @@ function* fromParsed(doc: unknown, path: string): Generator<RawRecord> {
  * JSON object).
  * @param opts.onParseError when given, a malformed JSONL line (after the first) is reported to it and
  *   skipped instead of thrown (`dpo validate` lists every bad line)
- * @throws DataError DATA_NOT_FOUND, DATA_EMPTY, DATA_PARSE (with the 1-based `line` for JSONL), DATA_NOT_ARRAY
+ * @throws DataError DATA_NOT_FOUND, EMPTY_DATA, DATA_PARSE_FAILED (with the 1-based `line` for JSONL), INVALID_DATA_TYPE
  */
 export async function* readRecords(
   path: string,
@@ -108,14 +108,14 @@ export async function* readRecords(
     throw new DataError('DATA_NOT_FOUND', `data file ${path} does not exist or is not a file`);
   }
   const c = await firstChar(path);
-  if (c === null) throw new DataError('DATA_EMPTY', `${path}: the file is empty`);
+  if (c === null) throw new DataError('EMPTY_DATA', `${path}: the file is empty`);
   if (c === '[') {
     if (info) info.container = 'json';
     let doc: unknown;
     try {
       doc = JSON.parse(await readAllText(path));
     } catch (e) {
-      throw new DataError('DATA_PARSE', `${path}: invalid JSON array (${(e as Error).message})`, { cause: e });
+      throw new DataError('DATA_PARSE_FAILED', `${path}: invalid JSON array (${(e as Error).message})`, { cause: e });
     }
     yield* fromParsed(doc, path);
     return;
@@ -142,13 +142,13 @@ export async function* readRecords(
           try {
             doc = JSON.parse(await readAllText(path));
           } catch {
-            throw new DataError('DATA_PARSE', `${path}:${line}: invalid JSON on line ${line} (${(e as Error).message})`, { line, cause: e });
+            throw new DataError('DATA_PARSE_FAILED', `${path}:${line}: invalid JSON on line ${line} (${(e as Error).message})`, { line, cause: e });
           }
           if (info) info.container = 'json-object';
           yield* fromParsed(doc, path);
           return;
         }
-        const err = new DataError('DATA_PARSE', `${path}:${line}: invalid JSON on line ${line} (${(e as Error).message})`, { line, cause: e });
+        const err = new DataError('DATA_PARSE_FAILED', `${path}:${line}: invalid JSON on line ${line} (${(e as Error).message})`, { line, cause: e });
         if (!opts.onParseError) throw err;
         opts.onParseError(err);
         continue;

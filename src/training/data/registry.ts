@@ -47,7 +47,7 @@ export function listDatasets(): string[] {
 
 /**
  * Resolve a registered dataset name, or undefined when no `config/datasets/<name>.yaml` exists.
- * @throws DataError DATA_UNKNOWN_DATASET when the YAML has no `path`.
+ * @throws DataError UNKNOWN_DATASET when the YAML has no `path`.
  */
 export function resolveDataset(name: string): DatasetEntry | undefined {
   if (!/^[A-Za-z0-9_.-]+$/.test(name)) return undefined;
@@ -59,7 +59,7 @@ export function resolveDataset(name: string): DatasetEntry | undefined {
   const fromEnv = pathEnv ? process.env[pathEnv] : undefined;
   const p = fromEnv && fromEnv.trim() !== '' ? fromEnv : doc.path;
   if (typeof p !== 'string' || p.trim() === '') {
-    throw new DataError('DATA_UNKNOWN_DATASET', `${file}: dataset ${name} has no path${pathEnv ? ` and ${pathEnv} is not set` : ''}`);
+    throw new DataError('UNKNOWN_DATASET', `${file}: dataset ${name} has no path${pathEnv ? ` and ${pathEnv} is not set` : ''}`);
   }
   return {
     name,

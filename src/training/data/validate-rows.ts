@@ -8,8 +8,8 @@ const FIELDS = ['prompt', 'chosen', 'rejected'] as const;
 
 /**
  * Check webhook rows; never throws.
- * Codes: ROW_NOT_OBJECT, FIELD_MISSING, FIELD_NOT_STRING, FIELD_EMPTY (blank after trimming),
- * CHOSEN_EQUALS_REJECTED (identical, or identical after trimming whitespace), DATASET_EMPTY (index -1).
+ * Codes: INVALID_ROW_TYPE, MISSING_FIELD, INVALID_FIELD_TYPE, EMPTY_FIELD (blank after trimming),
+ * CHOSEN_EQUALS_REJECTED (identical, or identical after trimming whitespace), EMPTY_DATASET (index -1).
  * @param limit stop after this many problems (default: all)
  * @returns problems in row order.
  */
@@ -19,14 +19,14 @@ export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
     if (out.length < limit) out.push(p);
   };
   if (!Array.isArray(rows)) {
-    return [{ index: -1, field: 'dataset', code: 'DATASET_NOT_ARRAY', message: 'dataset must be an array of {prompt, chosen, rejected} rows' }];
+    return [{ index: -1, field: 'dataset', code: 'INVALID_DATASET_TYPE', message: 'dataset must be an array of {prompt, chosen, rejected} rows' }];
   }
   if (rows.length === 0)
-    add({ index: -1, field: 'dataset', code: 'DATASET_EMPTY', message: 'dataset has no rows; send at least one {prompt, chosen, rejected}' });
+    add({ index: -1, field: 'dataset', code: 'EMPTY_DATASET', message: 'dataset has no rows; send at least one {prompt, chosen, rejected}' });
   for (let index = 0; index < rows.length && out.length < limit; index++) {
     const row = rows[index];
     if (row === null || typeof row !== 'object' || Array.isArray(row)) {
-      add({ index, field: '', code: 'ROW_NOT_OBJECT', message: `row ${index} must be an object {prompt, chosen, rejected}` });
+      add({ index, field: '', code: 'INVALID_ROW_TYPE', message: `row ${index} must be an object {prompt, chosen, rejected}` });
       continue;
     }
     const r = row as Record<string, unknown>;
@@ -34,13 +34,13 @@ export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
     for (const field of FIELDS) {
       const v = r[field];
       if (v === undefined || v === null) {
-        add({ index, field, code: 'FIELD_MISSING', message: `row ${index}: ${field} is missing` });
+        add({ index, field, code: 'MISSING_FIELD', message: `row ${index}: ${field} is missing` });
         ok = false;
       } else if (typeof v !== 'string') {
-        add({ index, field, code: 'FIELD_NOT_STRING', message: `row ${index}: ${field} must be a string, got ${Array.isArray(v) ? 'an array' : typeof v}` });
+        add({ index, field, code: 'INVALID_FIELD_TYPE', message: `row ${index}: ${field} must be a string, got ${Array.isArray(v) ? 'an array' : typeof v}` });
         ok = false;
       } else if (v.trim() === '') {
-        add({ index, field, code: 'FIELD_EMPTY', message: `row ${index}: ${field} is empty` });
+        add({ index, field, code: 'EMPTY_FIELD', message: `row ${index}: ${field} is empty` });
         ok = false;
       }
     }

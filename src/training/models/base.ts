@@ -131,7 +131,7 @@ export abstract class BaseLM implements GenerativeLM {
     });
   }
 
-  /** A parameter by name. @throws WeightsError (code `WEIGHTS_INVALID`) when absent. */
+  /** A parameter by name. @throws WeightsError (code `INVALID_WEIGHTS`) when absent. */
   protected p<T extends tf.Tensor = tf.Tensor>(name: string): T {
     const v = this.params.get(name);
     if (!v) throw new WeightsError(`model parameter "${name}" is missing`, name);
@@ -176,7 +176,7 @@ export function variablesFromHF(
   const src = opts.source ? `${opts.source}: ` : '';
   for (const [name, shape] of spec) {
     const t = tensors.get(name);
-    if (!t) throw new WeightsError(`${src}tensor "${name}" is missing from the checkpoint`, name, 'WEIGHTS_MISSING_TENSOR');
+    if (!t) throw new WeightsError(`${src}tensor "${name}" is missing from the checkpoint`, name, 'MISSING_WEIGHT_TENSOR');
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new WeightsError(
         `${src}tensor "${name}" has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] from config.json`,

@@ -71,7 +71,7 @@ function tokenId(raw: Json, key: string): number | null {
  * @returns the normalised config; `modelType` keeps the HF `model_type`
  * @throws UnsupportedModelError (code `UNSUPPORTED_MODEL`) for a `model_type`, `hidden_act`, `rope_scaling`
  *   type or `mlp_bias` we do not implement, naming what is supported
- * @throws ModelConfigError (code `MODEL_CONFIG_INVALID`) for a missing or inconsistent field
+ * @throws ModelConfigError (code `INVALID_MODEL_CONFIG`) for a missing or inconsistent field
  */
 export function parseHFConfig(raw: Json): ModelConfig {
   const modelType = raw.model_type;

@@ -22,7 +22,7 @@ export class UnsupportedModelError extends ModelError {
 /** `config.json` is missing a field or holds an inconsistent value. */
 export class ModelConfigError extends ModelError {
   constructor(message: string) {
-    super('MODEL_CONFIG_INVALID', message);
+    super('INVALID_MODEL_CONFIG', message);
   }
 }
 
@@ -30,7 +30,7 @@ export class ModelConfigError extends ModelError {
 export class WeightsError extends ModelError {
   /** The tensor the problem concerns, when there is one. */
   readonly tensor: string | null;
-  constructor(message: string, tensor: string | null = null, code = 'WEIGHTS_INVALID') {
+  constructor(message: string, tensor: string | null = null, code = 'INVALID_WEIGHTS') {
     super(code, message);
     this.tensor = tensor;
   }

@@ -166,7 +166,7 @@ async function loadHFDir(dir: string, trainable: boolean): Promise<BaseLM> {
       zeroFilled.push(name);
       continue;
     }
-    if (!info) throw new WeightsError(`${dir}: tensor "${name}" is missing from the checkpoint`, name, 'WEIGHTS_MISSING_TENSOR');
+    if (!info) throw new WeightsError(`${dir}: tensor "${name}" is missing from the checkpoint`, name, 'MISSING_WEIGHT_TENSOR');
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new WeightsError(
         `${dir}: tensor "${name}" has shape [${info.shape.join(', ')}], expected [${shape.join(', ')}] from config.json`,

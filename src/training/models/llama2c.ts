@@ -53,7 +53,7 @@ export function permuteQK(w: Float32Array, nHeads: number, dim1: number, dim2: n
  * @param path file path
  * @returns the config (`modelType: 'llama'`, norm eps 1e-5, rope theta 10000 as in llama2.c `model.py`)
  *   and the tensors under transformers' names in HF layout (q/k permuted to the rotate-half convention)
- * @throws WeightsError (code `WEIGHTS_INVALID`) when the header is implausible or the file size does not
+ * @throws WeightsError (code `INVALID_WEIGHTS`) when the header is implausible or the file size does not
  *   match the header
  */
 export async function readLlama2c(path: string): Promise<{ config: ModelConfig; tensors: TensorMap }> {

@@ -28,10 +28,10 @@ export interface LoraConfig {
   targetModules: string[];
 }
 
-/** A bad LoRA setting (code `LORA_CONFIG_INVALID`). */
+/** A bad LoRA setting (code `INVALID_LORA_CONFIG`). */
 export class LoraConfigError extends ModelError {
   constructor(message: string) {
-    super('LORA_CONFIG_INVALID', message);
+    super('INVALID_LORA_CONFIG', message);
   }
 }
 

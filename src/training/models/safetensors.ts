@@ -35,7 +35,7 @@ export interface SafetensorsHeader {
 
 /**
  * Parse and validate the header of a `.safetensors` file without reading tensor data.
- * @throws WeightsError (code `WEIGHTS_INVALID`) for a corrupt header (bad length, bad JSON, an entry with an
+ * @throws WeightsError (code `INVALID_WEIGHTS`) for a corrupt header (bad length, bad JSON, an entry with an
  *   unsupported dtype, offsets outside the file or not matching its shape), naming the file and the tensor
  */
 export async function readSafetensorsHeader(file: string): Promise<SafetensorsHeader> {
@@ -77,7 +77,7 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
       if (typeof e !== 'object' || e === null) bad('entry is not an object');
       if (typeof e.dtype !== 'string') bad('dtype is missing');
       if (!((e.dtype as string) in DTYPE_BYTES)) {
-        throw new WeightsError(`${file}: tensor "${name}" has dtype ${String(e.dtype)}; supported dtypes: F32, F16, BF16`, name, 'WEIGHTS_UNSUPPORTED_DTYPE');
+        throw new WeightsError(`${file}: tensor "${name}" has dtype ${String(e.dtype)}; supported dtypes: F32, F16, BF16`, name, 'UNSUPPORTED_WEIGHT_DTYPE');
       }
       if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) bad('shape is not a list of non-negative integers');
       const offs = e.data_offsets;
@@ -177,7 +177,7 @@ export async function readSafetensorsIndex(path: string): Promise<Map<string, Te
     const h = await readSafetensorsHeader(join(dir, shard));
     for (const name of names) {
       const info = h.tensors.get(name);
-      if (!info) throw new WeightsError(`${indexFile}: tensor "${name}" is mapped to ${shard}, which does not contain it`, name, 'WEIGHTS_MISSING_TENSOR');
+      if (!info) throw new WeightsError(`${indexFile}: tensor "${name}" is mapped to ${shard}, which does not contain it`, name, 'MISSING_WEIGHT_TENSOR');
       all.set(name, info);
     }
   }
@@ -201,7 +201,7 @@ export async function forEachTensor(index: Map<string, TensorInfo>, names: strin
   const byFile = new Map<string, string[]>();
   for (const name of names) {
     const info = index.get(name);
-    if (!info) throw new WeightsError(`tensor "${name}" is missing from the checkpoint`, name, 'WEIGHTS_MISSING_TENSOR');
+    if (!info) throw new WeightsError(`tensor "${name}" is missing from the checkpoint`, name, 'MISSING_WEIGHT_TENSOR');
     if (!byFile.has(info.file)) byFile.set(info.file, []);
     byFile.get(info.file)!.push(name);
   }

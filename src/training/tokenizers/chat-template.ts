@@ -12,7 +12,7 @@ const cache = new Map<string, Template>();
 /**
  * Render `messages` with a Jinja chat template.
  * @param specialTokens strings for bos_token, eos_token, pad_token, unk_token (transformers passes them)
- * @throws TokenizerError TOKENIZER_BAD_FORMAT when the template does not parse or raises.
+ * @throws TokenizerError INVALID_TOKENIZER_FORMAT when the template does not parse or raises.
  */
 export function renderChatTemplate(
   template: string,
@@ -31,7 +31,7 @@ export function renderChatTemplate(
       ...(opts.specialTokens ?? {}),
     });
   } catch (e) {
-    throw new TokenizerError('TOKENIZER_BAD_FORMAT', `chat template failed to render: ${(e as Error).message}`, { cause: e });
+    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `chat template failed to render: ${(e as Error).message}`, { cause: e });
   }
 }
 

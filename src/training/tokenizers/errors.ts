@@ -1,7 +1,7 @@
 /**
  * Typed errors of the tokenizer loaders. `code` is stable and machine-readable.
  */
-export type TokenizerErrorCode = 'TOKENIZER_NOT_FOUND' | 'TOKENIZER_BAD_FORMAT' | 'TOKENIZER_UNSUPPORTED' | 'TOKENIZER_NO_CHAT_TEMPLATE';
+export type TokenizerErrorCode = 'TOKENIZER_NOT_FOUND' | 'INVALID_TOKENIZER_FORMAT' | 'UNSUPPORTED_TOKENIZER' | 'MISSING_CHAT_TEMPLATE';
 
 export class TokenizerError extends Error {
   readonly code: TokenizerErrorCode;

@@ -53,7 +53,7 @@ export class HfTokenizer implements Tokenizer {
   readonly path?: string;
   private readonly core: HfCoreTokenizer;
 
-  /** @throws TokenizerError TOKENIZER_BAD_FORMAT when tokenizer.json is not valid JSON or not loadable. */
+  /** @throws TokenizerError INVALID_TOKENIZER_FORMAT when tokenizer.json is not valid JSON or not loadable. */
   constructor(files: HfTokenizerFiles) {
     this.files = files;
     this.path = files.path;
@@ -62,13 +62,13 @@ export class HfTokenizer implements Tokenizer {
     try {
       tj = JSON.parse(files.tokenizerJsonText) as Json;
     } catch (e) {
-      throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: not valid JSON (${(e as Error).message})`, { cause: e });
+      throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: not valid JSON (${(e as Error).message})`, { cause: e });
     }
     const cfg: Json = files.tokenizerConfig ?? {};
     try {
       this.core = new HfCoreTokenizer(tj, cfg);
     } catch (e) {
-      throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: @huggingface/tokenizers cannot load it (${(e as Error).message})`, {
+      throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: @huggingface/tokenizers cannot load it (${(e as Error).message})`, {
         cause: e,
       });
     }
@@ -118,11 +118,11 @@ export class HfTokenizer implements Tokenizer {
 
   /**
    * Render a conversation with the tokenizer's chat template (transformers `apply_chat_template(tokenize=False)`).
-   * @throws TokenizerError TOKENIZER_NO_CHAT_TEMPLATE when the tokenizer has none.
+   * @throws TokenizerError MISSING_CHAT_TEMPLATE when the tokenizer has none.
    */
   applyChatTemplate(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string {
     if (!this.chatTemplate) {
-      throw new TokenizerError('TOKENIZER_NO_CHAT_TEMPLATE', `${this.path ?? 'tokenizer'} has no chat_template in tokenizer_config.json`);
+      throw new TokenizerError('MISSING_CHAT_TEMPLATE', `${this.path ?? 'tokenizer'} has no chat_template in tokenizer_config.json`);
     }
     return renderChatTemplate(this.chatTemplate, messages, {
       addGenerationPrompt: opts.addGenerationPrompt,

@@ -48,7 +48,7 @@ async function readJsonIfExists(path: string): Promise<Record<string, unknown> |
   try {
     return JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
   } catch (e) {
-    throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${path}: not valid JSON (${(e as Error).message})`, { cause: e });
+    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${path}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
 }
 
@@ -78,7 +78,7 @@ async function loadLlama2c(binPath: string): Promise<SentencePieceBpeTokenizer> 
  * generation_config.json / chat_template.jinja next to it), `tokenizer.model` (SentencePiece BPE),
  * `tokenizer.bin`, then the first `tok*.bin` (llama2.c). A llama2.c `.bin` keeps the same-stem `.model`
  * (e.g. tok512.bin → tok512.model) for export.
- * @throws TokenizerError TOKENIZER_NOT_FOUND (nothing loadable), TOKENIZER_BAD_FORMAT, TOKENIZER_UNSUPPORTED
+ * @throws TokenizerError TOKENIZER_NOT_FOUND (nothing loadable), INVALID_TOKENIZER_FORMAT, UNSUPPORTED_TOKENIZER
  */
 export async function loadTokenizer(pathOrDir: string): Promise<Tokenizer> {
   const p = BUILTIN[pathOrDir] ?? pathOrDir;
@@ -105,7 +105,7 @@ export async function loadTokenizer(pathOrDir: string): Promise<Tokenizer> {
   if (ext === '.json') return loadHf(p);
   if (ext === '.model') return parseSentencePieceModel(new Uint8Array(await readFile(p)), { path: p });
   if (ext === '.bin') return loadLlama2c(p);
-  throw new TokenizerError('TOKENIZER_UNSUPPORTED', `${p}: unknown tokenizer file type ${ext || '(none)'}; expected .json, .model or .bin`);
+  throw new TokenizerError('UNSUPPORTED_TOKENIZER', `${p}: unknown tokenizer file type ${ext || '(none)'}; expected .json, .model or .bin`);
 }
 
 /**
@@ -143,7 +143,7 @@ function llamaTokenizerConfig(tok: SentencePieceBpeTokenizer): Record<string, un
  * - HF sources: tokenizer.json (unchanged), tokenizer_config.json, special_tokens_map.json and
  *   chat_template.jinja when the source had them.
  * @returns absolute paths of the files written.
- * @throws TokenizerError TOKENIZER_UNSUPPORTED for a tokenizer class this module did not create.
+ * @throws TokenizerError UNSUPPORTED_TOKENIZER for a tokenizer class this module did not create.
  */
 export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string, opts: { tokenizerJson?: boolean } = {}): Promise<string[]> {
   await mkdir(outDir, { recursive: true });
@@ -170,7 +170,7 @@ export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string, o
     return written;
   }
   throw new TokenizerError(
-    'TOKENIZER_UNSUPPORTED',
+    'UNSUPPORTED_TOKENIZER',
     'saveTokenizerFiles: only tokenizers returned by loadTokenizer (HfTokenizer, SentencePieceBpeTokenizer) can be exported',
   );
 }

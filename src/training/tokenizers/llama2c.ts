@@ -14,11 +14,11 @@ const BYTE_PIECE = /^<0x[0-9A-Fa-f]{2}>$/;
  * Ids 0/1/2 are `<unk>`/BOS/EOS (llama2.c convention, run.c hard-codes BOS=1, EOS=2); `<0xXX>` pieces are
  * byte-fallback pieces.
  * @param modelProto the matching SentencePiece `.model` bytes, kept for export (optional).
- * @throws TokenizerError TOKENIZER_BAD_FORMAT when a record runs past the end of the buffer.
+ * @throws TokenizerError INVALID_TOKENIZER_FORMAT when a record runs past the end of the buffer.
  */
 export function parseLlama2cTokenizer(buf: Uint8Array, opts: { path?: string; modelProto?: Uint8Array | null } = {}): SentencePieceBpeTokenizer {
   const where = opts.path ?? 'tokenizer.bin';
-  if (buf.byteLength < 4) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: too short for a llama2.c tokenizer.bin header`);
+  if (buf.byteLength < 4) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: too short for a llama2.c tokenizer.bin header`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const maxTokenLength = dv.getInt32(0, true);
   const dec = new TextDecoder('utf-8', { fatal: false });
@@ -28,13 +28,13 @@ export function parseLlama2cTokenizer(buf: Uint8Array, opts: { path?: string; mo
   let o = 4;
   while (o < buf.byteLength) {
     if (o + 8 > buf.byteLength) {
-      throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: truncated record header for token ${pieces.length} at byte ${o}`);
+      throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: truncated record header for token ${pieces.length} at byte ${o}`);
     }
     const score = dv.getFloat32(o, true);
     const len = dv.getInt32(o + 4, true);
     o += 8;
     if (len < 0 || o + len > buf.byteLength || len > Math.max(maxTokenLength, 0) * 4 + 16) {
-      throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: token ${pieces.length} has invalid length ${len} at byte ${o - 4}`);
+      throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: token ${pieces.length} has invalid length ${len} at byte ${o - 4}`);
     }
     const piece = dec.decode(buf.subarray(o, o + len));
     o += len;
@@ -43,7 +43,7 @@ export function parseLlama2cTokenizer(buf: Uint8Array, opts: { path?: string; mo
     scores.push(score);
     types.push(id === 0 ? PieceType.UNKNOWN : id === 1 || id === 2 ? PieceType.CONTROL : BYTE_PIECE.test(piece) ? PieceType.BYTE : PieceType.NORMAL);
   }
-  if (pieces.length < 3) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: only ${pieces.length} tokens; need at least <unk>, <s>, </s>`);
+  if (pieces.length < 3) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: only ${pieces.length} tokens; need at least <unk>, <s>, </s>`);
   return new SentencePieceBpeTokenizer({
     pieces,
     scores,

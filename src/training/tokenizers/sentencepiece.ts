@@ -27,23 +27,23 @@ class ProtoReader {
     let result = 0;
     let mul = 1;
     for (let i = 0; i < 10; i++) {
-      if (this.o >= this.b.length) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: truncated varint`);
+      if (this.o >= this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated varint`);
       const byte = this.b[this.o++]!;
       result += (byte & 0x7f) * mul;
       if ((byte & 0x80) === 0) return result;
       mul *= 128;
     }
-    throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: varint too long`);
+    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: varint too long`);
   }
   bytes(): Uint8Array {
     const len = this.varint();
-    if (this.o + len > this.b.length) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: truncated length-delimited field`);
+    if (this.o + len > this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated length-delimited field`);
     const s = this.b.subarray(this.o, this.o + len);
     this.o += len;
     return s;
   }
   fixed32(): DataView {
-    if (this.o + 4 > this.b.length) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: truncated fixed32`);
+    if (this.o + 4 > this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated fixed32`);
     const dv = new DataView(this.b.buffer, this.b.byteOffset + this.o, 4);
     this.o += 4;
     return dv;
@@ -53,20 +53,20 @@ class ProtoReader {
     else if (wire === 1) this.o += 8;
     else if (wire === 2) this.bytes();
     else if (wire === 5) this.o += 4;
-    else throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: unsupported protobuf wire type ${wire}`);
+    else throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: unsupported protobuf wire type ${wire}`);
   }
   /** Decode a (possibly negative, sign-extended to 64 bits) int32 varint. */
   int32(): number {
     let x = 0n;
     let shift = 0n;
     for (let i = 0; i < 10; i++) {
-      if (this.o >= this.b.length) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: truncated varint`);
+      if (this.o >= this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated varint`);
       const byte = this.b[this.o++]!;
       x |= BigInt(byte & 0x7f) << shift;
       if ((byte & 0x80) === 0) return Number(BigInt.asIntN(32, x));
       shift += 7n;
     }
-    throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${this.where}: varint too long`);
+    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: varint too long`);
   }
 }
 
@@ -87,7 +87,7 @@ const dec = new TextDecoder('utf-8', { fatal: false });
 
 /**
  * Parse a SentencePiece ModelProto.
- * @throws TokenizerError TOKENIZER_BAD_FORMAT on malformed protobuf or no pieces.
+ * @throws TokenizerError INVALID_TOKENIZER_FORMAT on malformed protobuf or no pieces.
  */
 export function parseSentencePieceModelProto(buf: Uint8Array, where = 'tokenizer.model'): SentencePieceModelInfo {
   const r = new ProtoReader(buf, where);
@@ -155,20 +155,20 @@ export function parseSentencePieceModelProto(buf: Uint8Array, where = 'tokenizer
       r.skip(wire);
     }
   }
-  if (info.pieces.length === 0) throw new TokenizerError('TOKENIZER_BAD_FORMAT', `${where}: no pieces; is this a SentencePiece model?`);
+  if (info.pieces.length === 0) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: no pieces; is this a SentencePiece model?`);
   return info;
 }
 
 /**
  * Load a SentencePiece BPE `tokenizer.model` as a {@link SentencePieceBpeTokenizer} (the llama2.c encoder).
- * @throws TokenizerError TOKENIZER_UNSUPPORTED for a Unigram model (only BPE is implemented).
+ * @throws TokenizerError UNSUPPORTED_TOKENIZER for a Unigram model (only BPE is implemented).
  */
 export function parseSentencePieceModel(buf: Uint8Array, opts: { path?: string } = {}): SentencePieceBpeTokenizer {
   const where = opts.path ?? 'tokenizer.model';
   const info = parseSentencePieceModelProto(buf, where);
   if (info.modelType !== 2) {
     throw new TokenizerError(
-      'TOKENIZER_UNSUPPORTED',
+      'UNSUPPORTED_TOKENIZER',
       `${where}: SentencePiece model_type ${info.modelType} is not supported (only BPE = 2); provide a tokenizer.json instead`,
     );
   }

@@ -19,7 +19,7 @@ import { type F32Tensor, readF32Safetensors, writeF32Safetensors } from './tenso
 export const CHECKPOINT_VERSION = 1;
 
 export class CheckpointError extends Error {
-  readonly code = 'CHECKPOINT_INVALID';
+  readonly code = 'INVALID_CHECKPOINT';
   constructor(message: string) {
     super(message);
     this.name = 'CheckpointError';

@@ -11,7 +11,7 @@ export interface F32Tensor {
 }
 
 export class TensorFileError extends Error {
-  readonly code = 'CHECKPOINT_CORRUPT';
+  readonly code = 'CORRUPT_CHECKPOINT';
   constructor(message: string) {
     super(message);
     this.name = 'TensorFileError';
