@@ -486,7 +486,7 @@ async function writeExtras(outputDir: string, cfg: TrainConfig, logger: Logger):
   }
   if (cfg.plot) {
     try {
-      writeTrainingPlot(jsonl, join(outputDir, 'training_plot.png'));
+      await writeTrainingPlot(jsonl, join(outputDir, 'training_plot.png'));
     } catch (e) {
       logger.warn({ err: (e as Error).message }, 'training plot not written');
     }

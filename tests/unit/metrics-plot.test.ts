@@ -1,6 +1,7 @@
 /**
  * writeTrainingPlot: the PNG has a valid signature, IHDR and chunk CRCs (checked with a CRC-32 written
- * here), and its IDAT inflates to the right number of bytes; the series are actually drawn.
+ * here), and its IDAT inflates to the right number of bytes and unfilters (PNG filter types 0-4, as any
+ * encoder may choose them per row); the series are actually drawn.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -59,12 +60,35 @@ function readPng(buf: Buffer): Png {
   const raw = inflateSync(Buffer.concat(chunks.filter((c) => c.type === 'IDAT').map((c) => c.body)));
   const stride = width * channels;
   assert.equal(raw.length, height * (stride + 1), 'inflated IDAT size = height * (1 + width * channels)');
+  // undo the per-row filters (PNG spec section 9: None, Sub, Up, Average, Paeth; bpp = channels)
+  const rows = Buffer.alloc(height * stride);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)]!;
+    assert.ok(filter <= 4, `row ${y} has a valid filter type (${filter})`);
+    for (let i = 0; i < stride; i++) {
+      const x = raw[y * (stride + 1) + 1 + i]!;
+      const a = i >= channels ? rows[y * stride + i - channels]! : 0;
+      const b = y > 0 ? rows[(y - 1) * stride + i]! : 0;
+      const c = i >= channels && y > 0 ? rows[(y - 1) * stride + i - channels]! : 0;
+      let pred = 0;
+      if (filter === 1) pred = a;
+      else if (filter === 2) pred = b;
+      else if (filter === 3) pred = (a + b) >> 1;
+      else if (filter === 4) {
+        const p = a + b - c;
+        const pa = Math.abs(p - a);
+        const pb = Math.abs(p - b);
+        const pc = Math.abs(p - c);
+        pred = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+      }
+      rows[y * stride + i] = (x + pred) & 0xff;
+    }
+  }
   const pixels = Buffer.alloc(height * width * 3);
   for (let y = 0; y < height; y++) {
-    assert.equal(raw[y * (stride + 1)], 0, `row ${y} uses filter type 0`);
     for (let x = 0; x < width; x++) {
-      const s = y * (stride + 1) + 1 + x * channels;
-      pixels.set(raw.subarray(s, s + 3), (y * width + x) * 3);
+      const s = y * stride + x * channels;
+      pixels.set(rows.subarray(s, s + 3), (y * width + x) * 3);
     }
   }
   return { width, height, bitDepth, colorType, pixels };
@@ -80,7 +104,7 @@ test('the CRC-32 used by the reader is right (check value of "123456789")', () =
   assert.equal(crc32Bitwise(Buffer.from('123456789')), 0xcbf43926);
 });
 
-test('writeTrainingPlot draws sft loss and dpo loss / rewards/accuracies / rewards/margins to a valid PNG', () => {
+test('writeTrainingPlot draws sft loss and dpo loss / rewards/accuracies / rewards/margins to a valid PNG', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'plot-'));
   try {
     const lines: string[] = [];
@@ -92,7 +116,7 @@ test('writeTrainingPlot draws sft loss and dpo loss / rewards/accuracies / rewar
     const jsonl = join(dir, 'metrics.jsonl');
     writeFileSync(jsonl, `${lines.join('\n')}\n`);
     const png = join(dir, 'plot.png');
-    const info = writeTrainingPlot(jsonl, png);
+    const info = await writeTrainingPlot(jsonl, png);
     assert.deepEqual(info.panels, ['sft loss', 'dpo loss', 'dpo rewards/accuracies', 'dpo rewards/margins']);
     const p = readPng(readFileSync(png));
     assert.equal(p.width, info.width);
@@ -108,11 +132,11 @@ test('writeTrainingPlot draws sft loss and dpo loss / rewards/accuracies / rewar
   }
 });
 
-test('writeTrainingPlot on a missing or empty metrics file still writes a valid PNG', () => {
+test('writeTrainingPlot on a missing or empty metrics file still writes a valid PNG', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'plot-'));
   try {
     const png = join(dir, 'empty.png');
-    const info = writeTrainingPlot(join(dir, 'none.jsonl'), png);
+    const info = await writeTrainingPlot(join(dir, 'none.jsonl'), png);
     assert.deepEqual(info.panels, []);
     const p = readPng(readFileSync(png));
     assert.ok(p.width > 0 && p.height > 0);

@@ -3,6 +3,5 @@
  */
 export { MetricsLog, readMetricsJsonl, type MetricsRecord } from './jsonl.js';
 export { TensorBoardWriter, tfRecord, scalarEvent, fileVersionEvent } from './tensorboard.js';
-export { writeTrainingPlot, renderTrainingPlot, plotPanels, PLOT_KEYS } from './plot.js';
-export { Canvas, encodePng, PNG_SIGNATURE, type RGB } from './png.js';
-export { crc32, crc32c, maskedCrc32c } from './crc.js';
+export { writeTrainingPlot, renderTrainingPlot, plotPanels, panelSpec, PLOT_KEYS, TRAIN_COLOR, EVAL_COLOR, type PlotOptions } from './plot.js';
+export { crc32c, maskedCrc32c } from './crc.js';

@@ -2,51 +2,53 @@
  * A PNG plot of a run's metrics.jsonl: one panel per stage and metric (loss for SFT; loss,
  * rewards/accuracies and rewards/margins for DPO), training values as a line, evaluation (`eval_` keys) as
  * dots joined by a thinner line. Like LLaMA-Factory's `plot_loss` (`training_loss.png`), in one image.
+ *
+ * Each panel is a Vega-Lite spec compiled to Vega and rendered headless to SVG (`View.toSVG()`, no canvas
+ * package needed); the panels are laid out in one SVG, 2 per row, and rasterised with resvg.
  */
 import { renameSync, writeFileSync } from 'node:fs';
-import { Canvas, encodePng, type RGB } from './png.js';
-import { readMetricsJsonl, type MetricsRecord } from './jsonl.js';
+import { Resvg } from '@resvg/resvg-js';
+import * as vega from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
+import { type MetricsRecord, readMetricsJsonl } from './jsonl.js';
 
 /** The metrics plotted per stage, in panel order. */
 export const PLOT_KEYS = ['loss', 'rewards/accuracies', 'rewards/margins'] as const;
 
-const TRAIN: RGB = [31, 119, 180];
-const EVAL: RGB = [255, 127, 14];
-const AXIS: RGB = [60, 60, 60];
-const GRID: RGB = [225, 225, 225];
-const TEXT: RGB = [20, 20, 20];
+/** Series colours (matplotlib's tab:blue and tab:orange). */
+export const TRAIN_COLOR = '#1f77b4';
+export const EVAL_COLOR = '#ff7f0e';
 
 interface Series {
   x: number[];
   y: number[];
 }
-interface Panel {
+export interface Panel {
   stage: string;
   key: string;
   train: Series;
   eval: Series;
 }
 
-function fmt(v: number): string {
-  if (v === 0) return '0';
-  const a = Math.abs(v);
-  if (a >= 1e4 || a < 1e-3) return v.toExponential(1);
-  return String(Number(v.toPrecision(3)));
+export interface PlotOptions {
+  /** Width of one panel in pixels (default 440). */
+  panelWidth?: number;
+  /** Height of one panel in pixels (default 280). */
+  panelHeight?: number;
+  /** Metrics to plot per stage (default {@link PLOT_KEYS}). */
+  keys?: readonly string[];
 }
 
 /** Panels (stage × key) that have at least one finite value, stages in order of first appearance. */
 export function plotPanels(records: MetricsRecord[], keys: readonly string[] = PLOT_KEYS): Panel[] {
-  const stages: string[] = [];
-  for (const r of records) {
-    const s = typeof r.stage === 'string' ? r.stage : 'train';
-    if (!stages.includes(s)) stages.push(s);
-  }
+  const stageOf = (r: MetricsRecord): string => (typeof r.stage === 'string' ? r.stage : 'train');
+  const stages = [...new Set(records.map(stageOf))];
   const panels: Panel[] = [];
   for (const stage of stages) {
     for (const key of keys) {
       const p: Panel = { stage, key, train: { x: [], y: [] }, eval: { x: [], y: [] } };
       for (const r of records) {
-        if ((typeof r.stage === 'string' ? r.stage : 'train') !== stage || typeof r.step !== 'number') continue;
+        if (stageOf(r) !== stage || typeof r.step !== 'number') continue;
         const t = r[key];
         const e = r[`eval_${key}`];
         if (typeof t === 'number' && Number.isFinite(t)) {
@@ -64,114 +66,103 @@ export function plotPanels(records: MetricsRecord[], keys: readonly string[] = P
   return panels;
 }
 
-function drawPanel(c: Canvas, p: Panel, ox: number, oy: number, w: number, h: number): void {
-  const left = ox + 62;
-  const right = ox + w - 14;
-  const top = oy + 30;
-  const bottom = oy + h - 34;
-  c.text(ox + 12, oy + 8, `${p.stage} ${p.key}`, TEXT, 2);
-  const xs = [...p.train.x, ...p.eval.x];
-  const ys = [...p.train.y, ...p.eval.y];
-  let xmin = Math.min(...xs);
-  let xmax = Math.max(...xs);
-  let ymin = Math.min(...ys);
-  let ymax = Math.max(...ys);
-  if (p.key === 'rewards/accuracies') {
-    ymin = Math.min(0, ymin);
-    ymax = Math.max(1, ymax);
-  }
-  if (xmax === xmin) {
-    xmin -= 1;
-    xmax += 1;
-  }
-  if (ymax === ymin) {
-    const d = Math.abs(ymax) > 0 ? Math.abs(ymax) * 0.1 : 1;
-    ymin -= d;
-    ymax += d;
-  } else {
-    const pad = (ymax - ymin) * 0.05;
-    ymin -= pad;
-    ymax += pad;
-  }
-  const X = (x: number): number => left + ((x - xmin) / (xmax - xmin)) * (right - left);
-  const Y = (y: number): number => bottom - ((y - ymin) / (ymax - ymin)) * (bottom - top);
-  // grid and y tick labels (4 intervals)
-  for (let i = 0; i <= 4; i++) {
-    const v = ymin + ((ymax - ymin) * i) / 4;
-    const yy = Y(v);
-    c.line(left, yy, right, yy, GRID);
-    const label = fmt(v);
-    c.text(left - 6 - Canvas.textWidth(label), Math.round(yy) - 3, label, TEXT);
-  }
-  // x tick labels: first, middle, last step
-  for (const v of [xmin, (xmin + xmax) / 2, xmax]) {
-    const label = fmt(Math.round(v));
-    const xx = X(v);
-    c.line(xx, bottom, xx, bottom + 4, AXIS);
-    c.text(xx - Canvas.textWidth(label) / 2, bottom + 8, label, TEXT);
-  }
-  c.text(right - Canvas.textWidth('step'), bottom + 20, 'step', TEXT);
-  // axes
-  c.line(left, top, left, bottom, AXIS);
-  c.line(left, bottom, right, bottom, AXIS);
-  // series
-  const draw = (s: Series, color: RGB, thick: number, dots: boolean): void => {
-    for (let i = 1; i < s.x.length; i++) c.line(X(s.x[i - 1]!), Y(s.y[i - 1]!), X(s.x[i]!), Y(s.y[i]!), color, thick);
-    if (dots || s.x.length === 1) for (let i = 0; i < s.x.length; i++) c.fillRect(X(s.x[i]!) - 2, Y(s.y[i]!) - 2, 5, 5, color);
-  };
-  draw(p.train, TRAIN, 2, false);
-  draw(p.eval, EVAL, 1, true);
-  // legend
-  let lx = right - 110;
-  if (p.train.x.length > 0) {
-    c.fillRect(lx, top + 4, 12, 4, TRAIN);
-    c.text(lx + 16, top + 2, 'train', TEXT);
-    lx += 56;
-  }
-  if (p.eval.x.length > 0) {
-    c.fillRect(lx, top + 4, 12, 4, EVAL);
-    c.text(lx + 16, top + 2, 'eval', TEXT);
+/** The Vega-Lite spec of one panel, exactly `width` x `height` pixels (autosize fit, padding included). */
+export function panelSpec(p: Panel, width: number, height: number): TopLevelSpec {
+  const rows = (s: Series, series: string) => s.x.map((x, i) => ({ step: x, value: s.y[i]!, series }));
+  const y: Record<string, unknown> = { field: 'value', type: 'quantitative', title: null, scale: { zero: false } };
+  if (p.key === 'rewards/accuracies') y.scale = { domain: [0, 1], clamp: false, nice: false };
+  const layer = (series: 'train' | 'eval', strokeWidth: number, point: boolean) => ({
+    transform: [{ filter: { field: 'series', equal: series } }],
+    mark: { type: 'line' as const, strokeWidth, point: point ? { filled: true, size: 30 } : false },
+    encoding: {
+      x: { field: 'step', type: 'quantitative' as const, title: 'step', scale: { zero: false } },
+      y,
+      color: {
+        field: 'series',
+        type: 'nominal' as const,
+        scale: { domain: present.map((x) => x[0]), range: present.map((x) => x[1]) },
+        legend: { title: null, orient: 'top-right' as const, direction: 'horizontal' as const },
+      },
+    },
+  });
+  const present = (
+    [
+      ['train', TRAIN_COLOR, p.train.x.length],
+      ['eval', EVAL_COLOR, p.eval.x.length],
+    ] as const
+  ).filter((x) => x[2] > 0);
+  const layers = [];
+  if (p.train.x.length > 0) layers.push(layer('train', 2, p.train.x.length === 1));
+  if (p.eval.x.length > 0) layers.push(layer('eval', 1, true));
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+    width,
+    height,
+    autosize: { type: 'fit', contains: 'padding' },
+    padding: 8,
+    background: 'white',
+    title: { text: `${p.stage} ${p.key}`, anchor: 'start', fontSize: 13 },
+    data: { values: [...rows(p.train, 'train'), ...rows(p.eval, 'eval')] },
+    layer: layers,
+    config: { view: { stroke: null }, axis: { gridColor: '#e1e1e1', labelColor: '#141414', domainColor: '#3c3c3c' } },
+  } as TopLevelSpec;
+}
+
+async function panelSvg(p: Panel, width: number, height: number): Promise<string> {
+  const spec = panelSpec(p, width, height);
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
   }
 }
 
+const escapeXml = (s: string): string => s.replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
 /**
- * Render metrics records to a canvas: a grid of panels, 2 per row, `panelWidth` x `panelHeight` pixels each.
- * An empty record list gives a single panel saying "no metrics".
+ * Render metrics records to one SVG: a grid of panels, 2 per row (1 when there is a single panel),
+ * `panelWidth` x `panelHeight` pixels each. An empty record list gives a single panel saying "no metrics".
+ * @returns the SVG text and its size in pixels
  */
-export function renderTrainingPlot(records: MetricsRecord[], opts: { panelWidth?: number; panelHeight?: number; keys?: readonly string[] } = {}): Canvas {
+export async function renderTrainingPlot(records: MetricsRecord[], opts: PlotOptions = {}): Promise<{ svg: string; width: number; height: number }> {
   const pw = opts.panelWidth ?? 440;
   const ph = opts.panelHeight ?? 280;
   const panels = plotPanels(records, opts.keys);
   const cols = panels.length <= 1 ? 1 : 2;
   const rows = Math.max(1, Math.ceil(panels.length / cols));
-  const c = new Canvas(cols * pw, rows * ph);
+  const width = cols * pw;
+  const height = rows * ph;
+  const parts: string[] = [`<rect width="${width}" height="${height}" fill="white"/>`];
   if (panels.length === 0) {
-    c.text(20, 20, 'no metrics', TEXT, 2);
-    return c;
+    parts.push(`<text x="20" y="32" font-family="sans-serif" font-size="16" fill="#141414">${escapeXml('no metrics')}</text>`);
   }
-  panels.forEach((p, i) => drawPanel(c, p, (i % cols) * pw, Math.floor(i / cols) * ph, pw, ph));
-  return c;
+  for (const [i, p] of panels.entries()) {
+    const svg = await panelSvg(p, pw, ph);
+    // place the panel's own <svg> element at its grid cell
+    parts.push(svg.replace(/^<svg /, `<svg x="${(i % cols) * pw}" y="${Math.floor(i / cols) * ph}" `));
+  }
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">${parts.join('')}</svg>`;
+  return { svg, width, height };
 }
 
 /**
  * Read `metricsJsonlPath` and write a PNG plot of loss, rewards/accuracies and rewards/margins over steps
- * (per stage: sft, dpo) to `pngPath` (written to a temporary file, then renamed).
- * @returns the panels drawn (`<stage> <key>`) and the image size
+ * (per stage: sft, dpo) to `pngPath` (written to a temporary file, then renamed). A missing or empty
+ * metrics file gives a valid PNG saying "no metrics".
+ * @returns the panels drawn (`<stage> <key>`) and the image size in pixels
  * @throws the fs error when the PNG cannot be written
  */
-export function writeTrainingPlot(
+export async function writeTrainingPlot(
   metricsJsonlPath: string,
   pngPath: string,
-  opts: { panelWidth?: number; panelHeight?: number; keys?: readonly string[] } = {},
-): { panels: string[]; width: number; height: number } {
+  opts: PlotOptions = {},
+): Promise<{ panels: string[]; width: number; height: number }> {
   const records = readMetricsJsonl(metricsJsonlPath);
-  const canvas = renderTrainingPlot(records, opts);
+  const { svg, width, height } = await renderTrainingPlot(records, opts);
+  const png = new Resvg(svg, { fitTo: { mode: 'original' }, font: { loadSystemFonts: true } }).render().asPng();
   const tmp = `${pngPath}.tmp-${process.pid}`;
-  writeFileSync(tmp, encodePng(canvas));
+  writeFileSync(tmp, png);
   renameSync(tmp, pngPath);
-  return {
-    panels: plotPanels(records, opts.keys).map((p) => `${p.stage} ${p.key}`),
-    width: canvas.width,
-    height: canvas.height,
-  };
+  return { panels: plotPanels(records, opts.keys).map((p) => `${p.stage} ${p.key}`), width, height };
 }

@@ -1,71 +1,46 @@
 /**
- * TensorBoard event files written by hand: TFRecord framing (tensorflow/core/lib/io/record_writer.cc) around
+ * TensorBoard event files: TFRecord framing (tensorflow/core/lib/io/record_writer.cc) around
  * `tensorflow.Event` protobuf messages (tensorflow/core/util/event.proto) whose `summary` holds
- * `Summary.Value{tag, simple_value}` (tensorflow/core/framework/summary.proto). `tensorboard --logdir DIR`
- * shows the scalars (the scalars plugin reads `simple_value` through its data-compat layer).
+ * `Summary.Value{tag, simple_value}` (tensorflow/core/framework/summary.proto), encoded with protobufjs from
+ * the message definitions below. `tensorboard --logdir DIR` shows the scalars (the scalars plugin reads
+ * `simple_value` through its data-compat layer).
  *
  * Record layout: uint64 length (LE) | uint32 masked CRC-32C of the length bytes | data | uint32 masked
- * CRC-32C of the data. Event fields: 1 wall_time (double), 2 step (int64), 3 file_version (string),
- * 5 summary (message). Summary: 1 value (repeated message). Value: 1 tag (string), 2 simple_value (float).
+ * CRC-32C of the data.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import protobuf from 'protobufjs';
 import { maskedCrc32c } from './crc.js';
 
-/** Protobuf wire encoding of the few field kinds the Event message needs. */
-class ProtoWriter {
-  private parts: Buffer[] = [];
+/** The subset of tensorflow's event.proto / summary.proto we write (field numbers as upstream). */
+const root = protobuf.Root.fromJSON({
+  nested: {
+    tensorflow: {
+      nested: {
+        Event: {
+          fields: {
+            wall_time: { type: 'double', id: 1 },
+            step: { type: 'int64', id: 2 },
+            file_version: { type: 'string', id: 3 },
+            summary: { type: 'Summary', id: 5 },
+          },
+        },
+        Summary: {
+          fields: { value: { rule: 'repeated', type: 'Value', id: 1 } },
+          nested: {
+            Value: { fields: { tag: { type: 'string', id: 1 }, simple_value: { type: 'float', id: 2 } } },
+          },
+        },
+      },
+    },
+  },
+});
+const EventType = root.lookupType('tensorflow.Event');
 
-  private varint(v: bigint | number): void {
-    let x = BigInt.asUintN(64, BigInt(v));
-    const bytes: number[] = [];
-    do {
-      let b = Number(x & 0x7fn);
-      x >>= 7n;
-      if (x !== 0n) b |= 0x80;
-      bytes.push(b);
-    } while (x !== 0n);
-    this.parts.push(Buffer.from(bytes));
-  }
-
-  private key(field: number, wire: number): void {
-    this.varint((field << 3) | wire);
-  }
-
-  double(field: number, v: number): this {
-    this.key(field, 1);
-    const b = Buffer.alloc(8);
-    b.writeDoubleLE(v);
-    this.parts.push(b);
-    return this;
-  }
-
-  float(field: number, v: number): this {
-    this.key(field, 5);
-    const b = Buffer.alloc(4);
-    b.writeFloatLE(v);
-    this.parts.push(b);
-    return this;
-  }
-
-  int64(field: number, v: number | bigint): this {
-    this.key(field, 0);
-    this.varint(v);
-    return this;
-  }
-
-  bytes(field: number, v: Uint8Array | string): this {
-    const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : Buffer.from(v);
-    this.key(field, 2);
-    this.varint(b.length);
-    this.parts.push(b);
-    return this;
-  }
-
-  finish(): Buffer {
-    return Buffer.concat(this.parts);
-  }
+function encodeEvent(fields: Record<string, unknown>): Buffer {
+  return Buffer.from(EventType.encode(EventType.fromObject(fields)).finish());
 }
 
 /** One TFRecord frame around `data`. */
@@ -79,16 +54,14 @@ export function tfRecord(data: Uint8Array): Buffer {
   return Buffer.concat([len, lenCrc, Buffer.from(data), dataCrc]);
 }
 
-/** Encoded `Event{wall_time, step, summary{value{tag, simple_value}}}`. */
+/** Encoded `Event{wall_time, step, summary{value{tag, simple_value}}}`; `step` is an int64 (truncated). */
 export function scalarEvent(tag: string, value: number, step: number, wallTime: number): Buffer {
-  const v = new ProtoWriter().bytes(1, tag).float(2, value).finish();
-  const summary = new ProtoWriter().bytes(1, v).finish();
-  return new ProtoWriter().double(1, wallTime).int64(2, Math.trunc(step)).bytes(5, summary).finish();
+  return encodeEvent({ wall_time: wallTime, step: Math.trunc(step), summary: { value: [{ tag, simple_value: value }] } });
 }
 
 /** Encoded `Event{wall_time, file_version: "brain.Event:2"}`, the first record of every event file. */
 export function fileVersionEvent(wallTime: number): Buffer {
-  return new ProtoWriter().double(1, wallTime).bytes(3, 'brain.Event:2').finish();
+  return encodeEvent({ wall_time: wallTime, file_version: 'brain.Event:2' });
 }
 
 /**
