@@ -5,13 +5,14 @@
  * spent in each native function (sgemm by shape) per step, against the whole step.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { nativeProfile } from '../src/training/engine/native.js';
+import { nativeProfile } from '../src/training/engine/addon.js';
+import { engineSettings } from '../src/training/engine/settings.js';
 import { parseArgs, runBench } from './dpo-step.js';
 
 const a = parseArgs(process.argv.slice(2));
 a.steps = 1;
 await runBench(a); // warm-up (and backend init)
-if (process.env.DPO_NATIVE_PROFILE === '1') {
+if (engineSettings().profile) {
   const steps = 10;
   nativeProfile(true);
   const r = (await runBench({ ...a, steps })) as { median_step_s: number };

@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
 import { checkSelfAttention, runAllOpChecks, randn, relErr } from './engine-ops-helpers.js';
 import { fusedAttentionActive, useFusedAttention } from '../../src/training/engine/ops.js';
-import { nativeStatus } from '../../src/training/engine/native.js';
+import { nativeStatus } from '../../src/training/engine/addon.js';
 
 test('wasm backend initialises', async () => {
   const info = await initBackend('wasm');
@@ -82,7 +82,7 @@ test('native GEMM kernel equals a plain JS product in every form (NN, NT, TN, TT
     t.skip(`native GEMM not available: ${info.nativeDetail}`);
     return;
   }
-  const { nativeMatmulActive } = await import('../../src/training/engine/native.js');
+  const { nativeMatmulActive } = await import('../../src/training/engine/matmul.js');
   assert.ok(nativeMatmulActive());
   tf.tidy(() => {
     const cases: Array<[number[], number[], boolean, boolean]> = [
@@ -133,7 +133,7 @@ test('native GEMM kernel equals a plain JS product in every form (NN, NT, TN, TT
 
 test('fast ops equal the reference ops on wasm with the stock XNNPACK matmul too', async () => {
   await initBackend('wasm');
-  const { useNativeMatmul, nativeMatmulActive } = await import('../../src/training/engine/native.js');
+  const { useNativeMatmul, nativeMatmulActive } = await import('../../src/training/engine/matmul.js');
   const was = nativeMatmulActive();
   useNativeMatmul(false);
   try {

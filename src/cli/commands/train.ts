@@ -67,6 +67,13 @@ export async function runTrainCli(overrides: string[], o: TrainCliOptions): Prom
       process.stderr.write(`dpo train: invalid config: ${e.message}\n`);
       return 2;
     }
+    // typed errors (a stable `code`: INVALID_ENV, BACKEND_UNAVAILABLE, INSUFFICIENT_MEMORY, ...) are the
+    // user's to fix: one line, no stack
+    const code = (e as { code?: unknown }).code;
+    if (e instanceof Error && typeof code === 'string' && /^[A-Z][A-Z0-9_]+$/.test(code)) {
+      process.stderr.write(`dpo train: ${code}: ${e.message}\n`);
+      return 1;
+    }
     throw e;
   } finally {
     process.off('SIGINT', onSignal);

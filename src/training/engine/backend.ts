@@ -10,9 +10,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import { withNodeThreadedWasmPatches } from './wasm-threads.js';
 import { registerWasmKernels } from './wasm-kernels.js';
 import { ensureGradients } from './gradients.js';
-import { nativeStatus, registerNativeMatmul } from './native.js';
+import { nativeStatus } from './addon.js';
+import { registerFusedKernels } from './kernels.js';
+import { registerNativeMatmul } from './matmul.js';
+import { BACKEND_REQUESTS, type BackendRequest, engineSettings } from './settings.js';
 
-export type BackendRequest = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+export type { BackendRequest } from './settings.js';
 
 export interface BackendInfo {
   /** tfjs backend name actually running: `tensorflow`, `wasm` or `cpu`. */
@@ -42,13 +45,26 @@ export interface BackendOptions {
   nativeMatmul?: boolean;
 }
 
+/** The requested backend cannot run here; `request` is what was asked, the message says what to install or set. */
 export class BackendUnavailableError extends Error {
   readonly code = 'BACKEND_UNAVAILABLE';
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly request: string,
+  ) {
     super(message);
     this.name = 'BackendUnavailableError';
   }
 }
+
+/** What to do when an explicitly requested backend is missing. */
+const INSTALL_HINT: Record<string, string> = {
+  '@tensorflow/tfjs-node-gpu':
+    'npm install @tensorflow/tfjs-node-gpu (CUDA; its install script downloads libtensorflow), or TFJS_BACKEND=auto for the CPU engine',
+  '@tensorflow/tfjs-node': 'npm install @tensorflow/tfjs-node (its install script downloads libtensorflow), or TFJS_BACKEND=auto for the CPU engine',
+  '@tensorflow/tfjs-backend-wasm': 'npm install @tensorflow/tfjs-backend-wasm, or TFJS_BACKEND=cpu',
+  '@tensorflow/tfjs-backend-cpu': 'npm install @tensorflow/tfjs-backend-cpu',
+};
 
 let current: BackendInfo | null = null;
 
@@ -65,14 +81,16 @@ async function tryImport(pkg: string): Promise<boolean> {
  * Initialise the tfjs backend once per process and return what runs. On wasm it also registers the engine's
  * kernels (wasm-kernels.ts) and, unless `opts.nativeMatmul === false` or env `DPO_NATIVE=0`, the native
  * GEMM / softmax / AdamW kernels when they can be built (native.ts; `nativeMatmul`/`nativeDetail` tell).
- * Environment: `TFJS_BACKEND`, `TFJS_WASM_THREADS` (XNNPACK pool, default 1), `DPO_NATIVE` (0 = off),
- * `DPO_NATIVE_THREADS` (native GEMM threads, default: CPU cores), `DPO_NATIVE_CACHE` (addon build dir), `CC`.
- * @param request `auto` | `tensorflow-gpu` | `tensorflow` | `wasm` | `cpu` (default: env `TFJS_BACKEND` or `auto`).
+ * Modes come from the engine settings (settings.ts: `TFJS_BACKEND`, `TFJS_WASM_THREADS`, `DPO_NATIVE`, ...).
+ * @param request `auto` | `tensorflow-gpu` | `tensorflow` | `wasm` | `cpu` (default: settings `backend`, env `TFJS_BACKEND`).
  * @param opts see {@link BackendOptions}; ignored after the first call (the backend is per process)
- * @throws BackendUnavailableError when an explicitly requested backend cannot be loaded.
+ * @throws BackendUnavailableError (code `BACKEND_UNAVAILABLE`) when no requested backend can be loaded: the
+ *   message names each package tried and what to install or set.
+ * @throws EngineSettingsError (code `INVALID_ENV`) when an engine environment variable is invalid
  */
 export async function initBackend(request?: BackendRequest, opts: BackendOptions = {}): Promise<BackendInfo> {
-  const want = (request ?? (process.env.TFJS_BACKEND as BackendRequest | undefined) ?? 'auto') as BackendRequest;
+  const settings = engineSettings();
+  const want = request ?? settings.backend;
   if (current) return current;
   const candidates: Array<{ req: BackendRequest; pkg: string; backend: string; gpu: boolean }> = [
     { req: 'tensorflow-gpu', pkg: '@tensorflow/tfjs-node-gpu', backend: 'tensorflow', gpu: true },
@@ -83,14 +101,20 @@ export async function initBackend(request?: BackendRequest, opts: BackendOptions
   const order =
     want === 'auto' ? candidates : want === 'tensorflow' ? candidates.filter((c) => c.backend === 'tensorflow') : candidates.filter((c) => c.req === want);
   if (order.length === 0) {
-    throw new BackendUnavailableError(`TFJS_BACKEND=${String(want)} is not one of auto, tensorflow, tensorflow-gpu, wasm, cpu`);
+    throw new BackendUnavailableError(`TFJS_BACKEND=${String(want)} is not one of ${BACKEND_REQUESTS.join(', ')}`, String(want));
   }
+  const failures: string[] = [];
   for (const c of order) {
-    if (!(await tryImport(c.pkg))) continue;
+    const imported = await tryImport(c.pkg);
+    if (!imported) {
+      failures.push(`${c.pkg} is not installed (${INSTALL_HINT[c.pkg]})`);
+      continue;
+    }
     try {
       if (c.backend === 'wasm' ? await setWasm(opts) : await tf.setBackend(c.backend)) {
         await tf.ready();
-        const native = c.backend === 'wasm' && opts.nativeMatmul !== false && registerNativeMatmul();
+        const native = c.backend === 'wasm' && opts.nativeMatmul !== false && registerNativeMatmul('wasm');
+        if (native) registerFusedKernels('wasm');
         current = {
           name: tf.getBackend(),
           package: c.pkg,
@@ -102,13 +126,12 @@ export async function initBackend(request?: BackendRequest, opts: BackendOptions
         await afterInit(current);
         return current;
       }
-    } catch {
-      /* fall through to the next candidate */
+      failures.push(`${c.pkg} did not initialise`);
+    } catch (e) {
+      failures.push(`${c.pkg} failed to initialise: ${(e as Error).message}`);
     }
   }
-  throw new BackendUnavailableError(
-    `no tfjs backend could be initialised for TFJS_BACKEND=${want}; install @tensorflow/tfjs-backend-wasm or set TFJS_BACKEND=cpu`,
-  );
+  throw new BackendUnavailableError(`no tfjs backend could be initialised for TFJS_BACKEND=${want}: ${failures.join('; ')}`, want);
 }
 
 type WasmModule = { setThreadsCount(n: number): void; getThreadsCount(): number };
@@ -124,11 +147,10 @@ function wasmThreads(): number {
 
 /** Start the wasm backend, threaded when more than one thread is wanted, then register our kernels. */
 async function setWasm(opts: BackendOptions): Promise<boolean> {
-  wasmMod = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as WasmModule;
-  const envThreads = Number(process.env.TFJS_WASM_THREADS ?? '');
+  wasmMod = await import('@tensorflow/tfjs-backend-wasm');
   // Default 1: XNNPACK's pool costs a wake-up per op, which made stories15M/stories260K training steps 2-5x
   // slower than one thread (bench/README.md); the native GEMM threads the big products itself.
-  const want = Math.max(1, Math.floor(opts.wasmThreads ?? (envThreads > 0 ? envThreads : 1)));
+  const want = Math.max(1, Math.floor(opts.wasmThreads ?? engineSettings().wasmThreads));
   let ok = false;
   if (want > 1) {
     try {

@@ -18,9 +18,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { createRequire, register } from 'node:module';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { engineSettings } from './settings.js';
 
 const HOOK = `
 import { existsSync, statSync } from 'node:fs';
@@ -48,7 +48,7 @@ async function importBundled(): Promise<boolean> {
     const entry = req.resolve('@tensorflow/tfjs-core/dist/register_all_gradients.js');
     const version = (req('@tensorflow/tfjs-core/package.json') as { version: string }).version;
     const key = createHash('sha256').update(entry).update(version).digest('hex').slice(0, 12);
-    const dir = process.env.DPO_NATIVE_CACHE ?? path.join(os.tmpdir(), 'dpo-native');
+    const dir = engineSettings().cacheDir;
     const out = path.join(dir, `tfjs-core-${version}-gradients-${key}.mjs`);
     if (!fs.existsSync(out)) {
       const esbuild = (await import('esbuild')) as typeof import('esbuild');

@@ -16,26 +16,21 @@
  * 2-D product per (batch, head). Formulas are the textbook derivatives, cited per op.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import {
-  ATTENTION_BWD_KERNEL,
-  ATTENTION_FWD_KERNEL,
-  RMSNORM_BWD_KERNEL,
-  RMSNORM_FWD_KERNEL,
-  SWIGLU_BWD_KERNEL,
-  SWIGLU_FWD_KERNEL,
-  nativeMatmulActive,
-  registerNativeAttention,
-  registerNativeElementwise,
-  softmaxWithLse,
-} from './native.js';
+import { ATTENTION_BWD, ATTENTION_FWD, RMSNORM_BWD, RMSNORM_FWD, SOFTMAX_LSE, SWIGLU_BWD, SWIGLU_FWD, fusedKernelsActive } from './kernels.js';
+import { nativeMatmulActive } from './matmul.js';
 import * as ref from './ops-reference.js';
+import { engineSettings } from './settings.js';
 
 /**
  * `DPO_ENGINE_OPS=reference` routes every op below to ops-reference.ts (plain tfjs ops and autodiff, no
  * custom gradients, no fused kernels): the engine as it was before any speed work, for checking a suspected
  * fast-path bug on a real run and for measuring what the fast paths buy (bench/README.md).
  */
-const referenceOps = process.env.DPO_ENGINE_OPS === 'reference';
+let referenceMode: boolean | null = null;
+function referenceOpsOn(): boolean {
+  referenceMode ??= engineSettings().ops === 'reference';
+  return referenceMode;
+}
 
 /**
  * op(a) @ op(b). With the native GEMM (native.ts) every form is fast and transposes are folded into its
@@ -73,7 +68,7 @@ const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
  * @returns `[N, out]`
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
-  if (referenceOps) return ref.linear(x, w, b);
+  if (referenceOpsOn()) return ref.linear(x, w, b);
   const y = matMulNN(x, w) as tf.Tensor2D;
   if (!b) return y;
   const out = tf.add(y, b) as tf.Tensor2D;
@@ -93,7 +88,7 @@ export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tens
  * @returns `[N, dim]`
  */
 export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
-  if (referenceOps) return ref.embedding(ids, table);
+  if (referenceOpsOn()) return ref.embedding(ids, table);
   const [vocab, dim] = table.shape;
   const f = custom<[tf.Tensor2D]>((t, save) => {
     save([ids]);
@@ -108,18 +103,35 @@ export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
 // ---------------------------------------------------------------------------------------------------------
 // norms and activations
 
-/** true when the native fused element-wise kernels (RMSNorm, SwiGLU) run (wasm with the native addon). */
-function nativeElementwise(): boolean {
-  return nativeMatmulActive() && registerNativeElementwise();
+/** true when the native fused kernels (RMSNorm, SwiGLU, softmax, attention) run on the current backend. */
+function nativeFused(): boolean {
+  return nativeMatmulActive() && fusedKernelsActive();
+}
+
+/**
+ * Row softmax and log-sum-exp of logits `[n, V]`: one native kernel (native/softmax.c) when the fused
+ * kernels are active, else tfjs ops (softmax, and lse = max - log(max p); max(p) = exp(max - lse) >= 1/V
+ * never underflows). Not differentiable (callers write their own gradients).
+ * @returns p `[n, V]` and lse `[n, 1]`
+ */
+export function softmaxWithLse(logits: tf.Tensor2D): { p: tf.Tensor2D; lse: tf.Tensor2D } {
+  const [n] = logits.shape;
+  if (nativeFused()) {
+    const [p, l] = SOFTMAX_LSE.run({ x: logits }, {});
+    return { p: p as tf.Tensor2D, lse: tf.reshape(l!, [n, 1]) as tf.Tensor2D };
+  }
+  const p = tf.softmax(logits, -1) as tf.Tensor2D;
+  const lse = tf.sub(tf.max(logits, -1, true), tf.log(tf.max(p, -1, true))) as tf.Tensor2D;
+  return { p, lse };
 }
 
 const rmsNormNative = (eps: number) =>
   custom<[tf.Tensor2D, tf.Tensor1D]>((x, w, save) => {
-    const [y, r] = tf.engine().runKernel(RMSNORM_FWD_KERNEL, { x, w }, { eps }) as tf.Tensor[];
+    const [y, r] = RMSNORM_FWD.run({ x, w }, { eps });
     save([x, w, r!]);
     return {
       value: y!,
-      gradFunc: (dy, [xs, ws, rs]) => tf.engine().runKernel(RMSNORM_BWD_KERNEL, { dy, x: xs!, w: ws!, r: rs! }, {}) as tf.Tensor[],
+      gradFunc: (dy, [xs, ws, rs]) => RMSNORM_BWD.run({ dy, x: xs!, w: ws!, r: rs! }, {}),
     };
   });
 
@@ -149,8 +161,8 @@ const rmsNormGrad = (eps: number) =>
  * @param weight `[D]`
  */
 export function rmsNorm(x: tf.Tensor2D, weight: tf.Tensor1D, eps: number): tf.Tensor2D {
-  if (referenceOps) return ref.rmsNorm(x, weight, eps);
-  return (nativeElementwise() ? rmsNormNative(eps) : rmsNormGrad(eps))(x, weight) as tf.Tensor2D;
+  if (referenceOpsOn()) return ref.rmsNorm(x, weight, eps);
+  return (nativeFused() ? rmsNormNative(eps) : rmsNormGrad(eps))(x, weight) as tf.Tensor2D;
 }
 
 const layerNormGrad = (eps: number) =>
@@ -175,7 +187,7 @@ const layerNormGrad = (eps: number) =>
  * @param x `[N, D]`; gamma, beta `[D]`
  */
 export function layerNorm(x: tf.Tensor2D, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): tf.Tensor2D {
-  if (referenceOps) return ref.layerNorm(x, gamma, beta, eps);
+  if (referenceOpsOn()) return ref.layerNorm(x, gamma, beta, eps);
   return layerNormGrad(eps)(x, gamma, beta) as tf.Tensor2D;
 }
 
@@ -197,8 +209,8 @@ const swigluGrad = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
 const swigluNative = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
   save([a, b]);
   return {
-    value: (tf.engine().runKernel(SWIGLU_FWD_KERNEL, { a, b }, {}) as tf.Tensor[])[0]!,
-    gradFunc: (dy, [as, bs]) => tf.engine().runKernel(SWIGLU_BWD_KERNEL, { dy, a: as!, b: bs! }, {}) as tf.Tensor[],
+    value: SWIGLU_FWD.run({ a, b }, {})[0]!,
+    gradFunc: (dy, [as, bs]) => SWIGLU_BWD.run({ dy, a: as!, b: bs! }, {}),
   };
 });
 
@@ -207,8 +219,8 @@ const swigluNative = custom<[tf.Tensor2D, tf.Tensor2D]>((a, b, save) => {
  * on wasm with the native addon, native/elementwise.c). Shapes `[N, H]` each.
  */
 export function swiglu(gate: tf.Tensor2D, up: tf.Tensor2D): tf.Tensor2D {
-  if (referenceOps) return ref.swiglu(gate, up);
-  return (nativeElementwise() ? swigluNative : swigluGrad)(gate, up) as tf.Tensor2D;
+  if (referenceOpsOn()) return ref.swiglu(gate, up);
+  return (nativeFused() ? swigluNative : swigluGrad)(gate, up) as tf.Tensor2D;
 }
 
 const GELU_C = Math.sqrt(2 / Math.PI);
@@ -229,7 +241,7 @@ const geluGrad = custom<[tf.Tensor]>((x, save) => {
 
 /** GELU, tanh approximation (GPT-2's `gelu_new`): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
 export function geluTanh(x: tf.Tensor): tf.Tensor {
-  if (referenceOps) return ref.geluTanh(x);
+  if (referenceOpsOn()) return ref.geluTanh(x);
   return geluGrad(x);
 }
 
@@ -268,7 +280,7 @@ function rotMatrix(hd: number, transposed: boolean): tf.Tensor2D {
  * @param cos `[T, hd]` and sin `[T, hd]` for the absolute positions of the T rows (halves duplicated)
  */
 export function applyRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
-  if (referenceOps) return ref.applyRope(x, cos, sin);
+  if (referenceOpsOn()) return ref.applyRope(x, cos, sin);
   const [B, T, H, hd] = x.shape;
   const shape = x.shape.slice();
   const rows = B * T * H;
@@ -322,7 +334,7 @@ function pieces(x: tf.Tensor, n: number, r: number, c: number): tf.Tensor2D[] {
  * @returns `[B, H, T, hd]`
  */
 export function causalAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, opts: { scale?: number; queryOffset?: number } = {}): tf.Tensor4D {
-  if (referenceOps) return ref.causalAttention(q, k, v, opts);
+  if (referenceOpsOn()) return ref.causalAttention(q, k, v, opts);
   const [B, H, T, hd] = q.shape;
   const KV = k.shape[1];
   const S = k.shape[2];
@@ -418,7 +430,7 @@ function attentionBatched(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale:
   return f(q, k, v) as tf.Tensor4D;
 }
 
-let fusedAttentionOn = process.env.DPO_FUSED_ATTENTION !== '0';
+let fusedAttentionOn: boolean | null = null;
 /**
  * Turn the native fused attention of {@link selfAttention} on or off (A/B measurements and tests; env
  * `DPO_FUSED_ATTENTION=0` starts with it off). When off, or without the native addon, selfAttention runs
@@ -430,7 +442,8 @@ export function useFusedAttention(on: boolean): void {
 
 /** Whether {@link selfAttention} runs the native fused kernel now. */
 export function fusedAttentionActive(): boolean {
-  return !referenceOps && fusedAttentionOn && nativeMatmulActive() && registerNativeAttention();
+  fusedAttentionOn ??= engineSettings().fusedAttention;
+  return !referenceOpsOn() && fusedAttentionOn && nativeFused();
 }
 
 /** Shapes of {@link selfAttention}: batch, sequence, query heads, key/value heads, head dim. */
@@ -483,18 +496,16 @@ export function selfAttention(
     const att = causalAttention(heads(q4), heads(k4), heads(tf.reshape(v, [B, T, KV, hd]) as tf.Tensor4D), { scale, queryOffset: 0 });
     return tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
   }
-  const attrs = { B, T, H, KV, hd, scale } as unknown as tf.NamedAttrMap;
-  const ropeInputs: tf.NamedTensorMap = rope ? { cos: rope.cos, sin: rope.sin } : {};
+  const attrs = { B, T, H, KV, hd, scale };
+  const ropeInputs = rope ? { cos: rope.cos, sin: rope.sin } : {};
   const f = custom<[tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]>((qi, ki, vi, save) => {
-    const [o, qr, kr, lse] = tf.engine().runKernel(ATTENTION_FWD_KERNEL, { q: qi, k: ki, v: vi, ...ropeInputs }, attrs) as tf.Tensor[];
+    const [o, qr, kr, lse] = ATTENTION_FWD.run({ q: qi, k: ki, v: vi, ...ropeInputs }, attrs);
     save(rope ? [qr!, kr!, vi, o!, lse!, rope.cos, rope.sin] : [qr!, kr!, vi, o!, lse!]);
     return {
       value: o!,
       gradFunc: (dy, saved) => {
         const [qs, ks, vs, os, ls, cs, ss] = saved;
-        const inputs: tf.NamedTensorMap = { dy, qr: qs!, kr: ks!, v: vs!, o: os!, lse: ls! };
-        if (cs) Object.assign(inputs, { cos: cs, sin: ss! });
-        return tf.engine().runKernel(ATTENTION_BWD_KERNEL, inputs, attrs) as tf.Tensor[];
+        return ATTENTION_BWD.run({ dy, qr: qs!, kr: ks!, v: vs!, o: os!, lse: ls!, ...(cs ? { cos: cs, sin: ss! } : {}) }, attrs);
       },
     };
   });
@@ -536,7 +547,7 @@ export interface TokenLogpsOptions {
  * @throws RangeError when rowMask's length differs from N
  */
 export function tokenLogps(hidden: tf.Tensor2D, weight: tf.Tensor2D, labels: tf.Tensor1D, layout: 'DV' | 'VD', opts: TokenLogpsOptions = {}): tf.Tensor1D {
-  if (referenceOps) {
+  if (referenceOpsOn()) {
     const lp = ref.tokenLogps(hidden, weight, labels, layout);
     if (!opts.rowMask) return lp;
     return tf.tidy(() => tf.mul(lp, tf.tensor1d(Array.from(opts.rowMask!), 'float32'))) as tf.Tensor1D;

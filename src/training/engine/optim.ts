@@ -1,7 +1,6 @@
 /**
- * Fused optimizer updates for the engine. One AdamW step per parameter: on the wasm backend with the native
- * addon (native.ts) it is a single fused kernel (one pass over p, g, m, v); elsewhere the same formula in
- * tfjs ops. Out of place: the variables are re-assigned, so tensors sharing a buffer with them (e.g. a
+ * Fused optimizer updates for the engine. One AdamW step per parameter: with the native addon (kernels.ts)
+ * it is a single fused kernel (one pass over p, g, m, v); elsewhere the same formula in tfjs ops. Out of place: the variables are re-assigned, so tensors sharing a buffer with them (e.g. a
  * reference model cloned from the policy) are never modified.
  *
  * Formula: torch.optim.AdamW (Loshchilov & Hutter 2019, Algorithm 2, decoupled weight decay):
@@ -9,7 +8,7 @@
  *   p <- p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { ADAMW_KERNEL, registerNativeAdamW } from './native.js';
+import { ADAMW, fusedKernelsActive } from './kernels.js';
 
 export interface AdamWHyper {
   lr: number;
@@ -23,7 +22,7 @@ export interface AdamWHyper {
 
 /** true when {@link adamwUpdate} runs the fused native kernel on the current backend. */
 export function fusedAdamWAvailable(): boolean {
-  return tf.getBackend() === 'wasm' && registerNativeAdamW();
+  return fusedKernelsActive();
 }
 
 /**
@@ -36,7 +35,7 @@ export function adamwUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, v: tf.
     throw new RangeError(`adamwUpdate: p [${p.shape}], g [${g.shape}], m [${m.shape}], v [${v.shape}] must have one size`);
   }
   if (fusedAdamWAvailable()) {
-    const [pN, mN, vN] = tf.engine().runKernel(ADAMW_KERNEL, { p, g, m, v }, { ...h } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    const [pN, mN, vN] = ADAMW.run({ p, g, m, v }, h);
     p.assign(pN!);
     m.assign(mN!);
     v.assign(vN!);

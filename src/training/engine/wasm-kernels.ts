@@ -17,15 +17,10 @@
  * Values are identical to the reference kernels (pure data movement / the same summation).
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { type TensorMemory, overrideKernel } from './kernels.js';
 
-/** The parts of tfjs-backend-wasm's BackendWasm used here (it exports no types for them). */
-interface WasmBackendLike {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  incRef(dataId: tf.DataId): void;
-  typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
-}
-
-type KernelArgs = { inputs: tf.NamedTensorInfoMap; attrs?: tf.NamedAttrMap; backend: unknown };
+type SliceAttrs = { begin: number | number[]; size: number | number[] };
+type KernelTensor = Float32Array | Int32Array | Uint8Array;
 
 function parseSlice(shape: number[], begin: number | number[], size: number | number[]): [number[], number[]] {
   const rank = shape.length;
@@ -38,13 +33,7 @@ function parseSlice(shape: number[], begin: number | number[], size: number | nu
 }
 
 /** Copy x[begin : begin+size] (any rank, non-string) into out, both flat row-major. */
-function sliceInto(
-  xv: Float32Array | Int32Array | Uint8Array,
-  shape: number[],
-  begin: number[],
-  size: number[],
-  out: Float32Array | Int32Array | Uint8Array,
-): void {
+function sliceInto(xv: KernelTensor, shape: number[], begin: number[], size: number[], out: KernelTensor): void {
   const rank = shape.length;
   if (rank === 0) {
     out[0] = xv[0]!;
@@ -71,88 +60,67 @@ function sliceInto(
   }
 }
 
-let stockSlice: tf.KernelFunc | null = null;
-let stockUnpack: tf.KernelFunc | null = null;
+type Mem = TensorMemory;
 
-function fastSlice(args: KernelArgs): tf.TensorInfo {
-  const backend = args.backend as WasmBackendLike;
-  const x = args.inputs.x as tf.TensorInfo;
-  if (x.dtype === 'string' && stockSlice) return stockSlice(args as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
-  const attrs = args.attrs as unknown as { begin: number | number[]; size: number | number[] };
+function fastSlice(x: tf.TensorInfo, attrs: SliceAttrs, mem: Mem): tf.TensorInfo {
   const [begin, size] = parseSlice(x.shape, attrs.begin, attrs.size);
-  const out = backend.makeOutput(size, x.dtype);
+  const out = mem.out(size, x.dtype);
   if (size.some((s) => s === 0)) return out;
-  // Views after makeOutput: an allocation may grow (and so replace) the heap buffer.
-  const ov = backend.typedArrayFromHeap(out);
-  const xv = backend.typedArrayFromHeap(x);
-  sliceInto(xv, x.shape, begin, size, ov);
+  // Views after the output is made: on wasm an allocation may grow (and so replace) the heap buffer.
+  const ov = mem.data(out);
+  sliceInto(mem.data(x), x.shape, begin, size, ov);
   return out;
 }
 
-function fastUnpack(args: KernelArgs): tf.TensorInfo[] {
-  const backend = args.backend as WasmBackendLike;
-  const value = args.inputs.value as tf.TensorInfo;
-  if (value.dtype === 'string' && stockUnpack) return stockUnpack(args as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo[];
-  let axis = (args.attrs as unknown as { axis: number }).axis;
+function fastUnpack(value: tf.TensorInfo, axisAttr: number, mem: Mem): tf.TensorInfo[] {
   const rank = value.shape.length;
-  if (axis < 0) axis += rank;
+  const axis = axisAttr < 0 ? axisAttr + rank : axisAttr;
   const n = value.shape[axis]!;
   const outShape = value.shape.filter((_, i) => i !== axis);
   const size = value.shape.slice();
   size[axis] = 1;
   const outs: tf.TensorInfo[] = [];
-  for (let i = 0; i < n; i++) outs.push(backend.makeOutput(outShape, value.dtype));
-  const xv = backend.typedArrayFromHeap(value);
+  for (let i = 0; i < n; i++) outs.push(mem.out(outShape, value.dtype));
+  const xv = mem.data(value);
   for (let i = 0; i < n; i++) {
     const begin = new Array<number>(rank).fill(0);
     begin[axis] = i;
-    sliceInto(xv, value.shape, begin, size, backend.typedArrayFromHeap(outs[i]!));
+    sliceInto(xv, value.shape, begin, size, mem.data(outs[i]!));
   }
   return outs;
 }
 
-function unsortedSegmentSum(args: KernelArgs): tf.TensorInfo {
-  const x = args.inputs.x as tf.Tensor;
-  const segmentIds = args.inputs.segmentIds as tf.Tensor;
-  const numSegments = (args.attrs as unknown as { numSegments: number }).numSegments;
-  // x: [...segShape, ...rest]; segmentIds: segShape. Flatten to [n, ...rest] and scatter-add rows.
+/** UnsortedSegmentSum as ScatterNd (which sums duplicate indices): x `[...segShape, ...rest]`, ids segShape. */
+function unsortedSegmentSum(x: tf.Tensor, segmentIds: tf.Tensor, numSegments: number): tf.TensorInfo {
   const segRank = segmentIds.shape.length;
   const n = segmentIds.size;
   const rest = x.shape.slice(segRank);
-  const res = tf.tidy(() => {
+  return tf.tidy(() => {
     const idx = tf.reshape(tf.cast(segmentIds, 'int32'), [n, 1]);
     const upd = tf.reshape(x, [n, ...rest]);
     return tf.scatterND(idx, upd, [numSegments, ...rest]);
   });
-  return res;
 }
-
-let stockGather: tf.KernelFunc | null = null;
 
 /**
  * GatherV2 (batchDims 0, numeric dtypes): x viewed as `[outer, x.shape[axis], inner]`, output
  * `[outer, nIndices, inner]` copied as contiguous runs of `inner` elements straight from the heap (the stock
- * wasm kernel took ~3 ms for 1536 rows of a `[512, 64]` table).
+ * wasm kernel took ~3 ms for 1536 rows of a `[512, 64]` table). Returns null for what it does not handle.
  * @throws RangeError when an index is outside [0, x.shape[axis] - 1]
  */
-function fastGather(args: KernelArgs): tf.TensorInfo {
-  const backend = args.backend as WasmBackendLike;
-  const x = args.inputs.x as tf.TensorInfo;
-  const indices = args.inputs.indices as tf.TensorInfo;
-  const attrs = args.attrs as unknown as { axis: number; batchDims?: number };
+function fastGather(x: tf.TensorInfo, indices: tf.TensorInfo, attrs: GatherAttrs, mem: Mem): tf.TensorInfo | null {
   const rank = x.shape.length;
   const axis = attrs.axis < 0 ? attrs.axis + rank : attrs.axis;
-  if ((attrs.batchDims ?? 0) !== 0 || x.dtype === 'string' || indices.dtype === 'string' || !stockGather || axis < 0 || axis >= rank)
-    return (stockGather as tf.KernelFunc)(args as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
+  if ((attrs.batchDims ?? 0) !== 0 || x.dtype === 'string' || indices.dtype === 'string' || axis < 0 || axis >= rank) return null;
   const outer = x.shape.slice(0, axis).reduce((a, b) => a * b, 1);
   const dim = x.shape[axis]!;
   const inner = x.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
   const n = indices.shape.reduce((a, b) => a * b, 1);
-  const out = backend.makeOutput([...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)], x.dtype);
+  const out = mem.out([...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)], x.dtype);
   if (outer * n * inner === 0) return out;
-  const ov = backend.typedArrayFromHeap(out);
-  const xv = backend.typedArrayFromHeap(x);
-  const iv = backend.typedArrayFromHeap(indices);
+  const ov = mem.data(out);
+  const xv = mem.data(x);
+  const iv = mem.data(indices);
   const idx = new Int32Array(n);
   for (let j = 0; j < n; j++) {
     const v = Number(iv[j]);
@@ -168,36 +136,34 @@ function fastGather(args: KernelArgs): tf.TensorInfo {
   return out;
 }
 
-/** Identity as a new reference to the same buffer (see the file comment). */
-function sharedIdentity(args: KernelArgs): tf.TensorInfo {
-  const x = args.inputs.x as tf.TensorInfo;
-  (args.backend as WasmBackendLike).incRef(x.dataId);
-  return { dataId: x.dataId, shape: x.shape.slice(), dtype: x.dtype };
-}
-
-let registered = false;
+type GatherAttrs = { axis: number; batchDims?: number };
+const registered = new Set<string>();
 
 /**
- * Register the kernels above for the `wasm` backend (idempotent). Call after the wasm backend is set up.
+ * Register the kernels above for `backendName` (idempotent): Slice, Unpack, GatherV2 and Identity replace
+ * the stock ones; UnsortedSegmentSum is added where missing. Call after the backend is set up.
  */
-export function registerWasmKernels(): void {
-  if (registered) return;
-  registered = true;
-  const replace = (kernelName: string, kernelFunc: (a: KernelArgs) => tf.TensorInfo | tf.TensorInfo[]): tf.KernelFunc | null => {
-    const stock = tf.getKernel(kernelName, 'wasm');
-    if (stock) tf.unregisterKernel(kernelName, 'wasm');
-    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
-    return stock ? stock.kernelFunc : null;
-  };
-  stockSlice = replace('Slice', fastSlice);
-  stockUnpack = replace('Unpack', fastUnpack);
-  stockGather = replace('GatherV2', fastGather);
-  replace('Identity', sharedIdentity);
-  if (!tf.getKernel('UnsortedSegmentSum', 'wasm')) {
-    tf.registerKernel({
-      kernelName: 'UnsortedSegmentSum',
-      backendName: 'wasm',
-      kernelFunc: unsortedSegmentSum as unknown as tf.KernelFunc,
-    });
+export function registerWasmKernels(backendName = 'wasm'): void {
+  if (registered.has(backendName)) return;
+  registered.add(backendName);
+  overrideKernel<{ x: tf.TensorInfo }, SliceAttrs>('Slice', backendName, ({ inputs: { x }, attrs, mem, raw }, stock) =>
+    x.dtype === 'string' && stock ? stock(raw) : fastSlice(x, attrs, mem),
+  );
+  overrideKernel<{ value: tf.TensorInfo }, { axis: number }>('Unpack', backendName, ({ inputs: { value }, attrs, mem, raw }, stock) =>
+    value.dtype === 'string' && stock ? stock(raw) : fastUnpack(value, attrs.axis, mem),
+  );
+  overrideKernel<{ x: tf.TensorInfo; indices: tf.TensorInfo }, GatherAttrs>('GatherV2', backendName, ({ inputs: { x, indices }, attrs, mem, raw }, stock) => {
+    const out = fastGather(x, indices, attrs, mem);
+    if (out) return out;
+    if (!stock) throw new RangeError(`GatherV2 with batchDims ${attrs.batchDims} on ${x.dtype} has no kernel on ${backendName}`);
+    return stock(raw);
+  });
+  // Identity as a new reference to the same buffer (see the file comment)
+  overrideKernel<{ x: tf.TensorInfo }, Record<string, never>>('Identity', backendName, ({ inputs: { x }, mem }) => mem.share(x));
+  if (!tf.getKernel('UnsortedSegmentSum', backendName)) {
+    // the inputs are tensors of the running engine (a kernel's inputs are its tensors' infos)
+    overrideKernel<{ x: tf.Tensor; segmentIds: tf.Tensor }, { numSegments: number }>('UnsortedSegmentSum', backendName, ({ inputs, attrs }) =>
+      unsortedSegmentSum(inputs.x, inputs.segmentIds, attrs.numSegments),
+    );
   }
 }

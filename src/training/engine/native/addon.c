@@ -20,6 +20,7 @@ static napi_value init(napi_env env, napi_value exports) {
     const char *name;
     napi_callback fn;
   } fns[] = {
+      {"configure", configure},
       {"sgemm", sgemm},
       {"adamw", adamw},
       {"softmaxLse", softmax_lse},

@@ -120,7 +120,7 @@ typedef void (*task_fn)(void *ctx, int task);
 
 #define POOL_MAX 8
 #define POOL_SPIN_US_DEFAULT 300
-static int pool_spin_us = -1; /* microseconds a worker spins after a job before sleeping; env DPO_NATIVE_SPIN_US */
+static int pool_spin_us = POOL_SPIN_US_DEFAULT; /* microseconds a worker spins after a job before sleeping (configure) */
 
 static inline double now_us(void) {
   struct timespec ts;
@@ -180,26 +180,18 @@ static void *pool_main(void *arg) {
 }
 
 /*
- * Threads for a kernel of about `flops` floating-point operations: 1 below DPO_NATIVE_MT_MFLOP million
- * (default 24), else `threads`. On a small machine the OS (or hypervisor) now and then preempts one of our
+ * Threads for a kernel of about `flops` floating-point operations: 1 below `mt_min_flops` (24 million
+ * unless configure() sets it), else `threads`. On a small machine the OS (or hypervisor) now and then preempts one of our
  * threads for the runtime's own background threads; a multi-threaded kernel then waits for it (measured:
  * 2-3 ms spikes on a 0.2 ms product), which costs more on average than a second core saves on small work.
  */
-static double mt_min_flops = -1;
+static double mt_min_flops = 24e6;
 static int mt_threads(double flops, int64_t threads) {
-  if (mt_min_flops < 0) {
-    const char *e = getenv("DPO_NATIVE_MT_MFLOP");
-    mt_min_flops = (e && *e ? atof(e) : 24.0) * 1e6;
-  }
   return flops < mt_min_flops || threads < 2 ? 1 : (int)threads;
 }
 
 /* Start workers so that `want` threads (caller included) can run; returns how many can (>= 1). */
 static int pool_threads(int want) {
-  if (pool_spin_us < 0) {
-    const char *e = getenv("DPO_NATIVE_SPIN_US");
-    pool_spin_us = e && *e ? atoi(e) : POOL_SPIN_US_DEFAULT;
-  }
   if (want > POOL_MAX) want = POOL_MAX;
   while (pool.workers < want - 1) {
     pthread_t th;
@@ -232,6 +224,25 @@ static void parallel_for(task_fn fn, void *ctx, int n, int threads) {
   }
   for (int t; (t = atomic_fetch_add(&pool.next, 1)) < n;) fn(ctx, t);
   while (atomic_load(&pool.done) < threads - 1) cpu_relax();
+}
+
+/*
+ * configure(mtMflop, spinUs): the pool's modes, from the engine's settings (settings.ts): kernels below
+ * mtMflop million flops run on one thread; idle workers spin spinUs microseconds before sleeping.
+ */
+static napi_value configure(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  double mflop;
+  int64_t spin;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2 || !get_f64(env, argv[0], &mflop) || !get_i(env, argv[1], &spin) || mflop < 0 || spin < 0) {
+    napi_throw_type_error(env, "CONFIGURE_ARGS", "configure(mtMflop >= 0, spinUs >= 0)");
+    return NULL;
+  }
+  mt_min_flops = mflop * 1e6;
+  pool_spin_us = (int)spin;
+  return NULL;
 }
 
 /* A spinning barrier for the threads of one parallel_for job (sense-reversing; n participants). */
