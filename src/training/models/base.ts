@@ -55,6 +55,8 @@ export interface LoraAdapter {
 
 /** A model that also supports incremental decoding with a KV cache (every model of this layer does). */
 export interface GenerativeLM extends CausalLM {
+  /** When false, projections ignore their LoRA adapters (the base model: the DPO reference under LoRA). */
+  adaptersEnabled: boolean;
   /** A fresh, empty cache. */
   createCache(): KVCache;
   /**

@@ -5,8 +5,8 @@
  *
  * DPO: chosen and rejected are scored in one concatenated batch (collatePreference: rows 0..B-1 chosen,
  * B..2B-1 rejected), as the reference implementation's `concatenated_forward` and TRL do; the loss is
- * LOSSES' `preferenceLoss` (Rafailov et al. 2023, Eq. 7 for sigmoid) and the metrics `preferenceMetrics`
- * (TRL's names and definitions, dpo-anchors §2.7).
+ * the loss module's `preferenceLoss` (Rafailov et al. 2023, Eq. 7 for sigmoid) and the metrics
+ * `preferenceMetrics` (TRL's names and definitions: rewards/chosen, rewards/margins, logps/chosen, ...).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { collatePreference, collateSft, type TokenBatch, type TokenizedPair } from '../data/index.js';
@@ -37,9 +37,9 @@ export type ReferenceSource =
   | { kind: 'precomputed'; train: RefLogps; eval: RefLogps }
   | { kind: 'none' };
 
+/** Switch a model with a `training` flag (LoRA dropout) on or off; other models are left alone. */
 function setTraining(model: CausalLM, on: boolean): void {
-  const m = model as unknown as { training?: boolean };
-  if (typeof m.training === 'boolean') m.training = on;
+  if ('training' in model && typeof model.training === 'boolean') model.training = on;
 }
 
 function batchTensors(b: TokenBatch): { ids: tf.Tensor2D; mask: tf.Tensor2D } {
@@ -124,7 +124,7 @@ export interface DpoTaskOptions {
   onEval?: (ctx: { step: number }) => Promise<void>;
 }
 
-interface PairOut {
+type PairOut = {
   losses: tf.Tensor1D;
   chosenRewards: tf.Tensor1D;
   rejectedRewards: tf.Tensor1D;
@@ -132,7 +132,7 @@ interface PairOut {
   pr: tf.Tensor1D;
   /** the policy's final hidden states, kept for the logit metrics when logitStats is on */
   hidden?: tf.Tensor2D;
-}
+};
 
 /**
  * The DPO stage task.
@@ -209,7 +209,7 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
     const batch = collatePreference(pairs, o.padId);
     const ref = refFor('train', indices, batch);
     const { ids, mask } = batchTensors(batch);
-    let kept: PairOut | null = null;
+    const held: { out?: PairOut } = {};
     setTraining(o.policy, true);
     let value: tf.Scalar;
     let grads: tf.NamedTensorMap;
@@ -217,13 +217,14 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
       ({ value, grads } = tf.variableGrads(() => {
         const out = pairLoss(batch, B, ref, ids, mask);
         for (const t of Object.values(out)) tf.keep(t);
-        kept = out;
+        held.out = out;
         return tf.mul(tf.mean(out.losses), scale) as tf.Scalar;
       }, varList));
     } finally {
       setTraining(o.policy, false);
     }
-    const k = kept as unknown as PairOut;
+    const k = held.out;
+    if (!k) throw new Error('dpoTask: the loss closure did not run');
     const lossT = tf.tidy(() => tf.mean(k.losses));
     const loss = lossT.dataSync()[0]!;
     lossT.dispose();
@@ -242,7 +243,7 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
       const batch = collatePreference(pairs, o.padId);
       const ref = refFor('eval', indices, batch);
       const { ids, mask } = batchTensors(batch);
-      const out = tf.tidy(() => pairLoss(batch, pairs.length, ref, ids, mask) as unknown as tf.TensorContainer) as unknown as PairOut;
+      const out = tf.tidy(() => pairLoss(batch, pairs.length, ref, ids, mask));
       const m = metricsOf(out, batch, ids, mask);
       const lossT = tf.tidy(() => tf.mean(out.losses));
       m.loss = (await lossT.data())[0]!;
@@ -276,7 +277,9 @@ export interface SftTaskOptions {
 }
 
 /**
- * The SFT stage task: NLL of the SFT target (prompt masked) — LOSSES' `sftLoss`, a token-weighted mean.
+ * The SFT stage task: NLL of the SFT target (prompt masked), a token-weighted mean — the same quantity as the
+ * loss module's `sftLoss`, computed here as a sum and a token count so that micro-batches of gradient
+ * accumulation combine into the token mean of the whole step.
  * A micro-batch's weight is its number of scored completion tokens, so accumulation gives the token mean over
  * the whole effective batch.
  */
@@ -306,7 +309,7 @@ export function sftTask(o: SftTaskOptions): StageTask {
     const batch = collate(indices);
     const { ids, mask } = batchTensors(batch);
     const count = scoredTokens(batch);
-    let lossT: tf.Scalar | null = null;
+    const held: { loss?: tf.Scalar } = {};
     setTraining(o.model, true);
     let value: tf.Scalar;
     let grads: tf.NamedTensorMap;
@@ -314,14 +317,16 @@ export function sftTask(o: SftTaskOptions): StageTask {
       ({ value, grads } = tf.variableGrads(() => {
         const r = nll(ids, mask);
         const mean = tf.div(r.sum, Math.max(count, 1)) as tf.Scalar;
-        lossT = tf.keep(mean);
+        held.loss = tf.keep(mean);
         return tf.mul(mean, scale) as tf.Scalar;
       }, varList));
     } finally {
       setTraining(o.model, false);
     }
-    const loss = (lossT as unknown as tf.Scalar).dataSync()[0]!;
-    tf.dispose([value, ids, mask, lossT as unknown as tf.Scalar]);
+    const lossT = held.loss;
+    if (!lossT) throw new Error('sftTask: the loss closure did not run');
+    const loss = lossT.dataSync()[0]!;
+    tf.dispose([value, ids, mask, lossT]);
     return { grads: gradsByParam(grads, byVarName), loss, metrics: {}, tokens: sumMask(batch.attentionMask) };
   };
 

@@ -1,0 +1,213 @@
+/**
+ * Pipeline phase: the two training stages on the policy — SFT on prompt + chosen (skipped when `sft.enabled`
+ * is false or the run resumes inside DPO), then DPO against a {@link Reference} — with the options they share
+ * (optimizer hyper-parameters, eval / log / save cadence, the metrics and progress hooks) and the checkpoint
+ * hook (every `save_steps` steps and at each stage's end, when `save_steps` is set).
+ * LoRA (`lora.enabled`): each stage trains fresh adapters; SFT's are merged into the weights when it ends.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import { dpoStage, sftStage, type StageSettings, type TrainConfig } from '../../config/index.js';
+import type { ResolvedLossOptions } from '../losses/index.js';
+import { applyLora, mergeLora, type GenerativeLM, type LoraConfig } from '../models/index.js';
+import { assignVariables, CHECKPOINT_VERSION, saveCheckpoint, type CheckpointState } from '../trainer/checkpoint.js';
+import type { MetricsRecord } from '../trainer/monitor.js';
+import { Optimizer, type OptimizerSettings } from '../trainer/optimizer.js';
+import { runStage, type StagePosition, type StageProgress, type StageTask } from '../trainer/stage.js';
+import { dpoTask, sftTask } from '../trainer/tasks.js';
+import type { PreparedData } from './data.js';
+import type { Reference, ReferenceCheckpoint } from './reference.js';
+import { resumeFor, type ResumePoint, type StageResume } from './resume.js';
+import type { OnEval } from './samples.js';
+
+/** What both stages share. */
+export interface StageRun {
+  cfg: TrainConfig;
+  outputDir: string;
+  policy: GenerativeLM;
+  data: PreparedData;
+  /** Stored in every checkpoint (see resume.ts configHash). */
+  configHash: string;
+  /** Every logged metrics record (metrics.jsonl). */
+  log(record: MetricsRecord): void;
+  /** After every optimizer step. */
+  progress(p: StageProgress): void;
+  /** The evaluation hook of a stage (samples). */
+  onEval(stage: 'sft' | 'dpo'): OnEval;
+  signal?: AbortSignal;
+}
+
+/** A finished stage. */
+export interface StageOutcome {
+  /** Last logged train metrics merged with the last eval metrics (run.json `metrics.<stage>`). */
+  summary: Record<string, number>;
+  /** Wall seconds of the stage (0 when skipped). */
+  seconds: number;
+}
+
+/** Trainable parameters of the model by name (the adapters only, under LoRA). */
+export function trainableParams(model: GenerativeLM): Map<string, tf.Variable> {
+  const out = new Map<string, tf.Variable>();
+  for (const [k, v] of model.params) if (v.trainable) out.set(k, v);
+  return out;
+}
+
+/** The optimizer settings of a stage. */
+export function optimizerSettings(c: TrainConfig, stage: StageSettings): OptimizerSettings {
+  return {
+    name: stage.optimizer,
+    weightDecay: stage.weight_decay,
+    beta1: c.adam_beta1,
+    beta2: c.adam_beta2,
+    epsilon: c.adam_epsilon,
+    rmspropAlpha: c.rmsprop_alpha,
+    momentum: c.momentum,
+  };
+}
+
+/** The LoRA settings (null when `lora.enabled` is false). */
+export function loraConfig(c: Pick<TrainConfig, 'lora'>): LoraConfig | null {
+  const l = c.lora;
+  return l.enabled ? { r: l.r, alpha: l.alpha, dropout: l.dropout, targetModules: l.target_modules } : null;
+}
+
+/**
+ * Give the policy the DPO stage's fresh adapters (seed `seed + 1`) when LoRA is on; call before creating the
+ * reference so that a frozen copy or precomputed log-probs see the SFT model exactly.
+ * @throws LoraConfigError for bad `lora.*` settings
+ */
+export function attachDpoAdapters(run: Pick<StageRun, 'cfg' | 'policy'>): void {
+  const lora = loraConfig(run.cfg);
+  if (lora) applyLora(run.policy, lora, { seed: run.cfg.seed + 1 });
+}
+
+function checkpointState(
+  stage: 'sft' | 'dpo',
+  pos: StagePosition & { totalSteps: number; complete: boolean },
+  optimizer: Optimizer,
+  configHash: string,
+  sftSummary: Record<string, number>,
+): CheckpointState {
+  return {
+    version: CHECKPOINT_VERSION,
+    stage,
+    step: pos.step,
+    totalSteps: pos.totalSteps,
+    examples: pos.examples,
+    numTokens: pos.numTokens,
+    rng: pos.rng,
+    optimizer: { name: optimizer.settings.name, step: optimizer.step },
+    stageComplete: pos.complete,
+    lastMetrics: pos.lastMetrics,
+    lastEval: pos.lastEval,
+    sftSummary,
+    configHash,
+    savedAt: new Date().toISOString(),
+  };
+}
+
+/** Run one stage with the shared options, continuing from `resume` when given. */
+async function runWith(
+  run: StageRun,
+  task: StageTask,
+  params: Map<string, tf.Variable>,
+  settings: StageSettings,
+  resume: StageResume | null,
+  extras: { sftSummary: Record<string, number>; reference: ReferenceCheckpoint | null },
+): Promise<StageOutcome> {
+  const t0 = Date.now();
+  const { cfg, policy } = run;
+  const optimizer = new Optimizer(params, optimizerSettings(cfg, settings));
+  try {
+    if (resume) {
+      assignVariables(policy.params, resume.policy, 'checkpoint policy');
+      optimizer.setState(resume.optimizer);
+    }
+    const checkpoint =
+      cfg.save_steps === null
+        ? undefined
+        : async (pos: StagePosition & { totalSteps: number; complete: boolean }): Promise<void> => {
+            await saveCheckpoint(
+              run.outputDir,
+              {
+                state: checkpointState(task.stage, pos, optimizer, run.configHash, extras.sftSummary),
+                policy: policy.params,
+                optimizer: optimizer.getState(),
+                ...(extras.reference ?? {}),
+              },
+              { totalLimit: cfg.save_total_limit },
+            );
+          };
+    const res = await runStage(
+      task,
+      {
+        settings,
+        optimizer: optimizerSettings(cfg, settings),
+        optimizerInstance: optimizer,
+        params,
+        seed: cfg.seed,
+        evalEvery: cfg.eval_every,
+        doFirstEval: cfg.do_first_eval,
+        logEvery: cfg.log_every,
+        saveSteps: cfg.save_steps,
+        resume: resume?.position ?? null,
+      },
+      { log: run.log, progress: run.progress, signal: run.signal, checkpoint },
+    );
+    return { summary: { ...res.lastMetrics, ...res.lastEval }, seconds: (Date.now() - t0) / 1000 };
+  } finally {
+    optimizer.dispose();
+  }
+}
+
+/**
+ * The SFT stage: NLL of the SFT target on the train split (sft.* settings over the top level). Skipped when
+ * `point` is a DPO checkpoint (its saved SFT summary is returned) or `sft.enabled` is false.
+ * @throws StageConfigError for settings without a stopping criterion; CheckpointError for a checkpoint that
+ *   does not match the model; TrainingAbortedError when `run.signal` aborts
+ */
+export async function runSft(run: StageRun, point: ResumePoint | null): Promise<StageOutcome> {
+  if (point?.state.stage === 'dpo') return { summary: point.state.sftSummary ?? {}, seconds: 0 };
+  if (!run.cfg.sft.enabled) return { summary: {}, seconds: 0 };
+  const { cfg, policy, data } = run;
+  const lora = loraConfig(cfg);
+  if (lora) applyLora(policy, lora, { seed: cfg.seed });
+  const params = trainableParams(policy);
+  const task = sftTask({
+    model: policy,
+    train: data.train,
+    eval: data.eval,
+    padId: data.padId,
+    params,
+    evalBatchSize: cfg.eval_batch_size,
+    onEval: run.onEval('sft'),
+  });
+  const out = await runWith(run, task, params, sftStage(cfg), resumeFor(point, 'sft'), { sftSummary: {}, reference: null });
+  if (lora) mergeLora(policy);
+  return out;
+}
+
+/**
+ * The DPO stage: the preference loss `loss` against `reference` (call {@link attachDpoAdapters} first).
+ * @throws as {@link runSft}
+ */
+export async function runDpo(
+  run: StageRun,
+  o: { loss: ResolvedLossOptions; reference: Reference; point: ResumePoint | null; sftSummary: Record<string, number> },
+): Promise<StageOutcome> {
+  const { cfg, policy, data } = run;
+  const params = trainableParams(policy);
+  const task = dpoTask({
+    policy,
+    reference: o.reference.source,
+    train: data.train,
+    eval: data.eval,
+    padId: data.padId,
+    loss: o.loss,
+    params,
+    evalBatchSize: cfg.eval_batch_size,
+    logitStats: cfg.log_logit_stats,
+    onEval: run.onEval('dpo'),
+    afterStep: (step) => o.reference.afterStep(step),
+  });
+  return runWith(run, task, params, dpoStage(cfg), resumeFor(o.point, 'dpo'), { sftSummary: o.sftSummary, reference: o.reference.checkpoint() });
+}
