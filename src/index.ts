@@ -11,7 +11,6 @@ export {
   sftLoss,
   resolveLossOptions,
   LOSS_TYPES,
-  LossConfigError,
   type LossOptions,
   type PreferenceLossInputs,
   type PreferenceLossOutputs,

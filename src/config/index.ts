@@ -2,138 +2,43 @@
  * Training configuration: `config/config.yaml` defaults, Hydra-style groups (`model=<name>` →
  * `config/model/<name>.yaml`, `loss=<name>` → `config/loss/<name>.yaml`), a config file, a config object (the
  * webhook's `config`), and `key=value` / `a.b=value` overrides whose values are parsed as YAML
- * (`datasets=[a,b]`, `loss.beta=0.2`, `max_steps=null`). The result is validated by
- * `schemas/config.schema.json` (ajv) and by the loss module's `resolveLossOptions`.
+ * (`datasets=[a,b]`, `loss.beta=0.2`, `max_steps=null`). The merged layers are validated by the schema of
+ * src/config/schema.ts (= schemas/config.schema.json, ajv), the loss group is resolved by the loss module's
+ * `resolveLossGroup`, and the result is checked against the resolved schema: one typed object.
  *
  * Source of the scheme: eric-mitchell/direct-preference-optimization `config/config.yaml` + Hydra overrides.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { Ajv, type ValidateFunction } from 'ajv';
 import YAML from 'yaml';
-import { LOSS_ALIASES, LOSS_TYPES, resolveLossOptions, type ResolvedLossOptions } from '../training/losses/options.js';
-import { configDir, schemasDir } from './paths.js';
+import { LOSS_ALIASES, LOSS_TYPES, lossOptionsOf, resolveLossGroup, type LossGroup, type ResolvedLossOptions } from '../training/losses/options.js';
+import { closest, ConfigError, configErrorFromAjv, type ConfigPath } from './errors.js';
+import { configDir } from './paths.js';
+import { ConfigInputSchema, StageSchema, TrainConfigSchema, toJsonSchema, type StageSettings, type TrainConfig } from './schema.js';
 
 export { configDir, repoRoot, schemasDir } from './paths.js';
-
-/** A configuration error; `key` names the setting (dotted, e.g. `loss.beta`), `code` is stable. */
-export class ConfigError extends Error {
-  readonly code = 'INVALID_CONFIG';
-  readonly key: string;
-  constructor(key: string, message: string) {
-    super(key ? `${key}: ${message}` : message);
-    this.name = 'ConfigError';
-    this.key = key;
-  }
-}
-
-export interface ModelSettings {
-  name: string;
-  name_or_path: string;
-  tokenizer_name_or_path?: string | null;
-}
-
-/** The loss group (snake_case as in config/loss/*.yaml); validated by resolveLossOptions. */
-export interface LossSettings {
-  name: string;
-  beta?: number;
-  label_smoothing?: number;
-  [key: string]: unknown;
-}
-
-export type LrScheduler = 'linear' | 'cosine' | 'constant';
-export type OptimizerName = 'adamw' | 'adam' | 'rmsprop' | 'sgd';
-
-/** Per-stage training controls (the DPO stage reads them from the top level, SFT from `sft` + top level). */
-export interface StageSettings {
-  n_epochs: number | null;
-  max_steps: number | null;
-  n_examples: number | null;
-  batch_size: number;
-  gradient_accumulation_steps: number;
-  lr: number;
-  warmup_steps: number;
-  lr_scheduler: LrScheduler;
-  optimizer: OptimizerName;
-  weight_decay: number;
-  max_grad_norm: number | null;
-}
-
-export interface LoraSettings {
-  enabled: boolean;
-  r: number;
-  alpha: number;
-  dropout: number;
-  target_modules: string[];
-  merge: boolean;
-}
-
-/** The resolved training configuration (every key present; see config/config.yaml for meanings and defaults). */
-export interface TrainConfig extends StageSettings {
-  exp_name: string;
-  seed: number;
-  model: ModelSettings;
-  loss: LossSettings;
-  datasets: string[];
-  eval_dataset: string | null;
-  dataset_format: string | null;
-  chosen_key: string | null;
-  rejected_key: string | null;
-  eval_split_fraction: number;
-  n_eval_examples: number | null;
-  max_length: number;
-  max_prompt_length: number;
-  truncation_mode: 'keep_start' | 'keep_end';
-  eval_batch_size: number;
-  adam_beta1: number;
-  adam_beta2: number;
-  adam_epsilon: number;
-  rmsprop_alpha: number;
-  momentum: number;
-  sft: Partial<StageSettings> & { enabled: boolean };
-  precompute_ref_log_probs: boolean;
-  sync_ref_model: boolean;
-  ref_model_mixup_alpha: number;
-  ref_model_sync_steps: number;
-  ref_model_update_steps: number | null;
-  lora: LoraSettings;
-  eval_every: number | null;
-  do_first_eval: boolean;
-  sample_during_eval: boolean;
-  n_eval_model_samples: number;
-  sample_max_new_tokens: number;
-  sample_temperature: number;
-  log_every: number;
-  log_logit_stats: boolean;
-  save_steps: number | null;
-  save_total_limit: number | null;
-  resume_from_checkpoint: string | null;
-  output_dir: string | null;
-  tensorboard: boolean;
-  plot: boolean;
-  progress_bar: boolean | 'auto';
-  save_dtype: 'F32' | 'BF16';
-  backend: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu' | null;
-}
+export { ConfigError, type ConfigErrorCode } from './errors.js';
+export type { ConfigInput, LoraSettings, LrScheduler, ModelSettings, OptimizerName, StageSettings, TrainConfig } from './schema.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v);
 
-let validator: ValidateFunction | null = null;
-let schemaCache: Obj | null = null;
+let inputValidator: ValidateFunction | null = null;
+let resolvedValidator: ValidateFunction | null = null;
 
-/** The parsed `schemas/config.schema.json`. */
+/** `schemas/config.schema.json` as plain JSON (generated from {@link ConfigInputSchema}). */
 export function configSchema(): Obj {
-  if (!schemaCache) schemaCache = JSON.parse(readFileSync(join(schemasDir(), 'config.schema.json'), 'utf8')) as Obj;
-  return schemaCache;
+  return toJsonSchema(ConfigInputSchema);
 }
 
-function validate(): ValidateFunction {
-  if (!validator) {
-    const ajv = new Ajv({ allErrors: true, strict: true });
-    validator = ajv.compile(configSchema());
+function validators(): { input: ValidateFunction; resolved: ValidateFunction } {
+  if (!inputValidator || !resolvedValidator) {
+    const ajv = new Ajv({ allErrors: true, strict: true, strictNumbers: true });
+    inputValidator = ajv.compile(configSchema());
+    resolvedValidator = ajv.compile(toJsonSchema(TrainConfigSchema));
   }
-  return validator;
+  return { input: inputValidator, resolved: resolvedValidator };
 }
 
 function readYamlFile(path: string, key: string): Obj {
@@ -263,69 +168,20 @@ function nest(path: string[], value: unknown): Obj {
   return out;
 }
 
-function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
-  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
-  for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++) d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-  return d[a.length]![b.length]!;
-}
-
 function suggest(name: string, known: string[]): string {
-  const best = known.map((k) => [k, editDistance(name, k)] as const).sort((x, y) => x[1] - y[1])[0];
-  return best && best[1] <= Math.max(2, Math.floor(name.length / 3)) ? ` (did you mean '${best[0]}'?)` : '';
+  const near = closest(name, known);
+  return near ? ` (did you mean '${near}'?)` : '';
 }
 
-function pathOf(e: ErrorObject): string {
-  const parts = e.instancePath
-    .split('/')
-    .slice(1)
-    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  if (e.keyword === 'additionalProperties') parts.push(String((e.params as { additionalProperty: string }).additionalProperty));
-  return parts.map((p, i) => (/^\d+$/.test(p) ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
-}
-
-function getAt(obj: unknown, path: string): unknown {
-  let cur: unknown = obj;
-  for (const p of path.split(/\.|\[|\]/).filter(Boolean)) cur = isObj(cur) || Array.isArray(cur) ? (cur as Obj)[p] : undefined;
-  return cur;
-}
-
-/** Turn ajv errors into one ConfigError naming the most specific offending key. */
-function schemaError(errors: ErrorObject[], cfg: Obj, sources: Map<string, string>): ConfigError {
-  const specific = errors.filter((e) => e.keyword !== 'oneOf' && e.keyword !== 'anyOf');
-  // prefer the deepest path; among equals prefer constraint errors over type errors of a oneOf branch
-  const rank = (e: ErrorObject) => pathOf(e).split(/\.|\[/).length * 10 + (e.keyword === 'type' ? 0 : 1);
-  const e = (specific.length ? specific : errors).slice().sort((a, b) => rank(b) - rank(a))[0]!;
-  const key = pathOf(e);
-  const props = (configSchema().properties ?? {}) as Obj;
-  let msg: string;
-  if (e.keyword === 'additionalProperties') {
-    const parentPath = key.includes('.') ? key.slice(0, key.lastIndexOf('.')) : '';
-    const name = key.slice(key.lastIndexOf('.') + 1);
-    const known = parentPath === '' ? Object.keys(props) : Object.keys(((getSchemaAt(parentPath) ?? {}) as Obj).properties ?? {});
-    msg = `unknown setting '${key}'${suggest(name, known)}; known settings${parentPath ? ` of ${parentPath}` : ''}: ${known.join(', ')}`;
-  } else {
-    const got = getAt(cfg, key);
-    msg = `${e.message ?? 'is invalid'}${e.keyword === 'enum' ? ` (${((e.params as { allowedValues?: unknown[] }).allowedValues ?? []).map(String).join(', ')})` : ''}, got ${JSON.stringify(got)}`;
+/** The keys the input schema knows for the object at `path` (for "unknown setting" messages). */
+function knownKeysAt(path: ConfigPath): string[] {
+  let cur: Obj | undefined = configSchema();
+  for (const p of path) {
+    const next: Obj | undefined = ((cur?.properties ?? {}) as Obj)[String(p)] as Obj | undefined;
+    const alts = next?.anyOf as Obj[] | undefined;
+    cur = alts ? alts.find((a) => a.type === 'object') : next;
   }
-  const src = sources.get(key);
-  return new ConfigError(key, `${msg}${src ? ` [from ${src}]` : ''}`);
-}
-
-function getSchemaAt(path: string): Obj | undefined {
-  const schema = configSchema();
-  const defs = (schema.definitions ?? {}) as Obj;
-  const deref = (s: Obj | undefined): Obj | undefined => {
-    if (!s) return s;
-    if (typeof s.$ref === 'string') return deref(defs[s.$ref.split('/').pop()!] as Obj);
-    const alts = (s.oneOf ?? s.anyOf) as Obj[] | undefined;
-    if (alts) return deref(alts.find((a) => a.type === 'object' || a.$ref) ?? alts[0]);
-    return s;
-  };
-  let cur: Obj | undefined = schema;
-  for (const p of path.split('.')) cur = deref(((cur?.properties ?? {}) as Obj)[p] as Obj | undefined);
-  return cur;
+  return Object.keys((cur?.properties ?? {}) as Obj);
 }
 
 export interface LoadConfigOptions {
@@ -339,16 +195,32 @@ export interface LoadConfigOptions {
   defaults?: Record<string, unknown>;
 }
 
+let resolutions = 0;
+
 /**
- * Resolve the training configuration.
+ * How many times loadConfig ran in this process (the "resolved once per process" contract is tested with
+ * it). With `DPO_CONFIG_TRACE=<file>` set, each run also appends `<pid> <entry script>` to that file, so a
+ * test can count across the API, worker and training processes.
+ */
+export function configResolutions(): number {
+  return resolutions;
+}
+
+/**
+ * Resolve the training configuration: the one place a configuration is merged, validated and completed.
  * Order: `config/config.yaml` → `configFile` → `object` → group selections in `overrides` (`model=`, `loss=`)
- * → the other overrides. Top-level `beta` / `label_smoothing` (webhook shorthand) move into `loss`.
- * @returns the validated {@link TrainConfig} (plain JSON, safe to write to run.json)
- * @throws ConfigError (code INVALID_CONFIG) whose `key` names the offending setting: an unknown key
- *   (`unknown.key=1`), a value of the wrong type or range (`loss.beta=abc`), an unknown loss or an invalid
- *   loss hyper-parameter (from resolveLossOptions), max_prompt_length >= max_length.
+ * → the other overrides. Top-level `beta` / `label_smoothing` (webhook shorthand) move into `loss`; the loss
+ * group is resolved (defaults, canonical loss types). The result is valid input again:
+ * `loadConfig({object: loadConfig(x)})` equals `loadConfig(x)`, which is how the worker and the training
+ * child re-validate what crossed a process boundary.
+ * @returns the resolved {@link TrainConfig} (plain JSON, safe to write to run.json or send to a child process)
+ * @throws ConfigError (code INVALID_CONFIG) whose `path`/`key` names the offending setting: an unknown key
+ *   (`unknown.key=1`), a value of the wrong type or range (`loss.beta=abc`), an unknown loss, an invalid
+ *   loss combination (`loss.reference_free`), max_prompt_length >= max_length, ...
  */
 export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
+  resolutions += 1;
+  if (process.env.DPO_CONFIG_TRACE) appendFileSync(process.env.DPO_CONFIG_TRACE, `${process.pid} ${process.argv[1] ?? ''}\n`);
   const sources = new Map<string, string>();
   let cfg: Obj = {};
   const base = opts.defaults ?? readYamlFile(join(configDir(), 'config.yaml'), 'config.yaml');
@@ -364,13 +236,13 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
   for (const o of parsed) {
     const top = o.path[0]!;
     if (!props.includes(top)) {
-      throw new ConfigError(o.key, `unknown setting '${top}' in override ${o.text}${suggest(top, props)}; see config/config.yaml for the settings`);
+      throw new ConfigError(o.path, `unknown setting '${top}' in override ${o.text}${suggest(top, props)}; see config/config.yaml for the settings`);
     }
   }
   const isGroup = (o: Override) => o.path.length === 1 && (o.key === 'model' || o.key === 'loss');
   for (const o of [...parsed.filter(isGroup), ...parsed.filter((o) => !isGroup(o))]) {
     if (isGroup(o) && typeof o.value !== 'string') {
-      throw new ConfigError(o.key, `${o.key}=<group name>, got ${JSON.stringify(o.value)} [from ${o.text}]`);
+      throw new ConfigError(o.path, `${o.key}=<group name>, got ${JSON.stringify(o.value)} [from ${o.text}]`);
     }
     cfg = applyLayer(cfg, nest(o.path, o.value));
     sources.set(o.key, o.text);
@@ -383,13 +255,10 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
       delete cfg[k];
     }
   }
-  const v = validate();
-  if (!v(cfg)) throw schemaError(v.errors ?? [], cfg, sources);
-  const c = cfg as unknown as TrainConfig;
-  for (const k of Object.keys(base)) {
-    if (!(k in c)) throw new ConfigError(k, 'missing after resolution (config/config.yaml must define it)');
-  }
-  resolveLoss(c);
+  const v = validators();
+  if (!v.input(cfg)) throw configErrorFromAjv(v.input.errors ?? [], { value: cfg, knownKeys: knownKeysAt, sourceOf: (k) => sources.get(k) });
+  const c = { ...cfg, loss: resolveLossGroup(cfg.loss as LossGroup, ['loss']) } as TrainConfig;
+  if (!v.resolved(c)) throw configErrorFromAjv(v.resolved.errors ?? [], { value: c, knownKeys: knownKeysAt });
   if (c.max_prompt_length >= c.max_length) {
     throw new ConfigError('max_prompt_length', `must be smaller than max_length (${c.max_length}), got ${c.max_prompt_length}; the completion needs room`);
   }
@@ -405,40 +274,46 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
   return c;
 }
 
-/**
- * The loss options of a resolved config (validated by the loss module).
- * @throws ConfigError naming the loss setting (`loss.beta`, `loss.label_smoothing`, `loss.reference_free`, ...).
- */
-export function resolveLoss(c: Pick<TrainConfig, 'loss'>): ResolvedLossOptions {
-  try {
-    return resolveLossOptions(c.loss as Record<string, unknown>);
-  } catch (e) {
-    const err = e as { setting?: string; message: string };
-    if (err.setting) throw new ConfigError(err.setting, err.message.replace(`${err.setting}: `, ''));
-    throw e;
-  }
+/** The camelCase loss options (preferenceLoss) of a resolved config: a view of `c.loss`, nothing resolved again. */
+export function lossOptions(c: Pick<TrainConfig, 'loss'>): ResolvedLossOptions {
+  return lossOptionsOf(c.loss);
 }
+
+/** Old name of {@link lossOptions}, kept while src/training/run.ts still uses it. */
+export const resolveLoss = lossOptions;
+
+const STAGE_KEYS = Object.keys(StageSchema.properties) as Array<keyof StageSettings>;
 
 /** The DPO stage's controls (top-level keys). */
 export function dpoStage(c: TrainConfig): StageSettings {
-  return {
-    n_epochs: c.n_epochs,
-    max_steps: c.max_steps,
-    n_examples: c.n_examples,
-    batch_size: c.batch_size,
-    gradient_accumulation_steps: c.gradient_accumulation_steps,
-    lr: c.lr,
-    warmup_steps: c.warmup_steps,
-    lr_scheduler: c.lr_scheduler,
-    optimizer: c.optimizer,
-    weight_decay: c.weight_decay,
-    max_grad_norm: c.max_grad_norm,
-  };
+  return Object.fromEntries(STAGE_KEYS.map((k) => [k, c[k]])) as StageSettings;
 }
 
 /** The SFT stage's controls: `sft.*` over the top-level keys. */
 export function sftStage(c: TrainConfig): StageSettings {
-  const s: Obj = { ...c.sft };
-  delete s.enabled;
-  return { ...dpoStage(c), ...(s as Partial<StageSettings>) };
+  const { enabled: _enabled, ...s } = c.sft;
+  return { ...dpoStage(c), ...s };
+}
+
+/** A problem of a request's config: JSON pointer (e.g. `/config/loss/beta`) and what is wrong there. */
+export interface ConfigProblem {
+  path: string;
+  message: string;
+}
+
+/**
+ * loadConfig on a request's (or a job payload's) `config` object, with a ConfigError turned into a problem
+ * at its JSON pointer under `root`: what the API answers 400 with and the worker fails a job with.
+ * @throws anything loadConfig throws other than a ConfigError (a bug, not bad input).
+ */
+export function resolveRequestConfig(
+  config: Record<string, unknown> | undefined,
+  root = '/config',
+): { config: TrainConfig; problems: [] } | { config: null; problems: ConfigProblem[] } {
+  try {
+    return { config: loadConfig({ object: config ?? {} }), problems: [] };
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return { config: null, problems: [{ path: err.pointer(root), message: err.detail }] };
+  }
 }

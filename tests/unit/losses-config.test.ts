@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
-import { LOSS_TYPES, LossConfigError, needsReference, preferenceLoss, resolveLossOptions, type ResolvedLossOptions } from '../../src/training/losses/index.js';
+import { ConfigError } from '../../src/config/errors.js';
+import { LOSS_TYPES, needsReference, preferenceLoss, resolveLossOptions, type ResolvedLossOptions } from '../../src/training/losses/index.js';
 
 const LOSS_DIR = join(import.meta.dirname, '../../config/loss');
 
@@ -89,9 +90,9 @@ function throwsSetting(cfg: Record<string, unknown>, setting: string): void {
   assert.throws(
     () => resolveLossOptions(cfg),
     (e: unknown) => {
-      assert.ok(e instanceof LossConfigError, `expected LossConfigError, got ${String(e)}`);
+      assert.ok(e instanceof ConfigError, `expected ConfigError, got ${String(e)}`);
       assert.equal(e.code, 'INVALID_LOSS_CONFIG');
-      assert.equal(e.setting, setting);
+      assert.equal(e.key, setting);
       assert.ok(e.message.includes(setting), `message names ${setting}: ${e.message}`);
       return true;
     },
@@ -136,12 +137,12 @@ test('a loss that needs the reference fails clearly when reference log-probs are
   const { referenceChosenLogps: _a, referenceRejectedLogps: _b, ...rest } = inputs();
   assert.throws(
     () => preferenceLoss(rest, { lossType: 'dpo', beta: 0.1 }),
-    (e: unknown) => e instanceof LossConfigError && /reference/.test(e.message),
+    (e: unknown) => e instanceof ConfigError && /reference/.test(e.message),
   );
   const { chosenTokens: _c, ...noTokens } = inputs();
   assert.throws(
     () => preferenceLoss(noTokens, { lossType: 'ipo', beta: 0.1 }),
-    (e: unknown) => e instanceof LossConfigError && /chosenTokens/.test(e.message),
+    (e: unknown) => e instanceof ConfigError && /chosenTokens/.test(e.message),
   );
 });
 

@@ -4,7 +4,12 @@
  *
  * Names follow TRL (`trl/trainer/dpo_config.py`, `trl/experimental/cpo/cpo_config.py`), PaddleNLP
  * (`llm/alignment/dpo/dpo_argument.py`) and the DPO reference implementation (`config/loss/dpo.yaml`).
+ * The settings and their defaults are described once, by the TypeBox schema {@link LossGroupSchema}; the
+ * TypeScript types are derived from it.
  */
+import { Type, type Static } from '@sinclair/typebox';
+import { Ajv, type ValidateFunction } from 'ajv';
+import { ConfigError, configErrorFromAjv, parseKey, type ConfigErrorCode, type ConfigPath } from '../../config/errors.js';
 
 /** Every canonical loss type (aliases resolve to one of these). */
 export const LOSS_TYPES = [
@@ -61,242 +66,193 @@ export const REFERENCE_REQUIRED_LOSS_TYPES: readonly LossType[] = [
   'dpop',
 ];
 
+const F_DIVERGENCES = ['reverse_kl', 'forward_kl', 'js_divergence', 'alpha_divergence'] as const;
 /** f-divergence used to turn log-ratios into scores before the loss (TRL `f_divergence_type`). */
-export type FDivergenceType = 'reverse_kl' | 'forward_kl' | 'js_divergence' | 'alpha_divergence';
+export type FDivergenceType = (typeof F_DIVERGENCES)[number];
+
+const stringEnum = <T extends string>(values: readonly T[], opts: Record<string, unknown> = {}) =>
+  Type.Unsafe<T>({ type: 'string', enum: [...values], ...opts });
+const lossName = Type.String({ minLength: 1, maxLength: 64 });
 
 /**
- * Options of {@link preferenceLoss}. camelCase versions of TRL's / PaddleNLP's config names.
+ * The loss group's settings with their defaults (TRL DPOConfig / CPOConfig, PaddleNLP DPOConfig): the one
+ * description of a loss setting. `schemas/config.schema.json` embeds it (partial) as `loss`; the resolved
+ * group ({@link ResolvedLoss}) has every key.
  */
-export interface LossOptions {
+const lossProperties = {
+  name: Type.String({ minLength: 1, maxLength: 64, description: 'Loss type or alias: dpo (= sigmoid), ipo, hinge, simpo, orpo, ... (LOSS_TYPES).' }),
+  loss_type: Type.Union([lossName, Type.Array(lossName, { minItems: 1, maxItems: 16 })], {
+    description: "TRL's loss_type (a name or a list, combined with loss_weights: MPO); default: the group's name.",
+  }),
+  loss_weights: Type.Union([Type.Array(Type.Number({ minimum: 0 }), { maxItems: 16 }), Type.Null()], {
+    description: 'Weights of the listed loss types (TRL loss_weights); default all 1.',
+  }),
+  beta: Type.Number({
+    exclusiveMinimum: 0,
+    default: 0.1,
+    description: "β, inverse temperature of the implicit reward (TRL/reference beta, ORPO's λ, IPO's τ).",
+  }),
+  label_smoothing: Type.Number({
+    minimum: 0,
+    exclusiveMaximum: 0.5,
+    default: 0,
+    description: 'ε of conservative DPO / robust DPO (the fraction of flipped preference labels), in [0, 0.5).',
+  }),
+  reference_free: Type.Boolean({ default: false, description: "Reference log-probs taken as 0 in the loss (the reference's / TRL legacy reference_free)." }),
+  ipo_normalize: Type.Boolean({ default: true, description: "IPO on per-token average scores (TRL) or on summed log-probs (the reference's)." }),
+  discopop_tau: Type.Number({ exclusiveMinimum: 0, default: 0.05, description: 'DiscoPOP τ.' }),
+  simpo_gamma: Type.Number({ default: 0.5, description: 'SimPO target margin γ.' }),
+  cpo_alpha: Type.Number({ minimum: 0, default: 1, description: 'Weight of the chosen NLL in CPO.' }),
+  dpop_lambda: Type.Number({ minimum: 0, default: 50, description: 'DPOP penalty λ.' }),
+  sft_loss_ratio: Type.Number({ minimum: 0, default: 0, description: 'PaddleNLP: adds ratio · token-mean NLL of the chosen completions (TRL rpo_alpha).' }),
+  pref_loss_ratio: Type.Number({ minimum: 0, default: 1, description: 'PaddleNLP: multiplies the preference term.' }),
+  f_divergence_type: stringEnum(F_DIVERGENCES, { default: 'reverse_kl', description: 'TRL f_divergence_type (reverse_kl = standard DPO).' }),
+  f_alpha_divergence_coef: Type.Number({ default: 0.5, description: 'TRL f_alpha_divergence_coef.' }),
+};
+
+/** A loss group as written (config/loss/<name>.yaml, `loss.key=value`, the webhook's `config.loss`): every key optional. */
+export const LossGroupSchema = Type.Partial(Type.Object(lossProperties, { additionalProperties: false }), {
+  description: 'The loss group (config/loss/<name>.yaml): the loss type and its hyper-parameters; unset keys take the defaults shown.',
+});
+export type LossGroup = Static<typeof LossGroupSchema>;
+
+/** A resolved loss group: every key, the loss types canonical, one weight per type (valid input again). */
+export const ResolvedLossSchema = Type.Object(
+  {
+    ...lossProperties,
+    loss_type: Type.Array(stringEnum(LOSS_TYPES), { minItems: 1, maxItems: 16 }),
+    loss_weights: Type.Array(Type.Number({ minimum: 0 }), { minItems: 1, maxItems: 16 }),
+  },
+  { additionalProperties: false },
+);
+export type ResolvedLoss = Static<typeof ResolvedLossSchema>;
+
+type CamelCase<S extends string> = S extends `${infer H}_${infer T}` ? `${H}${Capitalize<CamelCase<T>>}` : S;
+type CamelKeys<T> = { [K in keyof T as K extends string ? CamelCase<K> : K]: T[K] };
+type Hyper = Omit<ResolvedLoss, 'name' | 'loss_type' | 'loss_weights'>;
+
+/** Options of {@link preferenceLoss} with every default filled in: the camelCase view of a {@link ResolvedLoss}. */
+export type ResolvedLossOptions = CamelKeys<Hyper> & { lossTypes: LossType[]; lossWeights: number[] };
+
+/**
+ * Options of {@link preferenceLoss} as a caller writes them (camelCase names of the loss group's settings;
+ * unset ones take the defaults of {@link LossGroupSchema}).
+ */
+export type LossOptions = Partial<CamelKeys<Omit<Hyper, 'beta'>>> & {
   /** One loss type or a list (TRL MPO: `loss = Σ_k w_k · mean(loss_k)`). Aliases are accepted. */
   lossType: LossType | string | Array<LossType | string>;
-  /** Weights of the listed loss types (TRL `loss_weights`); default all 1. */
-  lossWeights?: number[];
-  /** β: the inverse temperature of the implicit reward (TRL/reference `beta`, ORPO's λ, IPO's τ). Default 0.1. */
+  lossWeights?: number[] | null;
   beta: number;
-  /** ε (`label_smoothing`): conservative DPO for sigmoid/cpo/simpo, flip rate for robust, ε of exo_pair/aot. */
-  labelSmoothing?: number;
-  /** Reference log-probs taken as 0 in the loss (the reference's / TRL legacy `reference_free`). */
-  referenceFree?: boolean;
-  /** IPO on per-token average scores (TRL, default true) or on summed log-probs (reference implementation). */
-  ipoNormalize?: boolean;
-  /** DiscoPOP τ (`discopop_tau`, default 0.05). */
-  discopopTau?: number;
-  /** SimPO target margin γ (`simpo_gamma`, default 0.5). */
-  simpoGamma?: number;
-  /** Weight of the chosen NLL in CPO (`cpo_alpha`, default 1.0). */
-  cpoAlpha?: number;
-  /** DPOP penalty λ (`dpop_lambda`, default 50). */
-  dpopLambda?: number;
-  /** PaddleNLP `sft_loss_ratio`: adds ratio · token-mean NLL of the chosen completions (default 0). */
-  sftLossRatio?: number;
-  /** PaddleNLP `pref_loss_ratio`: multiplies the preference term (default 1). */
-  prefLossRatio?: number;
-  /** TRL `f_divergence_type` (default reverse_kl = standard DPO). */
-  fDivergenceType?: FDivergenceType;
-  /** TRL `f_alpha_divergence_coef` (default 0.5). */
-  fAlphaDivergenceCoef?: number;
-}
+};
 
-/** Options with every default filled in and the loss types canonicalised. */
-export interface ResolvedLossOptions {
-  lossTypes: LossType[];
-  lossWeights: number[];
-  beta: number;
-  labelSmoothing: number;
-  referenceFree: boolean;
-  ipoNormalize: boolean;
-  discopopTau: number;
-  simpoGamma: number;
-  cpoAlpha: number;
-  dpopLambda: number;
-  sftLossRatio: number;
-  prefLossRatio: number;
-  fDivergenceType: FDivergenceType;
-  fAlphaDivergenceCoef: number;
-}
+/** Defaults of the loss hyper-parameters, read from {@link LossGroupSchema} (their one definition). */
+export const LOSS_DEFAULTS: Readonly<Hyper> = Object.freeze(
+  Object.fromEntries(
+    Object.entries(lossProperties)
+      .filter(([, s]) => 'default' in s)
+      .map(([k, s]) => [k, (s as { default: unknown }).default]),
+  ) as Hyper,
+);
 
-/** Defaults (TRL DPOConfig / CPOConfig, PaddleNLP DPOConfig). */
-export const LOSS_DEFAULTS = {
-  beta: 0.1,
-  labelSmoothing: 0,
-  referenceFree: false,
-  ipoNormalize: true,
-  discopopTau: 0.05,
-  simpoGamma: 0.5,
-  cpoAlpha: 1.0,
-  dpopLambda: 50,
-  sftLossRatio: 0,
-  prefLossRatio: 1,
-  fDivergenceType: 'reverse_kl' as FDivergenceType,
-  fAlphaDivergenceCoef: 0.5,
-} as const;
-
-const F_DIVERGENCES: readonly FDivergenceType[] = ['reverse_kl', 'forward_kl', 'js_divergence', 'alpha_divergence'];
-
-/** A loss configuration error; `setting` names the offending key (e.g. `loss.beta`). */
-export class LossConfigError extends Error {
-  readonly code = 'INVALID_LOSS_CONFIG';
-  readonly setting: string;
-  constructor(setting: string, message: string) {
-    super(`${setting}: ${message}`);
-    this.name = 'LossConfigError';
-    this.setting = setting;
-  }
-}
+/** A loss configuration error of the loss module's own API (code INVALID_LOSS_CONFIG). */
+const lossError = (path: ConfigPath | string, detail: string, code: ConfigErrorCode) => new ConfigError(path, detail, code);
 
 /**
  * Canonical name of a loss type or alias.
- * @throws LossConfigError (setting `where`) for an unknown name.
+ * @throws ConfigError (at `where`, code INVALID_LOSS_CONFIG unless given) for an unknown name.
  */
-export function canonicalLossType(name: string, where = 'loss.loss_type'): LossType {
+export function canonicalLossType(name: string, where: ConfigPath | string = 'loss.loss_type', code: ConfigErrorCode = 'INVALID_LOSS_CONFIG'): LossType {
   const n = String(name).trim().toLowerCase();
   if ((LOSS_TYPES as readonly string[]).includes(n)) return n as LossType;
   const alias = LOSS_ALIASES[n];
   if (alias) return alias;
-  throw new LossConfigError(where, `unknown loss type '${name}'; use one of ${LOSS_TYPES.join(', ')} (aliases: ${Object.keys(LOSS_ALIASES).join(', ')})`);
+  throw lossError(where, `unknown loss type '${name}'; use one of ${LOSS_TYPES.join(', ')} (aliases: ${Object.keys(LOSS_ALIASES).join(', ')})`, code);
 }
 
-function checkNumber(v: unknown, setting: string, cond: (x: number) => boolean, rule: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || !cond(v)) {
-    throw new LossConfigError(setting, `must be ${rule}, got ${JSON.stringify(v)}`);
-  }
-  return v;
+const camel = (k: string) => k.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+/** The camelCase view of a resolved group (a rename: nothing is checked or defaulted again). */
+export function lossOptionsOf(loss: ResolvedLoss): ResolvedLossOptions {
+  const { name: _name, loss_type, loss_weights, ...hyper } = loss;
+  const out: Record<string, unknown> = { lossTypes: loss_type, lossWeights: loss_weights };
+  for (const [k, v] of Object.entries(hyper)) out[camel(k)] = v;
+  return out as ResolvedLossOptions;
 }
 
 /**
- * Validate camelCase {@link LossOptions} and fill in the defaults.
- * @param prefix used to name settings in errors (`loss` → `loss.beta`).
- * @throws LossConfigError for a non-positive beta, label_smoothing outside [0, 0.5), an unknown loss type,
- *   loss_weights of the wrong length, or `reference_free` with a loss that needs the reference.
+ * Resolve a schema-valid loss group (see {@link LossGroupSchema}; the caller validated it): fill in the
+ * defaults, canonicalise the loss types (`loss_type`, a name or a list, else `name`) and check what the
+ * schema cannot: known loss names, one weight per type, `reference_free` only for losses that do not need
+ * the reference. The one resolution of loss settings; loadConfig runs it once per config.
+ * @param prefix path of the group in errors (`['loss']`).
+ * @throws ConfigError (with `code`) naming the setting.
  */
-export function normalizeLossOptions(o: LossOptions, prefix = 'loss'): ResolvedLossOptions {
-  const raw = Array.isArray(o.lossType) ? o.lossType : [o.lossType];
-  if (raw.length === 0) throw new LossConfigError(`${prefix}.loss_type`, 'must name at least one loss type');
-  const lossTypes = raw.map((t, i) => canonicalLossType(String(t), Array.isArray(o.lossType) ? `${prefix}.loss_type[${i}]` : `${prefix}.loss_type`));
-  let lossWeights: number[];
-  if (o.lossWeights === undefined || o.lossWeights === null) lossWeights = lossTypes.map(() => 1);
-  else {
-    if (!Array.isArray(o.lossWeights) || o.lossWeights.length !== lossTypes.length) {
-      throw new LossConfigError(
-        `${prefix}.loss_weights`,
-        `needs one weight per loss type (${lossTypes.length}: ${lossTypes.join(', ')}), got ${JSON.stringify(o.lossWeights)}`,
-      );
-    }
-    lossWeights = o.lossWeights.map((w, i) => checkNumber(w, `${prefix}.loss_weights[${i}]`, (x) => x >= 0, 'a number >= 0'));
+export function resolveLossGroup(g: LossGroup, prefix: ConfigPath = ['loss'], code: ConfigErrorCode = 'INVALID_CONFIG'): ResolvedLoss {
+  const at = (...p: Array<string | number>) => [...prefix, ...p];
+  let raw: string | string[] | undefined = g.loss_type;
+  let where = 'loss_type';
+  if (raw === undefined) {
+    raw = g.name;
+    where = 'name';
   }
-  const beta = checkNumber(o.beta ?? LOSS_DEFAULTS.beta, `${prefix}.beta`, (x) => x > 0, 'a number > 0 (e.g. 0.1)');
-  const labelSmoothing = checkNumber(
-    o.labelSmoothing ?? LOSS_DEFAULTS.labelSmoothing,
-    `${prefix}.label_smoothing`,
-    (x) => x >= 0 && x < 0.5,
-    'a number in [0, 0.5) (the fraction of flipped preference labels)',
-  );
-  const bool = (v: unknown, d: boolean, key: string): boolean => {
-    if (v === undefined || v === null) return d;
-    if (typeof v !== 'boolean') throw new LossConfigError(`${prefix}.${key}`, `must be true or false, got ${JSON.stringify(v)}`);
-    return v;
-  };
-  const referenceFree = bool(o.referenceFree, LOSS_DEFAULTS.referenceFree, 'reference_free');
-  const ipoNormalize = bool(o.ipoNormalize, LOSS_DEFAULTS.ipoNormalize, 'ipo_normalize');
-  const discopopTau = checkNumber(o.discopopTau ?? LOSS_DEFAULTS.discopopTau, `${prefix}.discopop_tau`, (x) => x > 0, 'a number > 0');
-  const simpoGamma = checkNumber(o.simpoGamma ?? LOSS_DEFAULTS.simpoGamma, `${prefix}.simpo_gamma`, () => true, 'a number');
-  const cpoAlpha = checkNumber(o.cpoAlpha ?? LOSS_DEFAULTS.cpoAlpha, `${prefix}.cpo_alpha`, (x) => x >= 0, 'a number >= 0');
-  const dpopLambda = checkNumber(o.dpopLambda ?? LOSS_DEFAULTS.dpopLambda, `${prefix}.dpop_lambda`, (x) => x >= 0, 'a number >= 0');
-  const sftLossRatio = checkNumber(o.sftLossRatio ?? LOSS_DEFAULTS.sftLossRatio, `${prefix}.sft_loss_ratio`, (x) => x >= 0, 'a number >= 0');
-  const prefLossRatio = checkNumber(o.prefLossRatio ?? LOSS_DEFAULTS.prefLossRatio, `${prefix}.pref_loss_ratio`, (x) => x >= 0, 'a number >= 0');
-  const fDivergenceType = (o.fDivergenceType ?? LOSS_DEFAULTS.fDivergenceType) as FDivergenceType;
-  if (!F_DIVERGENCES.includes(fDivergenceType)) {
-    throw new LossConfigError(`${prefix}.f_divergence_type`, `must be one of ${F_DIVERGENCES.join(', ')}, got ${JSON.stringify(fDivergenceType)}`);
+  if (raw === undefined) throw lossError(at('name'), `must name a loss type (one of ${LOSS_TYPES.join(', ')}), got undefined`, code);
+  const list = Array.isArray(raw) ? raw : [raw];
+  const lossTypes = list.map((t, i) => canonicalLossType(t, Array.isArray(raw) ? at(where, i) : at(where), code));
+  const weights = g.loss_weights ?? lossTypes.map(() => 1);
+  if (weights.length !== lossTypes.length) {
+    throw lossError(
+      at('loss_weights'),
+      `needs one weight per loss type (${lossTypes.length}: ${lossTypes.join(', ')}), got ${JSON.stringify(g.loss_weights)}`,
+      code,
+    );
   }
-  const fAlphaDivergenceCoef = checkNumber(
-    o.fAlphaDivergenceCoef ?? LOSS_DEFAULTS.fAlphaDivergenceCoef,
-    `${prefix}.f_alpha_divergence_coef`,
-    () => true,
-    'a number',
-  );
-  if (referenceFree) {
+  const out = { ...LOSS_DEFAULTS, ...g, name: g.name ?? lossTypes.join('+'), loss_type: lossTypes, loss_weights: weights } as ResolvedLoss;
+  if (out.reference_free) {
     const bad = lossTypes.filter((t) => REFERENCE_REQUIRED_LOSS_TYPES.includes(t));
     if (bad.length > 0) {
-      throw new LossConfigError(
-        `${prefix}.reference_free`,
+      throw lossError(
+        at('reference_free'),
         `loss type ${bad.join(', ')} needs a reference model; set reference_free=false or use a reference-free loss (simpo, orpo, cpo) or one of sigmoid, hinge, ipo, exo_pair, robust, discopop, sigmoid_norm`,
+        code,
       );
     }
   }
-  return {
-    lossTypes,
-    lossWeights,
-    beta,
-    labelSmoothing,
-    referenceFree,
-    ipoNormalize,
-    discopopTau,
-    simpoGamma,
-    cpoAlpha,
-    dpopLambda,
-    sftLossRatio,
-    prefLossRatio,
-    fDivergenceType,
-    fAlphaDivergenceCoef,
-  };
+  return out;
 }
 
-/** snake_case config keys of a loss group and the {@link LossOptions} field each one sets. */
-export const LOSS_CONFIG_KEYS: Readonly<Record<string, keyof LossOptions | null>> = {
-  name: null,
-  loss_type: 'lossType',
-  loss_weights: 'lossWeights',
-  beta: 'beta',
-  label_smoothing: 'labelSmoothing',
-  reference_free: 'referenceFree',
-  ipo_normalize: 'ipoNormalize',
-  discopop_tau: 'discopopTau',
-  simpo_gamma: 'simpoGamma',
-  cpo_alpha: 'cpoAlpha',
-  dpop_lambda: 'dpopLambda',
-  sft_loss_ratio: 'sftLossRatio',
-  pref_loss_ratio: 'prefLossRatio',
-  f_divergence_type: 'fDivergenceType',
-  f_alpha_divergence_coef: 'fAlphaDivergenceCoef',
-};
+let groupValidator: ValidateFunction | null = null;
 
 /**
- * Resolve a `loss` config group (snake_case, as in `config/loss/<name>.yaml` after overrides) into validated
- * options. The loss type is `loss_type` (a name or a list, TRL) when present, otherwise `name` (the group name,
- * as the reference implementation's `loss.name`).
- * @param cfg e.g. `{name: 'dpo', beta: 0.1, label_smoothing: 0, reference_free: false}`
- * @param opts.prefix how settings are named in errors (default `loss`); `opts.allowKeys` extra keys the caller
- *   owns (e.g. reference-sync settings) that are accepted and ignored here.
- * @throws LossConfigError naming the setting (`loss.beta`, `loss.label_smoothing`, `loss.name`,
- *   `loss.reference_free`, ...) for invalid values or unknown keys.
+ * Validate and resolve a loss group given alone (snake_case, as in `config/loss/<name>.yaml`), for callers
+ * outside loadConfig (tests, the programmatic API).
+ * @param cfg e.g. `{name: 'dpo', beta: 0.1, label_smoothing: 0}`
+ * @throws ConfigError (code INVALID_LOSS_CONFIG) naming the setting (`loss.beta`, `loss.label_smoothing`,
+ *   `loss.name`, `loss.reference_free`, an unknown `loss.betta`, ...).
  */
-export function resolveLossOptions(cfg: Record<string, unknown>, opts: { prefix?: string; allowKeys?: readonly string[] } = {}): ResolvedLossOptions {
-  const prefix = opts.prefix ?? 'loss';
+export function resolveLossOptions(cfg: Record<string, unknown>, opts: { prefix?: string } = {}): ResolvedLossOptions {
+  const prefix = parseKey(opts.prefix ?? 'loss');
+  const code = 'INVALID_LOSS_CONFIG';
   if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) {
-    throw new LossConfigError(prefix, `must be an object with at least a name (e.g. {name: dpo, beta: 0.1}), got ${JSON.stringify(cfg)}`);
+    throw lossError(prefix, `must be an object with at least a name (e.g. {name: dpo, beta: 0.1}), got ${JSON.stringify(cfg)}`, code);
   }
-  const o: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(cfg)) {
-    if (!(k in LOSS_CONFIG_KEYS)) {
-      if (opts.allowKeys?.includes(k)) continue;
-      throw new LossConfigError(`${prefix}.${k}`, `unknown loss setting; known: ${Object.keys(LOSS_CONFIG_KEYS).join(', ')}`);
-    }
-    const field = LOSS_CONFIG_KEYS[k];
-    if (field) o[field] = v;
+  groupValidator ??= new Ajv({ allErrors: true, strict: true, strictNumbers: true }).compile(LossGroupSchema);
+  if (!groupValidator(cfg)) {
+    throw configErrorFromAjv(groupValidator.errors ?? [], { value: cfg, prefix, code, knownKeys: () => Object.keys(lossProperties) });
   }
-  let lossType = cfg.loss_type as LossOptions['lossType'] | undefined;
-  let where = `${prefix}.loss_type`;
-  if (lossType === undefined || lossType === null) {
-    lossType = cfg.name as string | undefined;
-    where = `${prefix}.name`;
-  }
-  if (lossType === undefined || lossType === null || (typeof lossType !== 'string' && !Array.isArray(lossType))) {
-    throw new LossConfigError(where, `must name a loss type (one of ${LOSS_TYPES.join(', ')}), got ${JSON.stringify(lossType)}`);
-  }
-  if (typeof lossType === 'string') canonicalLossType(lossType, where);
-  o.lossType = lossType;
-  return normalizeLossOptions(o as unknown as LossOptions, prefix);
+  return lossOptionsOf(resolveLossGroup(cfg as LossGroup, prefix, code));
+}
+
+/**
+ * Validate camelCase {@link LossOptions} and fill in the defaults (the same checks as a loss group).
+ * @throws ConfigError (INVALID_LOSS_CONFIG) for a non-positive beta, label_smoothing outside [0, 0.5), an
+ *   unknown loss type, loss_weights of the wrong length, or `reference_free` with a loss that needs the reference.
+ */
+export function normalizeLossOptions(o: LossOptions, prefix = 'loss'): ResolvedLossOptions {
+  const { lossType, ...rest } = o;
+  const g: Record<string, unknown> = { loss_type: lossType };
+  for (const [k, v] of Object.entries(rest)) if (v !== undefined) g[snake(k)] = v;
+  return resolveLossOptions(g, { prefix });
 }
 
 /**

@@ -11,7 +11,8 @@
  * `trainers.py:preference_loss`.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { type LossOptions, type LossType, type ResolvedLossOptions, LossConfigError, REFERENCE_FREE_LOSS_TYPES, normalizeLossOptions } from './options.js';
+import { ConfigError } from '../../config/errors.js';
+import { type LossOptions, type LossType, type ResolvedLossOptions, REFERENCE_FREE_LOSS_TYPES, normalizeLossOptions } from './options.js';
 import { ensureGradients } from '../engine/gradients.js';
 
 // tfjs-core alone registers no gradient functions under Node: make sure they are there (see engine/gradients.ts).
@@ -144,7 +145,7 @@ function conservativeSigmoid(z: tf.Tensor, beta: number, eps: number): T {
  *   simpo, orpo, cpo, sft and a positive `sftLossRatio`.
  * @param options loss options (camelCase TRL names); aliases accepted; validated like the config.
  * @returns per-pair `{losses, chosenRewards, rejectedRewards}`, `[B]` each.
- * @throws LossConfigError for invalid options, or when an input the loss needs is missing.
+ * @throws ConfigError (INVALID_LOSS_CONFIG) for invalid options, or when an input the loss needs is missing.
  */
 export function preferenceLoss(inputs: PreferenceLossInputs, options: LossOptions | ResolvedLossOptions): PreferenceLossOutputs {
   const o: ResolvedLossOptions = 'lossTypes' in options ? options : normalizeLossOptions(options);
@@ -154,16 +155,21 @@ export function preferenceLoss(inputs: PreferenceLossInputs, options: LossOption
   const allRefFree = types.every((t) => REFERENCE_FREE_LOSS_TYPES.includes(t));
   const needRef = !allRefFree && !o.referenceFree;
   if (needRef && (!inputs.referenceChosenLogps || !inputs.referenceRejectedLogps)) {
-    throw new LossConfigError(
+    throw new ConfigError(
       'loss.loss_type',
       `loss type ${types.join(', ')} needs referenceChosenLogps and referenceRejectedLogps (a reference model or precomputed reference log-probs), or reference_free=true`,
+      'INVALID_LOSS_CONFIG',
     );
   }
   const needTokens =
     o.sftLossRatio > 0 ||
     types.some((t) => t === 'sigmoid_norm' || t === 'simpo' || t === 'orpo' || t === 'cpo' || t === 'sft' || (t === 'ipo' && o.ipoNormalize));
   if (needTokens && (!inputs.chosenTokens || !inputs.rejectedTokens)) {
-    throw new LossConfigError('loss.loss_type', `loss type ${types.join(', ')} needs chosenTokens and rejectedTokens (completion token counts)`);
+    throw new ConfigError(
+      'loss.loss_type',
+      `loss type ${types.join(', ')} needs chosenTokens and rejectedTokens (completion token counts)`,
+      'INVALID_LOSS_CONFIG',
+    );
   }
 
   return tf.tidy(() => {
@@ -284,7 +290,7 @@ export function preferenceLoss(inputs: PreferenceLossInputs, options: LossOption
         }
         default: {
           const never: never = t;
-          throw new LossConfigError('loss.loss_type', `unknown loss type ${String(never)}`);
+          throw new ConfigError('loss.loss_type', `unknown loss type ${String(never)}`, 'INVALID_LOSS_CONFIG');
         }
       }
     };
