@@ -107,7 +107,7 @@ test('BPE with byte fallback (Llama-style tokenizer.json built from tok512) enco
   assert.ok(sp instanceof SentencePieceBpeTokenizer);
   const dir = await mkdtemp(join(tmpdir(), 'tok-llama-json-'));
   try {
-    const files = await saveTokenizerFiles(sp, dir, { tokenizerJson: true });
+    const files = await saveTokenizerFiles(sp, dir);
     assert.ok(files.some((f) => f.endsWith('tokenizer.json')));
     const hf = await loadTokenizer(dir);
     assert.ok(hf instanceof HfTokenizer, 'a directory with tokenizer.json loads through @huggingface/tokenizers');
@@ -124,7 +124,10 @@ test('BPE with byte fallback (Llama-style tokenizer.json built from tok512) enco
       const n = Math.floor(rnd() * 40);
       for (let i = 0; i < n; i++) t += alphabet[Math.floor(rnd() * alphabet.length)]!;
       assert.deepEqual(hf.encode(t), sp.encode(t), JSON.stringify(t));
-      if (!t.startsWith(' ')) assert.equal(hf.decode(hf.encode(t)), t, JSON.stringify(t));
+      // round trip up to SentencePiece's remove_extra_whitespaces (U+0020 runs collapsed, ends stripped)
+      const normalized = t.replace(/ {2,}/g, ' ').replace(/^ +| +$/g, '');
+      assert.equal(hf.decode(hf.encode(t)), normalized, JSON.stringify(t));
+      assert.equal(sp.decode(sp.encode(t)), normalized, JSON.stringify(t));
     }
   } finally {
     await rm(dir, { recursive: true, force: true });

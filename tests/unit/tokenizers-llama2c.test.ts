@@ -89,7 +89,8 @@ test('decode reproduces the golden greedy texts; encode(decode(prompt)) gives th
 });
 
 test('heap encoder equals a literal port of run.c encode on random texts', async () => {
-  const tok = (await loadTokenizer(BIN)) as SentencePieceBpeTokenizer;
+  // the bare tokenizer.bin (no .model, so run.c's normaliser: dummy prefix only), as run.c reads it
+  const tok = parseLlama2cTokenizer(new Uint8Array(readFileSync(BIN)));
   const rnd = lcg(7);
   const alphabet = [...'abcdefghijklmnopqrstuvwxyz     .,!?\'"\nTHEOnce upon a time there was', 'é', '日', '🙂', '\t'];
   const words = ['the', ' the', 'Lily', ' happy', 'ball', ' and', 'she', ' said', 'played', '  '];
@@ -130,15 +131,20 @@ test('tok512.model (SentencePiece protobuf) holds the same pieces and encodes id
   for (const c of golden.cases) assert.equal(sp.decode(c.greedy_continuation_ids), c.greedy_continuation_text);
 });
 
-test('saveTokenizerFiles writes tokenizer.model + LlamaTokenizer config that load back identically', async () => {
+test('saveTokenizerFiles writes tokenizer.model + tokenizer.json + a fast-tokenizer config that load back identically', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'tok-export-'));
   try {
     const bin = await loadTokenizer(BIN);
     const files = await saveTokenizerFiles(bin, dir);
-    assert.deepEqual(files.map((f) => f.slice(dir.length + 1)).sort(), ['special_tokens_map.json', 'tokenizer.model', 'tokenizer_config.json']);
+    assert.deepEqual(files.map((f) => f.slice(dir.length + 1)).sort(), [
+      'special_tokens_map.json',
+      'tokenizer.json',
+      'tokenizer.model',
+      'tokenizer_config.json',
+    ]);
     assert.deepEqual(await readFile(join(dir, 'tokenizer.model')), readFileSync(MODEL));
     const cfg = JSON.parse(await readFile(join(dir, 'tokenizer_config.json'), 'utf8'));
-    assert.equal(cfg.tokenizer_class, 'LlamaTokenizer');
+    assert.equal(cfg.tokenizer_class, 'PreTrainedTokenizerFast'); // runs tokenizer.json as written (see llamaTokenizerConfig)
     assert.deepEqual([cfg.bos_token, cfg.eos_token, cfg.unk_token], ['<s>', '</s>', '<unk>']);
     const back = await loadTokenizer(dir);
     const text = 'Once upon a time, there was a big dog. It liked to run!\n"Yes," said Mom.';

@@ -290,11 +290,17 @@ export function hfTensors(model: CausalLM): TensorToWrite[] {
 /**
  * Save `model` as a Hugging Face directory that transformers loads unchanged: `model.safetensors`
  * (transformers tensor names, `[out, in]` linear weights), `config.json`, `generation_config.json`, and the
- * tokenizer files when a tokenizer is given (DATA's saveTokenizerFiles).
+ * tokenizer files when a tokenizer is given (saveTokenizerFiles: tokenizer.json always, with
+ * `model_max_length` = the model's `max_position_embeddings` and the chat template when given).
  * @param opts.dtype `F32` (default) or `BF16`
+ * @param opts.chatTemplate the chat template the run used, written to tokenizer_config.json
  * @returns absolute paths of the files written
  */
-export async function saveModelHF(model: CausalLM, outDir: string, opts: { dtype?: 'F32' | 'BF16'; tokenizer?: Tokenizer } = {}): Promise<string[]> {
+export async function saveModelHF(
+  model: CausalLM,
+  outDir: string,
+  opts: { dtype?: 'F32' | 'BF16'; tokenizer?: Tokenizer; chatTemplate?: string | null } = {},
+): Promise<string[]> {
   const dtype = opts.dtype ?? 'F32';
   const dir = resolve(outDir);
   await mkdir(dir, { recursive: true });
@@ -313,7 +319,8 @@ export async function saveModelHF(model: CausalLM, outDir: string, opts: { dtype
   await writeFile(join(dir, 'generation_config.json'), JSON.stringify(gen, null, 2) + '\n');
   files.push(join(dir, 'generation_config.json'));
   if (opts.tokenizer) {
-    for (const f of await saveTokenizerFiles(opts.tokenizer, dir)) if (!files.includes(f)) files.push(resolve(f));
+    const tokOpts = { modelMaxLength: model.config.maxPositionEmbeddings, chatTemplate: opts.chatTemplate ?? null };
+    for (const f of await saveTokenizerFiles(opts.tokenizer, dir, tokOpts)) if (!files.includes(f)) files.push(resolve(f));
   }
   return files;
 }

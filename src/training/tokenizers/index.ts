@@ -108,11 +108,22 @@ export async function loadTokenizer(pathOrDir: string): Promise<Tokenizer> {
   throw new TokenizerError('UNSUPPORTED_TOKENIZER', `${p}: unknown tokenizer file type ${ext || '(none)'}; expected .json, .model or .bin`);
 }
 
+/** What an export knows beyond the tokenizer itself (written to tokenizer_config.json when given). */
+export interface TokenizerExportOptions {
+  /** The chat template the run used (Jinja), when the tokenizer has none of its own. */
+  chatTemplate?: string | null;
+  /** The model's context length in tokens (`max_position_embeddings`). */
+  modelMaxLength?: number | null;
+}
+
 /**
- * HF `tokenizer_config.json` for a SentencePiece/llama2.c tokenizer exported as `tokenizer.model`
- * (transformers `LlamaTokenizer`, legacy mode = the original SentencePiece behaviour llama2.c uses).
+ * HF `tokenizer_config.json` for a SentencePiece/llama2.c tokenizer exported as `tokenizer.model` +
+ * `tokenizer.json`. The class is the generic `PreTrainedTokenizerFast` (transformers 5: `TokenizersBackend`),
+ * which runs tokenizer.json as written: transformers 5's `LlamaTokenizer` replaces the file's normalizer with
+ * its own Metaspace pre-tokenizer and so ignores `remove_extra_whitespaces` (checked with transformers
+ * 5.18: 56 of the 70 fixture texts then differ from sentencepiece; with this class all 70 agree).
  */
-function llamaTokenizerConfig(tok: SentencePieceBpeTokenizer): Record<string, unknown> {
+function llamaTokenizerConfig(tok: SentencePieceBpeTokenizer, opts: TokenizerExportOptions): Record<string, unknown> {
   const added: Record<string, unknown> = {};
   const special = (content: string) => ({ content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true });
   added[String(tok.unkTokenId)] = special('<unk>');
@@ -129,23 +140,25 @@ function llamaTokenizerConfig(tok: SentencePieceBpeTokenizer): Record<string, un
     clean_up_tokenization_spaces: false,
     legacy: true,
     sp_model_kwargs: {},
-    tokenizer_class: 'LlamaTokenizer',
+    tokenizer_class: 'PreTrainedTokenizerFast',
+    ...(opts.modelMaxLength ? { model_max_length: opts.modelMaxLength } : {}),
+    ...(opts.chatTemplate ? { chat_template: opts.chatTemplate } : {}),
   };
 }
 
 /**
  * Write HF-loadable tokenizer files into `outDir` (created if missing).
  * - llama2.c / SentencePiece sources: `tokenizer.model` (the original SentencePiece model bytes when known,
- *   else one synthesized from the pieces), `tokenizer_config.json` (`tokenizer_class: "LlamaTokenizer"`,
- *   bos `<s>`, eos `</s>`, unk `<unk>`), `special_tokens_map.json`.
- *   With `opts.tokenizerJson`, also an equivalent `tokenizer.json` (see sentencePieceToTokenizerJson) for
- *   tools that load only tokenizer.json (transformers.js); loadTokenizer then prefers it (same ids).
- * - HF sources: tokenizer.json (unchanged), tokenizer_config.json, special_tokens_map.json and
- *   chat_template.jinja when the source had them.
+ *   else one synthesized from the pieces), the equivalent fast `tokenizer.json` (see
+ *   sentencePieceToTokenizerJson: same ids, so transformers needs neither sentencepiece nor protobuf to
+ *   load it), `tokenizer_config.json` (`tokenizer_class: "PreTrainedTokenizerFast"`, bos `<s>`, eos `</s>`, unk
+ *   `<unk>`, `model_max_length` and `chat_template` when given), `special_tokens_map.json`.
+ * - HF sources: tokenizer.json (unchanged), tokenizer_config.json (with `model_max_length` / `chat_template`
+ *   added when given and absent), special_tokens_map.json and chat_template.jinja when the source had them.
  * @returns absolute paths of the files written.
  * @throws TokenizerError UNSUPPORTED_TOKENIZER for a tokenizer class this module did not create.
  */
-export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string, opts: { tokenizerJson?: boolean } = {}): Promise<string[]> {
+export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string, opts: TokenizerExportOptions = {}): Promise<string[]> {
   await mkdir(outDir, { recursive: true });
   const written: string[] = [];
   const put = async (name: string, data: string | Uint8Array): Promise<void> => {
@@ -156,15 +169,18 @@ export async function saveTokenizerFiles(tokenizer: Tokenizer, outDir: string, o
   const json = (o: unknown): string => `${JSON.stringify(o, null, 2)}\n`;
   if (tokenizer instanceof SentencePieceBpeTokenizer) {
     await put('tokenizer.model', tokenizer.modelProto ?? serializeSentencePieceModel(tokenizer));
-    await put('tokenizer_config.json', json(llamaTokenizerConfig(tokenizer)));
+    await put('tokenizer.json', JSON.stringify(sentencePieceToTokenizerJson(tokenizer)));
+    await put('tokenizer_config.json', json(llamaTokenizerConfig(tokenizer, opts)));
     await put('special_tokens_map.json', json({ bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' }));
-    if (opts.tokenizerJson) await put('tokenizer.json', JSON.stringify(sentencePieceToTokenizerJson(tokenizer)));
     return written;
   }
   if (tokenizer instanceof HfTokenizer) {
     const f = tokenizer.files;
+    const cfg: Record<string, unknown> = { ...(f.tokenizerConfig ?? {}) };
+    if (opts.modelMaxLength && cfg.model_max_length === undefined) cfg.model_max_length = opts.modelMaxLength;
+    if (opts.chatTemplate && cfg.chat_template === undefined && !f.chatTemplateFile) cfg.chat_template = opts.chatTemplate;
     await put('tokenizer.json', f.tokenizerJsonText);
-    await put('tokenizer_config.json', json(f.tokenizerConfig ?? {}));
+    await put('tokenizer_config.json', json(cfg));
     if (f.specialTokensMap) await put('special_tokens_map.json', json(f.specialTokensMap));
     if (f.chatTemplateFile) await put('chat_template.jinja', f.chatTemplateFile);
     return written;

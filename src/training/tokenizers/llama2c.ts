@@ -6,6 +6,7 @@
  */
 import { TokenizerError } from './errors.js';
 import { PieceType, SentencePieceBpeTokenizer } from './sentencepiece-bpe.js';
+import { normalizerOf, parseSentencePieceModelProto } from './sentencepiece.js';
 
 const BYTE_PIECE = /^<0x[0-9A-Fa-f]{2}>$/;
 
@@ -13,8 +14,10 @@ const BYTE_PIECE = /^<0x[0-9A-Fa-f]{2}>$/;
  * Parse a llama2.c tokenizer.bin.
  * Ids 0/1/2 are `<unk>`/BOS/EOS (llama2.c convention, run.c hard-codes BOS=1, EOS=2); `<0xXX>` pieces are
  * byte-fallback pieces.
- * @param modelProto the matching SentencePiece `.model` bytes, kept for export (optional).
- * @throws TokenizerError INVALID_TOKENIZER_FORMAT when a record runs past the end of the buffer.
+ * @param modelProto the matching SentencePiece `.model` bytes (optional): kept for export, and its
+ *   normalizer spec is applied by `encode` (as SentencePiece does; without it, run.c's behaviour).
+ * @throws TokenizerError INVALID_TOKENIZER_FORMAT when a record runs past the end of the buffer or the
+ *   `.model` is malformed; UNSUPPORTED_TOKENIZER for a `.model` normaliser that is not implemented.
  */
 export function parseLlama2cTokenizer(buf: Uint8Array, opts: { path?: string; modelProto?: Uint8Array | null } = {}): SentencePieceBpeTokenizer {
   const where = opts.path ?? 'tokenizer.bin';
@@ -54,6 +57,7 @@ export function parseLlama2cTokenizer(buf: Uint8Array, opts: { path?: string; mo
     padTokenId: null,
     source: 'llama2c',
     modelProto: opts.modelProto ?? null,
+    normalizer: opts.modelProto ? normalizerOf(parseSentencePieceModelProto(opts.modelProto, `${where} (.model)`), `${where} (.model)`) : undefined,
     maxTokenLength,
     path: opts.path,
   });

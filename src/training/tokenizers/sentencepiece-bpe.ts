@@ -2,7 +2,11 @@
  * A SentencePiece-style BPE tokenizer with byte fallback, encoding exactly as karpathy/llama2.c `run.c`
  * `encode()` / `decode()` do (and as SentencePiece's BPE model does for its pieces):
  *
- * 1. a dummy-prefix space is prepended to non-empty text (SentencePiece `add_dummy_prefix`);
+ * 1. the text is normalised by the model's NormalizerSpec switches as SentencePiece's `Normalizer::Normalize`
+ *    does with the identity rule (sentencepiece `src/normalizer.cc`): `remove_extra_whitespaces` strips
+ *    U+0020 at both ends and collapses inner runs to one, `add_dummy_prefix` prepends a space to non-empty
+ *    text, `escape_whitespaces` makes spaces the `▁` symbol (otherwise a space is a plain byte). A bare
+ *    llama2.c tokenizer.bin (no `.model`) gets run.c's behaviour: the dummy prefix only;
  * 2. the text is split into Unicode code points; a code point that is a vocabulary piece becomes that
  *    piece, otherwise each of its UTF-8 bytes becomes the `<0xXX>` byte piece (byte fallback);
  * 3. repeatedly the adjacent pair whose concatenation is a vocabulary piece with the highest score is
@@ -27,6 +31,24 @@ export enum PieceType {
   BYTE = 6,
 }
 
+/** The SentencePiece `NormalizerSpec` switches the encoder applies (identity rule, no charsmap). */
+export interface SentencePieceNormalizer {
+  addDummyPrefix: boolean;
+  removeExtraWhitespaces: boolean;
+  escapeWhitespaces: boolean;
+}
+
+/** run.c `encode()`: a dummy-prefix space, nothing removed (a llama2.c tokenizer.bin with no `.model`). */
+export const LLAMA2C_NORMALIZER: Readonly<SentencePieceNormalizer> = Object.freeze({
+  addDummyPrefix: true,
+  removeExtraWhitespaces: false,
+  escapeWhitespaces: true,
+});
+
+/** A space that is not the `▁` symbol (escape_whitespaces off): never a piece, encoded as byte 0x20. */
+const RAW_SPACE = Symbol('raw space');
+type NormalizedSymbol = string | typeof RAW_SPACE;
+
 export interface SentencePieceBpeOptions {
   /** Piece strings with spaces (not `▁`). Control pieces may carry any text (llama2.c: "\n<s>\n"). */
   pieces: string[];
@@ -40,6 +62,8 @@ export interface SentencePieceBpeOptions {
   source: 'llama2c' | 'sentencepiece';
   /** The original serialized SentencePiece ModelProto, when known (written back on export unchanged). */
   modelProto?: Uint8Array | null;
+  /** The model's normaliser switches (default {@link LLAMA2C_NORMALIZER}). */
+  normalizer?: SentencePieceNormalizer;
   /** Maximum piece length in bytes (llama2.c header). */
   maxTokenLength?: number;
   /** Path the tokenizer was loaded from (diagnostics). */
@@ -118,6 +142,7 @@ export class SentencePieceBpeTokenizer implements Tokenizer {
   readonly types: readonly PieceType[];
   readonly modelProto: Uint8Array | null;
   readonly maxTokenLength: number;
+  readonly normalizer: Readonly<SentencePieceNormalizer>;
   readonly path?: string;
   /** Normal / user-defined pieces that text may map to (control, byte, unknown pieces excluded). */
   private readonly lookup = new Map<string, number>();
@@ -138,6 +163,7 @@ export class SentencePieceBpeTokenizer implements Tokenizer {
     this.unkTokenId = o.unkTokenId;
     this.source = o.source;
     this.modelProto = o.modelProto ?? null;
+    this.normalizer = Object.freeze({ ...(o.normalizer ?? LLAMA2C_NORMALIZER) });
     this.path = o.path;
     this.byteOf = new Int16Array(o.pieces.length).fill(-1);
     let maxLen = 0;
@@ -166,29 +192,60 @@ export class SentencePieceBpeTokenizer implements Tokenizer {
   }
 
   /**
-   * Encode text to ids, without BOS/EOS (llama2.c run.c `encode(t, text, 0, 0, ...)`).
+   * The text as SentencePiece's normaliser leaves it, one code point per symbol, with the space symbol `▁`
+   * as ' ' (the pieces' spelling here) and an unescaped space as {@link RAW_SPACE}. Follows
+   * `Normalizer::Normalize` step by step: leading U+0020 dropped, the dummy prefix, each U+0020 after a space
+   * dropped, trailing space symbols dropped (the last two with remove_extra_whitespaces only).
+   */
+  private normalize(text: string): NormalizedSymbol[] {
+    const { addDummyPrefix, removeExtraWhitespaces: remove, escapeWhitespaces } = this.normalizer;
+    const cps = [...text];
+    let start = 0;
+    if (remove) while (start < cps.length && cps[start] === ' ') start++;
+    if (start >= cps.length) return [];
+    const space: NormalizedSymbol = escapeWhitespaces ? ' ' : RAW_SPACE;
+    const out: NormalizedSymbol[] = [];
+    if (addDummyPrefix) out.push(space);
+    let prevSpace = remove;
+    for (let i = start; i < cps.length; i++) {
+      const cp = cps[i]!;
+      if (cp === ' ') {
+        if (!prevSpace) out.push(space);
+        prevSpace = remove;
+      } else {
+        out.push(cp === '\u2581' ? ' ' : cp); // a literal ▁ in the text is the space symbol too
+        prevSpace = false;
+      }
+    }
+    if (remove) while (out.length > 0 && out[out.length - 1] === space) out.pop();
+    return out;
+  }
+
+  /**
+   * Encode text to ids, without BOS/EOS: SentencePiece `EncodeAsIds` for a BPE model (normaliser, then
+   * merges); for a bare llama2.c tokenizer.bin, run.c `encode(t, text, 0, 0, ...)`.
    * @returns ids in [0, vocabSize)
    */
   encode(text: string): number[] {
-    if (text.length === 0) return [];
+    const symbols = this.normalize(text);
+    if (symbols.length === 0) return [];
     // symbols as a doubly linked list over the initial pieces
     const ids: number[] = [];
     const strs: string[] = [];
-    const pushCodepoint = (cp: string): void => {
-      const id = this.lookup.get(cp);
+    const pushCodepoint = (cp: NormalizedSymbol): void => {
+      const id = cp === RAW_SPACE ? undefined : this.lookup.get(cp);
       if (id !== undefined) {
         ids.push(id);
-        strs.push(cp);
+        strs.push(cp as string);
         return;
       }
-      for (const b of utf8.encode(cp)) {
+      for (const b of utf8.encode(cp === RAW_SPACE ? ' ' : cp)) {
         const bid = this.byteIds[b]!;
         ids.push(bid >= 0 ? bid : this.unkTokenId);
         strs.push(''); // byte / unk pieces never take part in merges (their vocab strings are "<0xXX>")
       }
     };
-    pushCodepoint(' '); // add_dummy_prefix
-    for (const cp of text) pushCodepoint(cp);
+    for (const cp of symbols) pushCodepoint(cp);
 
     const n = ids.length;
     const next = new Int32Array(n);

@@ -1,167 +1,158 @@
 /**
- * SentencePiece `tokenizer.model` (a serialized `sentencepiece_model.proto` ModelProto), parsed and written
- * by hand (no protobuf dependency). Fields used (google/sentencepiece `src/sentencepiece_model.proto`):
- *   ModelProto: 1 pieces (repeated SentencePiece), 2 trainer_spec, 3 normalizer_spec
- *   SentencePiece: 1 piece (string), 2 score (float), 3 type (enum, default NORMAL=1)
- *   TrainerSpec: 3 model_type (1 UNIGRAM, 2 BPE), 4 vocab_size, 35 byte_fallback,
- *                40 unk_id, 41 bos_id, 42 eos_id, 43 pad_id
- *   NormalizerSpec: 1 name, 3 add_dummy_prefix, 4 remove_extra_whitespaces, 5 escape_whitespaces
- * Only BPE models are supported (the encoder is {@link SentencePieceBpeTokenizer}, identical to llama2.c's).
- * Unknown fields are skipped on read; the original bytes are kept so export writes them back unchanged.
+ * SentencePiece `tokenizer.model` (a serialized `sentencepiece_model.proto` ModelProto), read and written
+ * with protobufjs from the message subset declared below (field numbers and defaults as in
+ * google/sentencepiece `src/sentencepiece_model.proto`; unknown fields are skipped on read, and the
+ * original bytes are kept so export writes them back unchanged).
+ * Only BPE models are supported (the encoder is {@link SentencePieceBpeTokenizer}, identical to llama2.c's),
+ * with the identity normalisation rule (no precompiled charsmap).
  */
+import protobuf from 'protobufjs';
 import { TokenizerError } from './errors.js';
-import { PieceType, SentencePieceBpeTokenizer } from './sentencepiece-bpe.js';
+import { PieceType, SentencePieceBpeTokenizer, type SentencePieceNormalizer } from './sentencepiece-bpe.js';
 
 const SPACE_MARK = '\u2581';
 
-class ProtoReader {
-  o = 0;
-  constructor(
-    readonly b: Uint8Array,
-    readonly where: string,
-  ) {}
-  get done(): boolean {
-    return this.o >= this.b.length;
-  }
-  varint(): number {
-    let result = 0;
-    let mul = 1;
-    for (let i = 0; i < 10; i++) {
-      if (this.o >= this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated varint`);
-      const byte = this.b[this.o++]!;
-      result += (byte & 0x7f) * mul;
-      if ((byte & 0x80) === 0) return result;
-      mul *= 128;
-    }
-    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: varint too long`);
-  }
-  bytes(): Uint8Array {
-    const len = this.varint();
-    if (this.o + len > this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated length-delimited field`);
-    const s = this.b.subarray(this.o, this.o + len);
-    this.o += len;
-    return s;
-  }
-  fixed32(): DataView {
-    if (this.o + 4 > this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated fixed32`);
-    const dv = new DataView(this.b.buffer, this.b.byteOffset + this.o, 4);
-    this.o += 4;
-    return dv;
-  }
-  skip(wire: number): void {
-    if (wire === 0) this.varint();
-    else if (wire === 1) this.o += 8;
-    else if (wire === 2) this.bytes();
-    else if (wire === 5) this.o += 4;
-    else throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: unsupported protobuf wire type ${wire}`);
-  }
-  /** Decode a (possibly negative, sign-extended to 64 bits) int32 varint. */
-  int32(): number {
-    let x = 0n;
-    let shift = 0n;
-    for (let i = 0; i < 10; i++) {
-      if (this.o >= this.b.length) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: truncated varint`);
-      const byte = this.b[this.o++]!;
-      x |= BigInt(byte & 0x7f) << shift;
-      if ((byte & 0x80) === 0) return Number(BigInt.asIntN(32, x));
-      shift += 7n;
-    }
-    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${this.where}: varint too long`);
-  }
+const root = protobuf.Root.fromJSON({
+  nested: {
+    sentencepiece: {
+      nested: {
+        ModelProto: {
+          fields: {
+            pieces: { rule: 'repeated', type: 'SentencePiece', id: 1 },
+            trainer_spec: { type: 'TrainerSpec', id: 2 },
+            normalizer_spec: { type: 'NormalizerSpec', id: 3 },
+          },
+          nested: {
+            SentencePiece: {
+              fields: {
+                piece: { type: 'string', id: 1 },
+                score: { type: 'float', id: 2 },
+                type: { type: 'int32', id: 3, options: { default: PieceType.NORMAL } },
+              },
+            },
+          },
+        },
+        TrainerSpec: {
+          fields: {
+            model_type: { type: 'int32', id: 3, options: { default: 1 } },
+            vocab_size: { type: 'int32', id: 4, options: { default: 8000 } },
+            treat_whitespace_as_suffix: { type: 'bool', id: 24, options: { default: false } },
+            byte_fallback: { type: 'bool', id: 35, options: { default: false } },
+            unk_id: { type: 'int32', id: 40, options: { default: 0 } },
+            bos_id: { type: 'int32', id: 41, options: { default: 1 } },
+            eos_id: { type: 'int32', id: 42, options: { default: 2 } },
+            pad_id: { type: 'int32', id: 43, options: { default: -1 } },
+          },
+        },
+        NormalizerSpec: {
+          fields: {
+            name: { type: 'string', id: 1 },
+            precompiled_charsmap: { type: 'bytes', id: 2 },
+            add_dummy_prefix: { type: 'bool', id: 3, options: { default: true } },
+            remove_extra_whitespaces: { type: 'bool', id: 4, options: { default: true } },
+            escape_whitespaces: { type: 'bool', id: 5, options: { default: true } },
+          },
+        },
+      },
+    },
+  },
+});
+const ModelProto = root.lookupType('sentencepiece.ModelProto');
+const TrainerSpec = root.lookupType('sentencepiece.TrainerSpec');
+const NormalizerSpec = root.lookupType('sentencepiece.NormalizerSpec');
+
+interface DecodedModel {
+  pieces: { piece: string; score: number; type: number }[];
+  trainer_spec?: {
+    model_type: number;
+    treat_whitespace_as_suffix: boolean;
+    byte_fallback: boolean;
+    unk_id: number;
+    bos_id: number;
+    eos_id: number;
+    pad_id: number;
+  };
+  normalizer_spec?: {
+    name: string;
+    precompiled_charsmap: Uint8Array;
+    add_dummy_prefix: boolean;
+    remove_extra_whitespaces: boolean;
+    escape_whitespaces: boolean;
+  };
 }
 
 export interface SentencePieceModelInfo {
   pieces: { piece: string; score: number; type: PieceType }[];
   modelType: number;
   byteFallback: boolean;
+  treatWhitespaceAsSuffix: boolean;
   unkId: number;
   bosId: number;
   eosId: number;
   padId: number;
   normalizerName: string | null;
+  /** Byte length of NormalizerSpec.precompiled_charsmap (0 for the identity rule). */
+  precompiledCharsmapBytes: number;
   addDummyPrefix: boolean;
   removeExtraWhitespaces: boolean;
+  escapeWhitespaces: boolean;
 }
 
-const dec = new TextDecoder('utf-8', { fatal: false });
-
 /**
- * Parse a SentencePiece ModelProto.
+ * Parse a SentencePiece ModelProto (absent fields take the proto's defaults).
  * @throws TokenizerError INVALID_TOKENIZER_FORMAT on malformed protobuf or no pieces.
  */
 export function parseSentencePieceModelProto(buf: Uint8Array, where = 'tokenizer.model'): SentencePieceModelInfo {
-  const r = new ProtoReader(buf, where);
-  const info: SentencePieceModelInfo = {
-    pieces: [],
-    modelType: 1,
-    byteFallback: false,
-    unkId: 0,
-    bosId: 1,
-    eosId: 2,
-    padId: -1,
-    normalizerName: null,
-    addDummyPrefix: true,
-    removeExtraWhitespaces: true,
-  };
-  while (!r.done) {
-    const key = r.varint();
-    const field = Math.floor(key / 8);
-    const wire = key & 7;
-    if (field === 1 && wire === 2) {
-      const pr = new ProtoReader(r.bytes(), where);
-      let piece = '';
-      let score = 0;
-      let type = PieceType.NORMAL;
-      while (!pr.done) {
-        const k = pr.varint();
-        const f = Math.floor(k / 8);
-        const w = k & 7;
-        if (f === 1 && w === 2) piece = dec.decode(pr.bytes());
-        else if (f === 2 && w === 5) score = pr.fixed32().getFloat32(0, true);
-        else if (f === 3 && w === 0) type = pr.varint() as PieceType;
-        else pr.skip(w);
-      }
-      info.pieces.push({ piece, score, type });
-    } else if (field === 2 && wire === 2) {
-      const tr = new ProtoReader(r.bytes(), where);
-      while (!tr.done) {
-        const k = tr.varint();
-        const f = Math.floor(k / 8);
-        const w = k & 7;
-        if (w !== 0) {
-          tr.skip(w);
-          continue;
-        }
-        if (f === 3) info.modelType = tr.varint();
-        else if (f === 35) info.byteFallback = tr.varint() !== 0;
-        else if (f === 40) info.unkId = tr.int32();
-        else if (f === 41) info.bosId = tr.int32();
-        else if (f === 42) info.eosId = tr.int32();
-        else if (f === 43) info.padId = tr.int32();
-        else tr.varint();
-      }
-    } else if (field === 3 && wire === 2) {
-      const nr = new ProtoReader(r.bytes(), where);
-      while (!nr.done) {
-        const k = nr.varint();
-        const f = Math.floor(k / 8);
-        const w = k & 7;
-        if (f === 1 && w === 2) info.normalizerName = dec.decode(nr.bytes());
-        else if (f === 3 && w === 0) info.addDummyPrefix = nr.varint() !== 0;
-        else if (f === 4 && w === 0) info.removeExtraWhitespaces = nr.varint() !== 0;
-        else nr.skip(w);
-      }
-    } else {
-      r.skip(wire);
-    }
+  let m: DecodedModel;
+  try {
+    m = ModelProto.decode(buf) as protobuf.Message & DecodedModel;
+  } catch (e) {
+    throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: not a SentencePiece model (${(e as Error).message})`, { cause: e });
   }
-  if (info.pieces.length === 0) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: no pieces; is this a SentencePiece model?`);
-  return info;
+  // an absent sub-message reads as a fresh one: its fields then take the declared defaults
+  const t = m.trainer_spec ?? (TrainerSpec.create() as protobuf.Message & NonNullable<DecodedModel['trainer_spec']>);
+  const n = m.normalizer_spec ?? (NormalizerSpec.create() as protobuf.Message & NonNullable<DecodedModel['normalizer_spec']>);
+  if (m.pieces.length === 0) throw new TokenizerError('INVALID_TOKENIZER_FORMAT', `${where}: no pieces; is this a SentencePiece model?`);
+  return {
+    pieces: m.pieces.map((p) => ({ piece: p.piece, score: p.score, type: p.type as PieceType })),
+    modelType: t.model_type,
+    byteFallback: t.byte_fallback,
+    treatWhitespaceAsSuffix: t.treat_whitespace_as_suffix,
+    unkId: t.unk_id,
+    bosId: t.bos_id,
+    eosId: t.eos_id,
+    padId: t.pad_id,
+    normalizerName: m.normalizer_spec ? n.name : null,
+    precompiledCharsmapBytes: n.precompiled_charsmap?.length ?? 0,
+    addDummyPrefix: n.add_dummy_prefix,
+    removeExtraWhitespaces: n.remove_extra_whitespaces,
+    escapeWhitespaces: n.escape_whitespaces,
+  };
 }
 
 /**
- * Load a SentencePiece BPE `tokenizer.model` as a {@link SentencePieceBpeTokenizer} (the llama2.c encoder).
- * @throws TokenizerError UNSUPPORTED_TOKENIZER for a Unigram model (only BPE is implemented).
+ * The normaliser switches of a parsed model, as {@link SentencePieceBpeTokenizer} applies them.
+ * @throws TokenizerError UNSUPPORTED_TOKENIZER for a precompiled charsmap (e.g. `nmt_nfkc`) or
+ *   `treat_whitespace_as_suffix`, which this encoder does not implement.
+ */
+export function normalizerOf(info: SentencePieceModelInfo, where = 'tokenizer.model'): SentencePieceNormalizer {
+  if (info.precompiledCharsmapBytes > 0) {
+    throw new TokenizerError(
+      'UNSUPPORTED_TOKENIZER',
+      `${where}: normalizer "${info.normalizerName}" uses a precompiled charsmap, which is not implemented here (only the identity rule); convert the tokenizer to a tokenizer.json (transformers' AutoTokenizer.save_pretrained) and load that`,
+    );
+  }
+  if (info.treatWhitespaceAsSuffix) {
+    throw new TokenizerError('UNSUPPORTED_TOKENIZER', `${where}: trainer_spec.treat_whitespace_as_suffix is not supported; load a tokenizer.json instead`);
+  }
+  return { addDummyPrefix: info.addDummyPrefix, removeExtraWhitespaces: info.removeExtraWhitespaces, escapeWhitespaces: info.escapeWhitespaces };
+}
+
+/**
+ * Load a SentencePiece BPE `tokenizer.model` as a {@link SentencePieceBpeTokenizer} (the llama2.c encoder)
+ * that applies the model's normalizer spec.
+ * @throws TokenizerError UNSUPPORTED_TOKENIZER for a Unigram model (only BPE is implemented) or a normaliser
+ *   this encoder does not implement (see {@link normalizerOf}).
  */
 export function parseSentencePieceModel(buf: Uint8Array, opts: { path?: string } = {}): SentencePieceBpeTokenizer {
   const where = opts.path ?? 'tokenizer.model';
@@ -183,85 +174,85 @@ export function parseSentencePieceModel(buf: Uint8Array, opts: { path?: string }
     padTokenId: id(info.padId),
     source: 'sentencepiece',
     modelProto: buf,
+    normalizer: normalizerOf(info, where),
     path: opts.path,
   });
 }
 
 // ---------- writer ----------
 
-function varintBytes(v: number): number[] {
-  const out: number[] = [];
-  let x = BigInt.asUintN(64, BigInt(v));
-  do {
-    let b = Number(x & 0x7fn);
-    x >>= 7n;
-    if (x > 0n) b |= 0x80;
-    out.push(b);
-  } while (x > 0n);
-  return out;
-}
-function keyBytes(field: number, wire: number): number[] {
-  return varintBytes(field * 8 + wire);
-}
-function lenField(field: number, payload: Uint8Array | number[]): number[] {
-  return [...keyBytes(field, 2), ...varintBytes(payload.length), ...payload];
-}
-function varintField(field: number, v: number): number[] {
-  return [...keyBytes(field, 0), ...varintBytes(v)];
+/** SentencePiece text of piece `id` (spaces back to `▁`, BOS/EOS/UNK control pieces by their names). */
+function pieceText(tok: SentencePieceBpeTokenizer, id: number): string {
+  const t = tok.types[id]!;
+  if (id === tok.unkTokenId && t === PieceType.UNKNOWN) return '<unk>';
+  if (id === tok.bosTokenId && t === PieceType.CONTROL) return '<s>';
+  if (id === tok.eosTokenId && t === PieceType.CONTROL) return '</s>';
+  return t === PieceType.BYTE ? tok.pieces[id]! : tok.pieces[id]!.split(' ').join(SPACE_MARK);
 }
 
 /**
  * Serialize a SentencePiece BPE ModelProto from a tokenizer's pieces (used when a llama2.c tokenizer.bin
  * has no `.model` next to it). Writes pieces (spaces back to `▁`, BOS/EOS as `<s>`/`</s>`), a TrainerSpec
- * (BPE, byte_fallback, unk/bos/eos/pad ids) and an identity NormalizerSpec with add_dummy_prefix and
- * without remove_extra_whitespaces (run.c semantics).
+ * (BPE, byte_fallback, unk/bos/eos/pad ids) and an identity NormalizerSpec with the tokenizer's normaliser
+ * switches (for a bare tokenizer.bin: run.c's, add_dummy_prefix without remove_extra_whitespaces).
  */
 export function serializeSentencePieceModel(tok: SentencePieceBpeTokenizer): Uint8Array {
-  const enc = new TextEncoder();
-  const out: number[] = [];
-  tok.pieces.forEach((p, id) => {
-    const type = tok.types[id]!;
-    let text: string;
-    if (id === tok.bosTokenId && type === PieceType.CONTROL) text = '<s>';
-    else if (id === tok.eosTokenId && type === PieceType.CONTROL) text = '</s>';
-    else if (id === tok.unkTokenId && type === PieceType.UNKNOWN) text = '<unk>';
-    else text = type === PieceType.BYTE ? p : p.split(' ').join(SPACE_MARK);
-    const score = new Uint8Array(4);
-    new DataView(score.buffer).setFloat32(0, tok.scores[id]!, true);
-    const sp = [...lenField(1, enc.encode(text)), ...keyBytes(2, 5), ...score, ...varintField(3, type)];
-    out.push(...lenField(1, sp));
+  const msg = ModelProto.fromObject({
+    pieces: tok.pieces.map((_, id) => ({ piece: pieceText(tok, id), score: tok.scores[id]!, type: tok.types[id]! })),
+    trainer_spec: {
+      model_type: 2,
+      vocab_size: tok.vocabSize,
+      byte_fallback: true,
+      unk_id: tok.unkTokenId,
+      bos_id: tok.bosTokenId ?? -1,
+      eos_id: tok.eosTokenId ?? -1,
+      pad_id: tok.padTokenId ?? -1,
+    },
+    normalizer_spec: {
+      name: 'identity',
+      add_dummy_prefix: tok.normalizer.addDummyPrefix,
+      remove_extra_whitespaces: tok.normalizer.removeExtraWhitespaces,
+      escape_whitespaces: tok.normalizer.escapeWhitespaces,
+    },
   });
-  const trainer = [
-    ...varintField(3, 2),
-    ...varintField(4, tok.vocabSize),
-    ...varintField(35, 1),
-    ...varintField(40, tok.unkTokenId),
-    ...varintField(41, tok.bosTokenId ?? -1),
-    ...varintField(42, tok.eosTokenId ?? -1),
-    ...varintField(43, tok.padTokenId ?? -1),
-  ];
-  out.push(...lenField(2, trainer));
-  const normalizer = [...lenField(1, enc.encode('identity')), ...varintField(3, 1), ...varintField(4, 0), ...varintField(5, 1)];
-  out.push(...lenField(3, normalizer));
-  return Uint8Array.from(out);
+  return ModelProto.encode(msg).finish();
+}
+
+/**
+ * tokenizer.json normalizers doing what SentencePiece's normaliser does with the identity rule
+ * (sentencepiece `normalizer.cc` `Normalizer::Normalize`; only U+0020 counts as whitespace):
+ * add_dummy_prefix prepends the space symbol; remove_extra_whitespaces then drops the spaces after it (the
+ * text's leading spaces), every trailing space symbol (a space or a literal "▁", so text of spaces only
+ * becomes empty, prefix included) and collapses inner runs of spaces to one; escape_whitespaces turns spaces
+ * into "▁". Anchors are `\A`/`\z` (`^`/`$` are line anchors in the Rust tokenizers' Oniguruma regexes), and
+ * the prefix is prepended first so that text of spaces only comes out empty in both the Rust library (whose
+ * Prepend skips empty text) and @huggingface/tokenizers (whose Prepend does not).
+ */
+function hfNormalizers(n: SentencePieceNormalizer): Record<string, unknown>[] {
+  const prefix = n.escapeWhitespaces ? SPACE_MARK : ' ';
+  const trailing = n.escapeWhitespaces ? `[ ${SPACE_MARK}]+\\z` : ' +\\z';
+  const out: Record<string, unknown>[] = [];
+  const replace = (regex: string, content: string) => out.push({ type: 'Replace', pattern: { Regex: regex }, content });
+  if (n.addDummyPrefix) out.push({ type: 'Prepend', prepend: prefix });
+  if (n.removeExtraWhitespaces) {
+    replace(trailing, '');
+    replace(n.addDummyPrefix ? `(?<=\\A${prefix}) +` : '\\A +', '');
+    replace(' {2,}', ' ');
+  }
+  if (n.escapeWhitespaces) out.push({ type: 'Replace', pattern: { String: ' ' }, content: SPACE_MARK });
+  return out;
 }
 
 /**
  * A Hugging Face `tokenizer.json` equivalent of a SentencePiece BPE tokenizer (the layout transformers'
- * `LlamaConverter` writes for legacy Llama tokenizers): normalizer Prepend("▁") + Replace(" " → "▁"),
+ * `LlamaConverter` writes for legacy Llama tokenizers): the normalizers of {@link hfNormalizers},
  * BPE with `byte_fallback` and `fuse_unk`, merges ordered by the score of the merged piece (ties by the
  * ids of the left, then right part, as transformers' `SentencePieceExtractor`), a TemplateProcessing that
  * prepends `<s>`, and the ByteFallback/Fuse/Strip decoder. Loaded by `@huggingface/tokenizers` it encodes
  * exactly as {@link SentencePieceBpeTokenizer.encode} (tested on random text).
  */
 export function sentencePieceToTokenizerJson(tok: SentencePieceBpeTokenizer): Record<string, unknown> {
-  const name = (id: number): string => {
-    const t = tok.types[id]!;
-    if (id === tok.unkTokenId && t === PieceType.UNKNOWN) return '<unk>';
-    if (id === tok.bosTokenId && t === PieceType.CONTROL) return '<s>';
-    if (id === tok.eosTokenId && t === PieceType.CONTROL) return '</s>';
-    return t === PieceType.BYTE ? tok.pieces[id]! : tok.pieces[id]!.split(' ').join(SPACE_MARK);
-  };
+  const name = (id: number): string => pieceText(tok, id);
   const vocab: Record<string, number> = {};
   for (let id = 0; id < tok.vocabSize; id++) if (!(name(id) in vocab)) vocab[name(id)] = id;
   const isMergeable = (id: number | undefined) => id !== undefined && (tok.types[id] === PieceType.NORMAL || tok.types[id] === PieceType.USER_DEFINED);
@@ -284,13 +275,7 @@ export function sentencePieceToTokenizerJson(tok: SentencePieceBpeTokenizer): Re
     truncation: null,
     padding: null,
     added_tokens: [...special(tok.unkTokenId), ...special(tok.bosTokenId), ...special(tok.eosTokenId)],
-    normalizer: {
-      type: 'Sequence',
-      normalizers: [
-        { type: 'Prepend', prepend: SPACE_MARK },
-        { type: 'Replace', pattern: { String: ' ' }, content: SPACE_MARK },
-      ],
-    },
+    normalizer: { type: 'Sequence', normalizers: hfNormalizers(tok.normalizer) },
     pre_tokenizer: null,
     post_processor: bos
       ? {
