@@ -4,25 +4,14 @@
  * of its payload and nothing is silently changed. The webhook's `config` `$ref`s
  * schemas/config.schema.json (the training config schema, owned by the trainer).
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
+import { schemasDir } from '../config/paths.js';
 
 // ajv-formats is CJS with a default export
 const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv;
-
-/** Directory of the repo's `schemas/` (found by walking up from this file: src/ or dist/src/). */
-export function schemasDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    const cand = join(dir, 'schemas');
-    if (existsSync(join(cand, 'trigger-finetune.request.json'))) return cand;
-    dir = dirname(dir);
-  }
-  throw new Error('schemas/trigger-finetune.request.json not found above ' + fileURLToPath(import.meta.url));
-}
 
 export type JsonSchema = Record<string, unknown> & { $id?: string };
 

@@ -18,7 +18,7 @@ export {
   splitImplicitPrompt,
 } from './formats.js';
 export { readRecords, type RawRecord, type Container } from './readers.js';
-export { listDatasets, resolveDataset, repoRoot, type DatasetEntry } from './registry.js';
+export { listDatasets, resolveDataset, type DatasetEntry } from './registry.js';
 export { validateRows } from './validate-rows.js';
 export {
   tokenizePreference,

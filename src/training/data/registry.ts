@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { repoRoot } from '../../config/paths.js';
 import { parse as parseYaml } from 'yaml';
 import { DataError } from './errors.js';
 
@@ -17,18 +17,6 @@ export interface DatasetEntry {
   description?: string;
   /** The environment variable that may override the path. */
   pathEnv?: string;
-}
-
-/** The repository root: the nearest ancestor of this module holding config/datasets. */
-export function repoRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 8; i++) {
-    if (existsSync(join(d, 'config', 'datasets'))) return d;
-    const up = dirname(d);
-    if (up === d) break;
-    d = up;
-  }
-  return process.cwd();
 }
 
 function datasetsDir(): string {

@@ -20,6 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { engineSettings } from './settings.js';
+import { repoRoot } from '../../config/paths.js';
 
 /** The addon's functions (arguments as in the C sources; Float32Arrays are read and written in place). */
 export interface NativeAddon {
@@ -132,13 +133,8 @@ let tried = false;
 
 function sourcePath(): string | null {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const cands = [path.join(here, 'native', 'addon.c')];
-  // compiled to dist/: look for the source tree beside it
-  let dir = here;
-  for (let i = 0; i < 6; i++) {
-    cands.push(path.join(dir, 'src', 'training', 'engine', 'native', 'addon.c'));
-    dir = path.dirname(dir);
-  }
+  // beside this file under tsx; compiled to dist/: the source tree in the repository
+  const cands = [path.join(here, 'native', 'addon.c'), path.join(repoRoot(), 'src', 'training', 'engine', 'native', 'addon.c')];
   return cands.find((c) => fs.existsSync(c)) ?? null;
 }
 

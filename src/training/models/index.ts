@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, statSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { repoRoot } from '../../config/paths.js';
 import type { CausalLM, ModelConfig, Tokenizer } from '../types.js';
 import { loadTokenizer, saveTokenizerFiles } from '../tokenizers/index.js';
 import { BaseLM, hostToVariable, ownVariable, randomVariables, transpose2d, variablesFromHF, type GenerativeLM, type ShapeSpec } from './base.js';
@@ -61,18 +61,6 @@ const ARCHS: Record<ModelConfig['architecture'], ArchSpec> = {
     build: (c, p) => new Gpt2Model(c, p),
   },
 };
-
-/** The repository root (holds models/stories260K), found from this file's location, not from the cwd. */
-export function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 8; i++) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'models', 'stories260K'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  throw new ModelNotFoundError('cannot locate the repository root (a directory with package.json and models/stories260K)');
-}
 
 /** Built-in model names → files in the repository. */
 export const BUILTIN_MODELS: Record<string, { weights: string; tokenizer: string }> = {

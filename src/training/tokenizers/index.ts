@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { repoRoot } from '../../config/paths.js';
 import type { Tokenizer } from '../types.js';
 import { TokenizerError } from './errors.js';
 import { HfTokenizer } from './hf.js';
@@ -26,21 +26,9 @@ export {
 } from './sentencepiece.js';
 export { renderChatTemplate, renderPlainChat } from './chat-template.js';
 
-/** The repository root: the nearest ancestor of this module holding models/ (works from src/ and dist/src/). */
-function findRepoRoot(): string {
-  let d = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 8; i++) {
-    if (existsSync(join(d, 'models', 'stories260K'))) return d;
-    const up = dirname(d);
-    if (up === d) break;
-    d = up;
-  }
-  return resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-}
-
 /** Built-in tokenizers by name (files vendored in the repo). */
 const BUILTIN: Record<string, string> = {
-  stories260K: join(findRepoRoot(), 'models/stories260K/tok512.bin'),
+  stories260K: join(repoRoot(), 'models/stories260K/tok512.bin'),
 };
 
 async function readJsonIfExists(path: string): Promise<Record<string, unknown> | null> {
