@@ -23,7 +23,8 @@ import { healthRoutes } from './routes/health.js';
 import { jobsRoutes } from './routes/jobs.js';
 import { triggerRoutes, type RowValidator } from './routes/trigger.js';
 import { apiSchemas, compileOn, createRequestAjv } from './schemas.js';
-import { basicRowChecks, loadConfigChecker, loadRowValidator } from './row-validator.js';
+import { resolveRequestConfig } from '../config/index.js';
+import { loadRowValidator } from './row-validator.js';
 
 export interface BuildAppOptions {
   /** The validated environment (src/config/env.ts loadEnv). */
@@ -139,9 +140,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   }
 
   const validateRows = options.validateRows ?? (await loadRowValidator());
-  if (validateRows === basicRowChecks) app.log.warn('src/training/data validateRows could not be loaded; using the basic row checks');
-  const checkConfig = await loadConfigChecker();
-  await app.register(triggerRoutes, { queue, validateRows, checkConfig });
+  await app.register(triggerRoutes, { queue, validateRows, resolveConfig: resolveRequestConfig });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
   await app.register(healthRoutes, { queue });
   await app.register(metricsRoutes, { queue });

@@ -7,7 +7,12 @@ import { Queue, Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { cancelKey, createRedis } from './connection.js';
 import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
-import { QueueNames, type FinetunePayload, type JobStatus, type PreferenceRow, type QueueJobTypes } from './types.js';
+import type { TrainConfig } from '../config/schema.js';
+import { canonicalSha256 } from '../training/data/hash.js';
+import type { PreferenceExample } from '../training/types.js';
+import { QueueNames, type FinetunePayload, type JobStatus, type QueueJobTypes } from './types.js';
+
+export { canonicalJson } from '../training/data/hash.js';
 
 type FT = QueueJobTypes['finetune'];
 export type FinetuneQueue = Queue<FT['data'], FT['result'], FT['name']>;
@@ -37,25 +42,9 @@ export class JobFinishedError extends Error {
   }
 }
 
-/** JSON with object keys sorted, so equal values hash equally. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  if (v && typeof v === 'object') {
-    const o = v as Record<string, unknown>;
-    return `{${Object.keys(o)
-      .sort()
-      .filter((k) => o[k] !== undefined)
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
-      .join(',')}}`;
-  }
-  return JSON.stringify(v);
-}
-
-/** sha256 hex of the canonical JSON of `{dataset, config}`. */
-export function datasetHash(dataset: PreferenceRow[], config?: Record<string, unknown>): string {
-  return createHash('sha256')
-    .update(canonicalJson({ dataset, config: config ?? null }))
-    .digest('hex');
+/** sha256 hex of the canonical JSON (src/training/data/hash.ts) of `{dataset, config}`. */
+export function datasetHash(dataset: PreferenceExample[], config?: Record<string, unknown>): string {
+  return canonicalSha256({ dataset, config: config ?? null });
 }
 
 /**
@@ -141,14 +130,11 @@ export class FinetuneQueueService {
    * dataset + config hash). A failed or cancelled job with that id is replaced by a fresh one.
    * @throws the Redis error when Redis is unreachable (the API maps it to 503).
    */
-  async enqueue(req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> }, idempotencyKey?: string): Promise<EnqueueResult> {
+  async enqueue(req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig }, idempotencyKey?: string): Promise<EnqueueResult> {
     return this.guarded('enqueue', () => this.enqueueNow(req, idempotencyKey));
   }
 
-  private async enqueueNow(
-    req: { communityId: string; dataset: PreferenceRow[]; config?: Record<string, unknown> },
-    idempotencyKey?: string,
-  ): Promise<EnqueueResult> {
+  private async enqueueNow(req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig }, idempotencyKey?: string): Promise<EnqueueResult> {
     const hash = datasetHash(req.dataset, req.config);
     const jobId = jobIdFor(req.communityId, hash, idempotencyKey);
     const existing = await this.statusNow(jobId);
@@ -163,7 +149,7 @@ export class FinetuneQueueService {
     const payload: FinetunePayload = {
       communityId: req.communityId,
       dataset: req.dataset,
-      ...(req.config ? { config: req.config } : {}),
+      config: req.config,
       datasetHash: hash,
       requestedAt: new Date().toISOString(),
     };

@@ -2,7 +2,11 @@
  * The typed map of queue names to job payloads, results and progress (Infisical's TQueueJobTypes pattern):
  * the API produces with these types, the worker consumes them, GET /jobs maps them to the HTTP shape.
  */
+import type { TrainConfig } from '../config/schema.js';
 import type { StoredFile } from '../storage/storage.js';
+import type { PreferenceExample, StageMetrics } from '../training/types.js';
+
+export type { StageMetrics } from '../training/types.js';
 
 /** Queue names. One queue, `finetune`: one job runs the stages sft → dpo → upload. */
 export const QueueNames = { finetune: 'finetune' } as const;
@@ -12,19 +16,12 @@ export type QueueName = (typeof QueueNames)[keyof typeof QueueNames];
 export const STAGES = ['sft', 'dpo', 'upload'] as const;
 export type Stage = (typeof STAGES)[number];
 
-/** One webhook row (DESIGN.md HTTP contract). */
-export interface PreferenceRow {
-  prompt: string;
-  chosen: string;
-  rejected: string;
-}
-
 /** Data of a `finetune` job as stored in Redis (clear text: keep secrets out). */
 export interface FinetunePayload {
   communityId: string;
-  dataset: PreferenceRow[];
-  /** Training overrides, validated against schemas/config.schema.json by the API. */
-  config?: Record<string, unknown>;
+  dataset: PreferenceExample[];
+  /** The resolved training config (the API's loadConfig of the request's `config`); the worker re-validates it. */
+  config: TrainConfig;
   /** sha256 hex of the canonical JSON of {dataset, config}. */
   datasetHash: string;
   /** ISO 8601 time of the request. */
@@ -36,12 +33,6 @@ export interface StageSpan {
   stage: Stage;
   startedAt: string;
   finishedAt: string | null;
-}
-
-/** Latest metrics per training stage, TRL's names (`loss`, `rewards/margins`, ...). */
-export interface StageMetrics {
-  sft: Record<string, number>;
-  dpo: Record<string, number>;
 }
 
 /** `job.progress` of a finetune job, written by the worker. */

@@ -77,7 +77,10 @@ export interface ChatMessage {
   content: string;
 }
 
-/** One preference pair, after format detection. `sftTarget` defaults to `chosen`. */
+/**
+ * One preference pair, after format detection; also the webhook's row (`{prompt, chosen, rejected}`, the
+ * request schema's `dataset` items). `sftTarget` defaults to `chosen`.
+ */
 export interface PreferenceExample {
   prompt: string;
   chosen: string;
@@ -91,4 +94,17 @@ export interface ProgressEvent {
   step: number;
   totalSteps: number;
   metrics?: Record<string, number>;
+}
+
+/** Latest metrics per training stage, TRL's names (`loss`, `rewards/margins`, ...). */
+export interface StageMetrics {
+  sft: Record<string, number>;
+  dpo: Record<string, number>;
+}
+
+/** What runTraining returns (and the training child sends back to the worker). */
+export interface TrainResult {
+  artifactDir: string;
+  /** The final metrics of each stage (last logged train step + last eval). */
+  metrics: StageMetrics;
 }

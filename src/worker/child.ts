@@ -10,17 +10,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import pino from 'pino';
-import type { PreferenceExample, ProgressEvent } from '../training/types.js';
-import { abortFile, describeError, type ChildMessage, type ParentMessage, type TrainRequest, type TrainResult } from './ipc.js';
-
-type RunTraining = (options: {
-  config?: Record<string, unknown>;
-  dataset?: PreferenceExample[] | string;
-  outputDir: string;
-  onProgress?: (e: ProgressEvent) => void;
-  signal?: AbortSignal;
-  logger?: import('pino').Logger;
-}) => Promise<TrainResult>;
+import { abortFile, describeError, type ChildMessage, type ParentMessage, type TrainRequest } from './ipc.js';
 
 /** The worker's pid; `process.ppid` changes (re-parenting) when the worker dies. */
 const parentPid = process.ppid;
@@ -39,12 +29,11 @@ async function train(req: TrainRequest, controller: AbortController): Promise<vo
     pino.destination({ dest: 1, sync: true }),
   );
   try {
-    if (req.backend) process.env.TFJS_BACKEND = req.backend;
-    const specifier = '../training/run.js';
-    const mod = (await import(specifier)) as { runTraining?: RunTraining };
-    if (typeof mod.runTraining !== 'function') throw new Error('src/training/run.ts does not export runTraining');
-    const result = await mod.runTraining({
-      config: req.config,
+    // loaded here, not at the top: a probe child must not pay for the training stack
+    const { runTraining } = await import('../training/run.js');
+    const result = await runTraining({
+      // the worker's backend travels as data (the config's `backend`), not through process.env
+      config: { ...req.config, backend: req.backend },
       dataset: req.dataset,
       outputDir: req.outputDir,
       signal: controller.signal,

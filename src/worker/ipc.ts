@@ -2,23 +2,22 @@
  * The worker ⇄ training-child protocol (src/worker/child.ts, src/worker/child-process.ts): message types
  * and small shared helpers. Side-effect free, so both processes can import it.
  */
-import type { PreferenceExample, ProgressEvent } from '../training/types.js';
+import type { TrainConfig } from '../config/schema.js';
+import type { PreferenceExample, ProgressEvent, TrainResult } from '../training/types.js';
+
+export type { TrainResult } from '../training/types.js';
 
 /** What the worker asks the child to train. */
 export interface TrainRequest {
   jobId: string;
   communityId: string;
-  config?: Record<string, unknown>;
+  /** The resolved config (the worker's re-validation of the job's); the child validates it again. */
+  config: TrainConfig;
   dataset: PreferenceExample[];
   outputDir: string;
+  /** The tfjs backend the worker chose (TFJS_BACKEND); the child trains with it as the config's `backend`. */
   backend: string;
   logLevel: string;
-}
-
-/** Result of runTraining (src/training/run.ts contract). */
-export interface TrainResult {
-  artifactDir: string;
-  metrics: { sft: Record<string, number>; dpo: Record<string, number> };
 }
 
 export type ParentMessage = { type: 'train'; request: TrainRequest } | { type: 'abort'; reason: string } | { type: 'probe'; backend: string };

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { WaitingError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
+import { resolveRequestConfig } from '../config/index.js';
 import { cancelKey } from '../queue/connection.js';
 import { FailureCodes, JobFailure } from '../queue/errors.js';
 import { recordJobOutcome } from '../queue/stats.js';
@@ -185,6 +186,10 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
     let lastTps: Partial<Record<'sft' | 'dpo', number>> = {};
     try {
       if ((await deps.redis.exists(flag)) === 1) throw new JobFailure(FailureCodes.cancelled, 'cancelled by request before it started');
+      // never trust Redis: the API's resolved config is validated again (the one resolution in this process)
+      const checked = resolveRequestConfig(job.data.config, '/data/config');
+      if (!checked.config) throw new JobFailure('INVALID_JOB_PAYLOAD', checked.problems.map((p) => `${p.path}: ${p.message}`).join('; '));
+      const config = checked.config;
       // A re-run of this job (a worker died or handed it back) resumes from its last checkpoint, if any;
       // a first run starts from an empty directory.
       const resume = (job.attemptsStarted ?? 1) > 1 && (await hasCheckpoint(outputDir));
@@ -199,7 +204,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
           request: {
             jobId,
             communityId,
-            config: resume ? { ...job.data.config, resume_from_checkpoint: 'latest' } : job.data.config,
+            config: resume ? { ...config, resume_from_checkpoint: 'latest' } : config,
             dataset: job.data.dataset,
             outputDir,
             backend: deps.backend,

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
+import { loadConfig } from '../../src/config/index.js';
 import type { JobStatus } from '../../src/queue/types.js';
 import { StorageError } from '../../src/storage/errors.js';
 import { LocalStorage } from '../../src/storage/local.js';
@@ -25,9 +26,12 @@ const dir = mkdtempSync(join(tmpdir(), 'dpo-wf-'));
 let app: FastifyInstance;
 let handle: WorkerHandle;
 
-/** Stand-in for trainInChild: behaviour chosen by `config.fake`. */
+/** Behaviour of the stand-in runner, by community (a job's config must be a valid config: the worker checks it). */
+const modes = new Map<string, string>();
+
+/** Stand-in for trainInChild: behaviour chosen by `modes` for the job's community. */
 async function fakeTrain(opts: RunChildOptions) {
-  const mode = (opts.request.config?.fake as string) ?? 'ok';
+  const mode = modes.get(opts.request.communityId) ?? 'ok';
   if (mode === 'crash') throw new ChildFailure('WORKER_CHILD_EXITED', 'training process exited (signal SIGKILL) without a result');
   if (mode === 'config') throw new ChildFailure('INVALID_CONFIG', 'loss.beta: must be > 0');
   if (mode === 'slow') {
@@ -67,7 +71,8 @@ const storage: Storage = {
 };
 
 async function runJob(communityId: string, fake: string): Promise<JobStatus> {
-  const { jobId } = await app.queueService.enqueue({ communityId, dataset: toyRows(2, communityId), config: { fake } });
+  modes.set(communityId, fake);
+  const { jobId } = await app.queueService.enqueue({ communityId, dataset: toyRows(2, communityId), config: loadConfig() });
   for (let i = 0; i < 2000; i++) {
     const s = await app.queueService.getStatus(jobId);
     if (s && ['completed', 'failed', 'cancelled'].includes(s.state)) return s;

@@ -5,12 +5,13 @@
 import type { FastifyInstance } from 'fastify';
 import { ApiError, ServiceUnavailableError, ValidationError, type Problem } from '../errors.js';
 import type { FinetuneQueueService } from '../../queue/finetune-queue.js';
-import type { PreferenceRow } from '../../queue/types.js';
+import type { ConfigInput, ConfigProblem, TrainConfig } from '../../config/index.js';
+import type { PreferenceExample } from '../../training/types.js';
 import { apiSchemas } from '../schemas.js';
 import { errorResponses } from './common.js';
 
 /** Semantic row checks: `{index, field, code, message}` per problem (DATA's validateRows contract). */
-export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string }>;
+export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
 
 /** Keys of `config` a webhook caller may not set: they address the worker's file system. */
 const FORBIDDEN_CONFIG_KEYS = ['output_dir', 'datasets', 'eval_dataset', 'resume_from_checkpoint', 'progress_bar', 'backend'];
@@ -43,8 +44,8 @@ export function configPolicyProblems(config: Record<string, unknown> | undefined
 
 interface TriggerBody {
   communityId: string;
-  dataset: PreferenceRow[];
-  config?: Record<string, unknown>;
+  dataset: PreferenceExample[];
+  config?: ConfigInput;
 }
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
@@ -52,8 +53,8 @@ const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
 export interface TriggerRouteOptions {
   queue: FinetuneQueueService;
   validateRows: RowValidator;
-  /** Semantic config check (the trainer's loadConfig); skipped when absent. */
-  checkConfig?: (config: Record<string, unknown>) => Problem[];
+  /** The trainer's resolution of the request's config (src/config resolveRequestConfig): the resolved config is queued. */
+  resolveConfig: (config: Record<string, unknown> | undefined) => { config: TrainConfig | null; problems: ConfigProblem[] };
 }
 
 export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOptions): Promise<void> {
@@ -85,16 +86,17 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       }
       const policy = configPolicyProblems(config);
       problems.push(...policy);
-      if (config && policy.length === 0 && opts.checkConfig) problems.push(...opts.checkConfig(config));
+      const resolved = policy.length === 0 ? opts.resolveConfig(config) : null;
+      if (resolved) problems.push(...resolved.problems);
       const rowProblems = opts.validateRows(dataset);
       for (const p of rowProblems) {
         const path = p.index < 0 ? '/dataset' : `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`;
-        problems.push({ path, message: p.message.replace(/^row \d+: /, '') });
+        problems.push({ path, message: p.detail ?? p.message });
       }
-      if (problems.length > 0) throw new ValidationError(problems);
+      if (problems.length > 0 || !resolved?.config) throw new ValidationError(problems);
       let res;
       try {
-        res = await opts.queue.enqueue({ communityId, dataset, config }, typeof idem === 'string' ? idem : undefined);
+        res = await opts.queue.enqueue({ communityId, dataset, config: resolved.config }, typeof idem === 'string' ? idem : undefined);
       } catch (err) {
         if (err instanceof ApiError) throw err;
         request.log.warn({ err }, 'enqueue failed');

@@ -38,6 +38,8 @@ export interface DataProblem {
   /** Stable code: INVALID_ROW_TYPE, MISSING_FIELD, INVALID_FIELD_TYPE, EMPTY_FIELD, CHOSEN_EQUALS_REJECTED, ... */
   code: string;
   message: string;
+  /** The message without the row prefix (`chosen is empty`), for callers that name the row themselves. */
+  detail?: string;
   /** 1-based line number in a JSONL file, when known. */
   line?: number;
 }

@@ -18,6 +18,14 @@ export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
   const add = (p: DataProblem) => {
     if (out.length < limit) out.push(p);
   };
+  /** A problem of row `index`: `detail` names the field and the fix; `message` prefixes the row. */
+  const rowProblem = (index: number, field: string, code: string, detail: string): DataProblem => ({
+    index,
+    field,
+    code,
+    detail,
+    message: `row ${index}${field ? ': ' : ' '}${detail}`,
+  });
   if (!Array.isArray(rows)) {
     return [{ index: -1, field: 'dataset', code: 'INVALID_DATASET_TYPE', message: 'dataset must be an array of {prompt, chosen, rejected} rows' }];
   }
@@ -26,7 +34,7 @@ export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
   for (let index = 0; index < rows.length && out.length < limit; index++) {
     const row = rows[index];
     if (row === null || typeof row !== 'object' || Array.isArray(row)) {
-      add({ index, field: '', code: 'INVALID_ROW_TYPE', message: `row ${index} must be an object {prompt, chosen, rejected}` });
+      add(rowProblem(index, '', 'INVALID_ROW_TYPE', 'must be an object {prompt, chosen, rejected}'));
       continue;
     }
     const r = row as Record<string, unknown>;
@@ -34,18 +42,18 @@ export function validateRows(rows: unknown[], limit = Infinity): DataProblem[] {
     for (const field of FIELDS) {
       const v = r[field];
       if (v === undefined || v === null) {
-        add({ index, field, code: 'MISSING_FIELD', message: `row ${index}: ${field} is missing` });
+        add(rowProblem(index, field, 'MISSING_FIELD', `${field} is missing`));
         ok = false;
       } else if (typeof v !== 'string') {
-        add({ index, field, code: 'INVALID_FIELD_TYPE', message: `row ${index}: ${field} must be a string, got ${Array.isArray(v) ? 'an array' : typeof v}` });
+        add(rowProblem(index, field, 'INVALID_FIELD_TYPE', `${field} must be a string, got ${Array.isArray(v) ? 'an array' : typeof v}`));
         ok = false;
       } else if (v.trim() === '') {
-        add({ index, field, code: 'EMPTY_FIELD', message: `row ${index}: ${field} is empty` });
+        add(rowProblem(index, field, 'EMPTY_FIELD', `${field} is empty`));
         ok = false;
       }
     }
     if (ok && (r.chosen as string).trim() === (r.rejected as string).trim()) {
-      add({ index, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED', message: `row ${index}: rejected is the same text as chosen; a pair must differ` });
+      add(rowProblem(index, 'rejected', 'CHOSEN_EQUALS_REJECTED', 'rejected is the same text as chosen; a pair must differ'));
     }
   }
   return out;

@@ -1,0 +1,22 @@
+/**
+ * The canonical JSON and dataset hash of the repo: object keys sorted (safe-stable-stringify), so equal
+ * values hash equally whatever their key order. The API's idempotency hash and run.json's `data.sha256` are
+ * both computed here, so a webhook job's rows and its artifact can be matched by hash.
+ */
+import { createHash } from 'node:crypto';
+import { stringify } from 'safe-stable-stringify';
+
+/** JSON with object keys sorted; `undefined` members are dropped (as JSON.stringify does). */
+export function canonicalJson(v: unknown): string {
+  return stringify(v) ?? 'null';
+}
+
+/** sha256 hex of {@link canonicalJson}. */
+export function canonicalSha256(v: unknown): string {
+  return createHash('sha256').update(canonicalJson(v)).digest('hex');
+}
+
+/** sha256 hex of a dataset (its rows / preference examples, in order), canonical JSON. */
+export function datasetSha256(rows: readonly unknown[]): string {
+  return canonicalSha256(rows);
+}
