@@ -14,12 +14,11 @@ import { initBackend } from '../src/training/engine/backend.js';
 
 const overrides = process.argv.slice(2);
 const info = await initBackend();
-const { runTraining } = (await import('../src/training/run.js')) as {
-  runTraining: (o: { outputDir: string; overrides?: string[] }) => Promise<{ metrics: { sft: Record<string, number>; dpo: Record<string, number> } }>;
-};
+const { runTraining } = await import('../src/training/run.js');
+const { loadConfig } = await import('../src/config/index.js');
 const out = fs.mkdtempSync(path.join(os.tmpdir(), 'dpo-train-bench-'));
 const t0 = performance.now();
-const r = await runTraining({ outputDir: out, overrides });
+const r = await runTraining({ outputDir: out, config: loadConfig({ overrides }) });
 const wall = (performance.now() - t0) / 1000;
 fs.rmSync(out, { recursive: true, force: true });
 console.log(JSON.stringify({ wall_s: +wall.toFixed(2), backend: info.name, native_matmul: info.nativeMatmul, overrides, metrics: r.metrics }));

@@ -2,7 +2,7 @@
  * Programmatic API of the DPO service (DESIGN.md "Programmatic API"): the training job, the loss family,
  * models, tokenizers, data, configuration.
  */
-export { runTraining, TrainingAbortedError, type RunTrainingOptions, type RunTrainingResult } from './training/run.js';
+export { runTraining, TrainingAbortedError, type RunTrainingOptions } from './training/run.js';
 export { loadConfig, ConfigError, parseOverride, type TrainConfig, type LoadConfigOptions } from './config/index.js';
 export {
   preferenceLoss,
@@ -39,4 +39,4 @@ export {
 export { initBackend } from './training/engine/backend.js';
 export { Optimizer, type OptimizerSettings } from './training/trainer/optimizer.js';
 export { learningRateAt } from './training/trainer/schedule.js';
-export type { CausalLM, Tokenizer, PreferenceExample, ProgressEvent, ModelConfig } from './training/types.js';
+export type { CausalLM, Tokenizer, PreferenceExample, ProgressEvent, ModelConfig, StageMetrics, TrainResult } from './training/types.js';

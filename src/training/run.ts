@@ -1,6 +1,6 @@
 /**
  * runTraining: the whole training job of `dpo train` and of the worker, as a short script over the phases in
- * ./pipeline/ — resolve the config, resume point, backend + model + tokenizer, data, SFT on prompt + chosen,
+ * ./pipeline/ — the resume point, backend + model + tokenizer, data, SFT on prompt + chosen,
  * the DPO reference, DPO, and the artifact:
  *   outputDir/{model/, metrics.jsonl, samples.jsonl?, tensorboard/?, training_plot.png?, run.json, manifest.json}
  * (manifest.json last, listing every other file with its size and sha256), plus `checkpoints/` when
@@ -9,7 +9,7 @@
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
-import { loadConfig, resolveLoss } from '../config/index.js';
+import { lossOptions, type TrainConfig } from '../config/index.js';
 import { exportModel, writeExtras, writeRunRecord } from './pipeline/artifact.js';
 import { loadBackendAndModel } from './pipeline/backend-model.js';
 import { prepareData } from './pipeline/data.js';
@@ -19,17 +19,16 @@ import { Sampler } from './pipeline/samples.js';
 import { attachDpoAdapters, runDpo, runSft, type StageRun } from './pipeline/stages.js';
 import { MetricsFile, ProgressReporter } from './trainer/monitor.js';
 import { TrainingAbortedError } from './trainer/stage.js';
-import type { PreferenceExample, ProgressEvent } from './types.js';
+import type { PreferenceExample, ProgressEvent, TrainResult } from './types.js';
 
 export { TrainingAbortedError } from './trainer/stage.js';
 
 export interface RunTrainingOptions {
-  /** Config object (the webhook's `config`), applied over config/config.yaml and `configFile`. */
-  config?: Record<string, unknown>;
-  /** `key=value` overrides (CLI), applied last. */
-  overrides?: string[];
-  /** A YAML config file merged over config/config.yaml. */
-  configFile?: string;
+  /**
+   * The resolved configuration (src/config loadConfig, run once by the caller: the CLI from its file and
+   * overrides, the training child from the job's config). runTraining does not resolve it again.
+   */
+  config: TrainConfig;
   /** Training data instead of `datasets`: examples, or a path / registered name. */
   dataset?: PreferenceExample[] | string;
   /** Where the artifact is written (overrides `output_dir`). */
@@ -40,11 +39,6 @@ export interface RunTrainingOptions {
   logger?: Logger;
 }
 
-export interface RunTrainingResult {
-  artifactDir: string;
-  metrics: { sft: Record<string, number>; dpo: Record<string, number> };
-}
-
 function checkAbort(signal: AbortSignal | undefined, where: string): void {
   if (signal?.aborted) throw new TrainingAbortedError(`training aborted ${where}`);
 }
@@ -52,15 +46,15 @@ function checkAbort(signal: AbortSignal | undefined, where: string): void {
 /**
  * Run SFT then DPO and write the artifact (see the module doc).
  * @returns the artifact directory and the final metrics of each stage (last logged train step + last eval)
- * @throws ConfigError (INVALID_CONFIG) for a bad config or override; DataError for unreadable data;
+ * @throws ConfigError (INVALID_CONFIG) when no training pair fits max_length; DataError for unreadable data;
  *   model errors from loadPretrained; TrainingAbortedError when `signal` aborts; CheckpointError for a bad
  *   `resume_from_checkpoint`
  */
-export async function runTraining(options: RunTrainingOptions): Promise<RunTrainingResult> {
+export async function runTraining(options: RunTrainingOptions): Promise<TrainResult> {
   const t0 = Date.now();
   const logger = options.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
-  const cfg = loadConfig({ configFile: options.configFile, object: options.config, overrides: options.overrides });
-  const loss = resolveLoss(cfg);
+  const cfg = options.config;
+  const loss = lossOptions(cfg);
   const outputDir = resolve(options.outputDir ?? cfg.output_dir ?? 'output');
   mkdirSync(outputDir, { recursive: true });
   const point = await loadResumePoint(cfg, outputDir, logger);

@@ -29,11 +29,13 @@ async function train(req: TrainRequest, controller: AbortController): Promise<vo
     pino.destination({ dest: 1, sync: true }),
   );
   try {
-    // loaded here, not at the top: a probe child must not pay for the training stack
-    const { runTraining } = await import('../training/run.js');
+    // loaded here, not at the top: a probe child must not pay for the config and training stack
+    const [{ loadConfig }, { runTraining }] = await Promise.all([import('../config/index.js'), import('../training/run.js')]);
+    // never trust the IPC message: the config is validated again, once in this process; the worker's
+    // backend travels as data (the config's `backend`), not through process.env
+    const config = loadConfig({ object: { ...req.config, backend: req.backend } });
     const result = await runTraining({
-      // the worker's backend travels as data (the config's `backend`), not through process.env
-      config: { ...req.config, backend: req.backend },
+      config,
       dataset: req.dataset,
       outputDir: req.outputDir,
       signal: controller.signal,

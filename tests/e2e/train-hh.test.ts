@@ -12,6 +12,7 @@ import pino from 'pino';
 import { loadPreferenceExamples, resolveDataset } from '../../src/training/data/index.js';
 import { runTraining } from '../../src/training/run.js';
 import { MetricsFile } from '../../src/training/trainer/monitor.js';
+import { loadConfig } from '../../src/config/index.js';
 
 const entry = resolveDataset('hh');
 
@@ -24,20 +25,22 @@ test('HH-RLHF slice: first DPO loss is ln 2 and rewards/margins rise', {
     outputDir: dir,
     dataset: examples,
     logger: pino({ level: 'silent' }),
-    overrides: [
-      'max_length=96',
-      'max_prompt_length=48',
-      'sft.max_steps=3',
-      'n_epochs=2',
-      'batch_size=4',
-      'lr=5e-4',
-      'eval_split_fraction=0.1',
-      'n_eval_model_samples=0',
-      'log_logit_stats=false',
-      'progress_bar=false',
-      'tensorboard=false',
-      'plot=false',
-    ],
+    config: loadConfig({
+      overrides: [
+        'max_length=96',
+        'max_prompt_length=48',
+        'sft.max_steps=3',
+        'n_epochs=2',
+        'batch_size=4',
+        'lr=5e-4',
+        'eval_split_fraction=0.1',
+        'n_eval_model_samples=0',
+        'log_logit_stats=false',
+        'progress_bar=false',
+        'tensorboard=false',
+        'plot=false',
+      ],
+    }),
   });
   const dpo = MetricsFile.read(join(dir, 'metrics.jsonl')).filter((r) => r.stage === 'dpo' && r.loss !== undefined);
   assert.ok(dpo.length >= 10, `${dpo.length} DPO steps`);

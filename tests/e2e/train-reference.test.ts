@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { runTraining } from '../../src/training/run.js';
 import { MetricsFile } from '../../src/training/trainer/monitor.js';
+import { loadConfig } from '../../src/config/index.js';
 
 const BASE = [
   'sft.max_steps=2',
@@ -26,7 +27,7 @@ const BASE = [
 
 async function dpoRecords(extra: string[]): Promise<Array<Record<string, number | string>>> {
   const dir = mkdtempSync(join(tmpdir(), 'train-ref-'));
-  await runTraining({ outputDir: dir, overrides: [...BASE, ...extra], logger: pino({ level: 'silent' }) });
+  await runTraining({ outputDir: dir, config: loadConfig({ overrides: [...BASE, ...extra] }), logger: pino({ level: 'silent' }) });
   return MetricsFile.read(join(dir, 'metrics.jsonl')).filter((r) => r.stage === 'dpo' && r.loss !== undefined);
 }
 

@@ -14,6 +14,7 @@ import { runTraining, TrainingAbortedError } from '../../src/training/run.js';
 import { MetricsFile, TIMING_KEYS } from '../../src/training/trainer/monitor.js';
 import { verifyManifest } from '../../src/storage/manifest.js';
 import { maskedCrc32c } from '../../src/training/metrics/index.js';
+import { loadConfig } from '../../src/config/index.js';
 
 const silent = pino({ level: 'silent' });
 const BASE = [
@@ -57,7 +58,7 @@ async function abortAt(dir: string, stage: 'sft' | 'dpo', step: number, extra: s
   await assert.rejects(
     runTraining({
       outputDir: dir,
-      overrides: [...BASE, ...extra],
+      config: loadConfig({ overrides: [...BASE, ...extra] }),
       logger: silent,
       signal: ac.signal,
       onProgress: (e) => {
@@ -71,7 +72,7 @@ async function abortAt(dir: string, stage: 'sft' | 'dpo', step: number, extra: s
 test('resume after interruptions equals the uninterrupted run, step for step', async () => {
   const root = mkdtempSync(join(tmpdir(), 'train-resume-'));
   const full = join(root, 'full');
-  const res = await runTraining({ outputDir: full, overrides: BASE, logger: silent });
+  const res = await runTraining({ outputDir: full, config: loadConfig({ overrides: BASE }), logger: silent });
   assert.ok(res.metrics.dpo['rewards/accuracies'] !== undefined);
   assert.ok(res.metrics.sft.eval_loss !== undefined);
 
@@ -80,7 +81,7 @@ test('resume after interruptions equals the uninterrupted run, step for step', a
   await abortAt(cut, 'dpo', 3, ['resume_from_checkpoint=latest']); // mid-DPO
   const names = readdirSync(join(cut, 'checkpoints')).filter((d) => d.startsWith('checkpoint-'));
   assert.ok(names.length <= 2, `save_total_limit=2 keeps at most 2 checkpoints: ${names.join(', ')}`);
-  await runTraining({ outputDir: cut, overrides: [...BASE, 'resume_from_checkpoint=latest'], logger: silent });
+  await runTraining({ outputDir: cut, config: loadConfig({ overrides: [...BASE, 'resume_from_checkpoint=latest'] }), logger: silent });
 
   const a = deterministic(join(full, 'metrics.jsonl'));
   const b = deterministic(join(cut, 'metrics.jsonl'));

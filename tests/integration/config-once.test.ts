@@ -113,3 +113,22 @@ test('API, worker and training child each resolve the request config exactly onc
   assert.deepEqual({ ...run.config, backend: null }, { ...job!.data.config, backend: null });
   assert.equal(run.config.backend, 'wasm');
 });
+
+test('dpo train resolves its file and overrides once, and runTraining does not resolve again', async () => {
+  const { runTrainCli } = await import('../../src/cli/commands/train.js');
+  const before = configResolutions();
+  const out = join(dir, 'cli-run');
+  const write = process.stdout.write;
+  process.stdout.write = (() => true) as typeof process.stdout.write;
+  let code: number;
+  try {
+    code = await runTrainCli(
+      ['max_steps=1', 'sft.max_steps=1', 'batch_size=2', 'sample_during_eval=false', 'tensorboard=false', 'plot=false', 'progress_bar=false'],
+      { outputDir: out },
+    );
+  } finally {
+    process.stdout.write = write;
+  }
+  assert.equal(code, 0);
+  assert.equal(configResolutions() - before, 1);
+});

@@ -16,6 +16,7 @@ import { runTraining } from '../../src/training/run.js';
 import { runStage } from '../../src/training/trainer/stage.js';
 import { dpoTask } from '../../src/training/trainer/tasks.js';
 import { maxAbsDiff, optim, snapshot, stage, stories, toyPairs, trainable } from './trainer-helpers.js';
+import { loadConfig } from '../../src/config/index.js';
 
 test('LoRA: only adapters train, reference = adapters disabled, merge/export reproduce the adapted model', async () => {
   const { pairs, padId } = await toyPairs();
@@ -79,18 +80,20 @@ test('runTraining with lora.merge=false saves a PEFT adapter next to the base mo
   await runTraining({
     outputDir: dir,
     logger: pino({ level: 'silent' }),
-    overrides: [
-      'lora.enabled=true',
-      'lora.merge=false',
-      'lora.r=2',
-      'sft.max_steps=2',
-      'max_steps=2',
-      'batch_size=2',
-      'n_eval_model_samples=0',
-      'progress_bar=false',
-      'tensorboard=false',
-      'plot=false',
-    ],
+    config: loadConfig({
+      overrides: [
+        'lora.enabled=true',
+        'lora.merge=false',
+        'lora.r=2',
+        'sft.max_steps=2',
+        'max_steps=2',
+        'batch_size=2',
+        'n_eval_model_samples=0',
+        'progress_bar=false',
+        'tensorboard=false',
+        'plot=false',
+      ],
+    }),
   });
   for (const f of ['model/adapter_model.safetensors', 'model/adapter_config.json', 'model/model.safetensors', 'model/config.json']) {
     assert.ok(existsSync(join(dir, f)), `${f} exists`);

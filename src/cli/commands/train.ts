@@ -49,7 +49,7 @@ export async function runTrainCli(overrides: string[], o: TrainCliOptions): Prom
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const res = await runTraining({ configFile: o.config, overrides, outputDir, signal: ac.signal, logger });
+    const res = await runTraining({ config: cfg, outputDir, signal: ac.signal, logger });
     const d = res.metrics.dpo;
     const pick = (k: string): string => (d[k] === undefined ? '-' : Number(d[k]).toPrecision(4));
     process.stdout.write(

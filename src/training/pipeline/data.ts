@@ -4,9 +4,9 @@
  * both splits (`max_length`, `max_prompt_length`, `truncation_mode`, as TRL) and count what was dropped
  * and truncated.
  */
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { ConfigError, type TrainConfig } from '../../config/index.js';
+import { datasetSha256 } from '../data/hash.js';
 import { loadPreferenceExamples, resolvePadId, splitEval, tokenizeDataset, type LoadOptions, type TokenizedPair } from '../data/index.js';
 import type { PreferenceExample, Tokenizer } from '../types.js';
 
@@ -28,7 +28,7 @@ export type DataConfig = Pick<
 
 /** Counts of the data phase (written to run.json `data`). */
 export interface DataStats {
-  /** sha256 of the loaded examples (JSON), before the split. */
+  /** sha256 of the loaded examples (canonical JSON, as the API's dataset hash), before the split. */
   sha256: string;
   examples: number;
   train_pairs: number;
@@ -62,7 +62,7 @@ export async function prepareData(cfg: DataConfig, tokenizer: Tokenizer, logger:
   let examples: PreferenceExample[] = [];
   if (dataset !== undefined) examples = typeof dataset === 'string' ? await loadPreferenceExamples(dataset, loadOpts) : dataset;
   else for (const d of cfg.datasets) examples.push(...(await loadPreferenceExamples(d, loadOpts)));
-  const sha256 = createHash('sha256').update(JSON.stringify(examples)).digest('hex');
+  const sha256 = datasetSha256(examples);
   let split: { train: PreferenceExample[]; eval: PreferenceExample[] };
   if (cfg.eval_dataset) split = { train: examples, eval: await loadPreferenceExamples(cfg.eval_dataset, loadOpts) };
   else split = splitEval(examples, cfg.eval_split_fraction, cfg.seed);

@@ -2,9 +2,9 @@
  * Pipeline phase: `resume_from_checkpoint` — find the checkpoint (`latest` under `<output_dir>/checkpoints`,
  * or a directory), read it, and hand each stage the part it continues from.
  */
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { TrainConfig } from '../../config/index.js';
+import { canonicalSha256 } from '../data/hash.js';
 import { readCheckpoint, resolveCheckpoint, type CheckpointState } from '../trainer/checkpoint.js';
 import type { OptimizerState } from '../trainer/optimizer.js';
 import type { StagePosition } from '../trainer/stage.js';
@@ -36,7 +36,7 @@ export interface StageResume {
  */
 export function configHash(cfg: TrainConfig): string {
   const relevant = { ...cfg, resume_from_checkpoint: null, output_dir: null, progress_bar: null, log_every: null };
-  return createHash('sha256').update(JSON.stringify(relevant)).digest('hex').slice(0, 16);
+  return canonicalSha256(relevant).slice(0, 16);
 }
 
 /**
