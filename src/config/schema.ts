@@ -118,6 +118,9 @@ const plainProperties = {
   save_steps: nullable(posInt(), { description: 'Checkpoint every this many optimizer steps (and always at the end).' }),
   save_total_limit: nullable(posInt()),
   resume_from_checkpoint: nullable(str(1000), { description: "A checkpoint directory or 'latest' (in output_dir/checkpoints)." }),
+  resume_strict: Type.Boolean({
+    description: "On resume, fail when a given setting differs from the checkpoint's (other than cadence/output settings); false: warn and use it.",
+  }),
   output_dir: nullable(str(1000)),
   precompute_ref_log_probs: Type.Boolean({
     description: 'Compute reference log-probs in one pass before DPO; no reference model in memory during training.',

@@ -14,7 +14,7 @@ import { exportModel, writeExtras, writeRunRecord } from './pipeline/artifact.js
 import { loadBackendAndModel } from './pipeline/backend-model.js';
 import { prepareData } from './pipeline/data.js';
 import { createReference, type Reference } from './pipeline/reference.js';
-import { configHash, loadResumePoint } from './pipeline/resume.js';
+import { checkResumeData, type GivenSettings, loadResumePoint, resumedConfig } from './pipeline/resume.js';
 import { Sampler } from './pipeline/samples.js';
 import { attachDpoAdapters, runDpo, runSft, type StageRun } from './pipeline/stages.js';
 import { MetricsFile, ProgressReporter } from './trainer/monitor.js';
@@ -29,6 +29,14 @@ export interface RunTrainingOptions {
    * overrides, the training child from the job's config). runTraining does not resolve it again.
    */
   config: TrainConfig;
+  /**
+   * What the caller resolved `config` from (the CLI's file and overrides, the job's config object), so a
+   * resume can tell the settings given on the resume command from defaults; absent: the settings whose value
+   * differs from config/config.yaml's.
+   */
+  given?: GivenSettings;
+  /** Called with the config the run trains with (after a resume restored the checkpoint's) and the output dir. */
+  onConfig?: (cfg: TrainConfig, outputDir: string) => void;
   /** Training data instead of `datasets`: examples, or a path / registered name. */
   dataset?: PreferenceExample[] | string;
   /** Where the artifact is written (overrides `output_dir`). */
@@ -53,17 +61,20 @@ function checkAbort(signal: AbortSignal | undefined, where: string): void {
 export async function runTraining(options: RunTrainingOptions): Promise<TrainResult> {
   const t0 = Date.now();
   const logger = options.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
-  const cfg = options.config;
-  const loss = lossOptions(cfg);
-  const outputDir = resolve(options.outputDir ?? cfg.output_dir ?? 'output');
+  const requested = options.config;
+  const outputDir = resolve(options.outputDir ?? requested.output_dir ?? 'output');
   mkdirSync(outputDir, { recursive: true });
-  const point = await loadResumePoint(cfg, outputDir, logger);
+  const point = await loadResumePoint(requested, outputDir, logger);
+  const cfg = point ? resumedConfig(requested, point, options.given ?? {}, logger) : requested;
+  const loss = lossOptions(cfg);
+  options.onConfig?.(cfg, outputDir);
   const { backend, policy, tokenizer, source, loadSeconds } = await loadBackendAndModel(cfg, logger);
   const progress = new ProgressReporter(logger, cfg.progress_bar, options.onProgress);
   let reference: Reference | null = null;
   try {
     const tData = Date.now();
     const data = await prepareData(cfg, tokenizer, logger, options.dataset);
+    checkResumeData(point, data.stats.sha256, cfg, logger);
     const timings: Record<string, number> = { load_model_s: loadSeconds, load_data_s: (Date.now() - tData) / 1000 };
     checkAbort(options.signal, 'before training');
     const metrics = new MetricsFile(join(outputDir, 'metrics.jsonl'), point && { stage: point.state.stage, step: point.state.step });
@@ -73,7 +84,6 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
       outputDir,
       policy,
       data,
-      configHash: configHash(cfg),
       signal: options.signal,
       log: (r) => metrics.append(r),
       progress: (p) => progress.update(p),

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { CHECKPOINT_VERSION, CheckpointError, saveCheckpoint, type CheckpointState } from '../../src/training/trainer/checkpoint.js';
-import { configHash, loadResumePoint, resumeFor, stagePosition } from '../../src/training/pipeline/resume.js';
+import { configHash, givenPaths, loadResumePoint, mergeResumeConfig, resumeFor, stagePosition } from '../../src/training/pipeline/resume.js';
 import { silent, smallConfig } from './pipeline-helpers.js';
 
 function state(stage: 'sft' | 'dpo', step: number): CheckpointState {
@@ -74,4 +74,25 @@ test('configHash ignores resume/output/progress/log cadence and sees training se
   const base = configHash(await smallConfig());
   assert.equal(configHash(await smallConfig(['log_every=5', 'output_dir=/tmp/x', 'resume_from_checkpoint=latest'])), base);
   assert.notEqual(configHash(await smallConfig(['loss.beta=0.3'])), base);
+});
+
+test('mergeResumeConfig: ungiven settings come from the checkpoint; given safe ones apply; unsafe ones are conflicts', async () => {
+  const saved = await smallConfig(['datasets=[hh]', 'loss.beta=0.2', 'max_steps=4']);
+  const requested = await smallConfig(['max_steps=9', 'loss.beta=0.3', 'resume_from_checkpoint=latest']);
+  const defaults = await smallConfig();
+  const paths = givenPaths({ overrides: ['max_steps=9', 'loss.beta=0.3', 'resume_from_checkpoint=latest'] }, requested, defaults);
+  const { merged, conflicts } = mergeResumeConfig(saved, requested, paths);
+  assert.deepEqual(merged.datasets, ['hh'], 'datasets not given: the checkpoint’s');
+  assert.equal(merged.max_steps, 9);
+  assert.equal(merged.resume_from_checkpoint, 'latest');
+  assert.deepEqual(
+    conflicts.map((c) => [c.key, c.checkpoint, c.given, c.safe]),
+    [
+      ['max_steps', 4, 9, true],
+      ['loss.beta', 0.2, 0.3, false],
+    ],
+  );
+  assert.equal((merged.loss as { beta: number }).beta, 0.2, 'strict: the unsafe change is not applied');
+  const lenient = mergeResumeConfig(saved, { ...requested, resume_strict: false }, paths);
+  assert.equal((lenient.merged.loss as { beta: number }).beta, 0.3);
 });

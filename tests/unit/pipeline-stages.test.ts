@@ -12,7 +12,7 @@ import { resolveLoss, type TrainConfig } from '../../src/config/index.js';
 import { loadPreferenceExamples } from '../../src/training/data/index.js';
 import { prepareData } from '../../src/training/pipeline/data.js';
 import { createReference } from '../../src/training/pipeline/reference.js';
-import { configHash, loadResumePoint } from '../../src/training/pipeline/resume.js';
+import { loadResumePoint } from '../../src/training/pipeline/resume.js';
 import { attachDpoAdapters, runDpo, runSft, type StageRun } from '../../src/training/pipeline/stages.js';
 import type { MetricsRecord } from '../../src/training/trainer/monitor.js';
 import { TIMING_KEYS } from '../../src/training/trainer/monitor.js';
@@ -24,7 +24,7 @@ async function stageRun(cfg: TrainConfig, outputDir: string, records: MetricsRec
   const rows = (await loadPreferenceExamples('toy')).slice(0, 8);
   const data = await prepareData(cfg, tokenizer, silent, rows);
   const policy = await stories();
-  return { cfg, outputDir, policy, data, configHash: configHash(cfg), log: (r) => void records.push(r), progress: () => {}, onEval: () => async () => {} };
+  return { cfg, outputDir, policy, data, log: (r) => void records.push(r), progress: () => {}, onEval: () => async () => {} };
 }
 
 const strip = (rs: MetricsRecord[]) => rs.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => !(TIMING_KEYS as readonly string[]).includes(k))));

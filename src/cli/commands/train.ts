@@ -3,7 +3,7 @@
  * implementation's `python train.py model=... datasets=[...] loss=dpo loss.beta=0.1`. Prints the resolved config
  * (YAML) first, then a progress bar (TTY) or log lines; writes the artifact into `output_dir` (default
  * `runs/<exp_name>`). Ctrl-C stops between steps (with a checkpoint when save_steps is set; resume with
- * `resume_from_checkpoint=latest`). Exit codes: 0 done, 2 bad config, 130 interrupted, 1 other errors.
+ * `resume_from_checkpoint=latest output_dir=<dir>`, which continues the checkpoint's config and data). Exit codes: 0 done, 2 bad config, 130 interrupted, 1 other errors.
  */
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
@@ -33,7 +33,6 @@ export async function runTrainCli(overrides: string[], o: TrainCliOptions): Prom
     throw e;
   }
   const outputDir = resolve(o.outputDir ?? cfg.output_dir ?? `runs/${cfg.exp_name}`);
-  process.stdout.write(`# resolved config (output_dir: ${outputDir})\n${YAML.stringify(cfg)}\n`);
   const tty = process.stderr.isTTY === true;
   const logger = tty
     ? pino({ level: process.env.LOG_LEVEL ?? 'info', transport: { target: 'pino-pretty', options: { destination: 2, ignore: 'pid,hostname' } } })
@@ -49,7 +48,15 @@ export async function runTrainCli(overrides: string[], o: TrainCliOptions): Prom
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const res = await runTraining({ config: cfg, outputDir, signal: ac.signal, logger });
+    const res = await runTraining({
+      config: cfg,
+      given: { configFile: o.config, overrides },
+      outputDir,
+      signal: ac.signal,
+      logger,
+      // printed once the run's config is known: a resume continues the checkpoint's
+      onConfig: (c, dir) => process.stdout.write(`# resolved config (output_dir: ${dir})\n${YAML.stringify(c)}\n`),
+    });
     const d = res.metrics.dpo;
     const pick = (k: string): string => (d[k] === undefined ? '-' : Number(d[k]).toPrecision(4));
     process.stdout.write(

@@ -16,7 +16,7 @@ import { runStage, type StagePosition, type StageProgress, type StageTask } from
 import { dpoTask, sftTask } from '../trainer/tasks.js';
 import type { PreparedData } from './data.js';
 import type { Reference, ReferenceCheckpoint } from './reference.js';
-import { resumeFor, type ResumePoint, type StageResume } from './resume.js';
+import { configHash, resumeFor, type ResumePoint, type StageResume } from './resume.js';
 import type { OnEval } from './samples.js';
 
 /** What both stages share. */
@@ -25,8 +25,6 @@ export interface StageRun {
   outputDir: string;
   policy: GenerativeLM;
   data: PreparedData;
-  /** Stored in every checkpoint (see resume.ts configHash). */
-  configHash: string;
   /** Every logged metrics record (metrics.jsonl). */
   log(record: MetricsRecord): void;
   /** After every optimizer step. */
@@ -80,11 +78,12 @@ export function attachDpoAdapters(run: Pick<StageRun, 'cfg' | 'policy'>): void {
   if (lora) applyLora(run.policy, lora, { seed: run.cfg.seed + 1 });
 }
 
+/** The JSON state of a checkpoint: the loop position, and the run's config and data hash for the resume. */
 function checkpointState(
+  run: Pick<StageRun, 'cfg' | 'data'>,
   stage: 'sft' | 'dpo',
   pos: StagePosition & { totalSteps: number; complete: boolean },
   optimizer: Optimizer,
-  configHash: string,
   sftSummary: Record<string, number>,
 ): CheckpointState {
   return {
@@ -100,7 +99,9 @@ function checkpointState(
     lastMetrics: pos.lastMetrics,
     lastEval: pos.lastEval,
     sftSummary,
-    configHash,
+    configHash: configHash(run.cfg),
+    config: run.cfg,
+    dataSha256: run.data.stats.sha256,
     savedAt: new Date().toISOString(),
   };
 }
@@ -129,7 +130,7 @@ async function runWith(
             await saveCheckpoint(
               run.outputDir,
               {
-                state: checkpointState(task.stage, pos, optimizer, run.configHash, extras.sftSummary),
+                state: checkpointState(run, task.stage, pos, optimizer, extras.sftSummary),
                 policy: policy.params,
                 optimizer: optimizer.getState(),
                 ...(extras.reference ?? {}),

@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import type { TrainConfig } from '../../config/index.js';
 import type { OptimizerState } from './optimizer.js';
 import type { RngState } from './rng.js';
 import { type F32Tensor, readF32Safetensors, writeF32Safetensors } from './tensorfile.js';
@@ -46,8 +47,15 @@ export interface CheckpointState {
   lastEval: Record<string, number>;
   /** Metrics summary of the finished SFT stage (DPO checkpoints). */
   sftSummary?: Record<string, number>;
-  /** Hash of the training-relevant config, to warn on resume with different settings. */
+  /** Hash of the training-relevant config (checkpoints written before `config` was saved are compared by it). */
   configHash: string;
+  /**
+   * The run's full resolved config (loadConfig's result), which a resume continues; untrusted when read back
+   * (re-validated by loadConfig). Absent in older checkpoints.
+   */
+  config?: TrainConfig;
+  /** sha256 of the run's training examples (the data phase's hash), checked on resume. */
+  dataSha256?: string;
   savedAt: string;
 }
 
