@@ -25,6 +25,7 @@ import { triggerRoutes, type RowValidator } from './routes/trigger.js';
 import { apiSchemas, compileOn, createRequestAjv } from './schemas.js';
 import { resolveRequestConfig } from '../config/index.js';
 import { loadRowValidator } from './row-validator.js';
+import { registerJobSurface, surfaceDeps, type SurfaceOptions } from './surface.js';
 
 export interface BuildAppOptions {
   /** The validated environment (src/config/env.ts loadEnv). */
@@ -38,9 +39,11 @@ export interface BuildAppOptions {
   validateRows?: RowValidator;
   /** Adds signed URLs to completed artifacts (firebase storage), if configured. */
   signArtifact?: (status: JobStatus) => Promise<JobStatus>;
+  /** Job list, events, metrics, files, datasets, UI (src/api/surface.ts): overrides of its defaults. */
+  surface?: SurfaceOptions;
 }
 
-const PUBLIC_PREFIXES = ['/health', '/docs'];
+const PUBLIC_PREFIXES = ['/health', '/docs', '/ui'];
 
 function isPublic(url: string): boolean {
   const path = url.split('?')[0];
@@ -65,7 +68,11 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   // Body validation with one ajv that knows the shared schemas (config.schema.json), all errors reported.
   const ajv = createRequestAjv();
-  app.setValidatorCompiler(({ schema }) => compileOn(ajv, schema as Record<string, unknown>));
+  // query strings and path params are text: those (only) are coerced to their schema types, defaults applied
+  const queryAjv = createRequestAjv({ coerceTypes: true, useDefaults: true });
+  app.setValidatorCompiler(({ schema, httpPart }) =>
+    compileOn(httpPart === 'querystring' || httpPart === 'params' || httpPart === 'headers' ? queryAjv : ajv, schema as Record<string, unknown>),
+  );
   // so swagger can resolve the request body's $ref
   app.addSchema(apiSchemas().config);
 
@@ -101,9 +108,16 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
       tags: [
         { name: 'jobs', description: 'Fine-tune jobs' },
         { name: 'ops', description: 'Health and metrics' },
+        { name: 'files', description: 'Trained files and checkpoints of a job' },
+        { name: 'datasets', description: 'Uploaded datasets' },
+        { name: 'ui', description: 'The job page' },
       ],
     },
     hideUntagged: true,
+    // components named by their title / $id (JobStatus, JobEvent, ...), not def-0
+    refResolver: {
+      buildLocalReference: (json, _baseUri, _fragment, i) => String((json as { title?: string }).title ?? json.$id ?? `def-${i}`),
+    },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
@@ -140,10 +154,12 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   }
 
   const validateRows = options.validateRows ?? (await loadRowValidator());
-  await app.register(triggerRoutes, { queue, validateRows, resolveConfig: resolveRequestConfig });
+  const surface = surfaceDeps(app, env, queue, options.surface);
+  await app.register(triggerRoutes, { queue, validateRows, resolveConfig: resolveRequestConfig, extras: surface.triggerExtras });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
   await app.register(healthRoutes, { queue });
   await app.register(metricsRoutes, { queue });
+  await registerJobSurface(app, surface);
 
   // Bull Board (it can retry and delete jobs: behind the same API keys, via the global onRequest hook).
   const board = new FastifyAdapter();

@@ -41,11 +41,12 @@ export function apiSchemas(): ApiSchemas {
 
 /**
  * A fresh ajv for request validation with the shared schemas registered by `$id`.
- * Options: allErrors (every problem reported), coerceTypes false, useDefaults false, strict false
+ * Options: allErrors (every problem reported), coerceTypes false, useDefaults false (bodies; query strings
+ * and params pass both true), strict false
  * (schemas carry annotations such as `description`).
  */
-export function createRequestAjv(): Ajv {
-  const ajv = new Ajv({ allErrors: true, coerceTypes: false, useDefaults: false, strict: false });
+export function createRequestAjv(opts: { coerceTypes?: boolean; useDefaults?: boolean } = {}): Ajv {
+  const ajv = new Ajv({ allErrors: true, coerceTypes: opts.coerceTypes ?? false, useDefaults: opts.useDefaults ?? false, strict: false });
   addFormats(ajv);
   const s = apiSchemas();
   ajv.addSchema(s.config);

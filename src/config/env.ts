@@ -54,6 +54,20 @@ export interface ServiceEnv {
   SHUTDOWN_GRACE_MS: number;
   /** Time the worker lets a running job finish on SIGTERM before aborting it, ms. */
   WORKER_SHUTDOWN_TIMEOUT_MS: number;
+  /** Largest dataset upload (POST /datasets), bytes as sent (compressed when gzip). */
+  MAX_DATASET_BYTES: number;
+  /** Approximate cap of events kept per job (Redis Stream MAXLEN ~). */
+  EVENT_LOG_MAX_LEN: number;
+  /** Accept http:// callbackUrls (else https only). */
+  ALLOW_HTTP_CALLBACKS: boolean;
+  /** Accept callbackUrls that resolve to private, loopback or link-local addresses (tests, internal receivers). */
+  CALLBACK_ALLOW_PRIVATE: boolean;
+  /** Delivery attempts per webhook, the first included. */
+  WEBHOOK_ATTEMPTS: number;
+  /** First webhook retry delay, ms (doubles per retry). */
+  WEBHOOK_BACKOFF_MS: number;
+  /** Per-attempt webhook timeout, ms. */
+  WEBHOOK_TIMEOUT_MS: number;
 }
 
 const schema = {
@@ -87,6 +101,13 @@ const schema = {
     WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
     SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, default: 10000 },
     WORKER_SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
+    MAX_DATASET_BYTES: { type: 'integer', minimum: 1024, default: 512 * 1024 * 1024 },
+    EVENT_LOG_MAX_LEN: { type: 'integer', minimum: 100, default: 10000 },
+    ALLOW_HTTP_CALLBACKS: { type: 'boolean', default: false },
+    CALLBACK_ALLOW_PRIVATE: { type: 'boolean', default: false },
+    WEBHOOK_ATTEMPTS: { type: 'integer', minimum: 1, maximum: 20, default: 8 },
+    WEBHOOK_BACKOFF_MS: { type: 'integer', minimum: 10, default: 2000 },
+    WEBHOOK_TIMEOUT_MS: { type: 'integer', minimum: 100, default: 10000 },
   },
 } as const;
 

@@ -117,6 +117,10 @@ const plainProperties = {
   }),
   save_steps: nullable(posInt(), { description: 'Checkpoint every this many optimizer steps (and always at the end).' }),
   save_total_limit: nullable(posInt()),
+  keep_checkpoints: Type.Boolean({
+    description:
+      'Service jobs: keep the intermediate checkpoints (about 4x the model size each) in the uploaded artifact; default false (only the final model).',
+  }),
   resume_from_checkpoint: nullable(str(1000), { description: "A checkpoint directory or 'latest' (in output_dir/checkpoints)." }),
   resume_strict: Type.Boolean({
     description: "On resume, fail when a given setting differs from the checkpoint's (other than cadence/output settings); false: warn and use it.",

@@ -63,6 +63,9 @@ export interface EnqueueResult {
   status: JobStatus;
 }
 
+/** Optional request fields stored with a job (GET /jobs echoes them; the worker acts on them). */
+export type JobRequestFields = Partial<Pick<FinetunePayload, 'suffix' | 'method' | 'datasetId' | 'evalDatasetId' | 'callbackUrl'>>;
+
 /** Producer-side service for the `finetune` queue. */
 export class FinetuneQueueService {
   readonly queue: FinetuneQueue;
@@ -130,12 +133,22 @@ export class FinetuneQueueService {
    * dataset + config hash). A failed or cancelled job with that id is replaced by a fresh one.
    * @throws the Redis error when Redis is unreachable (the API maps it to 503).
    */
-  async enqueue(req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig }, idempotencyKey?: string): Promise<EnqueueResult> {
-    return this.guarded('enqueue', () => this.enqueueNow(req, idempotencyKey));
+  async enqueue(
+    req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig },
+    idempotencyKey?: string,
+    extra: JobRequestFields = {},
+  ): Promise<EnqueueResult> {
+    return this.guarded('enqueue', () => this.enqueueNow(req, idempotencyKey, extra));
   }
 
-  private async enqueueNow(req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig }, idempotencyKey?: string): Promise<EnqueueResult> {
-    const hash = datasetHash(req.dataset, req.config);
+  private async enqueueNow(
+    req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig },
+    idempotencyKey?: string,
+    extra: JobRequestFields = {},
+  ): Promise<EnqueueResult> {
+    // the request fields are part of the duplicate check (same rows, other callbackUrl = another job)
+    const defined = Object.fromEntries(Object.entries(extra).filter(([, v]) => v !== undefined));
+    const hash = datasetHash(req.dataset, Object.keys(defined).length > 0 ? { config: req.config, ...defined } : req.config);
     const jobId = jobIdFor(req.communityId, hash, idempotencyKey);
     const existing = await this.statusNow(jobId);
     if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') {
@@ -152,6 +165,7 @@ export class FinetuneQueueService {
       config: req.config,
       datasetHash: hash,
       requestedAt: new Date().toISOString(),
+      ...extra,
     };
     const job = await this.queue.add('finetune', payload, { jobId });
     const status = toJobStatus({ id: jobId, data: payload, progress: 0, returnvalue: null, timestamp: job.timestamp }, 'waiting');
@@ -219,6 +233,14 @@ export class FinetuneQueueService {
       createdAt: job.timestamp,
       requestedAt: Date.now(),
       removed: false,
+      request: {
+        communityId: job.data.communityId,
+        suffix: job.data.suffix,
+        method: job.data.method,
+        datasetId: job.data.datasetId,
+        evalDatasetId: job.data.evalDatasetId,
+        callbackUrl: job.data.callbackUrl,
+      },
     };
     const key = this.cancelKey(jobId);
     await this.redis.set(key, JSON.stringify(rec), 'EX', this.retentionSeconds);

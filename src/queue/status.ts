@@ -3,12 +3,12 @@
  * Pure functions: the API and tests use them without Redis.
  */
 import { decodeFailure, FailureCodes } from './errors.js';
-import type { FinetuneProgress, FinetuneResult, JobState, JobStatus, Stage, StageMetrics } from './types.js';
+import type { FinetuneProgress, FinetuneResult, JobState, JobStatus, Stage, StageMetrics, TrainingMethod } from './types.js';
 
 /** The fields of a BullMQ Job that the status needs. */
 export interface JobSnapshot {
   id: string;
-  data: { communityId: string };
+  data: { communityId: string; suffix?: string; method?: TrainingMethod; datasetId?: string; evalDatasetId?: string; callbackUrl?: string };
   progress: unknown;
   returnvalue: unknown;
   failedReason?: string | null;
@@ -25,6 +25,8 @@ export interface CancelRecord {
   requestedAt: number;
   /** true when the job was still queued and got removed from the queue. */
   removed: boolean;
+  /** The request fields of the job (so its tombstone still shows them). */
+  request?: JobSnapshot['data'];
 }
 
 /** BullMQ state name → contract state (failed is refined to cancelled by the failure code). */
@@ -87,7 +89,15 @@ export function toJobStatus(job: JobSnapshot, bullState: string, cancel: CancelR
     cancelRequested: cancel !== null && (state === 'queued' || state === 'active'),
     createdAt: iso(job.timestamp) ?? new Date(0).toISOString(),
     finishedAt: state === 'completed' || state === 'failed' || state === 'cancelled' ? iso(job.finishedOn) : null,
+    trainedTokens: progress?.trainedTokens ?? 0,
+    estimatedFinish: state === 'active' ? (progress?.estimatedFinish ?? null) : null,
+    ...requestFields(job.data),
   };
+}
+
+/** The request fields a status echoes (absent ones as null, the method's default spelled out). */
+function requestFields(d: JobSnapshot['data']): Pick<JobStatus, 'suffix' | 'method' | 'datasetId' | 'evalDatasetId'> {
+  return { suffix: d.suffix ?? null, method: d.method ?? 'sft+dpo', datasetId: d.datasetId ?? null, evalDatasetId: d.evalDatasetId ?? null };
 }
 
 /** The status of a job that was cancelled while queued and removed from the queue (its tombstone). */
@@ -105,5 +115,8 @@ export function cancelledStatus(rec: CancelRecord): JobStatus {
     cancelRequested: false,
     createdAt: iso(rec.createdAt) ?? new Date(0).toISOString(),
     finishedAt: iso(rec.requestedAt),
+    trainedTokens: 0,
+    estimatedFinish: null,
+    ...requestFields(rec.request ?? { communityId: rec.communityId }),
   };
 }

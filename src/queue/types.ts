@@ -26,7 +26,21 @@ export interface FinetunePayload {
   datasetHash: string;
   /** ISO 8601 time of the request. */
   requestedAt: string;
+  /** 1-64 of [A-Za-z0-9_-], part of the artifact's name (`<suffix>-<jobId>`). */
+  suffix?: string;
+  /** `sft+dpo` (default), `dpo` (no SFT stage) or `sft` (no DPO stage). */
+  method?: TrainingMethod;
+  /** The uploaded dataset the rows came from (POST /datasets), when triggered by id. */
+  datasetId?: string;
+  /** The uploaded dataset used as the eval set, when given. */
+  evalDatasetId?: string;
+  /** Where the job's outcome is POSTed (checked at the API; checked again at delivery). */
+  callbackUrl?: string;
 }
+
+/** The training methods of a job (which stages run). */
+export const TRAINING_METHODS = ['sft+dpo', 'dpo', 'sft'] as const;
+export type TrainingMethod = (typeof TRAINING_METHODS)[number];
 
 /** When a stage ran (ISO 8601). */
 export interface StageSpan {
@@ -44,6 +58,10 @@ export interface FinetuneProgress {
   fraction: number;
   metrics: StageMetrics;
   stages: StageSpan[];
+  /** Tokens trained so far, both stages (TRL's `num_tokens` summed). */
+  trainedTokens?: number;
+  /** ISO 8601 estimate of when training ends, from the measured tokens/s (null before a step is timed). */
+  estimatedFinish?: string | null;
 }
 
 /** `job.returnvalue` of a completed finetune job. */
@@ -78,4 +96,12 @@ export interface JobStatus {
   cancelRequested: boolean;
   createdAt: string;
   finishedAt: string | null;
+  /** Tokens trained so far (both stages). */
+  trainedTokens: number;
+  /** ISO 8601 estimate of when training ends (active jobs), else null. */
+  estimatedFinish: string | null;
+  suffix: string | null;
+  method: TrainingMethod;
+  datasetId: string | null;
+  evalDatasetId: string | null;
 }

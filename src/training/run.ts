@@ -19,7 +19,7 @@ import { Sampler } from './pipeline/samples.js';
 import { attachDpoAdapters, runDpo, runSft, type StageRun } from './pipeline/stages.js';
 import { MetricsFile, ProgressReporter } from './trainer/monitor.js';
 import { TrainingAbortedError } from './trainer/stage.js';
-import type { PreferenceExample, ProgressEvent, TrainResult } from './types.js';
+import type { PreferenceExample, ProgressEvent, TrainingEvent, TrainResult } from './types.js';
 
 export { TrainingAbortedError } from './trainer/stage.js';
 
@@ -42,6 +42,8 @@ export interface RunTrainingOptions {
   /** Where the artifact is written (overrides `output_dir`). */
   outputDir: string;
   onProgress?: (e: ProgressEvent) => void;
+  /** Milestones for the job's event log (model loading, data counts, warnings). */
+  onEvent?: (e: TrainingEvent) => void;
   /** Abort between steps (TrainingAbortedError). */
   signal?: AbortSignal;
   logger?: Logger;
@@ -68,6 +70,7 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
   const cfg = point ? resumedConfig(requested, point, options.given ?? {}, logger) : requested;
   const loss = lossOptions(cfg);
   options.onConfig?.(cfg, outputDir);
+  options.onEvent?.({ type: 'model.loading', message: `loading ${cfg.model.name_or_path}`, data: { model: cfg.model.name_or_path } });
   const { backend, policy, tokenizer, source, loadSeconds } = await loadBackendAndModel(cfg, logger);
   const progress = new ProgressReporter(logger, cfg.progress_bar, options.onProgress);
   let reference: Reference | null = null;
@@ -75,6 +78,16 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
     const tData = Date.now();
     const data = await prepareData(cfg, tokenizer, logger, options.dataset);
     checkResumeData(point, data.stats.sha256, cfg, logger);
+    const counts = {
+      examples: data.stats.examples,
+      train: data.stats.train_pairs,
+      eval: data.stats.eval_pairs,
+      dropped: data.stats.dropped,
+      truncated: data.stats.truncated,
+    };
+    options.onEvent?.({ type: 'data.ready', message: `${counts.train} training and ${counts.eval} eval pairs`, data: counts });
+    if (counts.dropped > 0)
+      options.onEvent?.({ type: 'warning', level: 'warn', message: `${counts.dropped} pairs dropped: they do not fit max_length`, data: counts });
     const timings: Record<string, number> = { load_model_s: loadSeconds, load_data_s: (Date.now() - tData) / 1000 };
     checkAbort(options.signal, 'before training');
     const metrics = new MetricsFile(join(outputDir, 'metrics.jsonl'), point && { stage: point.state.stage, step: point.state.step });

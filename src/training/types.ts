@@ -108,3 +108,15 @@ export interface TrainResult {
   /** The final metrics of each stage (last logged train step + last eval). */
   metrics: StageMetrics;
 }
+
+/**
+ * Something worth recording in a job's event log that only training knows (the model being loaded, the
+ * data counts after tokenisation, a warning). The CLI ignores these; the worker writes them to the job's
+ * event log (src/queue/events.ts) after validating them.
+ */
+export interface TrainingEvent {
+  type: 'model.loading' | 'data.ready' | 'warning';
+  level?: 'info' | 'warn';
+  message: string;
+  data?: Record<string, unknown>;
+}

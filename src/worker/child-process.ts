@@ -5,7 +5,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { ProgressEvent } from '../training/types.js';
+import type { ProgressEvent, TrainingEvent } from '../training/types.js';
 import { abortFile, type ChildMessage, type TrainRequest, type TrainResult } from './ipc.js';
 
 /** The child entry next to this file (.ts under tsx, .js when compiled), and the node flags it needs. */
@@ -33,6 +33,8 @@ export class ChildFailure extends Error {
 export interface RunChildOptions {
   request: TrainRequest;
   onProgress: (e: ProgressEvent) => void;
+  /** Training milestones (model loading, data ready, warnings) for the job's event log. */
+  onEvent?: (e: TrainingEvent) => void;
   /** Aborting sends `abort` to the child; it is killed if still alive `killAfterMs` later. */
   signal: AbortSignal;
   killAfterMs?: number;
@@ -76,6 +78,7 @@ export function trainInChild(opts: RunChildOptions): Promise<TrainResult> {
     };
     child.on('message', (msg: ChildMessage) => {
       if (msg.type === 'progress') opts.onProgress(msg.event);
+      else if (msg.type === 'event') opts.onEvent?.(msg.event);
       else if (msg.type === 'result') finish(() => resolve(msg.result));
       else if (msg.type === 'error') finish(() => reject(new ChildFailure(msg.code, msg.message)));
     });

@@ -40,6 +40,7 @@ async function train(req: TrainRequest, controller: AbortController): Promise<vo
       outputDir: req.outputDir,
       signal: controller.signal,
       logger,
+      onEvent: (event) => void send({ type: 'event', event }),
       onProgress: (event) => {
         // the worker died (SIGKILL, OOM): its job will run again elsewhere, so stop now rather than train on
         if (process.ppid !== parentPid) process.exit(1);

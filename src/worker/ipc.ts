@@ -3,7 +3,7 @@
  * and small shared helpers. Side-effect free, so both processes can import it.
  */
 import type { TrainConfig } from '../config/schema.js';
-import type { PreferenceExample, ProgressEvent, TrainResult } from '../training/types.js';
+import type { PreferenceExample, ProgressEvent, TrainingEvent, TrainResult } from '../training/types.js';
 
 export type { TrainResult } from '../training/types.js';
 
@@ -24,6 +24,7 @@ export type ParentMessage = { type: 'train'; request: TrainRequest } | { type: '
 
 export type ChildMessage =
   | { type: 'progress'; event: ProgressEvent }
+  | { type: 'event'; event: TrainingEvent }
   | { type: 'result'; result: TrainResult }
   | { type: 'error'; code: string; message: string }
   | { type: 'backend'; info: { name: string; package: string; gpu: boolean } };

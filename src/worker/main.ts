@@ -17,6 +17,8 @@ import type { Storage } from '../storage/storage.js';
 import { probeBackend, type trainInChild } from './child-process.js';
 import { runGpuCheck } from './gpu-check.js';
 import { createFinetuneProcessor } from './processor.js';
+import { startDeliveryWorker, WebhookQueue } from '../webhooks/delivery.js';
+import { webhookSecrets } from '../webhooks/secrets.js';
 import { createWorkerMetrics, serveWorkerMetrics } from './metrics-server.js';
 import type { Server } from 'node:http';
 
@@ -72,6 +74,20 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
   const redis = createRedis(env.REDIS_URL, 'worker');
   redis.on('error', (err) => logger.warn({ err: err.message }, 'redis error'));
   const shutdown = new AbortController();
+  const deliverySettings = { attempts: env.WEBHOOK_ATTEMPTS, backoffMs: env.WEBHOOK_BACKOFF_MS, timeoutMs: env.WEBHOOK_TIMEOUT_MS };
+  const webhooks = new WebhookQueue(redis, env.QUEUE_PREFIX, deliverySettings);
+  const secrets = webhookSecrets(env);
+  const deliveryConnection = createRedis(env.REDIS_URL, 'worker');
+  const delivery = startDeliveryWorker({
+    connection: redis,
+    workerConnection: deliveryConnection,
+    prefix: env.QUEUE_PREFIX,
+    policy: { allowHttp: env.ALLOW_HTTP_CALLBACKS, allowPrivate: env.CALLBACK_ALLOW_PRIVATE },
+    secretFor: (c) => secrets.get(c),
+    settings: deliverySettings,
+    logger: logger.child({ module: 'webhooks' }),
+    eventTtlSeconds: env.JOB_RETENTION_SECONDS,
+  });
   const processor = createFinetuneProcessor({
     shutdownSignal: shutdown.signal,
     redis,
@@ -84,6 +100,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     jobTimeoutSeconds: env.JOB_TIMEOUT_SECONDS,
     cancelPollMs: opts.cancelPollMs,
     train: opts.train,
+    webhooks,
+    eventTtlSeconds: env.JOB_RETENTION_SECONDS,
   });
   const workerConnection = createRedis(env.REDIS_URL, 'worker');
   const worker = new Worker<FT['data'], FT['result'], FT['name']>(QueueNames.finetune, processor, {
@@ -132,6 +150,10 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
         }
       }
       metricsServer?.close();
+      // pending deliveries stay queued for the next worker
+      await delivery.close().catch(() => {});
+      await webhooks.close().catch(() => {});
+      deliveryConnection.disconnect();
       redis.disconnect();
       workerConnection.disconnect();
       return { drained };

@@ -18,8 +18,12 @@ import { recordJobOutcome } from '../queue/stats.js';
 import { QueueNames, type FinetuneProgress, type FinetuneResult, type QueueJobTypes, type Stage, type StageSpan } from '../queue/types.js';
 import type { Storage } from '../storage/storage.js';
 import type { ProgressEvent } from '../training/types.js';
+import { JobEventLog } from '../queue/events.js';
+import { writeManifest } from '../storage/manifest.js';
+import type { WebhookPayload, WebhookQueue } from '../webhooks/delivery.js';
 import { ChildFailure, trainInChild } from './child-process.js';
 import type { TrainResult } from './ipc.js';
+import { JobEventEmitter } from './job-events.js';
 
 type FT = QueueJobTypes['finetune'];
 export type FinetuneJob = Job<FT['data'], FT['result'], FT['name']>;
@@ -46,6 +50,10 @@ export interface ProcessorDeps {
    * first when `save_steps` is set) and the job goes back to the queue, to resume on another worker.
    */
   shutdownSignal?: AbortSignal;
+  /** Where job-outcome webhooks are queued (jobs with a callbackUrl); none: callbacks are not sent. */
+  webhooks?: WebhookQueue;
+  /** Seconds a job's event log lives (the job retention; default 7 days). */
+  eventTtlSeconds?: number;
 }
 
 /** True when `<outputDir>/checkpoints/` holds at least one checkpoint (a `state.json`). */
@@ -78,7 +86,11 @@ class ProgressReporter {
     fraction: 0,
     metrics: { sft: {}, dpo: {} },
     stages: [],
+    trainedTokens: 0,
+    estimatedFinish: null,
   };
+  /** Final `num_tokens` of finished training stages. */
+  private doneTokens = 0;
   private lastWrite = 0;
   private pending: Promise<void> = Promise.resolve();
 
@@ -91,6 +103,7 @@ class ProgressReporter {
   /** Close the running stage span (if any) and open `stage`; written at once. */
   startStage(stage: Stage, totalSteps = 0): void {
     const now = new Date().toISOString();
+    if (this.state.stage === 'sft' || this.state.stage === 'dpo') this.doneTokens = this.state.trainedTokens ?? 0;
     const cur = this.state.stages.at(-1);
     if (cur && cur.finishedAt === null) cur.finishedAt = now;
     this.state.stages.push({ stage, startedAt: now, finishedAt: null });
@@ -117,6 +130,9 @@ class ProgressReporter {
     if (e.metrics) {
       const finite = Object.fromEntries(Object.entries(e.metrics).filter(([, v]) => typeof v === 'number' && Number.isFinite(v)));
       this.state.metrics[e.stage] = { ...this.state.metrics[e.stage], ...finite };
+      const m = this.state.metrics[e.stage];
+      if (typeof m.num_tokens === 'number') this.state.trainedTokens = this.doneTokens + m.num_tokens;
+      this.state.estimatedFinish = estimateFinish(e.stage, e.step, e.totalSteps, m);
     }
     this.write(e.step >= e.totalSteps);
   }
@@ -136,6 +152,34 @@ class ProgressReporter {
   flush(): Promise<void> {
     return this.pending;
   }
+}
+
+/**
+ * When training should end, from the measured throughput: the current stage's remaining steps times its
+ * tokens per step (`num_tokens / step`) over `tokens/s`; while SFT runs, DPO is assumed to take as many
+ * steps with twice the tokens per step (chosen and rejected) at the same rate. ISO 8601, or null before
+ * anything is measured. (Upload time is not included.)
+ */
+export function estimateFinish(stage: 'sft' | 'dpo', step: number, totalSteps: number, m: Record<string, number>, now = Date.now()): string | null {
+  const tps = tokensPerSecond(m);
+  const tokens = m.num_tokens;
+  if (!tps || tps <= 0 || typeof tokens !== 'number' || step <= 0) return null;
+  const perStep = tokens / step;
+  let remaining = Math.max(0, totalSteps - step) * perStep;
+  if (stage === 'sft') remaining += totalSteps * perStep * 2;
+  return new Date(now + (remaining / tps) * 1000).toISOString();
+}
+
+/**
+ * Drop intermediate checkpoints from a finished artifact (they are about 4x the model each) unless the
+ * job asked to keep them, and rewrite its manifest.
+ */
+async function dropCheckpoints(artifactDir: string): Promise<boolean> {
+  const dir = join(artifactDir, 'checkpoints');
+  if (!existsSync(dir)) return false;
+  await rm(dir, { recursive: true, force: true });
+  await writeManifest(artifactDir);
+  return true;
 }
 
 function spanSeconds(spans: StageSpan[]): Partial<Record<Stage, number>> {
@@ -183,6 +227,18 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
     if (deps.shutdownSignal?.aborted) onShutdown();
     deps.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
     const outputDir = resolve(join(deps.workDir, communityId, jobId));
+    const eventLog = new JobEventLog(deps.redis, deps.prefix, { ttlSeconds: deps.eventTtlSeconds });
+    const events = new JobEventEmitter(eventLog, jobId, outputDir, log);
+    const outcome = async (type: WebhookPayload['type'], state: WebhookPayload['data']['state'], extra: Partial<WebhookPayload['data']>): Promise<void> => {
+      const url = job.data.callbackUrl;
+      if (!url || !deps.webhooks) return;
+      const payload: WebhookPayload = {
+        type,
+        timestamp: new Date().toISOString(),
+        data: { jobId, communityId, state, error: null, artifact: null, metrics: null, statusUrl: `/jobs/${jobId}`, ...extra },
+      };
+      await deps.webhooks.enqueue(url, payload).catch((err: Error) => log.warn({ err: err.message }, 'could not queue the webhook'));
+    };
     let lastTps: Partial<Record<'sft' | 'dpo', number>> = {};
     try {
       if ((await deps.redis.exists(flag)) === 1) throw new JobFailure(FailureCodes.cancelled, 'cancelled by request before it started');
@@ -194,6 +250,11 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       // a first run starts from an empty directory.
       const resume = (job.attemptsStarted ?? 1) > 1 && (await hasCheckpoint(outputDir));
       log.info({ rows: job.data.dataset.length, outputDir, attempt: job.attemptsStarted, resume }, 'finetune job started');
+      events.emit({
+        type: 'job.started',
+        message: resume ? 'resumed from the last checkpoint' : 'started',
+        data: { attempt: job.attemptsStarted ?? 1, resume },
+      });
       if (!resume) await rm(outputDir, { recursive: true, force: true });
       await mkdir(outputDir, { recursive: true });
       // the SFT stage starts with loading the base model and tokenizer
@@ -211,8 +272,10 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
             logLevel: deps.logLevel,
           },
           signal: controller.signal,
+          onEvent: (e) => events.fromChild(e),
           onProgress: (e) => {
             reporter.onTraining(e);
+            events.onProgress(e);
             const tps = tokensPerSecond(e.metrics);
             if (tps !== undefined) lastTps = { ...lastTps, [e.stage]: tps };
           },
@@ -232,7 +295,12 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       // training finished: only a cancellation still stops the job (a shutdown or timeout that came too late
       // to interrupt training lets the upload run)
       if (abortCode === FailureCodes.cancelled) throw new JobFailure(abortCode, (controller.signal.reason as Error).message);
+      events.endTraining();
       reporter.startStage('upload');
+      events.emit({ type: 'stage.started', message: 'upload started', data: { stage: 'upload', storage: deps.storage.kind } });
+      if (job.data.config?.keep_checkpoints !== true && (await dropCheckpoints(trained.artifactDir))) {
+        log.info('intermediate checkpoints left out of the artifact (keep_checkpoints is not true)');
+      }
       let uploaded;
       try {
         uploaded = await deps.storage.putArtifact(trained.artifactDir, communityId, jobId);
@@ -245,6 +313,13 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       }
       reporter.endStage();
       await reporter.flush();
+      const bytes = uploaded.files.reduce((a, f) => a + f.size, 0);
+      events.emit({
+        type: 'upload.completed',
+        message: `${uploaded.files.length} files stored (${bytes} bytes)`,
+        data: { files: uploaded.files.length, bytes, storage: deps.storage.kind },
+      });
+      events.emit({ type: 'stage.completed', message: 'upload finished', data: { stage: 'upload' } });
       // local: the artifact was copied into STORAGE_DIR, free the scratch copy. Remote backends decide
       // themselves (firebase: FIREBASE_DELETE_LOCAL).
       const storedPath = uploaded.uri.startsWith('file:') ? fileURLToPath(uploaded.uri) : null;
@@ -261,6 +336,9 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       }
       await recordJobOutcome(deps.redis, deps.prefix, { durations, tokensPerSecond: lastTps, failureCode: null }).catch(() => {});
       log.info({ uri: uploaded.uri, files: uploaded.files.length, durations }, 'finetune job completed');
+      events.emit({ type: 'job.succeeded', message: 'the job completed', data: { durations, trainedTokens: reporter.state.trainedTokens ?? 0, metrics } });
+      await events.flush();
+      await outcome('job.succeeded', 'completed', { artifact: { uri: uploaded.uri, files: uploaded.files.length }, metrics });
       return result;
     } catch (err) {
       if (err instanceof WaitingError) throw err;
@@ -273,6 +351,16 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
         failureCode: failure.code,
       }).catch(() => {});
       log.warn({ code: failure.code }, `finetune job failed: ${failure.message}`);
+      const message = failure.message.replace(/^[A-Z][A-Z0-9_]{2,63}: /, '');
+      events.scan();
+      if (failure.code === FailureCodes.cancelled) {
+        events.emit({ type: 'job.cancelled', level: 'warn', message, data: { code: failure.code } });
+      } else {
+        events.emit({ type: 'job.failed', level: 'error', message, data: { code: failure.code, stage: reporter.state.stage } });
+      }
+      await events.flush();
+      const cancelled = failure.code === FailureCodes.cancelled;
+      await outcome(cancelled ? 'job.cancelled' : 'job.failed', cancelled ? 'cancelled' : 'failed', { error: { code: failure.code, message } });
       if (failure.code === FailureCodes.cancelled) await rm(outputDir, { recursive: true, force: true }).catch(() => {});
       throw failure;
     } finally {

@@ -9,6 +9,9 @@ import type { ConfigInput, ConfigProblem, TrainConfig } from '../../config/index
 import type { PreferenceExample } from '../../training/types.js';
 import { apiSchemas } from '../schemas.js';
 import { errorResponses } from './common.js';
+import type { JobEventLog } from '../../queue/events.js';
+import type { JobIndex } from '../../queue/job-index.js';
+import { checkTriggerExtras, configForMethod, recordQueued, type TriggerExtrasBody, type TriggerExtrasDeps } from './trigger-extras.js';
 
 /** Semantic row checks: `{index, field, code, message}` per problem (DATA's validateRows contract). */
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
@@ -42,9 +45,9 @@ export function configPolicyProblems(config: Record<string, unknown> | undefined
   return out;
 }
 
-interface TriggerBody {
+interface TriggerBody extends TriggerExtrasBody {
   communityId: string;
-  dataset: PreferenceExample[];
+  dataset?: PreferenceExample[];
   config?: ConfigInput;
 }
 
@@ -55,6 +58,8 @@ export interface TriggerRouteOptions {
   validateRows: RowValidator;
   /** The trainer's resolution of the request's config (src/config resolveRequestConfig): the resolved config is queued. */
   resolveConfig: (config: Record<string, unknown> | undefined) => { config: TrainConfig | null; problems: ConfigProblem[] };
+  /** suffix / method / callbackUrl checks, the job index and the event log (issue 15). */
+  extras: TriggerExtrasDeps & { index: JobIndex; events: JobEventLog };
 }
 
 export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOptions): Promise<void> {
@@ -78,7 +83,8 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       },
     },
     async (request, reply) => {
-      const { communityId, dataset, config } = request.body;
+      const { communityId, config } = request.body;
+      const dataset = request.body.dataset ?? [];
       const idem = request.headers['idempotency-key'];
       const problems: Problem[] = [];
       if (idem !== undefined && (typeof idem !== 'string' || !IDEMPOTENCY_KEY.test(idem))) {
@@ -86,8 +92,16 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       }
       const policy = configPolicyProblems(config);
       problems.push(...policy);
-      const resolved = policy.length === 0 ? opts.resolveConfig(config) : null;
+      const resolved = policy.length === 0 ? opts.resolveConfig(configForMethod(config, request.body.method)) : null;
       if (resolved) problems.push(...resolved.problems);
+      if (request.body.dataset === undefined && request.body.datasetId === undefined) {
+        problems.push({ path: '/dataset', message: 'is required (or send datasetId, an uploaded dataset)' });
+      }
+      if (request.body.dataset !== undefined && request.body.datasetId !== undefined) {
+        problems.push({ path: '/datasetId', message: 'cannot be sent together with dataset; send one of them' });
+      }
+      const extras = await checkTriggerExtras(communityId, request.body, opts.extras);
+      problems.push(...extras.problems);
       const rowProblems = opts.validateRows(dataset);
       for (const p of rowProblems) {
         const path = p.index < 0 ? '/dataset' : `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`;
@@ -96,13 +110,19 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       if (problems.length > 0 || !resolved?.config) throw new ValidationError(problems);
       let res;
       try {
-        res = await opts.queue.enqueue({ communityId, dataset, config: resolved.config }, typeof idem === 'string' ? idem : undefined);
+        res = await opts.queue.enqueue({ communityId, dataset, config: resolved.config }, typeof idem === 'string' ? idem : undefined, extras.fields);
       } catch (err) {
         if (err instanceof ApiError) throw err;
         request.log.warn({ err }, 'enqueue failed');
         throw new ServiceUnavailableError();
       }
       request.log.info({ jobId: res.jobId, communityId, rows: dataset.length, created: res.created }, 'finetune job');
+      if (res.created) {
+        await recordQueued(
+          { queue: opts.queue, ...opts.extras },
+          { jobId: res.jobId, communityId, createdAt: res.status.createdAt, rows: dataset.length, fields: extras.fields },
+        ).catch((err: Error) => request.log.warn({ err: err.message }, 'could not record the queued job'));
+      }
       return reply.code(res.created ? 202 : 200).send({
         jobId: res.jobId,
         communityId,

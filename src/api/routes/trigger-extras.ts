@@ -1,0 +1,88 @@
+/**
+ * The request fields of POST /trigger-finetune beyond the rows and config — `suffix`, `method`,
+ * `callbackUrl` (checked: scheme, credentials, and every resolved address public unless
+ * CALLBACK_ALLOW_PRIVATE) — and what happens right after a job is created: it enters the job list
+ * index and its event log starts with `job.queued`.
+ */
+import type { FinetuneQueueService, JobRequestFields } from '../../queue/finetune-queue.js';
+import type { JobEventLog } from '../../queue/events.js';
+import type { JobIndex } from '../../queue/job-index.js';
+import type { TrainingMethod } from '../../queue/types.js';
+import { CallbackUrlError, resolveCallbackTarget, type CallbackPolicy } from '../../webhooks/targets.js';
+import type { Problem } from '../errors.js';
+
+export interface TriggerExtrasBody {
+  suffix?: string;
+  method?: TrainingMethod;
+  callbackUrl?: string;
+  datasetId?: string;
+  evalDatasetId?: string;
+}
+
+export interface TriggerExtrasDeps {
+  callbackPolicy: CallbackPolicy;
+  /** Whether the community has a webhook signing secret (SIGNING_SECRETS). */
+  hasSigningSecret: (communityId: string) => boolean;
+}
+
+/**
+ * Check the extra fields.
+ * @returns problems (JSON pointers into the body) and the fields to store with the job.
+ */
+export async function checkTriggerExtras(
+  communityId: string,
+  body: TriggerExtrasBody,
+  deps: TriggerExtrasDeps,
+): Promise<{ problems: Problem[]; fields: JobRequestFields }> {
+  const problems: Problem[] = [];
+  const fields: JobRequestFields = {};
+  if (body.suffix !== undefined) fields.suffix = body.suffix;
+  if (body.method !== undefined) fields.method = body.method;
+  if (body.datasetId !== undefined) fields.datasetId = body.datasetId;
+  if (body.evalDatasetId !== undefined) fields.evalDatasetId = body.evalDatasetId;
+  if (body.callbackUrl !== undefined) {
+    try {
+      await resolveCallbackTarget(body.callbackUrl, deps.callbackPolicy);
+      if (!deps.hasSigningSecret(communityId)) {
+        problems.push({
+          path: '/callbackUrl',
+          message: `needs a signing secret for community ${communityId} (SIGNING_SECRETS=${communityId}:whsec_...) to sign the callbacks`,
+        });
+      } else fields.callbackUrl = body.callbackUrl;
+    } catch (err) {
+      if (!(err instanceof CallbackUrlError)) throw err;
+      problems.push({ path: '/callbackUrl', message: `${err.message} (${err.code})` });
+    }
+  }
+  return { problems, fields };
+}
+
+/** Record a created job: list index and `job.queued`. Failures are logged by the caller, never fatal. */
+export async function recordQueued(
+  deps: { queue: FinetuneQueueService; index: JobIndex; events: JobEventLog },
+  job: { jobId: string; communityId: string; createdAt: string; rows: number | null; fields: JobRequestFields },
+): Promise<void> {
+  await deps.index.add(job.jobId, job.communityId, Date.parse(job.createdAt));
+  await deps.events.append(job.jobId, {
+    type: 'job.queued',
+    message: 'queued',
+    data: {
+      communityId: job.communityId,
+      rows: job.rows,
+      method: job.fields.method ?? 'sft+dpo',
+      ...(job.fields.suffix ? { suffix: job.fields.suffix } : {}),
+      ...(job.fields.datasetId ? { datasetId: job.fields.datasetId } : {}),
+      callback: job.fields.callbackUrl ? new URL(job.fields.callbackUrl).host : null,
+    },
+  });
+}
+
+/**
+ * The request's config with the training method applied: `dpo` turns the SFT stage off
+ * (`sft.enabled: false`); `sft+dpo` and `sft` leave it (`sft` skips DPO in the worker's request).
+ */
+export function configForMethod(config: Record<string, unknown> | undefined, method: TrainingMethod | undefined): Record<string, unknown> | undefined {
+  if (method !== 'dpo') return config;
+  const sft = config?.sft && typeof config.sft === 'object' ? (config.sft as Record<string, unknown>) : {};
+  return { ...config, sft: { ...sft, enabled: false } };
+}
