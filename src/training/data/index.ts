@@ -1,7 +1,7 @@
 /**
- * Preference data (DATA): read every format the anchors accept, validate, tokenise as TRL, collate.
- * Contract (DESIGN.md): loadPreferenceExamples, validateRows, tokenizePreference, collatePreference,
- * collateSft, shuffleExamples, splitEval.
+ * Preference data: read every format of docs/data.md "Formats", validate, tokenise as TRL, collate.
+ * Entry points (docs/contracts-notes.md "Data"): loadPreferenceExamples, validateRows, tokenizePreference,
+ * collatePreference, collateSft, shuffleExamples, splitEval.
  */
 export { DataError, type DataErrorCode, type DataProblem } from './errors.js';
 export {
@@ -30,7 +30,7 @@ export {
   type TruncationMode,
 } from './tokenize.js';
 export { collatePreference, collateSft, resolvePadId, type TokenBatch, type CollateOptions } from './collate.js';
-export { shuffleExamples, splitEval, dedupExamples, exampleKey, mulberry32 } from './split.js';
+export { shuffleExamples, splitEval, dedupExamples, exampleKey } from './split.js';
 export { inspectDataset, type DatasetReport, type InspectOptions, type LengthStats } from './inspect.js';
 
 export {

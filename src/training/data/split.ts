@@ -1,29 +1,13 @@
 /**
- * Deterministic order and splits: seeded shuffle (mulberry32 + Fisher–Yates), eval split, dedup.
+ * Deterministic order and splits: seeded shuffle (the project's Rng, src/util/rng.ts: xoshiro128** +
+ * Fisher–Yates), eval split, dedup.
  */
+import { Rng } from '../../util/rng.js';
 import type { PreferenceExample } from '../types.js';
-
-/** mulberry32: a small 32-bit PRNG; returns floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A shuffled copy of `xs` (Fisher–Yates); the same seed always gives the same order. */
 export function shuffleExamples<T>(xs: T[], seed: number): T[] {
-  const out = xs.slice();
-  const rnd = mulberry32(seed);
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(rnd() * (i + 1));
-    [out[i], out[j]] = [out[j]!, out[i]!];
-  }
-  return out;
+  return new Rng(seed).shuffle(xs.slice());
 }
 
 /**

@@ -12,7 +12,7 @@ import type { CausalLM, Tokenizer } from '../types.js';
 import type { GenerativeLM } from './base.js';
 import { tokenizerAddsBos } from '../tokenizers/index.js';
 import { eosIds } from './config.js';
-import { mulberry32 } from '../data/split.js';
+import { Rng } from '../../util/rng.js';
 
 export interface GenerateOptions {
   /** tokens to generate at most (default 256; also capped by max_position_embeddings) */
@@ -31,8 +31,11 @@ export interface GenerateOptions {
   stopTokenIds?: number[];
 }
 
-/** The seeded PRNG used for sampling: mulberry32, shared with the data order (src/training/data/split.ts). */
-export const seededRandom: (seed: number) => () => number = mulberry32;
+/** A seeded uniform [0, 1) source for sampling: the project's one PRNG (src/util/rng.ts, also the data order). */
+export function seededRandom(seed: number): () => number {
+  const rng = new Rng(seed);
+  return () => rng.next();
+}
 
 /**
  * Pick the next token from one row of logits.
