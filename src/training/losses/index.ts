@@ -30,6 +30,8 @@ export {
   completionStats,
   statsFromLogits,
   sftLoss,
+  nllTotals,
+  tokenMeanNll,
   type CompletionLogps,
   type CompletionStats,
 } from './logps.js';

@@ -194,15 +194,35 @@ export function completionStats(
 }
 
 /**
- * SFT loss: mean negative log-likelihood per completion token over the batch, −Σ_b logps_b / Σ_b n_b
- * (token-weighted, as `F.cross_entropy` over the masked tokens in TRL's SFT/`sft` loss). Differentiable.
- * A batch with no completion token gives 0.
+ * The negative log-likelihood of a batch of completions as its two totals: `sum` = −Σ_b logps_b (nats) and
+ * `count` = Σ_b n_b (scored tokens), so that callers can average over one batch ({@link tokenMeanNll}) or
+ * accumulate over several (evaluation). Differentiable; call inside a tidy / gradient scope.
+ * @param logps `[B]` summed completion log-probs; `tokenCounts` `[B]` completion token counts
+ */
+export function nllTotals(logps: tf.Tensor, tokenCounts: tf.Tensor): { sum: tf.Scalar; count: tf.Scalar } {
+  return { sum: tf.neg(tf.sum(logps)) as tf.Scalar, count: tf.sum(tokenCounts) as tf.Scalar };
+}
+
+/**
+ * Token-mean NLL −Σ_b logps_b / max(Σ_b n_b, 1) (token-weighted, as `F.cross_entropy` over the masked tokens
+ * in TRL's SFT / `sft` loss, PaddleNLP `sft_loss`); 0 when no token is scored. The one NLL of the project:
+ * the SFT stage and the preference losses' NLL terms use it. Differentiable.
+ * @param logps `[B]` summed completion log-probs; `tokenCounts` `[B]` completion token counts
+ * @returns scalar, nats per token
+ */
+export function tokenMeanNll(logps: tf.Tensor, tokenCounts: tf.Tensor): tf.Scalar {
+  const { sum, count } = nllTotals(logps, tokenCounts);
+  return tf.div(sum, tf.maximum(count, 1)) as tf.Scalar;
+}
+
+/**
+ * SFT loss: {@link tokenMeanNll} of the model's completion log-probs. Differentiable.
  * @param model causal LM; `inputIds` `[B, T]` int32; `completionMask` `[B, T]` float32 (1 on target tokens)
  * @returns scalar, nats per token
  */
 export function sftLoss(model: CausalLM, inputIds: tf.Tensor2D, completionMask: tf.Tensor2D): tf.Scalar {
   return tf.tidy(() => {
     const { logps, tokenCounts } = completionLogps(model, inputIds, completionMask);
-    return tf.div(tf.neg(tf.sum(logps)), tf.maximum(tf.sum(tokenCounts), 1)) as tf.Scalar;
+    return tokenMeanNll(logps, tokenCounts);
   });
 }

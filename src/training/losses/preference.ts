@@ -1,7 +1,7 @@
 /**
  * The preference-loss family as a pure function of per-sequence summed log-probs.
  *
- * Notation (dpo-anchors §2): logπc, logπr policy log-probs of the chosen / rejected completion (sums over
+ * Notation (as TRL's and the DPO paper's): logπc, logπr policy log-probs of the chosen / rejected completion (sums over
  * completion tokens), logRc, logRr the reference's; cl = logπc − logRc, rl = logπr − logRr, Δ = cl − rl.
  * logσ = log-sigmoid. Per-pair losses are returned; the batch loss is their mean.
  *
@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { ConfigError } from '../../config/errors.js';
 import { type LossOptions, type LossType, type ResolvedLossOptions, REFERENCE_FREE_LOSS_TYPES, normalizeLossOptions } from './options.js';
 import { ensureGradients } from '../engine/gradients.js';
+import { tokenMeanNll } from './logps.js';
 
 // tfjs-core alone registers no gradient functions under Node: make sure they are there (see engine/gradients.ts).
 await ensureGradients();
@@ -206,10 +207,7 @@ export function preferenceLoss(inputs: PreferenceLossInputs, options: LossOption
     const nr = inputs.rejectedTokens ? (tf.maximum(inputs.rejectedTokens, 1) as T) : null;
     const avg = (x: T, n: T | null): T => tf.div(x, n!) as T;
     // token-mean NLL of the chosen completions over the batch (TRL `sft`, PaddleNLP sft_loss)
-    const nll = (): T => {
-      const tot = tf.maximum(tf.sum(inputs.chosenTokens!), 1);
-      return tf.mul(tf.ones([B]), tf.div(tf.neg(tf.sum(pc)), tot)) as T;
-    };
+    const nll = (): T => tf.mul(tf.ones([B]), tokenMeanNll(pc, inputs.chosenTokens!)) as T;
 
     const perType = (t: LossType): T => {
       switch (t) {

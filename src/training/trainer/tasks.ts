@@ -13,6 +13,7 @@ import { collatePreference, collateSft, type TokenBatch, type TokenizedPair } fr
 import {
   completionLogps,
   completionStats,
+  nllTotals,
   preferenceLoss,
   preferenceMetrics,
   averageMetrics,
@@ -278,7 +279,7 @@ export interface SftTaskOptions {
 
 /**
  * The SFT stage task: NLL of the SFT target (prompt masked), a token-weighted mean — the same quantity as the
- * loss module's `sftLoss`, computed here as a sum and a token count so that micro-batches of gradient
+ * loss module's `sftLoss`, computed here as its two totals (`nllTotals`: a sum and a token count) so that micro-batches of gradient
  * accumulation combine into the token mean of the whole step.
  * A micro-batch's weight is its number of scored completion tokens, so accumulation gives the token mean over
  * the whole effective batch.
@@ -299,10 +300,10 @@ export function sftTask(o: SftTaskOptions): StageTask {
     }
     return cacheBatch;
   };
-  /** −Σ logps and the scored token count of a batch; inside a tidy/gradient scope. */
+  /** −Σ logps and the scored token count of a batch (the losses' nllTotals); inside a tidy/gradient scope. */
   const nll = (ids: tf.Tensor2D, mask: tf.Tensor2D): { sum: tf.Scalar; count: tf.Scalar } => {
     const { logps, tokenCounts } = completionLogps(o.model, ids, mask);
-    return { sum: tf.neg(tf.sum(logps)) as tf.Scalar, count: tf.sum(tokenCounts) as tf.Scalar };
+    return nllTotals(logps, tokenCounts);
   };
 
   const micro = (indices: number[], scale: number): MicroResult => {
