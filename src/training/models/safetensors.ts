@@ -8,7 +8,7 @@
  * Dtypes read: F32, F16, BF16 (converted to float32). Written: F32 or BF16 (round to nearest even).
  */
 import { open, readFile } from 'node:fs/promises';
-import { openSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { WeightsError } from './errors.js';
 import type { HostTensor } from './llama2c.js';
@@ -232,9 +232,17 @@ export interface TensorToWrite {
  * Write a `.safetensors` file, streaming tensor by tensor.
  * @param dtype `F32` or `BF16` (round to nearest even)
  * @param metadata `__metadata__` strings; `format: "pt"` is added (transformers requires it)
+ * @param opts.fsync flush the file to disk before closing (checkpoints)
  * @returns bytes written
+ * @throws WeightsError when a tensor's data does not match its shape; the fs error when the file cannot be written
  */
-export function writeSafetensors(file: string, tensors: TensorToWrite[], dtype: 'F32' | 'BF16' = 'F32', metadata: Record<string, string> = {}): number {
+export function writeSafetensors(
+  file: string,
+  tensors: TensorToWrite[],
+  dtype: 'F32' | 'BF16' = 'F32',
+  metadata: Record<string, string> = {},
+  opts: { fsync?: boolean } = {},
+): number {
   const bpe = DTYPE_BYTES[dtype]!;
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
   let off = 0;
@@ -259,6 +267,7 @@ export function writeSafetensors(file: string, tensors: TensorToWrite[], dtype: 
       const arr = dtype === 'BF16' ? f32ToBf16Bits(d) : d;
       writeSync(fd, new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength));
     }
+    if (opts.fsync) fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
