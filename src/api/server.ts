@@ -7,12 +7,13 @@ import closeWithGrace from 'close-with-grace';
 import type { FastifyInstance } from 'fastify';
 import { pathToFileURL } from 'node:url';
 import { loadEnv, type ServiceEnv } from '../config/env.js';
+import type { LoggerOptions } from 'pino';
+import { serviceLoggerOptions } from '../util/log.js';
 import { buildApp } from './app.js';
 
-/** pino options for a service process: pretty on a TTY, JSON lines otherwise, auth headers redacted. */
-export function loggerOptions(env: Pick<ServiceEnv, 'LOG_LEVEL'>): Record<string, unknown> {
-  const base = { level: env.LOG_LEVEL, redact: ['req.headers.authorization', 'req.headers["idempotency-key"]'] };
-  return process.stdout.isTTY ? { ...base, transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } } : base;
+/** pino options of the API process (src/util/log.ts: pretty on a TTY, JSON lines otherwise, auth headers redacted). */
+export function loggerOptions(env: Pick<ServiceEnv, 'LOG_LEVEL'>): LoggerOptions {
+  return serviceLoggerOptions(env.LOG_LEVEL);
 }
 
 /**

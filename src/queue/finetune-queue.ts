@@ -3,10 +3,12 @@
  * cancel a queued or running job, count jobs by state. Used by the API (and by tests).
  */
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { cancelKey, createRedis } from './connection.js';
 import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
+import { settlesWithin, withTimeout } from '../util/timeout.js';
 import type { TrainConfig } from '../config/schema.js';
 import { canonicalSha256 } from '../training/data/hash.js';
 import type { PreferenceExample } from '../training/types.js';
@@ -99,24 +101,14 @@ export class FinetuneQueueService {
   async waitUntilConnected(timeoutMs = 2000): Promise<boolean> {
     const initial = (st: string) => st === 'wait' || st === 'connecting' || st === 'connect';
     const deadline = Date.now() + timeoutMs;
-    while (initial(this.redis.status) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (initial(this.redis.status) && Date.now() < deadline) await sleep(20);
     return this.redis.status === 'ready';
   }
 
   /** Run a Redis-backed operation only when connected, bounded in time. */
   private async guarded<T>(what: string, fn: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
     if (!(await this.waitUntilConnected())) throw new QueueUnavailableError(`connection is ${this.redis.status}`);
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        fn(),
-        new Promise<never>((_, rej) => {
-          timer = setTimeout(() => rej(new QueueUnavailableError(`${what} timed out after ${timeoutMs} ms`)), timeoutMs);
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return withTimeout(fn(), timeoutMs, () => new QueueUnavailableError(`${what} timed out after ${timeoutMs} ms`));
   }
 
   private cancelKey(jobId: string): string {
@@ -266,28 +258,23 @@ export class FinetuneQueueService {
   /** PING Redis with a timeout; true when it answers. */
   async ping(timeoutMs = 1000): Promise<boolean> {
     if (!(await this.waitUntilConnected())) return false;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const r = await Promise.race([
-        this.redis.ping(),
-        new Promise<never>((_, rej) => {
-          // one setImmediate after the timer: if the event loop was blocked, a reply that already arrived
-          // is processed (poll phase) before this declares a timeout (check phase)
-          timer = setTimeout(() => setImmediate(() => rej(new Error('ping timeout'))), timeoutMs);
-        }),
-      ]);
+      // afterPendingIo: if the event loop was blocked, a reply that already arrived is processed (poll
+      // phase) before this declares a timeout (check phase)
+      const r = await withTimeout(this.redis.ping(), timeoutMs, () => new Error('ping timeout'), { afterPendingIo: true });
       return r === 'PONG';
     } catch {
       return false;
-    } finally {
-      clearTimeout(timer);
     }
   }
 
   /** Close the queue and quit the Redis client (BullMQ leaves caller-supplied clients open). */
   async close(): Promise<void> {
     if (this.redis.status === 'ready') {
-      await Promise.race([this.queue.close().catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())]);
+      await settlesWithin(
+        this.queue.close().catch(() => {}),
+        2000,
+      );
     }
     this.redis.disconnect();
   }

@@ -3,11 +3,13 @@
  * whose processor forks a training child per job (src/worker/child.ts), stores artifacts with the
  * configured Storage, and shuts down gracefully: on SIGTERM it stops taking jobs and lets the running job
  * finish for WORKER_SHUTDOWN_TIMEOUT_MS; after that it exits and the job's lock expires, so BullMQ's
- * stalled-job check hands it to another worker (at-least-once; service-anchors.md §2.4).
+ * stalled-job check hands it to another worker (at-least-once delivery: docs.bullmq.io "Stalled Jobs").
  */
 import { Worker } from 'bullmq';
 import closeWithGrace from 'close-with-grace';
 import pino, { type Logger } from 'pino';
+import { serviceLoggerOptions } from '../util/log.js';
+import { settlesWithin } from '../util/timeout.js';
 import { pathToFileURL } from 'node:url';
 import { loadEnv, type ServiceEnv } from '../config/env.js';
 import { createRedis } from '../queue/connection.js';
@@ -49,13 +51,9 @@ export interface WorkerHandle {
   close(timeoutMs?: number): Promise<{ drained: boolean }>;
 }
 
-/** pino logger of a service process: pretty on a TTY, JSON lines otherwise. */
+/** pino logger of a service process (src/util/log.ts options: pretty on a TTY, JSON lines otherwise). */
 export function createLogger(env: Pick<ServiceEnv, 'LOG_LEVEL'>, name: string): Logger {
-  return pino({
-    name,
-    level: env.LOG_LEVEL,
-    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } } } : {}),
-  });
+  return pino(serviceLoggerOptions(env.LOG_LEVEL, name));
 }
 
 /**
@@ -130,21 +128,12 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     metricsAddress,
     async close(timeoutMs = env.WORKER_SHUTDOWN_TIMEOUT_MS) {
       const closing = worker.close();
-      const within = (p: Promise<unknown>, ms: number): Promise<boolean> => {
-        let timer: NodeJS.Timeout | undefined;
-        return Promise.race([
-          p.then(() => true),
-          new Promise<boolean>((r) => {
-            timer = setTimeout(() => r(false), ms);
-          }),
-        ]).finally(() => clearTimeout(timer));
-      };
-      const drained = await within(closing, timeoutMs);
+      const drained = await settlesWithin(closing, timeoutMs);
       if (!drained) {
         // stop training (it checkpoints first when save_steps is set) and hand the jobs back to the queue
         logger.warn({ timeoutMs }, 'running jobs did not finish in time; handing them back to the queue');
         shutdown.abort();
-        if (!(await within(closing, 30_000))) {
+        if (!(await settlesWithin(closing, 30_000))) {
           logger.warn('jobs did not stop; leaving them to the stalled-job check');
           await worker.close(true).catch(() => {});
         }
