@@ -26,6 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { getApp, getApps, initializeApp, type App } from 'firebase-admin/app';
 import { getStorage } from 'firebase-admin/storage';
 import { CRC32C } from '@google-cloud/storage';
+import { contentType as mimeContentType, lookup as mimeLookup } from 'mime-types';
 import { pino, type Logger } from 'pino';
 import { MANIFEST_NAME, readManifest, type Manifest } from './manifest.js';
 import { StorageError } from './errors.js';
@@ -88,23 +89,17 @@ const APP_NAME = 'dpo-service-storage';
 const SEGMENT = /^[A-Za-z0-9_.-]{1,128}$/;
 const BUCKET_NAME = /^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$/;
 
-const CONTENT_TYPES: Record<string, string> = {
-  '.json': 'application/json',
-  '.jsonl': 'application/x-ndjson',
-  '.txt': 'text/plain; charset=utf-8',
-  '.md': 'text/markdown; charset=utf-8',
-  '.yaml': 'application/yaml',
-  '.yml': 'application/yaml',
-  '.csv': 'text/csv; charset=utf-8',
-  '.png': 'image/png',
-  '.safetensors': 'application/octet-stream',
-  '.bin': 'application/octet-stream',
-  '.model': 'application/octet-stream',
-};
+/** Artifact extensions mime-db does not know (everything else is looked up with mime-types). */
+const EXTRA_CONTENT_TYPES: Record<string, string> = { '.jsonl': 'application/x-ndjson' };
 
-/** Content type of an artifact file by extension (`application/octet-stream` when unknown). */
+/**
+ * Content type of an artifact file by extension (mime-types; text types with `charset=utf-8`;
+ * `application/octet-stream` when unknown, e.g. `.safetensors`, tfevents).
+ */
 export function contentTypeFor(path: string): string {
-  return CONTENT_TYPES[extname(path).toLowerCase()] ?? 'application/octet-stream';
+  const type = EXTRA_CONTENT_TYPES[extname(path).toLowerCase()] ?? mimeLookup(path);
+  if (!type) return 'application/octet-stream';
+  return type.startsWith('text/') ? mimeContentType(type) || type : type;
 }
 
 /**
