@@ -1,6 +1,6 @@
 /**
- * Programmatic API of the DPO service (DESIGN.md "Programmatic API"): the training job, the loss family,
- * models, tokenizers, data, configuration.
+ * Programmatic API of the DPO service (docs/contracts-notes.md "Programmatic API"): the training job, the
+ * loss family, models, tokenizers, data, configuration.
  */
 export { runTraining, TrainingAbortedError, type RunTrainingOptions } from './training/run.js';
 export { loadConfig, ConfigError, parseOverride, type TrainConfig, type LoadConfigOptions } from './config/index.js';

@@ -1,7 +1,7 @@
 /**
  * Environment of the service processes (`dpo serve`, `dpo worker`), validated once at start-up with
- * env-schema (JSON Schema + ajv, all errors, type coercion, defaults). DESIGN.md "Environment" lists the
- * contract; this file is the single source of the names, defaults and ranges.
+ * env-schema (JSON Schema + ajv, all errors, type coercion, defaults). docs/service.md "Configuration
+ * (environment)" documents the variables; this file is the single source of their names, defaults and ranges.
  */
 import envSchema from 'env-schema';
 

@@ -1,5 +1,6 @@
 /**
- * Map a BullMQ job (state, progress, returnvalue, failedReason) to the HTTP job status of DESIGN.md.
+ * Map a BullMQ job (state, progress, returnvalue, failedReason) to the HTTP job status (docs/service.md
+ * "GET /jobs/:jobId").
  * Pure functions: the API and tests use them without Redis.
  */
 import { decodeFailure, FailureCodes } from './errors.js';

@@ -1,5 +1,5 @@
 /**
- * manifest.json of an artifact directory: every other file with its size and sha256 (DESIGN.md, artifact layout).
+ * manifest.json of an artifact directory: every other file with its size and sha256 (README "Artifacts").
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';

@@ -19,7 +19,11 @@ export function childEntry(): { file: string; execArgv: string[] } {
   return { file, execArgv };
 }
 
-/** The child ended with an error message, or died. `code` is the child's (ABORTED, INVALID_CONFIG, ...). */
+/**
+ * The child ended with an error message, or died. `code` is the child's error code when it reported one
+ * (INVALID_CONFIG, ...), else set here: ABORTED (it exited after an abort), WORKER_CHILD_EXITED (it died or
+ * could not start), BACKEND_PROBE_TIMEOUT.
+ */
 export class ChildFailure extends Error {
   constructor(
     readonly code: string,
@@ -64,7 +68,8 @@ export function trainInChild(opts: RunChildOptions): Promise<TrainResult> {
     };
     const onAbort = (): void => {
       const reason = opts.signal.reason instanceof Error ? opts.signal.reason.message : String(opts.signal.reason ?? 'aborted');
-      // both channels: the file is seen at the next step even if the child's event loop is busy
+      // both channels: the IPC message is handled when the child's loop next yields (between steps), the
+      // file at the child's next reported step
       try {
         writeFileSync(abortFile(opts.request.outputDir), reason);
       } catch {

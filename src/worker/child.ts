@@ -1,6 +1,7 @@
 /**
  * The training child process. The worker forks one per job so that tensor work never blocks the worker's
- * event loop (BullMQ renews the job lock there: service-anchors.md §3.3) and so that a job's memory is
+ * event loop (BullMQ renews the job lock from it, every lockDuration / 2; a blocked loop lets the lock
+ * expire and the job is taken as stalled: docs.bullmq.io "Stalled Jobs") and so that a job's memory is
  * returned to the OS when it ends.
  *
  * IPC protocol (parent → child): `{type:'train', request}` once, then optionally `{type:'abort', reason}`;
@@ -23,7 +24,8 @@ function send(msg: ChildMessage): Promise<void> {
 }
 
 async function train(req: TrainRequest, controller: AbortController): Promise<void> {
-  // synchronous writes: the training loop may not yield to the event loop, and logs should still flow live
+  // synchronous writes: a line is on stdout when the call returns, although each training step blocks the
+  // event loop for its whole duration (the loop yields only between steps, trainer/stage.ts)
   const logger = pino(
     { level: req.logLevel, base: { jobId: req.jobId, communityId: req.communityId, proc: 'train' } },
     pino.destination({ dest: 1, sync: true }),
@@ -44,8 +46,9 @@ async function train(req: TrainRequest, controller: AbortController): Promise<vo
       onProgress: (event) => {
         // the worker died (SIGKILL, OOM): its job will run again elsewhere, so stop now rather than train on
         if (process.ppid !== parentPid) process.exit(1);
-        // The training loop may not yield to the event loop between steps, so the IPC `abort` message
-        // can wait; the abort file is checked synchronously at every reported step instead.
+        // The training loop yields to the event loop only once per step (trainer/stage.ts), so the IPC
+        // `abort` message waits for the current step; the abort file is a second channel, checked
+        // synchronously at every reported step.
         if (!controller.signal.aborted && existsSync(abortFile(req.outputDir))) {
           controller.abort(new Error(readFileSync(abortFile(req.outputDir), 'utf8') || 'aborted'));
         }

@@ -5,7 +5,7 @@
  * A worker is a *GPU worker* when `WORKER_GPU=true` (Dockerfile.gpu sets it) or `TFJS_BACKEND=tensorflow-gpu`.
  * A GPU worker refuses to start when it would train on the CPU, i.e. when the backend is not the
  * tfjs-node-gpu one, or tfjs-node-gpu loaded but `nvidia-smi` sees no GPU (libtensorflow then silently runs on
- * the CPU: tfjs#8362, #8269, service-anchors.md §5.4), unless `ALLOW_CPU_FALLBACK=true`, which logs a warning
+ * the CPU: tensorflow/tfjs issues #8362 and #8269), unless `ALLOW_CPU_FALLBACK=true`, which logs a warning
  * instead. Hopper-class GPUs (compute capability >= 9.0) JIT-compile libtensorflow 2.9's PTX at first use, so
  * the check warns when `CUDA_CACHE_PATH` is not set (the compose file mounts a volume there).
  *

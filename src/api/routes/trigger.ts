@@ -13,7 +13,7 @@ import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
 import { checkTriggerExtras, configForMethod, recordQueued, type TriggerExtrasBody, type TriggerExtrasDeps } from './trigger-extras.js';
 
-/** Semantic row checks: `{index, field, code, message}` per problem (DATA's validateRows contract). */
+/** Semantic row checks: `{index, field, code, message}` per problem (the contract of src/training/data/validate-rows.ts). */
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
 
 /** Keys of `config` a webhook caller may not set: they address the worker's file system. */

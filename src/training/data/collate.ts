@@ -1,6 +1,6 @@
 /**
  * Batch collation for DPO and SFT, as TRL's `DataCollatorForPreference` (tests/test_dpo_trainer.py
- * `TestDataCollatorForPreference`, dpo-anchors §3.3a): rows 0..B−1 are prompt+chosen, rows B..2B−1
+ * `TestDataCollatorForPreference`): rows 0..B−1 are prompt+chosen, rows B..2B−1
  * prompt+rejected (chosen half first), right-padded with `padId`; attention_mask 1 on real tokens;
  * completion_mask 1 on completion tokens only.
  */

@@ -1,5 +1,5 @@
 /**
- * Tokenisation of preference pairs as TRL's DPOTrainer does it (dpo-anchors §2.7; TRL `_prepare_dataset`,
+ * Tokenisation of preference pairs as TRL's DPOTrainer does it (docs/data.md "Tokenisation"; TRL `_prepare_dataset`,
  * `tokenize_row`) with the DPO reference's truncation (eric-mitchell `preference_datasets.tokenize_batch_element`,
  * TRL ≤0.28 `max_prompt_length` + `truncation_mode`):
  *

@@ -1,6 +1,7 @@
 /**
  * The webhook's row checks (`POST /trigger-finetune` answers 400 with the first 20 problems).
- * Rows must be `{prompt, chosen, rejected}` with non-empty strings and chosen ≠ rejected (DESIGN.md).
+ * Rows must be `{prompt, chosen, rejected}` with non-empty strings and chosen ≠ rejected (docs/service.md
+ * "POST /trigger-finetune").
  */
 import type { DataProblem } from './errors.js';
 

@@ -1,6 +1,6 @@
 /**
  * The metrics TRL's DPOTrainer logs for one micro-batch, with TRL's names and definitions
- * (TRL HEAD `trl/trainer/dpo_trainer.py:_compute_loss` tail; dpo-anchors §2.7).
+ * (TRL HEAD `trl/trainer/dpo_trainer.py:_compute_loss` tail).
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { CompletionStats } from './logps.js';

@@ -1,5 +1,5 @@
 /**
- * metrics.jsonl: one JSON object per logged step (artifact layout in DESIGN.md), e.g.
+ * metrics.jsonl: one JSON object per logged step (the artifact layout: README "Artifacts"), e.g.
  * `{"stage":"dpo","step":10,"examples":80,"loss":0.61,"rewards/accuracies":0.75,...,"time":"2026-...Z"}`.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';

@@ -1,5 +1,5 @@
 /**
- * Tokenizer loading and export (DATA). Contract (DESIGN.md / contracts):
+ * Tokenizer loading and export (docs/data.md "Tokenizers"):
  *   loadTokenizer(pathOrDir): tokenizer.json (+tokenizer_config.json), SentencePiece tokenizer.model, llama2.c tok*.bin
  *   saveTokenizerFiles(tokenizer, outDir): HF-loadable tokenizer files
  */
