@@ -17,6 +17,7 @@ import { jobMetricsRoutes, metricsHistorySchema } from './routes/job-metrics.js'
 import { jobListSchema, jobsListRoutes } from './routes/jobs-list.js';
 import type { TriggerExtrasDeps } from './routes/trigger-extras.js';
 import { uiRoutes } from './routes/ui.js';
+import { dryRunPlanSchema } from './plan.js';
 
 export interface SurfaceOptions {
   /** Artifact access (default: the local tree under STORAGE_DIR). */
@@ -42,7 +43,8 @@ export function surfaceDeps(app: FastifyInstance, env: ServiceEnv, queue: Finetu
   // validators of earlier routes without the app's ajv)
   // the job status is shared by GET /jobs/:jobId and the list items
   if (!app.getSchema(String(apiSchemas().jobStatus.$id))) app.addSchema(apiSchemas().jobStatus);
-  for (const s of [jobEventSchema, jobEventPageSchema, jobListSchema, metricsHistorySchema, artifactFileListSchema, checkpointListSchema]) app.addSchema(s);
+  for (const s of [dryRunPlanSchema, jobEventSchema, jobEventPageSchema, jobListSchema, metricsHistorySchema, artifactFileListSchema, checkpointListSchema])
+    app.addSchema(s);
   const events = new JobEventLog(queue.redis, env.QUEUE_PREFIX, { maxLen: env.EVENT_LOG_MAX_LEN, ttlSeconds: env.JOB_RETENTION_SECONDS });
   const index = new JobIndex(queue.redis, env.QUEUE_PREFIX, env.JOB_RETENTION_SECONDS);
   const secrets = webhookSecrets(env as ServiceEnv & { SIGNING_SECRETS?: string });
@@ -56,6 +58,8 @@ export function surfaceDeps(app: FastifyInstance, env: ServiceEnv, queue: Finetu
     triggerExtras: {
       callbackPolicy: { allowHttp: env.ALLOW_HTTP_CALLBACKS, allowPrivate: env.CALLBACK_ALLOW_PRIVATE },
       hasSigningSecret: (c) => secrets.has(c),
+      redis: queue.redis,
+      prefix: env.QUEUE_PREFIX,
       index,
       events,
     },

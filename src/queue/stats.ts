@@ -9,7 +9,7 @@ import { QueueNames, type Stage } from './types.js';
 /** Histogram buckets of stage durations, seconds. */
 export const DURATION_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600];
 
-function statsKey(prefix: string): string {
+export function statsKey(prefix: string): string {
   return `${prefix}:${QueueNames.finetune}:dpo-stats`;
 }
 

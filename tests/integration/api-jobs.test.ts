@@ -141,6 +141,9 @@ after(async () => {
 });
 
 let doneJob = '';
+let doneStatus: JobStatus | null = null;
+let doneDataReady: Record<string, unknown> = {};
+let doneStageSteps: number[] = [];
 
 test('a toy job: SSE streams its events live in order; paged events, metrics, checkpoints and files agree with the artifact', async () => {
   const jobId = await trigger({ communityId: 'jobs-a', dataset: toy.slice(0, 8), config: { ...TINY, save_steps: 2 }, suffix: 'toy-run' });
@@ -182,6 +185,9 @@ test('a toy job: SSE streams its events live in order; paged events, metrics, ch
   assert.equal(dataReady.train, 6);
   assert.equal(dataReady.eval, 2);
   assert.ok(types.includes('eval.completed'));
+  doneStatus = final;
+  doneDataReady = dataReady;
+  doneStageSteps = live.filter((f) => f.event.type === 'stage.started' && f.event.data.stage !== 'upload').map((f) => Number(f.event.data.totalSteps));
 
   // paged: the same events in the same order, across pages of 3
   const paged: JobEvent[] = [];
@@ -345,4 +351,57 @@ test('GET /jobs: newest first, cursor pages without repeats, filters by communit
   assert.equal((await app.inject({ method: 'GET', url: '/jobs?after=garbage' })).statusCode, 400);
   assert.equal((await app.inject({ method: 'GET', url: '/jobs?state=nope' })).statusCode, 400);
   for (const id of ids) await app.inject({ method: 'DELETE', url: `/jobs/${id}` });
+});
+
+test('?dryRun=true answers the plan (the same data counts and steps as the real run) and queues nothing', async () => {
+  assert.ok(doneStatus, 'runs after the first test');
+  const before = await app.queueService.queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed');
+  const listBefore = (await app.inject({ method: 'GET', url: '/jobs?limit=100' })).json().data.length;
+  const res = await app.inject({
+    method: 'POST',
+    url: '/trigger-finetune?dryRun=true',
+    payload: { communityId: 'jobs-a', dataset: toy.slice(0, 8), config: { ...TINY, save_steps: 2 }, suffix: 'toy-run' },
+  });
+  assert.equal(res.statusCode, 200, res.body);
+  const plan = res.json();
+  assert.equal(plan.dryRun, true);
+  assert.equal(plan.model, 'stories260K');
+  // the same counts the real job's data phase reported
+  for (const k of ['examples', 'train', 'eval', 'dropped', 'truncated']) assert.equal(plan.data[k], doneDataReady[k], k);
+  // steps per stage = what the job ran (its stage.started events)
+  const ran = doneStatus!.stages.filter((s) => s.stage !== 'upload').map((s) => s.stage);
+  assert.deepEqual(
+    plan.stages.map((s: { stage: string }) => s.stage),
+    ran,
+  );
+  assert.deepEqual(
+    plan.stages.map((s: { steps: number }) => s.steps),
+    doneStageSteps,
+  );
+  assert.ok(doneStageSteps.every((n) => n > 0));
+  // tokens: SFT covers the 6 training pairs exactly once (3 steps x 2), so its count is exact; DPO by the mean
+  const sftTokens = doneStatus!.metrics.sft.num_tokens;
+  assert.equal(plan.stages[0].tokens, sftTokens, `plan ${plan.stages[0].tokens} vs trained ${sftTokens}`);
+  assert.ok(plan.tokens > sftTokens);
+  // a job has finished on this service, so durations are estimated from its tokens/s
+  assert.ok(plan.estimatedSeconds > 0, JSON.stringify(plan));
+  assert.ok(plan.notes.some((n: string) => /memory estimate pending/.test(n)));
+  // nothing queued, nothing listed
+  assert.deepEqual(await app.queueService.queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed'), before);
+  assert.equal((await app.inject({ method: 'GET', url: '/jobs?limit=100' })).json().data.length, listBefore);
+  // an invalid request is still a 400 in a dry run
+  const bad = await app.inject({
+    method: 'POST',
+    url: '/trigger-finetune?dryRun=true',
+    payload: { communityId: 'jobs-a', dataset: toy.slice(0, 8), config: { beta: 'x' } },
+  });
+  assert.equal(bad.statusCode, 400);
+  // a data-rule failure too (chosen == rejected), naming the row
+  const same = await app.inject({
+    method: 'POST',
+    url: '/trigger-finetune?dryRun=true',
+    payload: { communityId: 'jobs-a', dataset: [{ prompt: 'p', chosen: 'same', rejected: 'same' }] },
+  });
+  assert.equal(same.statusCode, 400, same.body);
+  assert.match(same.body, /\/dataset\/0\/rejected/);
 });

@@ -8,6 +8,10 @@ import type { FinetuneQueueService, JobRequestFields } from '../../queue/finetun
 import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
 import type { TrainingMethod } from '../../queue/types.js';
+import type { TrainConfig } from '../../config/index.js';
+import type { PreferenceExample } from '../../training/types.js';
+import { planJob, type DryRunPlan } from '../plan.js';
+import { ValidationError } from '../errors.js';
 import { CallbackUrlError, resolveCallbackTarget, type CallbackPolicy } from '../../webhooks/targets.js';
 import type { Problem } from '../errors.js';
 
@@ -21,6 +25,9 @@ export interface TriggerExtrasBody {
 
 export interface TriggerExtrasDeps {
   callbackPolicy: CallbackPolicy;
+  /** Redis and prefix of the service statistics (measured tokens/s for dry-run durations). */
+  redis: import('ioredis').Redis;
+  prefix: string;
   /** Whether the community has a webhook signing secret (SIGNING_SECRETS). */
   hasSigningSecret: (communityId: string) => boolean;
 }
@@ -85,4 +92,34 @@ export function configForMethod(config: Record<string, unknown> | undefined, met
   if (method !== 'dpo') return config;
   const sft = config?.sft && typeof config.sft === 'object' ? (config.sft as Record<string, unknown>) : {};
   return { ...config, sft: { ...sft, enabled: false } };
+}
+
+/**
+ * The dry-run answer: the plan of the job the request would create (src/api/plan.ts).
+ * @throws ValidationError when the data phase rejects the data (nothing fits max_length, unreadable file)
+ */
+export async function dryRunPlan(
+  body: TriggerExtrasBody & { communityId: string; dataset?: PreferenceExample[] },
+  config: TrainConfig,
+  deps: Pick<TriggerExtrasDeps, 'redis' | 'prefix'> & { datasetPath?: (id: string) => Promise<string> },
+): Promise<DryRunPlan> {
+  const dataset = body.datasetId && deps.datasetPath ? await deps.datasetPath(body.datasetId) : (body.dataset ?? []);
+  const evalDataset = body.evalDatasetId && deps.datasetPath ? await deps.datasetPath(body.evalDatasetId) : undefined;
+  try {
+    return await planJob({
+      communityId: body.communityId,
+      method: body.method ?? 'sft+dpo',
+      config,
+      dataset,
+      evalDataset,
+      redis: deps.redis,
+      prefix: deps.prefix,
+    });
+  } catch (err) {
+    const e = err as { code?: string; key?: string; message: string };
+    if (e.code === 'INVALID_CONFIG' || (typeof e.code === 'string' && /^(DATA_|EMPTY_|INVALID_DATA|UNSUPPORTED_)/.test(e.code))) {
+      throw new ValidationError([{ path: e.key ? `/config/${e.key}` : '/dataset', message: e.message }]);
+    }
+    throw err;
+  }
 }

@@ -11,7 +11,7 @@ import { apiSchemas } from '../schemas.js';
 import { errorResponses } from './common.js';
 import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
-import { checkTriggerExtras, configForMethod, recordQueued, type TriggerExtrasBody, type TriggerExtrasDeps } from './trigger-extras.js';
+import { checkTriggerExtras, configForMethod, dryRunPlan, recordQueued, type TriggerExtrasBody, type TriggerExtrasDeps } from './trigger-extras.js';
 
 /** Semantic row checks: `{index, field, code, message}` per problem (the contract of src/training/data/validate-rows.ts). */
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
@@ -64,7 +64,7 @@ export interface TriggerRouteOptions {
 
 export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOptions): Promise<void> {
   const s = apiSchemas();
-  app.post<{ Body: TriggerBody }>(
+  app.post<{ Body: TriggerBody; Querystring: { dryRun?: boolean } }>(
     '/trigger-finetune',
     {
       schema: {
@@ -78,8 +78,18 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
           type: 'object',
           properties: { 'idempotency-key': { type: 'string', description: '1-200 visible ASCII characters' } },
         },
+        querystring: {
+          type: 'object',
+          properties: {
+            dryRun: { type: 'boolean', description: 'validate everything and answer the plan (stages, steps, tokens, estimated duration); nothing is queued' },
+          },
+        },
         body: s.triggerRequest,
-        response: { 200: s.triggerResponse, 202: s.triggerResponse, ...errorResponses(400, 401, 413, 415, 429, 503) },
+        response: {
+          200: { description: 'an existing job (duplicate) or, with dryRun=true, the plan', anyOf: [s.triggerResponse, { $ref: 'DryRunPlan#' }] },
+          202: s.triggerResponse,
+          ...errorResponses(400, 401, 413, 415, 429, 503),
+        },
       },
     },
     async (request, reply) => {
@@ -108,6 +118,9 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
         problems.push({ path, message: p.detail ?? p.message });
       }
       if (problems.length > 0 || !resolved?.config) throw new ValidationError(problems);
+      if (request.query.dryRun === true) {
+        return reply.code(200).send(await dryRunPlan(request.body, resolved.config, opts.extras));
+      }
       let res;
       try {
         res = await opts.queue.enqueue({ communityId, dataset, config: resolved.config }, typeof idem === 'string' ? idem : undefined, extras.fields);

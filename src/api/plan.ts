@@ -1,0 +1,178 @@
+/**
+ * The dry-run plan of a trigger request (`POST /trigger-finetune?dryRun=true`): what the job would do,
+ * computed with the trainer's own pieces and without queueing anything.
+ *
+ * - data: the worker's data phase (src/training/pipeline/data.ts prepareData: load, eval split, tokenise
+ *   with the model's tokenizer), so the counts (train / eval pairs, dropped, truncated) are the ones the
+ *   job will see;
+ * - steps per stage: the trainer's stagePlan (batch_size x gradient_accumulation_steps per step, the
+ *   least of n_epochs / n_examples / max_steps);
+ * - tokens per stage: steps x pairs per step x the mean tokens per pair (SFT: prompt + SFT target; DPO:
+ *   prompt + chosen and prompt + rejected, both through the policy);
+ * - duration: tokens / the tokens/s last measured on this service for that stage (`dpo_training_tokens_per_second`,
+ *   src/queue/stats.ts), null until a job has finished;
+ * - memory: the engine's estimate when it is available (not yet on this branch: `memory: null` and a note).
+ * Runs in the API process (tokenisation of a large dataset takes a while: the request waits for it).
+ */
+import pino from 'pino';
+import type { Redis } from 'ioredis';
+import { dpoStage, sftStage, type TrainConfig } from '../config/index.js';
+import { repoRoot } from '../config/paths.js';
+import { statsKey } from '../queue/stats.js';
+import type { TrainingMethod } from '../queue/types.js';
+import type { PreferenceExample, Tokenizer } from '../training/types.js';
+
+export interface StagePlan {
+  stage: 'sft' | 'dpo';
+  steps: number;
+  /** Pairs per optimizer step (batch_size x gradient_accumulation_steps). */
+  pairsPerStep: number;
+  epochs: number;
+  tokens: number;
+  /** Seconds at the last measured tokens/s of this stage, or null. */
+  estimatedSeconds: number | null;
+}
+
+export interface DryRunPlan {
+  dryRun: true;
+  communityId: string;
+  method: TrainingMethod;
+  model: string;
+  data: { examples: number; train: number; eval: number; dropped: number; truncated: number };
+  stages: StagePlan[];
+  tokens: number;
+  estimatedSeconds: number | null;
+  memory: Record<string, unknown> | null;
+  notes: string[];
+}
+
+export const dryRunPlanSchema = {
+  $id: 'DryRunPlan',
+  title: 'DryRunPlan',
+  type: 'object',
+  required: ['dryRun', 'communityId', 'method', 'model', 'data', 'stages', 'tokens', 'estimatedSeconds', 'memory', 'notes'],
+  properties: {
+    dryRun: { type: 'boolean', enum: [true] },
+    communityId: { type: 'string' },
+    method: { type: 'string', enum: ['sft+dpo', 'dpo', 'sft'] },
+    model: { type: 'string' },
+    data: {
+      type: 'object',
+      required: ['examples', 'train', 'eval', 'dropped', 'truncated'],
+      properties: {
+        examples: { type: 'integer' },
+        train: { type: 'integer' },
+        eval: { type: 'integer' },
+        dropped: { type: 'integer', description: 'pairs whose prompt alone fills max_length' },
+        truncated: { type: 'integer' },
+      },
+    },
+    stages: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['stage', 'steps', 'pairsPerStep', 'epochs', 'tokens', 'estimatedSeconds'],
+        properties: {
+          stage: { type: 'string', enum: ['sft', 'dpo'] },
+          steps: { type: 'integer' },
+          pairsPerStep: { type: 'integer' },
+          epochs: { type: 'number' },
+          tokens: { type: 'integer' },
+          estimatedSeconds: { type: ['number', 'null'] },
+        },
+      },
+    },
+    tokens: { type: 'integer', description: 'tokens through the policy, all stages' },
+    estimatedSeconds: { type: ['number', 'null'], description: 'training time at the last measured tokens/s; null before any job finished' },
+    memory: { type: ['object', 'null'], additionalProperties: true, description: "the engine's memory estimate (null: not available)" },
+    notes: { type: 'array', items: { type: 'string' } },
+  },
+} as const;
+
+const tokenizers = new Map<string, Promise<Tokenizer>>();
+
+/** The tokenizer a config trains with, without loading the weights (cached per name). */
+async function tokenizerOf(cfg: TrainConfig): Promise<Tokenizer> {
+  const key = cfg.model.tokenizer_name_or_path ?? cfg.model.name_or_path;
+  let t = tokenizers.get(key);
+  if (!t) {
+    t = (async () => {
+      const { loadTokenizer } = await import('../training/tokenizers/index.js');
+      const { BUILTIN_MODELS } = await import('../training/models/index.js');
+      if (cfg.model.tokenizer_name_or_path) return loadTokenizer(cfg.model.tokenizer_name_or_path);
+      const builtin = Object.hasOwn(BUILTIN_MODELS, cfg.model.name_or_path) ? BUILTIN_MODELS[cfg.model.name_or_path] : undefined;
+      const { join } = await import('node:path');
+      return loadTokenizer(builtin ? join(repoRoot(), builtin.tokenizer) : cfg.model.name_or_path);
+    })();
+    tokenizers.set(key, t);
+    t.catch(() => tokenizers.delete(key));
+  }
+  return t;
+}
+
+/**
+ * Plan a job.
+ * @param dataset inline rows, or the local path of an uploaded dataset file
+ * @param evalDataset the local path of an uploaded eval dataset, if any
+ * @throws DataError / ConfigError (`max_length`: nothing fits) from the data phase; TokenizerError
+ */
+export async function planJob(opts: {
+  communityId: string;
+  method: TrainingMethod;
+  config: TrainConfig;
+  dataset: PreferenceExample[] | string;
+  evalDataset?: string;
+  redis: Redis;
+  prefix: string;
+}): Promise<DryRunPlan> {
+  const cfg: TrainConfig = opts.evalDataset ? { ...opts.config, eval_dataset: opts.evalDataset } : opts.config;
+  const tokenizer = await tokenizerOf(cfg);
+  const { prepareData } = await import('../training/pipeline/data.js');
+  const { stagePlan } = await import('../training/trainer/stage.js');
+  const data = await prepareData(cfg, tokenizer, pino({ level: 'silent' }), opts.dataset);
+  const n = data.train.length;
+  let sftTokens = 0;
+  let dpoTokens = 0;
+  for (const p of data.train) {
+    sftTokens += p.promptIds.length + p.sftIds.length;
+    dpoTokens += 2 * p.promptIds.length + p.chosenIds.length + p.rejectedIds.length;
+  }
+  const tps = await opts.redis.hmget(statsKey(opts.prefix), 'tps:sft', 'tps:dpo').catch(() => [null, null]);
+  const stages: StagePlan[] = [];
+  const add = (stage: 'sft' | 'dpo', settings: ReturnType<typeof sftStage>, perPair: number, measured: string | null | undefined): void => {
+    const sp = stagePlan(n, settings);
+    const tokens = Math.round(sp.totalSteps * Math.min(sp.perStep, n) * perPair);
+    const rate = measured ? Number(measured) : Number.NaN;
+    stages.push({
+      stage,
+      steps: sp.totalSteps,
+      pairsPerStep: sp.perStep,
+      epochs: Number((sp.totalSteps / sp.stepsPerEpoch).toFixed(4)),
+      tokens,
+      estimatedSeconds: Number.isFinite(rate) && rate > 0 ? Number((tokens / rate).toFixed(1)) : null,
+    });
+  };
+  if (cfg.sft.enabled) add('sft', sftStage(cfg), sftTokens / n, tps[0]);
+  if (opts.method !== 'sft') add('dpo', dpoStage(cfg), dpoTokens / n, tps[1]);
+  const notes: string[] = ['memory estimate pending: the engine has no estimator on this version'];
+  const known = stages.every((s) => s.estimatedSeconds !== null);
+  if (!known) notes.push('no job has finished on this service yet: durations need a measured tokens/s');
+  return {
+    dryRun: true,
+    communityId: opts.communityId,
+    method: opts.method,
+    model: cfg.model.name_or_path,
+    data: {
+      examples: data.stats.examples,
+      train: data.stats.train_pairs,
+      eval: data.stats.eval_pairs,
+      dropped: data.stats.dropped,
+      truncated: data.stats.truncated,
+    },
+    stages,
+    tokens: stages.reduce((a, s) => a + s.tokens, 0),
+    estimatedSeconds: known ? Number(stages.reduce((a, s) => a + (s.estimatedSeconds ?? 0), 0).toFixed(1)) : null,
+    memory: null,
+    notes,
+  };
+}
