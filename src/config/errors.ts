@@ -95,6 +95,8 @@ export interface AjvErrorContext {
   knownKeys?: (path: ConfigPath) => string[];
   /** Where a setting came from (`[from loss.beta=abc]`), by dotted key. */
   sourceOf?: (key: string) => string | undefined;
+  /** More about a suggested key (`, TRL's name of lr`). */
+  describe?: (key: string) => string;
   code?: ConfigErrorCode;
 }
 
@@ -116,7 +118,7 @@ export function configErrorFromAjv(errors: ErrorObject[], ctx: AjvErrorContext):
     const known = ctx.knownKeys?.(parent) ?? [];
     const near = closest(name, known);
     const parentKey = dottedKey([...(ctx.prefix ?? []), ...parent]);
-    detail = `unknown setting '${key}'${near ? ` (did you mean '${near}'?)` : ''}; known settings${parentKey ? ` of ${parentKey}` : ''}: ${known.join(', ')}`;
+    detail = `unknown setting '${key}'${near ? ` (did you mean '${near}'${ctx.describe?.(near) ?? ''}?)` : ''}; known settings${parentKey ? ` of ${parentKey}` : ''}: ${known.join(', ')}`;
   } else if (e.keyword === 'required') {
     detail = 'missing after resolution (config/config.yaml must define it)';
   } else {

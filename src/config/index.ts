@@ -15,6 +15,7 @@ import YAML from 'yaml';
 import { LOSS_ALIASES, LOSS_TYPES, lossOptionsOf, resolveLossGroup, type LossGroup, type ResolvedLossOptions } from '../training/losses/options.js';
 import { closest, ConfigError, configErrorFromAjv, type ConfigPath } from './errors.js';
 import { configDir } from './paths.js';
+import { TRL_ALIASES, TrlTranslator } from './trl.js';
 import { ConfigInputSchema, StageSchema, TrainConfigSchema, toJsonSchema, type StageSettings, type TrainConfig } from './schema.js';
 
 export { configDir, repoRoot, schemasDir } from './paths.js';
@@ -168,9 +169,12 @@ function nest(path: string[], value: unknown): Obj {
   return out;
 }
 
+/** `, TRL's name of lr` for a TRL alias. */
+const describeKey = (k: string): string => (TRL_ALIASES[k] ? `, TRL's name of ${TRL_ALIASES[k].ours}` : '');
+
 function suggest(name: string, known: string[]): string {
   const near = closest(name, known);
-  return near ? ` (did you mean '${near}'?)` : '';
+  return near ? ` (did you mean '${near}'${describeKey(near)}?)` : '';
 }
 
 /** The keys the input schema knows for the object at `path` (for "unknown setting" messages). */
@@ -224,12 +228,15 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
   const sources = new Map<string, string>();
   let cfg: Obj = {};
   const base = opts.defaults ?? readYamlFile(join(configDir(), 'config.yaml'), 'config.yaml');
-  cfg = applyLayer(cfg, base);
-  if (opts.configFile) cfg = applyLayer(cfg, readYamlFile(opts.configFile, '--config'));
+  // TRL's names (learning_rate, eval_steps, ...) become ours layer by layer; conversions needing the merged config run after
+  const trl = new TrlTranslator();
+  const apply = (to: Obj, layer: Obj, source?: string): Obj => trl.translate(layer, () => source).reduce(applyLayer, to);
+  cfg = apply(cfg, base);
+  if (opts.configFile) cfg = apply(cfg, readYamlFile(opts.configFile, '--config'));
   if (opts.object !== undefined) {
     if (!isObj(opts.object)) throw new ConfigError('config', `must be an object of settings, got ${JSON.stringify(opts.object)}`);
     // group names are validated by the schema before expansion too (a number as model is a type error)
-    cfg = applyLayer(cfg, opts.object);
+    cfg = apply(cfg, opts.object);
   }
   const parsed = (opts.overrides ?? []).map(parseOverride);
   const props = Object.keys((configSchema().properties ?? {}) as Obj);
@@ -244,9 +251,10 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
     if (isGroup(o) && typeof o.value !== 'string') {
       throw new ConfigError(o.path, `${o.key}=<group name>, got ${JSON.stringify(o.value)} [from ${o.text}]`);
     }
-    cfg = applyLayer(cfg, nest(o.path, o.value));
+    cfg = apply(cfg, nest(o.path, o.value), o.text);
     sources.set(o.key, o.text);
   }
+  cfg = trl.finish(cfg);
   // webhook shorthands
   for (const k of ['beta', 'label_smoothing'] as const) {
     if (cfg[k] !== undefined && isObj(cfg.loss)) {
@@ -256,7 +264,8 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
     }
   }
   const v = validators();
-  if (!v.input(cfg)) throw configErrorFromAjv(v.input.errors ?? [], { value: cfg, knownKeys: knownKeysAt, sourceOf: (k) => sources.get(k) });
+  if (!v.input(cfg))
+    throw configErrorFromAjv(v.input.errors ?? [], { value: cfg, knownKeys: knownKeysAt, sourceOf: (k) => sources.get(k), describe: describeKey });
   const c = { ...cfg, loss: resolveLossGroup(cfg.loss as LossGroup, ['loss']) } as TrainConfig;
   if (!v.resolved(c)) throw configErrorFromAjv(v.resolved.errors ?? [], { value: c, knownKeys: knownKeysAt });
   if (c.max_prompt_length >= c.max_length) {

@@ -10,6 +10,7 @@
  */
 import { Type, type Static, type TOptional, type TProperties, type TSchema } from '@sinclair/typebox';
 import { LossGroupSchema, ResolvedLossSchema } from '../training/losses/options.js';
+import { trlInputProperties, trlStageProperties } from './trl.js';
 
 export const SCHEMA_ID = 'https://dpo-service.local/schemas/config.schema.json';
 
@@ -35,7 +36,12 @@ const stageProperties = {
     description: 'Micro-batches whose gradients are summed (weighted so the loss is a mean over the effective batch) before one optimizer step.',
   }),
   lr: Type.Number({ exclusiveMinimum: 0, description: 'Peak learning rate.' }),
-  warmup_steps: nonNegInt({ description: 'Linear warmup from 0, in optimizer steps.' }),
+  warmup_steps: nonNegInt({ description: 'Linear warmup from 0, in optimizer steps (when > 0 it wins over warmup_ratio, as in transformers).' }),
+  warmup_ratio: Type.Number({
+    minimum: 0,
+    maximum: 1,
+    description: "Warmup as a fraction of the stage's optimizer steps: ceil(warmup_ratio * total steps) when warmup_steps is 0 (TRL/transformers).",
+  }),
   lr_scheduler: stringEnum(LR_SCHEDULERS),
   optimizer: stringEnum(OPTIMIZERS),
   weight_decay: Type.Number({ minimum: 0, description: 'Decoupled (AdamW) or L2 (others) weight decay.' }),
@@ -48,10 +54,11 @@ export type StageSettings = Static<typeof StageSchema>;
 export type LrScheduler = StageSettings['lr_scheduler'];
 export type OptimizerName = StageSettings['optimizer'];
 
-const SftSchema = Type.Partial(Type.Object({ enabled: Type.Boolean({ description: 'false skips the SFT stage.' }), ...stageProperties }), {
-  additionalProperties: false,
-  description: 'The SFT stage on prompt + chosen; unset keys inherit the top-level value. enabled=false skips SFT.',
-});
+const sftProperties = { enabled: Type.Boolean({ description: 'false skips the SFT stage.' }), ...stageProperties };
+const sftDescription = 'The SFT stage on prompt + chosen; unset keys inherit the top-level value. enabled=false skips SFT.';
+const SftSchema = Type.Partial(Type.Object(sftProperties), { additionalProperties: false, description: sftDescription });
+/** `sft` as written: also TRL's names of the stage settings (learning_rate, num_train_epochs, ...). */
+const SftInputSchema = Type.Object({ ...allOptional(sftProperties), ...trlStageProperties() }, { additionalProperties: false, description: sftDescription });
 
 const modelProperties = {
   name: Type.String({ minLength: 1, maxLength: 200, description: 'Short name of the model (group name).' }),
@@ -134,6 +141,10 @@ const plainProperties = {
   ref_model_sync_steps: posInt(),
   ref_model_update_steps: nullable(posInt(), { description: 'PaddleNLP hard reference update (copy the policy) every N steps; null: off.' }),
   backend: Type.Unsafe<(typeof BACKENDS)[number] | null>({ enum: [...BACKENDS, null] }),
+  gradient_checkpointing: Type.Boolean({
+    description:
+      "Recompute each layer's activations in the backward pass instead of keeping them (transformers' gradient_checkpointing): less memory, more compute.",
+  }),
   tensorboard: Type.Boolean(),
   plot: Type.Boolean(),
   progress_bar: Type.Unsafe<boolean | 'auto'>({ enum: [true, false, 'auto'] }),
@@ -167,8 +178,9 @@ export const ConfigInputSchema = Type.Object(
     ),
     beta: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'Shorthand for loss.beta (webhook convenience).' })),
     label_smoothing: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 0.5, description: 'Shorthand for loss.label_smoothing.' })),
-    sft: Type.Optional(SftSchema),
+    sft: Type.Optional(SftInputSchema),
     lora: Type.Optional(Type.Partial(LoraSchema)),
+    ...trlInputProperties(),
   },
   {
     $schema: 'http://json-schema.org/draft-07/schema#',

@@ -39,6 +39,7 @@ export function stage(over: Partial<StageSettings> = {}): StageSettings {
     gradient_accumulation_steps: 1,
     lr: 1e-3,
     warmup_steps: 0,
+    warmup_ratio: 0,
     lr_scheduler: 'constant',
     optimizer: 'adamw',
     weight_decay: 0,

@@ -126,6 +126,14 @@ export interface StageResult {
   seconds: number;
 }
 
+/**
+ * Warmup in optimizer steps: `warmup_steps` when > 0, else `ceil(warmup_ratio × totalSteps)` (transformers'
+ * TrainingArguments.get_warmup_steps).
+ */
+export function warmupSteps(s: Pick<StageSettings, 'warmup_steps' | 'warmup_ratio'>, totalSteps: number): number {
+  return s.warmup_steps > 0 ? s.warmup_steps : Math.ceil(s.warmup_ratio * totalSteps);
+}
+
 /** Steps per epoch and the total number of optimizer steps of a stage. */
 export function stagePlan(nTrain: number, s: StageSettings): { perStep: number; stepsPerEpoch: number; totalSteps: number } {
   if (nTrain <= 0) throw new StageConfigError('datasets', 'no training examples left after tokenisation and the eval split');
@@ -225,7 +233,7 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
       microMetrics.push({ ...r.metrics, loss: r.loss });
     }
     const gradNorm = clipByGlobalNorm(acc, s.max_grad_norm);
-    const lr = learningRateAt(step, { lr: s.lr, warmupSteps: s.warmup_steps, kind: s.lr_scheduler, totalSteps });
+    const lr = learningRateAt(step, { lr: s.lr, warmupSteps: warmupSteps(s, totalSteps), kind: s.lr_scheduler, totalSteps });
     if (Number.isFinite(gradNorm)) optimizer.apply(acc, lr);
     disposeGrads(acc);
     const prevExamples = examples;
