@@ -27,6 +27,7 @@ import { getApp, getApps, initializeApp, type App } from 'firebase-admin/app';
 import { getStorage } from 'firebase-admin/storage';
 import { CRC32C } from '@google-cloud/storage';
 import { contentType as mimeContentType, lookup as mimeLookup } from 'mime-types';
+import pRetry, { AbortError } from 'p-retry';
 import { pino, type Logger } from 'pino';
 import { MANIFEST_NAME, readManifest, type Manifest } from './manifest.js';
 import { StorageError } from './errors.js';
@@ -392,23 +393,42 @@ export class FirebaseStorage implements Storage {
     }
     const uri = `gs://${this.bucketName}/${objectName}`;
     const file = bucket.file(objectName);
-    let lastErr: unknown;
     let attempts = 0;
-    for (let attempt = 1; attempt <= this.opts.maxAttempts; attempt++) {
-      attempts = attempt;
-      try {
-        await this.sendOnce(bucket, localPath, objectName, local);
-        await this.verify(file, local);
-        this.log.debug({ uri, bytes: local.size, attempt }, 'file uploaded and verified');
-        return;
-      } catch (err) {
-        lastErr = err;
-        if (err instanceof VerificationError) await file.delete({ ignoreNotFound: true }).catch(() => undefined);
-        if (isPermanent(err) || attempt === this.opts.maxAttempts) break;
-        const delay = backoffDelayMs(attempt, this.opts.backoffBaseMs, this.opts.backoffMaxMs);
-        this.log.warn({ uri, attempt, maxAttempts: this.opts.maxAttempts, delayMs: delay, err: describe(err) }, 'upload attempt failed; retrying');
-        await sleep(delay);
-      }
+    let lastErr: unknown;
+    try {
+      // p-retry runs the attempts; the delay between them is backoffDelayMs (awaited in onFailedAttempt,
+      // p-retry's own delay set to 0) so that the jitter stays the documented ±20 %
+      await pRetry(
+        async (attempt) => {
+          attempts = attempt;
+          try {
+            await this.sendOnce(bucket, localPath, objectName, local);
+            await this.verify(file, local);
+          } catch (err) {
+            if (err instanceof VerificationError) await file.delete({ ignoreNotFound: true }).catch(() => undefined);
+            if (isPermanent(err) || !(err instanceof Error)) throw new AbortError(err instanceof Error ? err : new Error(String(err)));
+            throw err;
+          }
+          this.log.debug({ uri, bytes: local.size, attempt }, 'file uploaded and verified');
+        },
+        {
+          retries: this.opts.maxAttempts - 1,
+          minTimeout: 0,
+          maxTimeout: 0,
+          onFailedAttempt: async (err) => {
+            if (err.retriesLeft === 0) return;
+            const delay = backoffDelayMs(err.attemptNumber, this.opts.backoffBaseMs, this.opts.backoffMaxMs);
+            this.log.warn(
+              { uri, attempt: err.attemptNumber, maxAttempts: this.opts.maxAttempts, delayMs: delay, err: describe(err) },
+              'upload attempt failed; retrying',
+            );
+            await sleep(delay);
+          },
+        },
+      );
+      return;
+    } catch (err) {
+      lastErr = err;
     }
     if (lastErr instanceof StorageError) throw lastErr;
     const how = isPermanent(lastErr) ? 'without retry (the error is permanent)' : `after ${attempts} attempt(s)`;
