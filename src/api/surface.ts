@@ -47,7 +47,7 @@ export function surfaceDeps(app: FastifyInstance, env: ServiceEnv, queue: Finetu
     app.addSchema(s);
   const events = new JobEventLog(queue.redis, env.QUEUE_PREFIX, { maxLen: env.EVENT_LOG_MAX_LEN, ttlSeconds: env.JOB_RETENTION_SECONDS });
   const index = new JobIndex(queue.redis, env.QUEUE_PREFIX, env.JOB_RETENTION_SECONDS);
-  const secrets = webhookSecrets(env as ServiceEnv & { SIGNING_SECRETS?: string });
+  const secrets = webhookSecrets(env);
   return {
     env,
     queue,

@@ -54,6 +54,8 @@ export interface ServiceEnv {
   SHUTDOWN_GRACE_MS: number;
   /** Time the worker lets a running job finish on SIGTERM before aborting it, ms. */
   WORKER_SHUTDOWN_TIMEOUT_MS: number;
+  /** Standard Webhooks secrets per community, `acme:whsec_...,globex:whsec_...`: sign the job callbacks. */
+  SIGNING_SECRETS: string;
   /** Largest dataset upload (POST /datasets), bytes as sent (compressed when gzip). */
   MAX_DATASET_BYTES: number;
   /** Approximate cap of events kept per job (Redis Stream MAXLEN ~). */
@@ -101,6 +103,7 @@ const schema = {
     WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
     SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, default: 10000 },
     WORKER_SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
+    SIGNING_SECRETS: { type: 'string', default: '' },
     MAX_DATASET_BYTES: { type: 'integer', minimum: 1024, default: 512 * 1024 * 1024 },
     EVENT_LOG_MAX_LEN: { type: 'integer', minimum: 100, default: 10000 },
     ALLOW_HTTP_CALLBACKS: { type: 'boolean', default: false },
