@@ -8,15 +8,14 @@
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
+import { contentType as mimeContentType } from 'mime-types';
+import { repoRoot } from '../../config/paths.js';
 import { NotFoundError } from '../errors.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-
-/** The page's directory: src/ui next to src/api (also from dist/src/api, which has no copy: use the source). */
+/** The page's directory: the repository's src/ui (dist/ has no copy, so compiled code serves the source too). */
 function uiDir(): string {
-  return join(here, '..', '..', 'ui').replace(`${join('dist', 'src')}`, 'src');
+  return join(repoRoot(), 'src', 'ui');
 }
 
 function uplotDist(): string {
@@ -24,12 +23,15 @@ function uplotDist(): string {
   return dirname(require.resolve('uplot/dist/uPlot.iife.min.js'));
 }
 
+/** A served file: its path and its content type (mime-types, by the file name). */
+const served = (file: () => string, name: string) => ({ file, type: mimeContentType(name) || 'application/octet-stream' });
+
 const FILES: Record<string, { file: () => string; type: string }> = {
-  '': { file: () => join(uiDir(), 'index.html'), type: 'text/html; charset=utf-8' },
-  'app.js': { file: () => join(uiDir(), 'app.js'), type: 'text/javascript; charset=utf-8' },
-  'style.css': { file: () => join(uiDir(), 'style.css'), type: 'text/css; charset=utf-8' },
-  'uPlot.iife.min.js': { file: () => join(uplotDist(), 'uPlot.iife.min.js'), type: 'text/javascript; charset=utf-8' },
-  'uPlot.min.css': { file: () => join(uplotDist(), 'uPlot.min.css'), type: 'text/css; charset=utf-8' },
+  '': served(() => join(uiDir(), 'index.html'), 'index.html'),
+  'app.js': served(() => join(uiDir(), 'app.js'), 'app.js'),
+  'style.css': served(() => join(uiDir(), 'style.css'), 'style.css'),
+  'uPlot.iife.min.js': served(() => join(uplotDist(), 'uPlot.iife.min.js'), 'uPlot.iife.min.js'),
+  'uPlot.min.css': served(() => join(uplotDist(), 'uPlot.min.css'), 'uPlot.min.css'),
 };
 
 export async function uiRoutes(app: FastifyInstance): Promise<void> {
