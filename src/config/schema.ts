@@ -78,7 +78,11 @@ export const LoraSchema = Type.Object(
     r: posInt(),
     alpha: Type.Number({ exclusiveMinimum: 0 }),
     dropout: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
-    target_modules: Type.Array(Type.String({ minLength: 1, maxLength: 100 }), { minItems: 1 }),
+    target_modules: Type.Union([Type.Array(Type.String({ minLength: 1, maxLength: 100 }), { minItems: 1 }), Type.Literal('all-linear')], {
+      description: "Projection names, or 'all-linear' (PEFT): every linear layer of the decoder.",
+    }),
+    rslora: Type.Boolean({ description: 'Rank-stabilised LoRA: scale the update by alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023).' }),
+    lora_plus_scale: Type.Number({ minimum: 1, description: "LoRA+: B's learning rate is this many times A's (Hayou et al. 2024); 1: off." }),
     merge: Type.Boolean({ description: 'Export merges the adapters into the weights; false: save a PEFT adapter.' }),
   },
   { additionalProperties: false },
@@ -149,6 +153,12 @@ const plainProperties = {
   plot: Type.Boolean(),
   progress_bar: Type.Unsafe<boolean | 'auto'>({ enum: [true, false, 'auto'] }),
   save_dtype: stringEnum(['F32', 'BF16'] as const),
+  frozen_weights_dtype: stringEnum(['float32', 'bfloat16'] as const, {
+    description: 'Storage of frozen linear weights (the reference copy, the LoRA base) on the native backend; bfloat16 halves them.',
+  }),
+  weight_quantize_algo: nullable(stringEnum(['weight_only_int8'] as const), {
+    description: "PaddleNLP's name: the LoRA base's linear weights as int8 with one scale per output feature (native backend).",
+  }),
 };
 
 /** The resolved training configuration: every key present, `model` and `loss` expanded (see config/config.yaml). */

@@ -9,7 +9,7 @@ import { initBackend } from '../../src/training/engine/backend.js';
 import { preferenceLoss, preferenceMetrics, orpoLogOdds, type LossOptions } from '../../src/training/losses/index.js';
 
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
 });
 
 // LLaMA-Factory tests_v1/trainers/test_dpo_loss_precision.py inputs

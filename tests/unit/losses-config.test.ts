@@ -15,7 +15,7 @@ import { LOSS_TYPES, needsReference, preferenceLoss, resolveLossOptions, type Re
 const LOSS_DIR = join(import.meta.dirname, '../../config/loss');
 
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
 });
 
 function groups(): Array<{ file: string; cfg: Record<string, unknown> }> {

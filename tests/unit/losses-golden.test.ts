@@ -73,7 +73,7 @@ function close(actual: number, expected: number, what: string, key?: string): vo
 }
 
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
 });
 
 interface Logps {

@@ -12,7 +12,7 @@ import { LOSS_TYPES, completionLogps, logpsFromLogits, preferenceLoss, sftLoss, 
 import type { CausalLM, ModelConfig } from '../../src/training/types.js';
 
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
 });
 
 const PC = [-3.1, -2.4, -4.2, -1.7];

@@ -18,7 +18,7 @@ import {
 } from '../../src/training/losses/index.js';
 
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
 });
 
 function params(values: Record<string, number[]>, trainable: boolean): Map<string, tf.Variable> {

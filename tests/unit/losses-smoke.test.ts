@@ -19,7 +19,7 @@ let mask: tf.Tensor2D;
 let B = 0;
 
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
   const { model, tokenizer } = await loadPretrained('stories260K');
   base = model;
   reference = cloneModel(model, { trainable: false });

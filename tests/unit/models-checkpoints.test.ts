@@ -272,7 +272,7 @@ function assertMatchesRef(got: Float32Array, ref: Float64Array[], what: string):
 let dir: string;
 const IDS = [1, 5, 9, 3, 17, 30, 2, 11];
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
   dir = mkdtempSync(join(tmpdir(), 'models-ckpt-'));
 });
 after(() => rmSync(dir, { recursive: true, force: true }));

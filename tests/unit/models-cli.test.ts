@@ -19,7 +19,7 @@ import { tokenizePreference, collatePreference, resolvePadId } from '../../src/t
 
 let dir: string;
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
   dir = mkdtempSync(join(tmpdir(), 'models-cli-'));
 });
 after(() => rmSync(dir, { recursive: true, force: true }));

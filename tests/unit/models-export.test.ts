@@ -35,7 +35,7 @@ let model: GenerativeLM;
 let tokenizer: Tokenizer;
 let dir: string;
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
   ({ model, tokenizer } = await loadPretrained('stories260K'));
   dir = mkdtempSync(join(tmpdir(), 'models-export-'));
 });

@@ -37,7 +37,7 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
 
 let model: LlamaModel;
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
   const { config, tensors } = await readLlama2c(BIN);
   model = new LlamaModel(config, variablesFromHF(llamaShapes(config), tensors, isLlamaLinear));
 });

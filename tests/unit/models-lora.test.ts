@@ -42,7 +42,7 @@ function maxDiff(a: number[], b: number[]): number {
 
 let dir: string;
 before(async () => {
-  await initBackend('wasm');
+  await initBackend('auto');
   dir = mkdtempSync(join(tmpdir(), 'models-lora-'));
 });
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -11,7 +11,7 @@ let cache: { pairs: TokenizedPair[]; tokenizer: Tokenizer; padId: number } | nul
 
 /** Toy pairs tokenized for stories260K (max_length 64). */
 export async function toyPairs(): Promise<{ pairs: TokenizedPair[]; tokenizer: Tokenizer; padId: number }> {
-  await initBackend('wasm');
+  await initBackend('auto');
   if (cache) return cache;
   const { model, tokenizer } = await loadPretrained('stories260K');
   model.dispose();
@@ -22,7 +22,7 @@ export async function toyPairs(): Promise<{ pairs: TokenizedPair[]; tokenizer: T
 }
 
 export async function stories(): Promise<GenerativeLM> {
-  await initBackend('wasm');
+  await initBackend('auto');
   return (await loadPretrained('stories260K')).model;
 }
 

@@ -42,6 +42,23 @@ export interface NativeAddon {
     strideB: number,
     strideC: number,
   ): void;
+  /**
+   * C = op(A) op(B) for one product with B a frozen low-precision weight, widened in the packing (gemm.c):
+   * btype 1: B bfloat16 (Uint16Array); btype 2: B int8 (Int8Array) times scale[stored column].
+   */
+  sgemmLowp(
+    A: Float32Array,
+    B: Uint16Array | Int8Array,
+    scale: Float32Array,
+    C: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    transA: number,
+    transB: number,
+    threads: number,
+    btype: number,
+  ): void;
   /** Fused AdamW, out of place (see optim.c). */
   adamw(
     p: Float32Array,
@@ -97,6 +114,16 @@ export interface NativeAddon {
   swigluFwd(a: Float32Array, b: Float32Array, y: Float32Array, threads: number): void;
   /** SwiGLU backward (see elementwise.c). */
   swigluBwd(g: Float32Array, a: Float32Array, b: Float32Array, da: Float32Array, db: Float32Array, threads: number): void;
+  /** C = A op B with broadcasting by strides (0 broadcasts; last-axis strides 0 or 1); see tensor.c for op codes. */
+  binary(op: number, A: Float32Array, B: Float32Array, C: Float32Array, shape: number[], aStrides: number[], bStrides: number[], threads: number): void;
+  /** Y = f(X) element-wise (tensor.c op codes; alpha for the scale op). */
+  unary(op: number, X: Float32Array, Y: Float32Array, alpha: number, threads: number): void;
+  /** Y [outer, inner] = reduce over k of X [outer, n, inner] (tensor.c op codes). */
+  reduce(op: number, X: Float32Array, Y: Float32Array, outer: number, n: number, inner: number, threads: number): void;
+  /** Y = X with axes permuted (output axis d is input axis perm[d]). */
+  transpose(X: Float32Array, Y: Float32Array, shape: number[], perm: number[], threads: number): void;
+  /** out = 0, then slices of upd added at the flat offsets sum_d idx[i, d] strides[d] (ScatterNd). */
+  scatterAdd(idx: Int32Array, upd: Float32Array, out: Float32Array, n: number, depth: number, slice: number, strides: number[]): void;
   /** Its backward pass (see attention.c). */
   attentionBwd(
     dO: Float32Array,

@@ -13,6 +13,7 @@ import { ensureGradients } from './gradients.js';
 import { nativeStatus } from './addon.js';
 import { registerFusedKernels } from './kernels.js';
 import { registerNativeMatmul } from './matmul.js';
+import { NATIVE_BACKEND, registerNativeBackend } from './native-backend.js';
 import { BACKEND_REQUESTS, type BackendRequest, engineSettings } from './settings.js';
 
 export type { BackendRequest } from './settings.js';
@@ -95,6 +96,7 @@ export async function initBackend(request?: BackendRequest, opts: BackendOptions
   const candidates: Array<{ req: BackendRequest; pkg: string; backend: string; gpu: boolean }> = [
     { req: 'tensorflow-gpu', pkg: '@tensorflow/tfjs-node-gpu', backend: 'tensorflow', gpu: true },
     { req: 'tensorflow', pkg: '@tensorflow/tfjs-node', backend: 'tensorflow', gpu: false },
+    { req: 'native', pkg: '@tensorflow/tfjs-backend-cpu', backend: NATIVE_BACKEND, gpu: false },
     { req: 'wasm', pkg: '@tensorflow/tfjs-backend-wasm', backend: 'wasm', gpu: false },
     { req: 'cpu', pkg: '@tensorflow/tfjs-backend-cpu', backend: 'cpu', gpu: false },
   ];
@@ -110,18 +112,23 @@ export async function initBackend(request?: BackendRequest, opts: BackendOptions
       failures.push(`${c.pkg} is not installed (${INSTALL_HINT[c.pkg]})`);
       continue;
     }
+    if (c.backend === NATIVE_BACKEND && (opts.nativeMatmul === false || !registerNativeBackend())) {
+      failures.push(`the native backend needs the native addon (${opts.nativeMatmul === false ? 'disabled by the caller' : nativeStatus().detail})`);
+      continue;
+    }
     try {
       if (c.backend === 'wasm' ? await setWasm(opts) : await tf.setBackend(c.backend)) {
         await tf.ready();
-        const native = c.backend === 'wasm' && opts.nativeMatmul !== false && registerNativeMatmul('wasm');
-        if (native) registerFusedKernels('wasm');
+        const onWasm = c.backend === 'wasm';
+        const native = c.backend === NATIVE_BACKEND || (onWasm && opts.nativeMatmul !== false && registerNativeMatmul('wasm'));
+        if (native && onWasm) registerFusedKernels('wasm');
         current = {
           name: tf.getBackend(),
           package: c.pkg,
           gpu: c.gpu,
-          threads: c.backend === 'wasm' ? wasmThreads() : 1,
+          threads: onWasm ? wasmThreads() : c.backend === NATIVE_BACKEND ? engineSettings().nativeThreads : 1,
           nativeMatmul: native,
-          nativeDetail: c.backend === 'wasm' ? nativeStatus().detail : 'not used on this backend',
+          nativeDetail: onWasm || c.backend === NATIVE_BACKEND ? nativeStatus().detail : 'not used on this backend',
         };
         await afterInit(current);
         return current;

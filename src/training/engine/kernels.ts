@@ -10,6 +10,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type NativeAddon, loadNativeAddon } from './addon.js';
+import { LowPrecisionWeights } from './lowp.js';
 import { engineSettings } from './settings.js';
 
 /** The parts of a backend's tensor memory a kernel body uses. */
@@ -22,6 +23,8 @@ export interface TensorMemory {
   data(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
   /** A new output tensor of `shape` (contents unspecified until the kernel writes them). */
   out(shape: number[], dtype?: tf.DataType): tf.TensorInfo;
+  /** The low-precision storage of a frozen weight `t` (lowp.ts), or null. */
+  lowp(t: tf.TensorInfo): LowPrecisionWeights | null;
   /** A new reference to `t`'s buffer (an output that shares its input's data; tensors are immutable). */
   share(t: tf.TensorInfo, shape?: number[]): tf.TensorInfo;
 }
@@ -54,6 +57,7 @@ export function tensorMemory(backend: unknown, backendName: string): TensorMemor
       f32: (t) => (t ? (b.typedArrayFromHeap(t) as Float32Array) : EMPTY_F32),
       i32: (t) => b.typedArrayFromHeap(t) as Int32Array,
       data: (t) => b.typedArrayFromHeap(t),
+      lowp: () => null,
       out: (shape, dtype = 'float32') => b.makeOutput(shape, dtype),
       share: (t, shape) => {
         b.incRef(t.dataId);
@@ -67,16 +71,30 @@ export function tensorMemory(backend: unknown, backendName: string): TensorMemor
     f32: (t) => {
       if (!t) return EMPTY_F32;
       const v = values(t);
-      if (!(v instanceof Float32Array)) throw new TypeError(`kernel input of dtype ${t.dtype} is not float32 data`);
-      return v;
+      if (v instanceof Float32Array) return v;
+      if (v instanceof LowPrecisionWeights) return v.decode(); // a frozen weight read by a kernel other than the GEMM
+      // tfjs-backend-cpu's lossless casts (int32/bool -> float32) share the source buffer under the new
+      // dtype: widen it once, in the storage, so later kernels read float32 in place
+      if (t.dtype === 'float32' && (v instanceof Int32Array || v instanceof Uint8Array)) {
+        const f = Float32Array.from(v);
+        const entry = b.data.get(t.dataId);
+        if (entry) entry.values = f;
+        return f;
+      }
+      throw new TypeError(`kernel input of dtype ${t.dtype} is not float32 data`);
     },
     i32: (t) => {
       const v = values(t);
       if (!(v instanceof Int32Array)) throw new TypeError(`kernel input of dtype ${t.dtype} is not int32 data`);
       return v;
     },
+    lowp: (t) => {
+      const v = values(t);
+      return v instanceof LowPrecisionWeights ? v : null;
+    },
     data: (t) => {
       const v = values(t);
+      if (v instanceof LowPrecisionWeights) return v.decode();
       if (!(v instanceof Float32Array || v instanceof Int32Array || v instanceof Uint8Array))
         throw new TypeError(`kernel input of dtype ${t.dtype} is not numeric data`);
       return v;

@@ -61,6 +61,12 @@ export function registerNativeMatmul(backendName = 'wasm'): boolean {
     const batch = Math.max(nA, nB);
     const out = mem.out([...outBatch, M, N]);
     if (M * N === 0) return out;
+    const lowB = mem.lowp(b);
+    if (lowB && nB === 1 && nA === 1) {
+      // a frozen weight in bfloat16 / int8: widened while packed (lowp.ts)
+      g.sgemmLowp(mem.f32(a), lowB.data, lowB.scale, mem.f32(out), M, K, N, transposeA ? 1 : 0, transposeB ? 1 : 0, threads, lowB.kind === 'bfloat16' ? 1 : 2);
+      return out;
+    }
     const ov = mem.f32(out);
     g.sgemm(mem.f32(a), mem.f32(b), ov, M, K, N, transposeA ? 1 : 0, transposeB ? 1 : 0, threads, batch, nA === 1 ? 0 : M * K, nB === 1 ? 0 : K * N, M * N);
     return out;

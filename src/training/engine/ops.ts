@@ -61,6 +61,18 @@ const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
 });
 
 /**
+ * x @ w for a frozen w (a non-trainable variable: the LoRA base, a reference): only dX = dY W^T in the
+ * backward pass (w is not an input of the op, so no [in, out] weight gradient is computed and thrown away).
+ */
+function frozenMatMul(x: tf.Tensor2D, w: tf.Tensor2D): tf.Tensor {
+  const f = custom<[tf.Tensor2D]>((xi, save) => {
+    save([]);
+    return { value: tf.matMul(xi, w), gradFunc: (dy) => [mm(dy as tf.Tensor2D, w, false, true)] };
+  });
+  return f(x);
+}
+
+/**
  * y = x @ w (+ b).
  * @param x `[N, in]` float32
  * @param w `[in, out]` float32
@@ -69,7 +81,7 @@ const matMulNN = custom<[tf.Tensor2D, tf.Tensor2D]>((x, w, save) => {
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
   if (referenceOpsOn()) return ref.linear(x, w, b);
-  const y = matMulNN(x, w) as tf.Tensor2D;
+  const y = (w instanceof tf.Variable && !w.trainable ? frozenMatMul(x, w) : matMulNN(x, w)) as tf.Tensor2D;
   if (!b) return y;
   const out = tf.add(y, b) as tf.Tensor2D;
   y.dispose();

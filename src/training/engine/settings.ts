@@ -5,7 +5,7 @@
  *
  * | variable | field | values (default) |
  * |---|---|---|
- * | `TFJS_BACKEND` | backend | auto, tensorflow, tensorflow-gpu, wasm, cpu (auto) |
+ * | `TFJS_BACKEND` | backend | auto, native, tensorflow, tensorflow-gpu, wasm, cpu (auto) |
  * | `TFJS_WASM_THREADS` | wasmThreads | integer >= 1: XNNPACK's pool on wasm (1) |
  * | `DPO_NATIVE` | native | 0 or 1: build and use the native kernels (1) |
  * | `DPO_NATIVE_THREADS` | nativeThreads | integer >= 1: threads of the native kernels (CPU cores) |
@@ -23,8 +23,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 /** What `TFJS_BACKEND` / `initBackend` accept (see backend.ts for what each means and what `auto` picks). */
-export type BackendRequest = 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
-export const BACKEND_REQUESTS: readonly BackendRequest[] = ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'];
+export type BackendRequest = 'auto' | 'native' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
+export const BACKEND_REQUESTS: readonly BackendRequest[] = ['auto', 'native', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'];
 
 /** The validated engine settings (see the file comment for the variable of each field). */
 export interface EngineSettings {

@@ -5,6 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { CausalLM, ModelConfig } from '../types.js';
 import { linear } from '../engine/ops.js';
+import { recomputeInBackward } from '../engine/recompute.js';
 import { WeightsError } from './errors.js';
 import type { HostTensor, TensorMap } from './llama2c.js';
 
@@ -42,7 +43,10 @@ export class KVCache {
   }
 }
 
-/** A LoRA adapter on one linear projection: y += dropout(x) @ A @ B * (alpha / r) (Hu et al. 2021, eq. 3). */
+/**
+ * A LoRA adapter on one linear projection: y += dropout(x) @ A @ B * scale (Hu et al. 2021, eq. 3), scale =
+ * alpha / r, or alpha / sqrt(r) with rsLoRA (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor").
+ */
 export interface LoraAdapter {
   /** `[in, r]` */
   A: tf.Variable;
@@ -50,6 +54,8 @@ export interface LoraAdapter {
   B: tf.Variable;
   r: number;
   alpha: number;
+  /** the update's scale: alpha / r (LoRA) or alpha / sqrt(r) (rsLoRA) */
+  scale: number;
   dropout: number;
 }
 
@@ -57,6 +63,8 @@ export interface LoraAdapter {
 export interface GenerativeLM extends CausalLM {
   /** When false, projections ignore their LoRA adapters (the base model: the DPO reference under LoRA). */
   adaptersEnabled: boolean;
+  /** Recompute each decoder layer in the backward pass (TRL `gradient_checkpointing`). */
+  gradientCheckpointing: boolean;
   /** A fresh, empty cache. */
   createCache(): KVCache;
   /**
@@ -65,6 +73,13 @@ export interface GenerativeLM extends CausalLM {
    * @returns `[B, T, V]`
    */
   logitsCached(inputIds: tf.Tensor2D, cache: KVCache): tf.Tensor3D;
+}
+
+/** A small stable hash of a module name (distinct dropout seeds per projection). */
+function moduleHash(module: string): number {
+  let h = 0;
+  for (let i = 0; i < module.length; i++) h = (h * 31 + module.charCodeAt(i)) % 1000003;
+  return h;
 }
 
 /** Expected HF-layout shape of every tensor of an architecture, in a stable order. */
@@ -95,6 +110,17 @@ export abstract class BaseLM implements GenerativeLM {
   adaptersEnabled = true;
   /** Training mode enables LoRA dropout; off by default (DPO disables dropout, as TRL's disable_dropout). */
   training = false;
+  /**
+   * Recompute each decoder layer's activations in the backward pass instead of keeping them (TRL's
+   * `gradient_checkpointing`): peak activation memory of a whole-sequence forward falls to the layer inputs
+   * plus one layer, for about one more forward pass of compute. Same values and gradients.
+   */
+  gradientCheckpointing = false;
+  /**
+   * Seed of LoRA dropout (each projection draws from `dropoutSeed + hash(module name)`); null: unseeded. A
+   * checkpointed layer seeds itself when this is null, so its recomputation draws the same mask.
+   */
+  dropoutSeed: number | null = null;
 
   constructor(config: ModelConfig, params: Map<string, tf.Variable>) {
     this.config = config;
@@ -150,9 +176,35 @@ export abstract class BaseLM implements GenerativeLM {
     const y = linear(x, w, b);
     const ad = this.adaptersEnabled ? this.adapters.get(module) : undefined;
     if (!ad) return y;
-    const xin = this.training && ad.dropout > 0 ? (tf.dropout(x, ad.dropout) as tf.Tensor2D) : x;
+    const seed = this.dropoutSeed === null ? undefined : this.dropoutSeed + moduleHash(module);
+    const xin = this.training && ad.dropout > 0 ? (tf.dropout(x, ad.dropout, undefined, seed) as tf.Tensor2D) : x;
     const delta = linear(linear(xin, ad.A as unknown as tf.Tensor2D), ad.B as unknown as tf.Tensor2D);
-    return tf.add(y, tf.mul(delta, ad.alpha / ad.r)) as tf.Tensor2D;
+    return tf.add(y, tf.mul(delta, ad.scale)) as tf.Tensor2D;
+  }
+
+  /**
+   * Decoder layer `l` as `run(x)`, its activations recomputed in the backward pass (see
+   * {@link gradientCheckpointing}); gradients reach x and the layer's trainable parameters
+   * (`model.layers.<l>.*`, LoRA adapters included).
+   */
+  protected checkpointed(l: number, x: tf.Tensor2D, run: (x: tf.Tensor2D) => tf.Tensor2D): tf.Tensor2D {
+    const prefix = this.layerPrefix(l);
+    const params = [...this.params].filter(([name, v]) => v.trainable && name.startsWith(prefix)).map(([, v]) => v);
+    const seed = this.dropoutSeed ?? (Math.random() * 2 ** 30) | 0;
+    return recomputeInBackward(x, params, (xi) => {
+      const before = this.dropoutSeed;
+      this.dropoutSeed = seed;
+      try {
+        return run(xi);
+      } finally {
+        this.dropoutSeed = before;
+      }
+    });
+  }
+
+  /** Name prefix of decoder layer `l`'s parameters (Llama: `model.layers.<l>.`). */
+  protected layerPrefix(l: number): string {
+    return `model.layers.${l}.`;
   }
 
   /** Free every variable (parameters, including LoRA adapters, which live in `params` too). */

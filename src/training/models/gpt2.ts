@@ -78,27 +78,34 @@ export class Gpt2Model extends BaseLM {
       const heads = (m: tf.Tensor2D): tf.Tensor4D => tf.transpose(tf.reshape(m, [B, T, H, hd]), [0, 2, 1, 3]) as tf.Tensor4D; // [B, H, T, hd]
       for (let l = 0; l < c.numLayers; l++) {
         const pre = `transformer.h.${l}.`;
-        const h = layerNorm(x, this.p(pre + 'ln_1.weight'), this.p(pre + 'ln_1.bias'), eps);
-        const qkv = this.proj(h, pre + 'attn.c_attn'); // [N, 3D]
-        const [q, k, v] = tf.split(qkv, [D, D, D], 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
-        let o: tf.Tensor2D;
-        if (!cache) {
-          // whole sequences (training, scoring): one fused op (a native kernel when available)
-          o = selfAttention(q, k, v, { B, T, H, KV: H, hd });
-        } else {
-          const kv = cache.append(l, heads(k), heads(v));
-          const att = causalAttention(heads(q), kv.k, kv.v, { queryOffset: offset });
-          o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, D]) as tf.Tensor2D;
-        }
-        x = tf.add(x, this.proj(o, pre + 'attn.c_proj')) as tf.Tensor2D;
-        const h2 = layerNorm(x, this.p(pre + 'ln_2.weight'), this.p(pre + 'ln_2.bias'), eps);
-        const m = geluTanh(this.proj(h2, pre + 'mlp.c_fc')) as tf.Tensor2D;
-        x = tf.add(x, this.proj(m, pre + 'mlp.c_proj')) as tf.Tensor2D;
+        const layer = (xl: tf.Tensor2D): tf.Tensor2D => {
+          const h = layerNorm(xl, this.p(pre + 'ln_1.weight'), this.p(pre + 'ln_1.bias'), eps);
+          const qkv = this.proj(h, pre + 'attn.c_attn'); // [N, 3D]
+          const [q, k, v] = tf.split(qkv, [D, D, D], 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+          let o: tf.Tensor2D;
+          if (!cache) {
+            // whole sequences (training, scoring): one fused op (a native kernel when available)
+            o = selfAttention(q, k, v, { B, T, H, KV: H, hd });
+          } else {
+            const kv = cache.append(l, heads(k), heads(v));
+            const att = causalAttention(heads(q), kv.k, kv.v, { queryOffset: offset });
+            o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, D]) as tf.Tensor2D;
+          }
+          const x1 = tf.add(xl, this.proj(o, pre + 'attn.c_proj')) as tf.Tensor2D;
+          const h2 = layerNorm(x1, this.p(pre + 'ln_2.weight'), this.p(pre + 'ln_2.bias'), eps);
+          const m = geluTanh(this.proj(h2, pre + 'mlp.c_fc')) as tf.Tensor2D;
+          return tf.add(x1, this.proj(m, pre + 'mlp.c_proj')) as tf.Tensor2D;
+        };
+        x = this.gradientCheckpointing && !cache ? this.checkpointed(l, x, layer) : layer(x);
       }
       return layerNorm(x, this.p('transformer.ln_f.weight'), this.p('transformer.ln_f.bias'), eps);
     });
     if (cache) cache.length += T;
     return out;
+  }
+
+  protected override layerPrefix(l: number): string {
+    return `transformer.h.${l}.`;
   }
 
   /** lm_head is tied to wte `[V, D]`. */

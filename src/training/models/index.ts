@@ -265,7 +265,7 @@ export function hfTensors(model: CausalLM): TensorToWrite[] {
       data: () => {
         let internal: Float32Array;
         if (ad) {
-          internal = tf.tidy(() => tf.add(v, tf.mul(tf.matMul(ad.A, ad.B), ad.alpha / ad.r)).dataSync() as Float32Array);
+          internal = tf.tidy(() => tf.add(v, tf.mul(tf.matMul(ad.A, ad.B), ad.scale)).dataSync() as Float32Array);
         } else internal = v.dataSync() as Float32Array;
         if (arch.isLinear(name) && hfShape.length === 2) return transpose2d(internal, hfShape[1]!, hfShape[0]!);
         return internal;

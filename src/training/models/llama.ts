@@ -142,51 +142,70 @@ export class LlamaModel extends BaseLM {
   protected forward(inputIds: tf.Tensor2D, cache: KVCache | null): tf.Tensor2D {
     const c = this.config;
     const [B, T] = inputIds.shape;
-    const H = c.numHeads;
-    const KV = c.numKvHeads;
-    const hd = c.headDim;
-    const eps = c.normEps;
     const offset = cache?.length ?? 0;
     const out = tf.tidy(() => {
       const ids = tf.reshape(inputIds.dtype === 'int32' ? inputIds : tf.cast(inputIds, 'int32'), [B * T]) as tf.Tensor1D;
       let x = embedding(ids, this.p<tf.Tensor2D>('model.embed_tokens.weight'));
-      const { cos, sin } = this.rope(offset, T);
+      const rope = this.rope(offset, T);
       for (let l = 0; l < c.numLayers; l++) {
-        const pre = `model.layers.${l}.`;
-        // --- attention ---
-        const h = rmsNorm(x, this.p<tf.Tensor1D>(pre + 'input_layernorm.weight'), eps);
-        let q = this.proj(h, pre + 'self_attn.q_proj'); // [B*T, H*hd]
-        let k = this.proj(h, pre + 'self_attn.k_proj'); // [B*T, KV*hd]
-        const v = this.proj(h, pre + 'self_attn.v_proj');
-        if (c.qkNorm) {
-          q = tf.reshape(rmsNorm(tf.reshape(q, [B * T * H, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.q_norm.weight'), eps), [B * T, H * hd]) as tf.Tensor2D;
-          k = tf.reshape(rmsNorm(tf.reshape(k, [B * T * KV, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.k_norm.weight'), eps), [
-            B * T,
-            KV * hd,
-          ]) as tf.Tensor2D;
-        }
-        let o: tf.Tensor2D;
-        if (!cache) {
-          // whole sequences (training, scoring): one fused op (a native kernel when available)
-          o = selfAttention(q, k, v, { B, T, H, KV, hd }, { cos, sin });
-        } else {
-          const q4 = applyRope(tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D, cos, sin);
-          const k4 = applyRope(tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D, cos, sin);
-          const heads = (x: tf.Tensor4D): tf.Tensor4D => tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D; // [B, heads, T, hd]
-          const kv = cache.append(l, heads(k4), heads(tf.reshape(v, [B, T, KV, hd]) as tf.Tensor4D));
-          const att = causalAttention(heads(q4), kv.k, kv.v, { queryOffset: offset }); // [B, H, T, hd]
-          o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D;
-        }
-        x = tf.add(x, this.proj(o, pre + 'self_attn.o_proj')) as tf.Tensor2D;
-        // --- SwiGLU MLP ---
-        const h2 = rmsNorm(x, this.p<tf.Tensor1D>(pre + 'post_attention_layernorm.weight'), eps);
-        const m = swiglu(this.proj(h2, pre + 'mlp.gate_proj'), this.proj(h2, pre + 'mlp.up_proj'));
-        x = tf.add(x, this.proj(m, pre + 'mlp.down_proj')) as tf.Tensor2D;
+        // a checkpointed layer is run again in the backward pass, after this scope has freed `rope`: it makes its own
+        x =
+          this.gradientCheckpointing && !cache
+            ? this.checkpointed(l, x, (xi) => this.layer(l, xi, B, T, this.rope(0, T), null, 0))
+            : this.layer(l, x, B, T, rope, cache, offset);
       }
-      return rmsNorm(x, this.p<tf.Tensor1D>('model.norm.weight'), eps);
+      return rmsNorm(x, this.p<tf.Tensor1D>('model.norm.weight'), c.normEps);
     });
     if (cache) cache.length += T;
     return out;
+  }
+
+  /**
+   * Decoder layer `l`: x `[B*T, D]` -> x `[B*T, D]` (attention then SwiGLU MLP, each with a residual).
+   * With a KV cache the keys/values are appended and queries start at position `offset`.
+   */
+  private layer(
+    l: number,
+    x: tf.Tensor2D,
+    B: number,
+    T: number,
+    rope: { cos: tf.Tensor2D; sin: tf.Tensor2D },
+    cache: KVCache | null,
+    offset: number,
+  ): tf.Tensor2D {
+    const c = this.config;
+    const H = c.numHeads;
+    const KV = c.numKvHeads;
+    const hd = c.headDim;
+    const eps = c.normEps;
+    const { cos, sin } = rope;
+    const pre = `model.layers.${l}.`;
+    // --- attention ---
+    const h = rmsNorm(x, this.p<tf.Tensor1D>(pre + 'input_layernorm.weight'), eps);
+    let q = this.proj(h, pre + 'self_attn.q_proj'); // [B*T, H*hd]
+    let k = this.proj(h, pre + 'self_attn.k_proj'); // [B*T, KV*hd]
+    const v = this.proj(h, pre + 'self_attn.v_proj');
+    if (c.qkNorm) {
+      q = tf.reshape(rmsNorm(tf.reshape(q, [B * T * H, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.q_norm.weight'), eps), [B * T, H * hd]) as tf.Tensor2D;
+      k = tf.reshape(rmsNorm(tf.reshape(k, [B * T * KV, hd]) as tf.Tensor2D, this.p(pre + 'self_attn.k_norm.weight'), eps), [B * T, KV * hd]) as tf.Tensor2D;
+    }
+    let o: tf.Tensor2D;
+    if (!cache) {
+      // whole sequences (training, scoring): one fused op (a native kernel when available)
+      o = selfAttention(q, k, v, { B, T, H, KV, hd }, { cos, sin });
+    } else {
+      const q4 = applyRope(tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D, cos, sin);
+      const k4 = applyRope(tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D, cos, sin);
+      const heads = (x: tf.Tensor4D): tf.Tensor4D => tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D; // [B, heads, T, hd]
+      const kv = cache.append(l, heads(k4), heads(tf.reshape(v, [B, T, KV, hd]) as tf.Tensor4D));
+      const att = causalAttention(heads(q4), kv.k, kv.v, { queryOffset: offset }); // [B, H, T, hd]
+      o = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B * T, H * hd]) as tf.Tensor2D;
+    }
+    const x1 = tf.add(x, this.proj(o, pre + 'self_attn.o_proj')) as tf.Tensor2D;
+    // --- SwiGLU MLP ---
+    const h2 = rmsNorm(x1, this.p<tf.Tensor1D>(pre + 'post_attention_layernorm.weight'), eps);
+    const m = swiglu(this.proj(h2, pre + 'mlp.gate_proj'), this.proj(h2, pre + 'mlp.up_proj'));
+    return tf.add(x1, this.proj(m, pre + 'mlp.down_proj')) as tf.Tensor2D;
   }
 
   /** Tied: the embedding `[V, D]` ('VD'); untied: lm_head `[D, V]` ('DV'). */

@@ -24,8 +24,10 @@ export interface LoraConfig {
   alpha: number;
   /** dropout on the adapter's input (applied only while `model.training` is true) */
   dropout: number;
-  /** projection names, e.g. ['q_proj', 'v_proj'] (Llama) or ['c_attn'] (GPT-2) */
-  targetModules: string[];
+  /** projection names, e.g. ['q_proj', 'v_proj'] (Llama) or ['c_attn'] (GPT-2), or 'all-linear' (PEFT: every decoder linear layer) */
+  targetModules: string[] | 'all-linear';
+  /** rsLoRA: scale by alpha / sqrt(r) instead of alpha / r (PEFT `use_rslora`, PaddleNLP `rslora`) */
+  rslora?: boolean;
 }
 
 /** A bad LoRA setting (code `INVALID_LORA_CONFIG`). */
@@ -62,7 +64,7 @@ export function applyLora(model: CausalLM, cfg: LoraConfig, opts: { seed?: numbe
     const module = name.slice(0, -'.weight'.length);
     const short = module.split('.').pop()!;
     available.add(short);
-    if (cfg.targetModules.includes(short)) modules.push(module);
+    if (cfg.targetModules === 'all-linear' || cfg.targetModules.includes(short)) modules.push(module);
   }
   if (modules.length === 0) {
     throw new LoraConfigError(
@@ -78,9 +80,14 @@ export function applyLora(model: CausalLM, cfg: LoraConfig, opts: { seed?: numbe
     const B = ownVariable(tf.zeros([cfg.r, outDim]), true);
     m.params.set(module + '.lora_A.weight', A);
     m.params.set(module + '.lora_B.weight', B);
-    m.adapters.set(module, { A, B, r: cfg.r, alpha: cfg.alpha, dropout: cfg.dropout });
+    const scale = cfg.rslora ? cfg.alpha / Math.sqrt(cfg.r) : cfg.alpha / cfg.r;
+    m.adapters.set(module, { A, B, r: cfg.r, alpha: cfg.alpha, scale, dropout: cfg.dropout });
   }
-  loraConfigs.set(m, { ...cfg, targetModules: [...cfg.targetModules] });
+  // PEFT records 'all-linear' resolved to the module names it matched
+  loraConfigs.set(m, {
+    ...cfg,
+    targetModules: cfg.targetModules === 'all-linear' ? [...new Set(modules.map((x) => x.split('.').pop()!))] : [...cfg.targetModules],
+  });
 }
 
 /** The adapter variables by name (`<module>.lora_A.weight`, `<module>.lora_B.weight`). */
@@ -102,7 +109,7 @@ export function mergeLora(model: CausalLM): void {
   const m = asBase(model, 'mergeLora');
   for (const [module, a] of m.adapters) {
     const w = m.params.get(module + '.weight')!;
-    const merged = tf.tidy(() => tf.add(w, tf.mul(tf.matMul(a.A, a.B), a.alpha / a.r)));
+    const merged = tf.tidy(() => tf.add(w, tf.mul(tf.matMul(a.A, a.B), a.scale)));
     w.assign(merged);
     merged.dispose();
     m.params.delete(module + '.lora_A.weight');
@@ -171,7 +178,7 @@ export async function saveLoraAdapter(model: CausalLM, dir: string, opts: { base
     inference_mode: true,
     modules_to_save: null,
     init_lora_weights: true,
-    use_rslora: false,
+    use_rslora: cfg.rslora === true,
     use_dora: false,
   };
   const cfgPath = join(out, 'adapter_config.json');

@@ -32,7 +32,10 @@ export function parameterCount(model: GenerativeLM): number {
  * @throws BackendUnavailableError when the requested backend cannot start; model / tokenizer errors from loadPretrained
  *   and loadTokenizer (the model is disposed when the tokenizer fails)
  */
-export async function loadBackendAndModel(cfg: Pick<TrainConfig, 'backend' | 'model'>, logger: Logger): Promise<LoadedModel> {
+export async function loadBackendAndModel(
+  cfg: Pick<TrainConfig, 'backend' | 'model'> & Partial<Pick<TrainConfig, 'gradient_checkpointing'>>,
+  logger: Logger,
+): Promise<LoadedModel> {
   const backend = await initBackend(cfg.backend ?? undefined);
   logger.info({ backend: backend.name, package: backend.package, gpu: backend.gpu }, `tfjs backend: ${backend.name}`);
   const t0 = Date.now();
@@ -44,6 +47,7 @@ export async function loadBackendAndModel(cfg: Pick<TrainConfig, 'backend' | 'mo
     model.dispose();
     throw e;
   }
+  model.gradientCheckpointing = cfg.gradient_checkpointing === true;
   logger.info({ model: cfg.model.name_or_path, source, params: parameterCount(model) }, 'model loaded');
   return { backend, policy: model, tokenizer, source, loadSeconds: (Date.now() - t0) / 1000 };
 }

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { ConfigError, type TrainConfig } from '../../config/index.js';
 import type { TokenizedPair } from '../data/index.js';
 import { hardSyncReference, needsReference, referenceSyncDue, softSyncReference, type ResolvedLossOptions } from '../losses/index.js';
+import { storeFrozenInLowPrecision } from '../models/frozen.js';
 import { cloneModel, type GenerativeLM } from '../models/index.js';
 import { assignVariables } from '../trainer/checkpoint.js';
 import { scorePairs, type ReferenceSource, type RefLogps } from '../trainer/tasks.js';
@@ -41,7 +42,14 @@ export interface Reference {
 
 export type ReferenceConfig = Pick<
   TrainConfig,
-  'lora' | 'precompute_ref_log_probs' | 'eval_batch_size' | 'sync_ref_model' | 'ref_model_sync_steps' | 'ref_model_update_steps' | 'ref_model_mixup_alpha'
+  | 'lora'
+  | 'precompute_ref_log_probs'
+  | 'eval_batch_size'
+  | 'sync_ref_model'
+  | 'ref_model_sync_steps'
+  | 'ref_model_update_steps'
+  | 'ref_model_mixup_alpha'
+  | 'frozen_weights_dtype'
 >;
 
 export interface ReferenceInputs {
@@ -95,6 +103,8 @@ function precomputed(o: ReferenceInputs): Reference {
 
 function frozenCopy(o: ReferenceInputs): Reference {
   const model = cloneModel(o.policy, { trainable: false });
+  // a frozen copy in bfloat16 costs half (native backend; the GEMM widens while packing)
+  if (o.cfg.frozen_weights_dtype === 'bfloat16') storeFrozenInLowPrecision(model, 'bfloat16');
   if (o.resume) {
     if (!o.resume.reference) {
       model.dispose();

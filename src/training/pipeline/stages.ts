@@ -9,6 +9,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import { dpoStage, sftStage, type StageSettings, type TrainConfig } from '../../config/index.js';
 import type { ResolvedLossOptions } from '../losses/index.js';
 import { applyLora, mergeLora, type GenerativeLM, type LoraConfig } from '../models/index.js';
+import { storeFrozenInLowPrecision } from '../models/frozen.js';
 import { assignVariables, CHECKPOINT_VERSION, saveCheckpoint, type CheckpointState } from '../trainer/checkpoint.js';
 import type { MetricsRecord } from '../trainer/monitor.js';
 import { Optimizer, type OptimizerSettings } from '../trainer/optimizer.js';
@@ -65,7 +66,22 @@ export function optimizerSettings(c: TrainConfig, stage: StageSettings): Optimiz
 /** The LoRA settings (null when `lora.enabled` is false). */
 export function loraConfig(c: Pick<TrainConfig, 'lora'>): LoraConfig | null {
   const l = c.lora;
-  return l.enabled ? { r: l.r, alpha: l.alpha, dropout: l.dropout, targetModules: l.target_modules } : null;
+  return l.enabled ? { r: l.r, alpha: l.alpha, dropout: l.dropout, targetModules: l.target_modules, rslora: l.rslora } : null;
+}
+
+/**
+ * Attach a stage's LoRA adapters, then store the now-frozen base's linear weights in low precision when the
+ * config asks (`weight_quantize_algo: weight_only_int8`, else `frozen_weights_dtype: bfloat16`; native backend).
+ */
+function attachAdapters(
+  cfg: Pick<TrainConfig, 'lora' | 'weight_quantize_algo' | 'frozen_weights_dtype'>,
+  policy: GenerativeLM,
+  lora: LoraConfig,
+  seed: number,
+): void {
+  applyLora(policy, lora, { seed });
+  if (cfg.weight_quantize_algo === 'weight_only_int8') storeFrozenInLowPrecision(policy, 'int8');
+  else if (cfg.frozen_weights_dtype === 'bfloat16') storeFrozenInLowPrecision(policy, 'bfloat16');
 }
 
 /**
@@ -75,7 +91,7 @@ export function loraConfig(c: Pick<TrainConfig, 'lora'>): LoraConfig | null {
  */
 export function attachDpoAdapters(run: Pick<StageRun, 'cfg' | 'policy'>): void {
   const lora = loraConfig(run.cfg);
-  if (lora) applyLora(run.policy, lora, { seed: run.cfg.seed + 1 });
+  if (lora) attachAdapters(run.cfg, run.policy, lora, run.cfg.seed + 1);
 }
 
 /** The JSON state of a checkpoint: the loop position, and the run's config and data hash for the resume. */
@@ -118,6 +134,9 @@ async function runWith(
   const t0 = Date.now();
   const { cfg, policy } = run;
   const optimizer = new Optimizer(params, optimizerSettings(cfg, settings));
+  // LoRA+ (Hayou et al. 2024): the B matrices learn lora_plus_scale times faster than A
+  if (cfg.lora.enabled && cfg.lora.lora_plus_scale !== 1)
+    for (const name of params.keys()) if (name.endsWith('.lora_B.weight')) optimizer.lrScale.set(name, cfg.lora.lora_plus_scale);
   try {
     if (resume) {
       assignVariables(policy.params, resume.policy, 'checkpoint policy');
@@ -171,7 +190,7 @@ export async function runSft(run: StageRun, point: ResumePoint | null): Promise<
   if (!run.cfg.sft.enabled) return { summary: {}, seconds: 0 };
   const { cfg, policy, data } = run;
   const lora = loraConfig(cfg);
-  if (lora) applyLora(policy, lora, { seed: cfg.seed });
+  if (lora) attachAdapters(cfg, policy, lora, cfg.seed);
   const params = trainableParams(policy);
   const task = sftTask({
     model: policy,

@@ -54,6 +54,8 @@ export class Optimizer {
   private slots = new Map<string, tf.Variable>();
   /** Number of updates applied so far (Adam's t). */
   step = 0;
+  /** Per-parameter learning-rate multipliers (LoRA+: the B matrices' lr times lora_plus_scale); absent: 1. */
+  readonly lrScale = new Map<string, number>();
 
   constructor(params: Map<string, tf.Variable>, settings: OptimizerSettings) {
     this.params = params;
@@ -74,15 +76,16 @@ export class Optimizer {
    * Apply one update.
    * @param grads gradient per parameter name (same shapes as the parameters); parameters without a
    *   gradient are left unchanged. Not disposed here.
-   * @param lr learning rate of this step
+   * @param baseLr learning rate of this step (times {@link lrScale} of each parameter)
    */
-  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+  apply(grads: Map<string, tf.Tensor>, baseLr: number): void {
     this.step += 1;
     const t = this.step;
     const { name, weightDecay: wd, beta1: b1, beta2: b2, epsilon: eps, rmspropAlpha: alpha, momentum: mu } = this.settings;
     for (const [pname, p] of this.params) {
       const g0 = grads.get(pname);
       if (!g0) continue;
+      const lr = baseLr * (this.lrScale.get(pname) ?? 1);
       if (name === 'adamw' || name === 'adam') {
         const m = this.slot(pname, 'exp_avg', p);
         const v = this.slot(pname, 'exp_avg_sq', p);

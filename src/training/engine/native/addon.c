@@ -7,6 +7,7 @@
  *   softmax.c    row softmax + log-sum-exp (the LM head's log-probs)
  *   attention.c  fused causal attention with RoPE, forward and backward
  *   elementwise.c fused RMSNorm and SwiGLU, forward and backward
+ *   tensor.c     broadcasting binary ops, unary ops, reductions, transpose, scatter-add (the native backend)
  */
 #include "common.h"
 #include "gemm.c"
@@ -14,6 +15,7 @@
 #include "softmax.c"
 #include "attention.c"
 #include "elementwise.c"
+#include "tensor.c"
 
 static napi_value init(napi_env env, napi_value exports) {
   static const struct {
@@ -22,6 +24,7 @@ static napi_value init(napi_env env, napi_value exports) {
   } fns[] = {
       {"configure", configure},
       {"sgemm", sgemm},
+      {"sgemmLowp", sgemm_lowp},
       {"adamw", adamw},
       {"softmaxLse", softmax_lse},
       {"attentionFwd", attention_fwd},
@@ -30,6 +33,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"rmsNormBwd", rmsnorm_bwd},
       {"swigluFwd", swiglu_fwd},
       {"swigluBwd", swiglu_bwd},
+      {"binary", tensor_binary},
+      {"unary", tensor_unary},
+      {"reduce", tensor_reduce},
+      {"transpose", tensor_transpose},
+      {"scatterAdd", tensor_scatter_add},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;

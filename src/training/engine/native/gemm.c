@@ -24,6 +24,14 @@
 #define NC 2048
 
 
+/*
+ * B may also be a frozen weight in a low-precision format, widened to float32 while its panels are packed
+ * (the micro-kernel and the packed panels are unchanged, so the compute stays float32):
+ *   B_BF16: the upper 16 bits of each float32 (bfloat16; widening is a shift);
+ *   B_INT8: int8 with one float32 scale per stored column (weight-only int8: w = q * scale[column]).
+ */
+enum { B_F32 = 0, B_BF16 = 1, B_INT8 = 2 };
+
 typedef struct {
   const float *A;
   const float *B;
@@ -31,7 +39,31 @@ typedef struct {
   int M, K, N;
   int transA, transB;
   int lda, ldb, ldc;
+  int btype;
+  const uint16_t *Bh;
+  const int8_t *Bq;
+  const float *bscale;
 } gemm_args;
+
+static inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* stored B[r][c] (row-major, leading dimension ldb) as float32 */
+static inline float b_stored(const gemm_args *g, size_t r, size_t c) {
+  size_t i = r * g->ldb + c;
+  if (g->btype == B_F32) return g->B[i];
+  if (g->btype == B_BF16) return bf16_to_f32(g->Bh[i]);
+  return (float)g->Bq[i] * g->bscale[c];
+}
+
+/* op(B)[k][j] */
+static inline float b_at(const gemm_args *g, int k, int j) {
+  return g->transB ? b_stored(g, (size_t)j, (size_t)k) : b_stored(g, (size_t)k, (size_t)j);
+}
 
 /* op(A)[i][k] */
 static inline float a_at(const gemm_args *g, int i, int k) {
@@ -68,6 +100,31 @@ static void pack_b(const gemm_args *g, int k0, int kc, int j0, int nc, float *Bp
   for (int q = 0; q < nc; q += NR) {
     int nr = nc - q < NR ? nc - q : NR;
     float *dst = Bp + (size_t)(q / NR) * kc * NR;
+    if (g->btype != B_F32) {
+      if (!g->transB) {
+        for (int k = 0; k < kc; k++) {
+          int c = 0;
+          if (g->btype == B_BF16) {
+            const uint16_t *src = g->Bh + (size_t)(k0 + k) * g->ldb + j0 + q;
+            uint32_t *d = (uint32_t *)(dst + k * NR);
+            for (; c < nr; c++) d[c] = (uint32_t)src[c] << 16;
+          } else {
+            const int8_t *src = g->Bq + (size_t)(k0 + k) * g->ldb + j0 + q;
+            const float *sc = g->bscale + j0 + q;
+            for (; c < nr; c++) dst[k * NR + c] = (float)src[c] * sc[c];
+          }
+          for (; c < NR; c++) dst[k * NR + c] = 0.f;
+        }
+      } else {
+        for (int c = 0; c < NR; c++) {
+          if (c < nr)
+            for (int k = 0; k < kc; k++) dst[k * NR + c] = b_stored(g, (size_t)(j0 + q + c), (size_t)(k0 + k));
+          else
+            for (int k = 0; k < kc; k++) dst[k * NR + c] = 0.f;
+        }
+      }
+      continue;
+    }
     if (!g->transB) {
       for (int k = 0; k < kc; k++) {
         const float *src = g->B + (size_t)(k0 + k) * g->ldb + j0 + q;
@@ -212,7 +269,7 @@ static int gemm_small(const gemm_args *g) {
   if (!Bt || !acc) return 0;
   for (int k = 0; k < K; k++)
     for (int j = 0; j < N; j++)
-      Bt[(size_t)k * N + j] = g->transB ? g->B[(size_t)j * g->ldb + k] : g->B[(size_t)k * g->ldb + j];
+      Bt[(size_t)k * N + j] = b_at(g, k, j);
   for (int i = 0; i < M; i++) {
     for (int j = 0; j < N; j++) acc[j] = 0.f;
     for (int k = 0; k < K; k++) {
@@ -238,7 +295,7 @@ static int gemm_narrow(const gemm_args *g) {
   for (int k = 0; k < K; k++) {
     float *row = (float *)&Bt[k];
     for (int j = 0; j < 16; j++)
-      row[j] = j >= N ? 0.f : g->transB ? g->B[(size_t)j * g->ldb + k] : g->B[(size_t)k * g->ldb + j];
+      row[j] = j >= N ? 0.f : b_at(g, k, j);
   }
   for (int i0 = 0; i0 < M; i0 += 8) {
     int mr = M - i0 < 8 ? M - i0 : 8;
@@ -325,7 +382,7 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "GEMM_BOUNDS", "sgemm: array too short for the given shapes");
     return NULL;
   }
-  gemm_args g0 = {A, B, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N};
+  gemm_args g0 = {A, B, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N, B_F32, NULL, NULL, NULL};
   if (batch > 1 && 2.0 * M * K * N < 4e6 && mt_threads(2.0 * M * K * N * batch, threads) > 1) {
     /* many small products: spread the batch over the threads, one single-threaded product at a time */
     batch_t bt = {&g0, (int)batch, sA, sB, sC};
@@ -339,5 +396,39 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     g.C = C + b * sC;
     gemm(&g, (int)threads);
   }
+  return NULL;
+}
+
+/*
+ * sgemmLowp(A, B, scale, C, M, K, N, transA, transB, threads, btype): one product C = op(A) op(B) with B a
+ * frozen low-precision weight (btype 1: B Uint16Array of bfloat16; 2: B Int8Array with scale Float32Array
+ * of one entry per stored column). Throws on bad arguments.
+ */
+static napi_value sgemm_lowp(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value argv[11];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  float *A, *C, *S = NULL;
+  size_t la, lc, lb = 0, ls = 0, off;
+  int64_t M, K, N, tA, tB, threads, btype;
+  napi_typedarray_type type;
+  void *bp = NULL;
+  napi_value ab;
+  if (argc < 11 || !get_f32(env, argv[0], &A, &la) || napi_get_typedarray_info(env, argv[1], &type, &lb, &bp, &ab, &off) != napi_ok ||
+      !get_f32(env, argv[3], &C, &lc) || !get_i(env, argv[4], &M) || !get_i(env, argv[5], &K) || !get_i(env, argv[6], &N) ||
+      !get_i(env, argv[7], &tA) || !get_i(env, argv[8], &tB) || !get_i(env, argv[9], &threads) || !get_i(env, argv[10], &btype) ||
+      !(btype == B_BF16 ? type == napi_uint16_array : btype == B_INT8 && type == napi_int8_array) ||
+      (btype == B_INT8 && !get_f32(env, argv[2], &S, &ls))) {
+    napi_throw_type_error(env, "GEMM_ARGS", "sgemmLowp(A: Float32Array, B: Uint16Array (btype 1) | Int8Array (btype 2), scale: Float32Array, C, M, K, N, transA, transB, threads, btype)");
+    return NULL;
+  }
+  if (M < 0 || K < 0 || N < 0 || (size_t)(M * K) > la || (size_t)(K * N) > lb || (size_t)(M * N) > lc ||
+      (btype == B_INT8 && ls < (size_t)(tB ? K : N))) {
+    napi_throw_range_error(env, "GEMM_BOUNDS", "sgemmLowp: array too short for the given shapes");
+    return NULL;
+  }
+  gemm_args g = {A, NULL, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N, (int)btype,
+                 btype == B_BF16 ? (const uint16_t *)bp : NULL, btype == B_INT8 ? (const int8_t *)bp : NULL, S};
+  gemm(&g, (int)threads);
   return NULL;
 }

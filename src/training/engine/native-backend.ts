@@ -1,0 +1,131 @@
+/**
+ * The `native` tfjs backend: tensors in plain JS TypedArrays (tfjs-backend-cpu's data storage, each tensor its
+ * own ArrayBuffer outside any wasm heap, so no 4 GiB ceiling on the sum of live tensors), with the engine's
+ * native kernels (addon.ts; C on those TypedArrays in place, through N-API) registered for every op on the
+ * training hot path, and tfjs-backend-cpu's JS kernels for the rest (setup, metrics, generation glue).
+ *
+ * Why this design (measured on the 2-core build machine; see the README's Performance section): the wasm
+ * backend keeps every tensor in one 32-bit `WebAssembly.Memory` (`getHeapMax` 4 GiB), which a 135M-parameter
+ * model's full DPO step exceeds. tfjs-backend-cpu already keeps each tensor in its own TypedArray, and its
+ * data movement kernels (Reshape shares the buffer) are right; what it lacks is speed, and the native kernels
+ * supply that. Subclassing it (instead of writing a KernelBackend from scratch) reuses its tested storage,
+ * reference counting and ~150 fallback kernels, and leaves the `cpu` backend itself pure JS.
+ *
+ * Which kernels are native is {@link NATIVE_KERNELS}; `nativeKernelCalls` counts the JS fallbacks that ran
+ * (tests assert a training step runs none on its hot path).
+ */
+import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadNativeAddon } from './addon.js';
+import { type LowPrecision, LowPrecisionWeights, quantizeInt8, toBfloat16 } from './lowp.js';
+import { registerFusedKernels } from './kernels.js';
+import { registerNativeMatmul } from './matmul.js';
+import { registerTensorKernels } from './native-tensor-kernels.js';
+import { registerWasmKernels } from './wasm-kernels.js';
+
+/** The tfjs name of the backend. */
+export const NATIVE_BACKEND = 'native';
+
+/**
+ * tfjs-backend-cpu's storage with our name (kernels are registered per backend name below), plus frozen
+ * weights held in low precision ({@link storeInLowPrecision}): reads of those return widened float32 copies.
+ */
+export class NativeBackend extends MathBackendCPU {
+  /** The low-precision storage of `dataId`, or null when it is a plain TypedArray. */
+  lowPrecision(dataId: tf.DataId): LowPrecisionWeights | null {
+    const v = this.data.get(dataId)?.values;
+    return v instanceof LowPrecisionWeights ? v : null;
+  }
+
+  override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
+    return this.lowPrecision(dataId)?.decode() ?? super.readSync(dataId);
+  }
+
+  override read(dataId: tf.DataId): Promise<tf.backend_util.BackendValues> {
+    const lp = this.lowPrecision(dataId);
+    return lp ? Promise.resolve(lp.decode()) : super.read(dataId);
+  }
+
+  /** A float32 tensor stored as `w` (shape `shape`, row-major). */
+  writeLowPrecision(w: LowPrecisionWeights, shape: number[]): tf.TensorInfo {
+    // the storage keeps `values` as given and every reader of this backend recognises the wrapper (readSync,
+    // read, TensorMemory.f32, the GEMM); tfjs types `values` as a TypedArray only
+    const dataId = this.write(w as unknown as Float32Array, shape, 'float32');
+    return { dataId, shape, dtype: 'float32' };
+  }
+}
+
+/**
+ * Re-store the frozen 2-D float32 variable `v` in `kind` (a new buffer; tensors that shared the old one keep
+ * it). Only on the native backend; elsewhere nothing changes.
+ * @returns true when `v` is now held in low precision
+ */
+export function storeInLowPrecision(v: tf.Variable, kind: LowPrecision): boolean {
+  const backend = tf.backend();
+  if (!(backend instanceof NativeBackend) || v.dtype !== 'float32' || v.shape.length !== 2) return false;
+  if (backend.lowPrecision(v.dataId)) return true;
+  const src = v.dataSync() as Float32Array;
+  const [rows, cols] = v.shape as [number, number];
+  let w: LowPrecisionWeights;
+  if (kind === 'bfloat16') w = new LowPrecisionWeights(kind, toBfloat16(src), new Float32Array(0));
+  else {
+    const q = quantizeInt8(src, rows, cols);
+    w = new LowPrecisionWeights(kind, q.data, q.scale);
+  }
+  const t = tf.engine().makeTensorFromTensorInfo(backend.writeLowPrecision(w, v.shape.slice()));
+  v.assign(t);
+  t.dispose();
+  return true;
+}
+
+let registered = false;
+/** Kernels of the native backend that are not tfjs-backend-cpu's JS ones. */
+export const NATIVE_KERNELS = new Set<string>();
+
+/** What the JS fallbacks (tfjs-backend-cpu kernels) did since the last reset, per kernel. */
+export interface FallbackUse {
+  calls: number;
+  /** elements of their outputs (a measure of the per-element JS work done) */
+  elements: number;
+}
+const fallbackCalls = new Map<string, FallbackUse>();
+/** JS-fallback kernel use since the last reset (name -> calls, output elements); `reset` clears it. */
+export function fallbackKernelCalls(reset = false): Map<string, FallbackUse> {
+  const copy = new Map([...fallbackCalls].map(([k, v]) => [k, { ...v }]));
+  if (reset) fallbackCalls.clear();
+  return copy;
+}
+
+/**
+ * Register the `native` backend with tfjs (idempotent): every tfjs-backend-cpu kernel under the new name
+ * (counted when it runs), then the native kernels over them.
+ * @returns false (and registers nothing) when the native addon cannot be loaded (see nativeStatus)
+ */
+export function registerNativeBackend(): boolean {
+  if (registered) return true;
+  const addon = loadNativeAddon();
+  if (!addon) return false;
+  tf.registerBackend(NATIVE_BACKEND, () => new NativeBackend(), 0);
+  const fallbacks = new WeakSet<tf.KernelFunc>();
+  for (const k of tf.getKernelsForBackend('cpu')) {
+    const name = k.kernelName;
+    const fn = k.kernelFunc;
+    const counted: tf.KernelFunc = (p) => {
+      const out = fn(p);
+      const use = fallbackCalls.get(name) ?? { calls: 0, elements: 0 };
+      use.calls += 1;
+      for (const o of Array.isArray(out) ? out : [out]) use.elements += o.shape.reduce((a, c) => a * c, 1);
+      fallbackCalls.set(name, use);
+      return out;
+    };
+    fallbacks.add(counted);
+    tf.registerKernel({ ...k, backendName: NATIVE_BACKEND, kernelFunc: counted });
+  }
+  registerWasmKernels(NATIVE_BACKEND); // Slice, Unpack, GatherV2, Identity: typed-array data movement
+  registerNativeMatmul(NATIVE_BACKEND);
+  registerFusedKernels(NATIVE_BACKEND);
+  registerTensorKernels(addon, NATIVE_BACKEND);
+  for (const k of tf.getKernelsForBackend(NATIVE_BACKEND)) if (!fallbacks.has(k.kernelFunc)) NATIVE_KERNELS.add(k.kernelName);
+  registered = true;
+  return true;
+}
