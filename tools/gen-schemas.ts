@@ -1,11 +1,11 @@
 /**
  * Write the JSON Schemas of schemas/ that are generated from TypeBox sources (`npm run schemas`):
- * schemas/config.schema.json from src/config/schema.ts. tests/unit/config-schema.test.ts fails when the
+ * schemas/config.schema.json from src/config/schema.ts, schemas/trigger-finetune.request.json from src/api/request-schema.ts. tests/unit/config-schema.test.ts fails when the
  * committed file differs from what this writes.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { generatedSchemas } from '../src/config/generated.js';
+import { generatedSchemas } from './schemas.js';
 import { schemasDir } from '../src/config/paths.js';
 
 for (const [file, text] of Object.entries(generatedSchemas())) {

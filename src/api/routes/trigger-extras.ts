@@ -10,18 +10,14 @@ import type { JobIndex } from '../../queue/job-index.js';
 import type { TrainingMethod } from '../../queue/types.js';
 import type { TrainConfig } from '../../config/index.js';
 import type { PreferenceExample } from '../../training/types.js';
+import type { TriggerRequest } from '../request-schema.js';
 import { planJob, type DryRunPlan } from '../plan.js';
 import { ValidationError } from '../errors.js';
 import { CallbackUrlError, resolveCallbackTarget, type CallbackPolicy } from '../../webhooks/targets.js';
 import type { Problem } from '../errors.js';
 
-export interface TriggerExtrasBody {
-  suffix?: string;
-  method?: TrainingMethod;
-  callbackUrl?: string;
-  datasetId?: string;
-  evalDatasetId?: string;
-}
+/** The request fields this module checks (their schema: src/api/request-schema.ts). */
+export type TriggerExtrasBody = Pick<TriggerRequest, 'suffix' | 'method' | 'callbackUrl' | 'datasetId' | 'evalDatasetId'>;
 
 export interface TriggerExtrasDeps {
   callbackPolicy: CallbackPolicy;

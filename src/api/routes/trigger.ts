@@ -5,13 +5,13 @@
 import type { FastifyInstance } from 'fastify';
 import { ApiError, ServiceUnavailableError, ValidationError, type Problem } from '../errors.js';
 import type { FinetuneQueueService } from '../../queue/finetune-queue.js';
-import type { ConfigInput, ConfigProblem, TrainConfig } from '../../config/index.js';
-import type { PreferenceExample } from '../../training/types.js';
+import type { ConfigProblem, TrainConfig } from '../../config/index.js';
+import type { TriggerRequest } from '../request-schema.js';
 import { apiSchemas } from '../schemas.js';
 import { errorResponses } from './common.js';
 import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
-import { checkTriggerExtras, configForMethod, dryRunPlan, recordQueued, type TriggerExtrasBody, type TriggerExtrasDeps } from './trigger-extras.js';
+import { checkTriggerExtras, configForMethod, dryRunPlan, recordQueued, type TriggerExtrasDeps } from './trigger-extras.js';
 
 /** Semantic row checks: `{index, field, code, message}` per problem (the contract of src/training/data/validate-rows.ts). */
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
@@ -45,11 +45,8 @@ export function configPolicyProblems(config: Record<string, unknown> | undefined
   return out;
 }
 
-interface TriggerBody extends TriggerExtrasBody {
-  communityId: string;
-  dataset?: PreferenceExample[];
-  config?: ConfigInput;
-}
+/** The body, as schemas/trigger-finetune.request.json (generated from the same TypeBox source) describes it. */
+type TriggerBody = TriggerRequest;
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
 
