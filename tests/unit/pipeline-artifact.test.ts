@@ -50,7 +50,10 @@ test('extras from metrics.jsonl, then run.json and a manifest that verifies', as
   await writeExtras(dir, { tensorboard: false, plot: false }, silent);
   assert.equal(existsSync(join(dir, 'tensorboard')), false, 'tensorboard=false removes stale events');
   const policy = await stories();
-  const stats = { sha256: 'x', examples: 3, train_pairs: 2, eval_pairs: 1, dropped: 0, truncated: 0 };
+  const stats = {
+    ...{ sha256: 'x', examples: 3, bad_records: 0, invalid: 0, invalid_by_code: {}, too_long: 0, dropped: 0 },
+    ...{ train_pairs: 2, eval_pairs: 1, truncated: 0, truncated_fraction: 0, warnings: [] },
+  };
   const rec = await writeRunRecord(dir, {
     config: cfg,
     backend: currentBackend()!,

@@ -26,7 +26,7 @@ import { DataError } from './errors.js';
 export const DATA_FORMATS = ['explicit', 'implicit', 'conversational', 'sharegpt', 'roll', 'paddle', 'grouped'] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
 
-/** Other names users may give in `data.format=...`. */
+/** Other names users may give in `dataset_format=...`. */
 export const FORMAT_ALIASES: Record<string, DataFormat> = {
   standard: 'explicit',
   trl: 'explicit',
@@ -63,7 +63,7 @@ export function resolveFormatName(name: string): DataFormat {
   if (a) return a;
   throw new DataError(
     'UNKNOWN_DATA_FORMAT',
-    `data.format=${name} is not a known format; use one of ${DATA_FORMATS.join(', ')} (aliases: ${Object.keys(FORMAT_ALIASES).join(', ')})`,
+    `dataset_format=${name} is not a known format; use one of ${DATA_FORMATS.join(', ')} (aliases: ${Object.keys(FORMAT_ALIASES).join(', ')})`,
   );
 }
 
@@ -94,7 +94,7 @@ export function detectFormat(record: unknown, opts: FormatOptions = {}): DataFor
     'UNKNOWN_DATA_FORMAT',
     `cannot detect the data format from keys [${Object.keys(record).join(', ')}]; expected e.g. {prompt, chosen, rejected}, {chosen, rejected}, ` +
       `{instruction, input, chosen, rejected}, {src, tgt, response, sort}, {conversations, chosen, rejected} or {prompt: {responses, pairs}}; ` +
-      `or set data.format=...`,
+      `or set dataset_format=... (dpo validate --format)`,
   );
 }
 

@@ -20,6 +20,7 @@ export {
 export { readRecords, type RawRecord, type Container } from './readers.js';
 export { listDatasets, resolveDataset, type DatasetEntry } from './registry.js';
 export { validateRows } from './validate-rows.js';
+export { pairErrors, type PairError } from './checks.js';
 export {
   tokenizePreference,
   tokenizeDataset,

@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '../types.js';
+import { pairErrors } from './checks.js';
 import type { DataError, DataProblem } from './errors.js';
 import type { DataFormat } from './formats.js';
 import type { Container } from './readers.js';
@@ -156,17 +157,11 @@ export async function inspectDataset(source: string | unknown[], opts: InspectOp
           report.counts.emptyPrompt++;
           warn({ ...at, field: 'prompt', code: 'EMPTY_FIELD', message: `${where(b.line, index)}: prompt is empty` });
         }
-        if (ex.chosen.trim() === '') {
-          report.counts.emptyChosen++;
-          err({ ...at, field: 'chosen', code: 'EMPTY_FIELD', message: `${where(b.line, index)}: chosen is empty` });
-        }
-        if (ex.rejected.trim() === '') {
-          report.counts.emptyRejected++;
-          err({ ...at, field: 'rejected', code: 'EMPTY_FIELD', message: `${where(b.line, index)}: rejected is empty` });
-        }
-        if (ex.chosen.trim() === ex.rejected.trim()) {
-          report.counts.chosenEqualsRejected++;
-          err({ ...at, field: 'rejected', code: 'CHOSEN_EQUALS_REJECTED', message: `${where(b.line, index)}: rejected is the same text as chosen` });
+        for (const e of pairErrors(ex)) {
+          if (e.code === 'CHOSEN_EQUALS_REJECTED') report.counts.chosenEqualsRejected++;
+          else if (e.field === 'chosen') report.counts.emptyChosen++;
+          else report.counts.emptyRejected++;
+          err({ ...at, field: e.field, code: e.code, message: `${where(b.line, index)}: ${e.detail}` });
         }
         const h = createHash('sha1').update(ex.prompt).update('\u0000').update(ex.chosen).update('\u0000').update(ex.rejected).digest('base64');
         if (seen.has(h)) {

@@ -101,10 +101,7 @@ export async function* iteratePreferenceExamples(
  * @returns examples in file order (grouped/ranked records expand to several pairs)
  * @throws DataError (see {@link iteratePreferenceExamples}); EMPTY_DATA when nothing was read
  */
-export async function loadPreferenceExamples(
-  source: string | unknown[],
-  opts: { format?: string; chosenKey?: string; rejectedKey?: string; promptKey?: string; tokenizer?: Tokenizer; dedup?: boolean } = {},
-): Promise<PreferenceExample[]> {
+export async function loadPreferenceExamples(source: string | unknown[], opts: LoadOptions & { dedup?: boolean } = {}): Promise<PreferenceExample[]> {
   const out: PreferenceExample[] = [];
   const info: { label?: string } = {};
   for await (const b of iteratePreferenceExamples(source, opts, info)) for (const ex of b.examples) out.push(ex);

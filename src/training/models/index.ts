@@ -208,12 +208,22 @@ export async function loadPretrained(
   const src = resolveSource(nameOrPath);
   const model = await loadModel(nameOrPath, opts);
   try {
-    const tokenizer = await loadTokenizer(src.tokenizer ?? (src.kind === 'hf' ? src.path : dirname(src.path)));
+    const tokenizer = await loadModelTokenizer(nameOrPath);
     return { model, tokenizer, source: src.path };
   } catch (e) {
     model.dispose();
     throw e;
   }
+}
+
+/**
+ * The tokenizer that {@link loadPretrained} pairs with a model (the built-in's, or the one next to the
+ * weights), without loading the weights.
+ * @throws ModelNotFoundError for an unknown model; TokenizerError when no tokenizer is found next to it
+ */
+export async function loadModelTokenizer(nameOrPath: string): Promise<Tokenizer> {
+  const src = resolveSource(nameOrPath);
+  return loadTokenizer(src.tokenizer ?? (src.kind === 'hf' ? src.path : dirname(src.path)));
 }
 
 /**

@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { TrainConfig } from '../../config/index.js';
 import { initBackend, type BackendInfo } from '../engine/backend.js';
-import { loadPretrained, type GenerativeLM } from '../models/index.js';
+import { loadModelTokenizer, loadPretrained, type GenerativeLM } from '../models/index.js';
 import { loadTokenizer } from '../tokenizers/index.js';
 import type { Tokenizer } from '../types.js';
 
@@ -25,6 +25,14 @@ export function parameterCount(model: GenerativeLM): number {
   let n = 0;
   for (const v of model.params.values()) n += v.size;
   return n;
+}
+
+/**
+ * The tokenizer training uses: `model.tokenizer_name_or_path` when set, else the model's own (no weights loaded).
+ * @throws ModelNotFoundError, TokenizerError
+ */
+export async function loadTrainingTokenizer(cfg: Pick<TrainConfig, 'model'>): Promise<Tokenizer> {
+  return cfg.model.tokenizer_name_or_path ? loadTokenizer(cfg.model.tokenizer_name_or_path) : loadModelTokenizer(cfg.model.name_or_path);
 }
 
 /**
