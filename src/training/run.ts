@@ -18,6 +18,8 @@ import { checkResumeData, type GivenSettings, loadResumePoint, resumedConfig } f
 import { Sampler } from './pipeline/samples.js';
 import { attachDpoAdapters, runDpo, runSft, type StageRun } from './pipeline/stages.js';
 import { MetricsFile, ProgressReporter } from './trainer/monitor.js';
+import { asInsufficientMemory, availableMemory, checkMemory, formatEstimate, type MemoryEstimate } from './plan/memory.js';
+import { needsReference } from './losses/index.js';
 import { TrainingAbortedError } from './trainer/stage.js';
 import type { PreferenceExample, ProgressEvent, TrainingEvent, TrainResult } from './types.js';
 
@@ -74,7 +76,11 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
   const { backend, policy, tokenizer, source, loadSeconds } = await loadBackendAndModel(cfg, logger);
   const progress = new ProgressReporter(logger, cfg.progress_bar, options.onProgress);
   let reference: Reference | null = null;
+  let memory: MemoryEstimate | null = null;
   try {
+    // refuse a run that cannot fit before anything trains (INSUFFICIENT_MEMORY names what would fit)
+    memory = checkMemory(policy.config, cfg, { needsReference: needsReference(loss) });
+    logger.info({ memory }, formatEstimate(memory, availableMemory()));
     const tData = Date.now();
     const data = await prepareData(cfg, tokenizer, logger, options.dataset);
     checkResumeData(point, data.stats.sha256, cfg, logger);
@@ -130,6 +136,8 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
       'training finished',
     );
     return { artifactDir: outputDir, metrics: { sft: sft.summary, dpo: dpo.summary } };
+  } catch (e) {
+    throw asInsufficientMemory(e, memory);
   } finally {
     progress.stop();
     reference?.dispose();

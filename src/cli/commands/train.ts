@@ -11,10 +11,13 @@ import pino from 'pino';
 import YAML from 'yaml';
 import { ConfigError, loadConfig } from '../../config/index.js';
 import { runTraining, TrainingAbortedError } from '../../training/run.js';
+import { planRun } from '../../training/plan/dry-run.js';
 
 export interface TrainCliOptions {
   config?: string;
   outputDir?: string;
+  /** print the plan (stages, steps, tokens) and the memory estimate, train nothing */
+  dryRun?: boolean;
 }
 
 /**
@@ -33,6 +36,7 @@ export async function runTrainCli(overrides: string[], o: TrainCliOptions): Prom
     throw e;
   }
   const outputDir = resolve(o.outputDir ?? cfg.output_dir ?? `runs/${cfg.exp_name}`);
+  if (o.dryRun) return dryRun(cfg);
   const tty = process.stderr.isTTY === true;
   const logger = tty
     ? pino({ level: process.env.LOG_LEVEL ?? 'info', transport: { target: 'pino-pretty', options: { destination: 2, ignore: 'pid,hostname' } } })
@@ -89,12 +93,38 @@ export async function runTrainCli(overrides: string[], o: TrainCliOptions): Prom
   }
 }
 
+/** `--dry-run`: the plan as YAML on stdout; exit 0 when the estimate fits, 1 (INSUFFICIENT_MEMORY) when not. */
+async function dryRun(cfg: Parameters<typeof planRun>[0]): Promise<number> {
+  const plan = await planRun(cfg, pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2)));
+  const gib = (b: number): number => Math.round((b / 2 ** 30) * 100) / 100;
+  const m = plan.memory;
+  const memory = {
+    estimate_gib: gib(m.totalBytes),
+    available_gib: gib(m.availableBytes),
+    fits: m.fits,
+    parts_gib: {
+      weights: gib(m.weights),
+      gradients: gib(m.gradients),
+      optimizer: gib(m.optimizer),
+      reference: gib(m.reference),
+      activations: gib(m.activations),
+      runtime: gib(m.runtime),
+    },
+  };
+  process.stdout.write(`# dry run: nothing trained
+${YAML.stringify({ model: plan.model, data: plan.data, stages: plan.stages, reference: plan.reference, memory })}`);
+  if (!plan.refusal) return 0;
+  process.stderr.write(`dpo train: ${plan.refusal.code}: ${plan.refusal.message}\n`);
+  return 1;
+}
+
 export function register(program: Command): void {
   program
     .command('train')
     .description('SFT then DPO; settings as key=value overrides of config/config.yaml (model=, loss=, datasets=[a,b], loss.beta=0.1, ...)')
     .option('-c, --config <file>', 'YAML config merged over config/config.yaml')
     .option('-o, --output-dir <dir>', 'artifact directory (default: output_dir or runs/<exp_name>)')
+    .option('--dry-run', 'print the plan (stages, steps, tokens) and the memory estimate; train nothing')
     .argument('[overrides...]', 'key=value overrides (YAML values)')
     .allowExcessArguments(false)
     .action(async (overrides: string[], opts: TrainCliOptions) => {
