@@ -12,6 +12,7 @@ import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
 import YAML from 'yaml';
+import { checkOnlineDpoConfig } from '../training/online/schema.js';
 import { LOSS_ALIASES, LOSS_TYPES, lossOptionsOf, resolveLossGroup, type LossGroup, type ResolvedLossOptions } from '../training/losses/options.js';
 import { closest, ConfigError, configErrorFromAjv, type ConfigPath } from './errors.js';
 import { configDir } from './paths.js';
@@ -271,6 +272,7 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
   if (c.max_prompt_length >= c.max_length) {
     throw new ConfigError('max_prompt_length', `must be smaller than max_length (${c.max_length}), got ${c.max_prompt_length}; the completion needs room`);
   }
+  checkOnlineDpoConfig(c);
   if (c.lora.enabled && c.sync_ref_model) {
     throw new ConfigError('sync_ref_model', 'is not supported with lora.enabled (the reference is the adapter-disabled model); set one of them to false');
   }

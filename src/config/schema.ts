@@ -11,6 +11,7 @@
 import { Type, type Static, type TOptional, type TProperties, type TSchema } from '@sinclair/typebox';
 import { LossGroupSchema, ResolvedLossSchema } from '../training/losses/options.js';
 import { trlInputProperties, trlStageProperties } from './trl.js';
+import { OnlineDpoInputSchema, OnlineDpoSchema, TRAINING_STAGES } from '../training/online/schema.js';
 
 export const SCHEMA_ID = 'https://dpo-service.local/schemas/config.schema.json';
 
@@ -159,11 +160,12 @@ const plainProperties = {
   weight_quantize_algo: nullable(stringEnum(['weight_only_int8'] as const), {
     description: "PaddleNLP's name: the LoRA base's linear weights as int8 with one scale per output feature (native backend).",
   }),
+  stage: stringEnum(TRAINING_STAGES, { description: 'After SFT: dpo (preference pairs) or online_dpo (prompts, sampled pairs ranked by online_dpo.judge).' }),
 };
 
 /** The resolved training configuration: every key present, `model` and `loss` expanded (see config/config.yaml). */
 export const TrainConfigSchema = Type.Object(
-  { ...plainProperties, model: ModelSchema, loss: ResolvedLossSchema, sft: SftSchema, lora: LoraSchema },
+  { ...plainProperties, model: ModelSchema, loss: ResolvedLossSchema, sft: SftSchema, lora: LoraSchema, online_dpo: OnlineDpoSchema },
   { additionalProperties: false },
 );
 export type TrainConfig = Static<typeof TrainConfigSchema>;
@@ -191,6 +193,7 @@ export const ConfigInputSchema = Type.Object(
     sft: Type.Optional(SftInputSchema),
     lora: Type.Optional(Type.Partial(LoraSchema)),
     ...trlInputProperties(),
+    online_dpo: Type.Optional(OnlineDpoInputSchema),
   },
   {
     $schema: 'http://json-schema.org/draft-07/schema#',

@@ -21,7 +21,9 @@ import { MetricsFile, ProgressReporter } from './trainer/monitor.js';
 import { asInsufficientMemory, availableMemory, checkMemory, formatEstimate, type MemoryEstimate } from './plan/memory.js';
 import { needsReference } from './losses/index.js';
 import { TrainingAbortedError } from './trainer/stage.js';
-import type { PreferenceExample, ProgressEvent, TrainingEvent, TrainResult } from './types.js';
+import { prepareOnlineData, preferenceRowsOnly } from './online/data.js';
+import { runOnlineDpo } from './online/stage.js';
+import type { PreferenceExample, ProgressEvent, PromptExample, TrainingEvent, TrainResult } from './types.js';
 
 export { TrainingAbortedError } from './trainer/stage.js';
 
@@ -39,8 +41,8 @@ export interface RunTrainingOptions {
   given?: GivenSettings;
   /** Called with the config the run trains with (after a resume restored the checkpoint's) and the output dir. */
   onConfig?: (cfg: TrainConfig, outputDir: string) => void;
-  /** Training data instead of `datasets`: examples, or a path / registered name. */
-  dataset?: PreferenceExample[] | string;
+  /** Training data instead of `datasets`: examples (prompts for `stage: online_dpo`), or a path / registered name. */
+  dataset?: PreferenceExample[] | PromptExample[] | string;
   /** Where the artifact is written (overrides `output_dir`). */
   outputDir: string;
   onProgress?: (e: ProgressEvent) => void;
@@ -82,7 +84,8 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
     memory = checkMemory(policy.config, cfg, { needsReference: needsReference(loss) });
     logger.info({ memory }, formatEstimate(memory, availableMemory()));
     const tData = Date.now();
-    const data = await prepareData(cfg, tokenizer, logger, options.dataset);
+    const online = cfg.stage === 'online_dpo' ? await prepareOnlineData(cfg, tokenizer, logger, options.dataset) : null;
+    const data = online ?? (await prepareData(cfg, tokenizer, logger, preferenceRowsOnly(options.dataset)));
     checkResumeData(point, data.stats.sha256, cfg, logger);
     const counts = {
       examples: data.stats.examples,
@@ -108,12 +111,15 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
       progress: (p) => progress.update(p),
       onEval: (stage) => sampler.onEval(stage),
     };
-    const sft = await runSft(run, point);
+    // online DPO from bare prompts has no SFT target: SFT is skipped
+    const sft = data.train.length > 0 ? await runSft(run, point) : { summary: {}, seconds: 0 };
     checkAbort(options.signal, 'after SFT');
     const tDpo = Date.now();
     attachDpoAdapters(run);
     reference = createReference({ cfg, loss, policy, data, resume: point?.state.stage === 'dpo' ? point : null, logger });
-    const dpo = await runDpo(run, { loss, reference, point, sftSummary: sft.summary });
+    const dpo = online
+      ? await runOnlineDpo(run, { loss, reference, point, sftSummary: sft.summary, tokenizer, data: online })
+      : await runDpo(run, { loss, reference, point, sftSummary: sft.summary });
     Object.assign(timings, { sft_s: sft.seconds, dpo_s: (Date.now() - tDpo) / 1000 });
     progress.stop();
 

@@ -88,6 +88,15 @@ export interface PreferenceExample {
   sftTarget?: string;
 }
 
+/**
+ * One prompt of online DPO (the webhook's `[{prompt}]` rows for `method: online_dpo`), optionally with an SFT
+ * target (`chosen`) for the SFT stage that runs first.
+ */
+export interface PromptExample {
+  prompt: string;
+  chosen?: string;
+}
+
 /** Progress of a training stage, reported to the CLI bar, logs and the queue. */
 export interface ProgressEvent {
   stage: 'sft' | 'dpo';

@@ -122,8 +122,8 @@ function checkpointState(
   };
 }
 
-/** Run one stage with the shared options, continuing from `resume` when given. */
-async function runWith(
+/** Run one stage with the shared options, continuing from `resume` when given (also the online DPO stage's runner). */
+export async function runWith(
   run: StageRun,
   task: StageTask,
   params: Map<string, tf.Variable>,

@@ -60,6 +60,11 @@ export interface StageTask {
   nTrain: number;
   /** The weight of a micro-batch in the step (pairs, or completion tokens for SFT). */
   units(indices: number[]): number;
+  /**
+   * Before the micro-batches of an optimizer step (0-based `step`, `epoch`): asynchronous work they need,
+   * such as online DPO's sampling and judging.
+   */
+  prepareStep?(micros: number[][], ctx: { step: number; epoch: number }): Promise<void>;
   /** Forward + backward of one micro-batch with the loss multiplied by `scale`. */
   micro(indices: number[], scale: number, rng: Rng): MicroResult;
   /** Held-out metrics (already `eval_`-prefixed); absent: no evaluation. */
@@ -216,6 +221,7 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
     await checkAbort();
     const stepStart = performance.now();
     const micros = stepBatches(step, task.nTrain, s, opts.seed, permCache);
+    await task.prepareStep?.(micros, { step, epoch: Math.floor(step / stepsPerEpoch) });
     const units = micros.map((m) => task.units(m));
     const totalUnits = units.reduce((a, b) => a + b, 0);
     const acc = new Map<string, tf.Tensor>();

@@ -1,0 +1,93 @@
+/**
+ * The data phase of `stage: online_dpo`: prompt rows from `datasets` (or the caller's rows / source) in any
+ * format prompts.ts reads, split into train / eval prompts as DPO splits pairs (`eval_dataset`, else
+ * `eval_split_fraction` with `seed`; eval capped at `n_eval_examples`), tokenised as DPO prompts. Rows that
+ * carry an SFT target (a preference record's chosen, or `chosen`/`completion` next to a prompt) also form
+ * the SFT stage's pairs; with none, SFT has nothing to train on and is skipped.
+ */
+import { ConfigError } from '../../config/index.js';
+import { datasetSha256 } from '../data/hash.js';
+import { resolvePadId, splitEval, tokenizeDataset, type TokenizedPair } from '../data/index.js';
+import type { DataConfig, PreparedData } from '../pipeline/data.js';
+import type { PreferenceExample, PromptExample, Tokenizer } from '../types.js';
+import type { Logger } from 'pino';
+import { loadPromptRows, tokenizePrompt, type PromptRow, type TokenizedPrompt } from './prompts.js';
+
+/** The online data: SFT pairs (train/eval, possibly empty) and the prompts. */
+export interface OnlinePreparedData extends PreparedData {
+  prompts: { train: TokenizedPrompt[]; eval: TokenizedPrompt[] };
+}
+
+/**
+ * The caller's rows for the offline DPO data phase: every row must be a pair.
+ * @throws ConfigError (`stage`) when a row has no chosen/rejected (prompt-only rows need stage online_dpo)
+ */
+export function preferenceRowsOnly(d: PreferenceExample[] | PromptExample[] | string | undefined): PreferenceExample[] | string | undefined {
+  if (d === undefined || typeof d === 'string') return d;
+  const bad = d.findIndex((r) => typeof (r as Partial<PreferenceExample>).rejected !== 'string' || typeof r.chosen !== 'string');
+  if (bad >= 0) throw new ConfigError('stage', `dataset row ${bad} has no chosen/rejected pair; prompt-only rows need stage online_dpo (method: online_dpo)`);
+  return d as PreferenceExample[];
+}
+
+async function rowsOf(source: string, cfg: DataConfig, tokenizer: Tokenizer): Promise<PromptRow[]> {
+  return loadPromptRows(source, {
+    format: cfg.dataset_format ?? undefined,
+    chosenKey: cfg.chosen_key ?? undefined,
+    rejectedKey: cfg.rejected_key ?? undefined,
+    tokenizer,
+  });
+}
+
+/**
+ * Load, split and tokenise the prompts (and the SFT pairs of the rows that have a target).
+ * @param dataset rows or a path / registered name used instead of `cfg.datasets`
+ * @throws DataError for unreadable data or a row without a prompt
+ */
+export async function prepareOnlineData(
+  cfg: DataConfig,
+  tokenizer: Tokenizer,
+  logger: Logger,
+  dataset?: PreferenceExample[] | PromptExample[] | string,
+): Promise<OnlinePreparedData> {
+  let rows: PromptRow[] = [];
+  if (Array.isArray(dataset)) rows = await loadPromptRows(dataset as unknown[], { tokenizer });
+  else if (typeof dataset === 'string') rows = await rowsOf(dataset, cfg, tokenizer);
+  else for (const d of cfg.datasets) rows.push(...(await rowsOf(d, cfg, tokenizer)));
+  const sha256 = datasetSha256(rows);
+  const split = cfg.eval_dataset ? { train: rows, eval: await rowsOf(cfg.eval_dataset, cfg, tokenizer) } : splitEval(rows, cfg.eval_split_fraction, cfg.seed);
+  const evalRows = cfg.n_eval_examples !== null ? split.eval.slice(0, cfg.n_eval_examples) : split.eval;
+  const tokOpts = { maxLength: cfg.max_length, maxPromptLength: cfg.max_prompt_length, truncationMode: cfg.truncation_mode };
+  const prompts = (xs: PromptRow[]) => xs.map((r) => tokenizePrompt(r.prompt, tokenizer, tokOpts));
+  const sftPairs = (xs: PromptRow[]): { pairs: TokenizedPair[]; dropped: number; truncated: number } => {
+    const withTarget = xs.filter((r): r is Required<PromptRow> => r.target !== undefined);
+    const t = tokenizeDataset(
+      withTarget.map((r) => ({ prompt: r.prompt, chosen: r.target, rejected: r.target })),
+      tokenizer,
+      tokOpts,
+    );
+    return { pairs: t.pairs, dropped: t.stats.dropped, truncated: t.stats.truncated };
+  };
+  const sftTrain = sftPairs(split.train);
+  const sftEval = sftPairs(evalRows);
+  const out: OnlinePreparedData = {
+    train: sftTrain.pairs,
+    eval: sftEval.pairs,
+    padId: resolvePadId(tokenizer),
+    prompts: { train: prompts(split.train), eval: prompts(evalRows) },
+    stats: {
+      sha256,
+      examples: rows.length,
+      train_pairs: sftTrain.pairs.length,
+      eval_pairs: sftEval.pairs.length,
+      dropped: sftTrain.dropped + sftEval.dropped,
+      truncated: sftTrain.truncated + sftEval.truncated,
+    },
+  };
+  logger.info(
+    { prompts: rows.length, train_prompts: out.prompts.train.length, eval_prompts: out.prompts.eval.length, sft_pairs: out.train.length },
+    'online DPO data ready',
+  );
+  return out;
+}
+
+
