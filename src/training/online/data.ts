@@ -89,5 +89,3 @@ export async function prepareOnlineData(
   );
   return out;
 }
-
-

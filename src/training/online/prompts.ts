@@ -13,6 +13,7 @@ import { DataError } from '../data/errors.js';
 import { convertRecord, detectFormat, renderConversation, resolveFormatName } from '../data/formats.js';
 import { resolveSource } from '../data/load.js';
 import { readRecords } from '../data/readers.js';
+import { renderPlainChat } from '../tokenizers/chat-template.js';
 import { tokenizerAddsBos } from '../tokenizers/index.js';
 import type { ChatMessage, Tokenizer } from '../types.js';
 
@@ -35,13 +36,20 @@ type Rec = Record<string, unknown>;
 const isObj = (v: unknown): v is Rec => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 function messagesOf(v: unknown, field: string): ChatMessage[] {
-  if (!Array.isArray(v) || v.length === 0) throw new DataError('INVALID_DATA_RECORD', `${field}: must be a non-empty list of {role, content} messages`, { field });
+  if (!Array.isArray(v) || v.length === 0)
+    throw new DataError('INVALID_DATA_RECORD', `${field}: must be a non-empty list of {role, content} messages`, { field });
   return v.map((m, i) => {
     if (!isObj(m) || typeof (m.role ?? m.from) !== 'string' || typeof (m.content ?? m.value) !== 'string') {
       throw new DataError('INVALID_DATA_RECORD', `${field}[${i}]: must be a {role, content} message of strings`, { field: `${field}[${i}]` });
     }
     return { role: String(m.role ?? m.from), content: String(m.content ?? m.value) };
   });
+}
+
+/** A prompt conversation rendered with the generation prompt (the tokenizer's chat template, else the plain HH layout). */
+function renderPrompt(messages: ChatMessage[], tok?: Tokenizer): string {
+  if (tok?.chatTemplate && tok.applyChatTemplate) return tok.applyChatTemplate(messages, { addGenerationPrompt: true });
+  return renderPlainChat(messages, { addGenerationPrompt: true });
 }
 
 function optionalText(r: Rec, key: string): string | undefined {
@@ -51,9 +59,15 @@ function optionalText(r: Rec, key: string): string | undefined {
   return v.trim() === '' ? undefined : v;
 }
 
-/** True for a record without both completions of a pair (a prompt, perhaps with an SFT target). */
-function isPromptOnly(r: Rec, chosenKey: string, rejectedKey: string): boolean {
-  return ('prompt' in r || 'messages' in r) && !(chosenKey in r && rejectedKey in r);
+/** True for a record no DPO reader recognises that has a `prompt` or `messages` (a prompt, perhaps with an SFT target). */
+function isPromptOnly(r: Rec, opts: { chosenKey?: string; rejectedKey?: string }): boolean {
+  if (!('prompt' in r || 'messages' in r)) return false;
+  try {
+    detectFormat(r, opts);
+    return false;
+  } catch {
+    return true;
+  }
 }
 
 /**
@@ -61,10 +75,10 @@ function isPromptOnly(r: Rec, chosenKey: string, rejectedKey: string): boolean {
  * @throws DataError INVALID_DATA_RECORD naming the field, UNKNOWN_DATA_FORMAT
  */
 export function promptRowOf(record: unknown, opts: { format?: string; chosenKey?: string; rejectedKey?: string; tokenizer?: Tokenizer } = {}): PromptRow {
-  if (!isObj(record)) throw new DataError('INVALID_DATA_RECORD', `a prompt record must be a JSON object, got ${Array.isArray(record) ? 'an array' : typeof record}`);
+  if (!isObj(record))
+    throw new DataError('INVALID_DATA_RECORD', `a prompt record must be a JSON object, got ${Array.isArray(record) ? 'an array' : typeof record}`);
   const ck = opts.chosenKey ?? 'chosen';
-  const rk = opts.rejectedKey ?? 'rejected';
-  if (!opts.format && isPromptOnly(record, ck, rk)) {
+  if (!opts.format && isPromptOnly(record, opts)) {
     const target = optionalText(record, ck) ?? optionalText(record, 'completion');
     if ('prompt' in record) {
       const p = record.prompt;
@@ -72,7 +86,7 @@ export function promptRowOf(record: unknown, opts: { format?: string; chosenKey?
         if (p.trim() === '') throw new DataError('INVALID_DATA_RECORD', 'prompt: is empty', { field: 'prompt', reason: 'EMPTY_FIELD' });
         return target === undefined ? { prompt: p } : { prompt: p, target };
       }
-      const rendered = renderConversation(messagesOf(p, 'prompt'), [], opts.tokenizer).prompt;
+      const rendered = renderPrompt(messagesOf(p, 'prompt'), opts.tokenizer);
       return target === undefined ? { prompt: rendered } : { prompt: rendered, target };
     }
     const msgs = messagesOf(record.messages, 'messages');
@@ -81,7 +95,7 @@ export function promptRowOf(record: unknown, opts: { format?: string; chosenKey?
       const r = renderConversation(msgs.slice(0, -1), [last], opts.tokenizer);
       return { prompt: r.prompt, target: r.completion };
     }
-    return { prompt: renderConversation(msgs, [], opts.tokenizer).prompt };
+    return { prompt: renderPrompt(msgs, opts.tokenizer) };
   }
   const format = opts.format ? resolveFormatName(opts.format) : detectFormat(record, opts);
   const ex = convertRecord(record, format, opts)[0]!;

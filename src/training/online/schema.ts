@@ -52,9 +52,7 @@ export const RuleJudgeSchema = Type.Object(
   {
     type: Type.Literal('rule'),
     rules: Type.Optional(JudgeRulesSchema),
-    file: Type.Optional(
-      Type.String({ minLength: 1, maxLength: 1000, description: "A YAML file with `rules: [...]`, or a name of config/judge/<name>.yaml." }),
-    ),
+    file: Type.Optional(Type.String({ minLength: 1, maxLength: 1000, description: 'A YAML file with `rules: [...]`, or a name of config/judge/<name>.yaml.' })),
   },
   { additionalProperties: false, description: 'Score = the sum of the rules over the completion text (rules inline or from a YAML file).' },
 );
@@ -78,7 +76,8 @@ export const HttpJudgeSchema = Type.Object(
     retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, description: 'Retries after a network error, timeout, 429 or 5xx (default 2).' })),
     secret_env: Type.Optional(
       Type.Union([Type.String({ pattern: '^[A-Z_][A-Z0-9_]*$', maxLength: 100 }), Type.Null()], {
-        description: 'Environment variable holding the Standard Webhooks secret (whsec_...) the request is signed with (default DPO_JUDGE_SECRET; null: unsigned).',
+        description:
+          'Environment variable holding the Standard Webhooks secret (whsec_...) the request is signed with (default DPO_JUDGE_SECRET; null: unsigned).',
       }),
     ),
   },
@@ -142,7 +141,10 @@ export function checkOnlineDpoConfig(c: {
 }): void {
   if (c.stage !== 'online_dpo') return;
   if (c.online_dpo.judge === null) {
-    throw new ConfigError('online_dpo.judge', 'stage online_dpo needs a judge: {type: rule, rules: [...]}, {type: reward_model, name_or_path} or {type: http, url}');
+    throw new ConfigError(
+      'online_dpo.judge',
+      'stage online_dpo needs a judge: {type: rule, rules: [...]}, {type: reward_model, name_or_path} or {type: http, url}',
+    );
   }
   const types = Array.isArray(c.loss.loss_type) ? c.loss.loss_type : [c.loss.loss_type];
   if (types.length !== 1 || (types[0] !== 'sigmoid' && types[0] !== 'ipo')) {

@@ -242,7 +242,11 @@ export function onlineDpoTask(o: OnlineDpoTaskOptions): StageTask & { generation
     if (!p) throw new Error(`onlineDpoTask: micro-batch [${indices.join(',')}] was not prepared (prepareStep runs first)`);
     const task = dpoTask({
       policy: o.policy,
-      reference: { kind: 'precomputed', train: { chosen: p.refChosen, rejected: p.refRejected }, eval: { chosen: new Float32Array(0), rejected: new Float32Array(0) } },
+      reference: {
+        kind: 'precomputed',
+        train: { chosen: p.refChosen, rejected: p.refRejected },
+        eval: { chosen: new Float32Array(0), rejected: new Float32Array(0) },
+      },
       train: p.pairs,
       eval: [],
       padId: o.padId,

@@ -65,7 +65,11 @@ export function createHttpJudge(settings: HttpJudgeSettings, env: NodeJS.Process
     try {
       signer = new Webhook(secret);
     } catch (e) {
-      throw new JudgeError('INVALID_JUDGE_CONFIG', 'online_dpo.judge.secret_env', `${secretEnv} does not hold a Standard Webhooks secret (whsec_<base64>): ${(e as Error).message}`);
+      throw new JudgeError(
+        'INVALID_JUDGE_CONFIG',
+        'online_dpo.judge.secret_env',
+        `${secretEnv} does not hold a Standard Webhooks secret (whsec_<base64>): ${(e as Error).message}`,
+      );
     }
   }
   const key = 'online_dpo.judge.url';

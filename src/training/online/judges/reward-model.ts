@@ -82,8 +82,9 @@ export async function loadRewardModel(dir: string): Promise<RewardModel> {
     const c = gpt2 ? (name === 'score.weight' ? name : canonicalGpt2Name(name)) : name;
     if (c !== null) fileNameOf.set(c, name);
   }
-  const scoreInfo = fileNameOf.has('score.weight') ? index.get(fileNameOf.get('score.weight')!)! : undefined;
-  if (!scoreInfo || scoreInfo.shape.length !== 2 || scoreInfo.shape[0] !== 1 || scoreInfo.shape[1] !== config.hiddenSize) {
+  const scoreName = fileNameOf.get('score.weight');
+  const scoreInfo = scoreName === undefined ? undefined : index.get(scoreName);
+  if (scoreInfo?.shape.length !== 2 || scoreInfo.shape[0] !== 1 || scoreInfo.shape[1] !== config.hiddenSize) {
     throw new JudgeError(
       'UNSUPPORTED_REWARD_MODEL',
       KEY,
