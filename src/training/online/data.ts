@@ -58,6 +58,7 @@ export async function prepareOnlineData(
   const evalRows = cfg.n_eval_examples !== null ? split.eval.slice(0, cfg.n_eval_examples) : split.eval;
   const tokOpts = { maxLength: cfg.max_length, maxPromptLength: cfg.max_prompt_length, truncationMode: cfg.truncation_mode };
   const prompts = (xs: PromptRow[]) => xs.map((r) => tokenizePrompt(r.prompt, tokenizer, tokOpts));
+  /** SFT pairs of the rows with a target (`stats` counts them; prompts themselves are never dropped). */
   const sftPairs = (xs: PromptRow[]): { pairs: TokenizedPair[]; dropped: number; truncated: number } => {
     const withTarget = xs.filter((r): r is Required<PromptRow> => r.target !== undefined);
     const t = tokenizeDataset(
@@ -77,12 +78,20 @@ export async function prepareOnlineData(
     stats: {
       sha256,
       examples: rows.length,
+      bad_records: 0,
+      invalid: 0,
+      invalid_by_code: {},
+      too_long: sftTrain.dropped + sftEval.dropped,
+      dropped: sftTrain.dropped + sftEval.dropped,
       train_pairs: sftTrain.pairs.length,
       eval_pairs: sftEval.pairs.length,
-      dropped: sftTrain.dropped + sftEval.dropped,
       truncated: sftTrain.truncated + sftEval.truncated,
+      truncated_fraction: 0,
+      warnings: [],
     },
   };
+  const tokenized = sftTrain.pairs.length + sftEval.pairs.length + out.stats.too_long;
+  out.stats.truncated_fraction = tokenized > 0 ? out.stats.truncated / tokenized : 0;
   logger.info(
     { prompts: rows.length, train_prompts: out.prompts.train.length, eval_prompts: out.prompts.eval.length, sft_pairs: out.train.length },
     'online DPO data ready',
