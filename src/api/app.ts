@@ -4,20 +4,24 @@
  * `app.inject()`, the entry adds listen + graceful shutdown.
  *
  * Routes: POST /trigger-finetune, GET|DELETE /jobs/:jobId, GET /health, GET /metrics, Swagger UI at /docs
- * (+ /docs/json), Bull Board at /admin/queues. Bearer API keys guard every route but /health and /docs.
+ * (+ /docs/json), Bull Board at /admin/queues (ADMIN_API_KEYS only). Tenant keys or signed requests guard every
+ * other route but /health and /docs (src/api/auth/plugin.ts).
  */
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import bearerAuth from '@fastify/bearer-auth';
 import rateLimit from '@fastify/rate-limit';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
-import { apiKeys, type ServiceEnv } from '../config/env.js';
+import type { ServiceEnv } from '../config/env.js';
 import { FinetuneQueueService } from '../queue/finetune-queue.js';
+import { modelRegistry } from '../queue/payload.js';
+import { createDatasetStore, type DatasetStore } from '../storage/index.js';
+import { installAuth, isPublicPath } from './auth/plugin.js';
+import { principalOf } from './auth/tenant.js';
 import type { JobStatus } from '../queue/types.js';
-import { installErrorHandlers, toErrorBody } from './errors.js';
+import { installErrorHandlers } from './errors.js';
 import { metricsRoutes } from './metrics.js';
 import { healthRoutes } from './routes/health.js';
 import { jobsRoutes } from './routes/jobs.js';
@@ -35,19 +39,14 @@ export interface BuildAppOptions {
   loggerInstance?: FastifyServerOptions['loggerInstance'];
   /** Use this queue service instead of creating one from env (the app then does not close it). */
   queue?: FinetuneQueueService;
+  /** Where inline rows are stored (default: createDatasetStore(env), the artifacts' backend). */
+  datasets?: DatasetStore;
   /** Override the semantic row checks (default: src/training/data validateRows). */
   validateRows?: RowValidator;
   /** Adds signed URLs to completed artifacts (firebase storage), if configured. */
   signArtifact?: (status: JobStatus) => Promise<JobStatus>;
   /** Job list, events, metrics, files, datasets, UI (src/api/surface.ts): overrides of its defaults. */
   surface?: SurfaceOptions;
-}
-
-const PUBLIC_PREFIXES = ['/health', '/docs', '/ui'];
-
-function isPublic(url: string): boolean {
-  const path = url.split('?')[0];
-  return PUBLIC_PREFIXES.some((p) => path === p || path.startsWith(`${p}/`));
 }
 
 /**
@@ -82,13 +81,18 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   installErrorHandlers(app, env.BODY_LIMIT_BYTES);
 
   const ownsQueue = !options.queue;
+  const datasets = options.datasets ?? options.queue?.datasets ?? (await createDatasetStore(env));
   const queue =
     options.queue ??
     new FinetuneQueueService({
       redisUrl: env.REDIS_URL,
       prefix: env.QUEUE_PREFIX,
       retentionSeconds: env.JOB_RETENTION_SECONDS,
+      datasets,
+      maxJobsPerCommunity: env.MAX_JOBS_PER_COMMUNITY,
+      maxQueuedJobs: env.MAX_QUEUED_JOBS,
     });
+  app.decorate('datasets', datasets);
   app.decorate('queueService', queue);
   if (ownsQueue) app.addHook('onClose', async () => queue.close());
   // start with Redis connected in the usual case (never fails: /health reports a missing Redis)
@@ -121,29 +125,20 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
-  const keys = apiKeys(env);
-  if (keys.length > 0) {
-    await app.register(bearerAuth, { keys: new Set(keys), addHook: false, verifyErrorLogLevel: 'info' });
-    app.addHook('onRequest', (request, reply, done) => {
-      if (isPublic(request.url)) return done();
-      app.verifyBearerAuth!(request, reply, (err) => {
-        if (!err) return done();
-        // answered here (not via done(err)) so encapsulated plugins (Bull Board) give the same 401 body
-        reply
-          .code(401)
-          .header('www-authenticate', 'Bearer')
-          .send(toErrorBody(err as Error, env.BODY_LIMIT_BYTES));
-      });
-    });
-  }
+  const auth = installAuth(app, { env, redis: queue.redis, prefix: env.QUEUE_PREFIX });
+  if (!auth.required) app.log.warn('API_KEYS and SIGNING_SECRETS are empty: every route is open to anyone who reaches it');
+  if (auth.bareKeys > 0) app.log.warn({ keys: auth.bareKeys }, 'API_KEYS has keys without communities: they may use every community');
 
   if (env.RATE_LIMIT_MAX > 0) {
     await app.register(rateLimit, {
       max: env.RATE_LIMIT_MAX,
       timeWindow: env.RATE_LIMIT_WINDOW,
-      // per API key when one is sent, else per client address
-      keyGenerator: (request) => request.headers.authorization ?? request.ip,
-      allowList: (request) => isPublic(request.url),
+      // per authenticated credential (normalised: the principal's id), else per client address
+      keyGenerator: (request) => {
+        const p = principalOf(request);
+        return p.kind === 'key' || p.kind === 'admin' ? p.id : `ip:${request.ip}`;
+      },
+      allowList: (request) => isPublicPath(request.url),
       errorResponseBuilder: (_request, ctx) => ({
         statusCode: 429,
         code: 'RATE_LIMITED',
@@ -155,19 +150,33 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   const validateRows = options.validateRows ?? (await loadRowValidator());
   const surface = surfaceDeps(app, env, queue, options.surface);
-  await app.register(triggerRoutes, { queue, validateRows, resolveConfig: resolveRequestConfig, extras: surface.triggerExtras });
+  const models = await modelRegistry();
+  await app.register(triggerRoutes, {
+    queue,
+    validateRows,
+    resolveConfig: resolveRequestConfig,
+    extras: surface.triggerExtras,
+    models,
+    maxTrainTokens: env.MAX_TRAIN_TOKENS,
+  });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
   await app.register(healthRoutes, { queue });
   await app.register(metricsRoutes, { queue });
   await registerJobSurface(app, surface);
 
-  // Bull Board (it can retry and delete jobs: behind the same API keys, via the global onRequest hook).
-  const board = new FastifyAdapter();
-  // (@bull-board/fastify 9.10.1 carries its own @bull-board/api copy: same shape, distinct declarations)
-  type BoardServer = Parameters<typeof createBullBoard>[0]['serverAdapter'];
-  createBullBoard({ queues: [new BullMQAdapter(queue.queue)], serverAdapter: board as unknown as BoardServer });
-  board.setBasePath('/admin/queues');
-  await app.register(board.registerPlugin(), { prefix: '/admin/queues' });
+  // Bull Board: only with ADMIN_API_KEYS (checked by the auth hook), read-only unless BULL_BOARD_READONLY=false.
+  // Job data holds no rows (they are in storage), so the board shows references, never datasets.
+  if (auth.adminEnabled) {
+    const board = new FastifyAdapter();
+    // (@bull-board/fastify 9.10.1 carries its own @bull-board/api copy: same shape, distinct declarations)
+    type BoardServer = Parameters<typeof createBullBoard>[0]['serverAdapter'];
+    createBullBoard({
+      queues: [new BullMQAdapter(queue.queue, { readOnlyMode: env.BULL_BOARD_READONLY })],
+      serverAdapter: board as unknown as BoardServer,
+    });
+    board.setBasePath('/admin/queues');
+    await app.register(board.registerPlugin(), { prefix: '/admin/queues' });
+  }
 
   return app;
 }
@@ -175,5 +184,6 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 declare module 'fastify' {
   interface FastifyInstance {
     queueService: FinetuneQueueService;
+    datasets: DatasetStore;
   }
 }

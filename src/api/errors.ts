@@ -128,9 +128,6 @@ export function toErrorBody(err: FastifyError | ApiError | Error, bodyLimit: num
   if (code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (fe.statusCode === 400 && err instanceof SyntaxError)) {
     return body(400, 'INVALID_JSON', `the body is not valid JSON: ${err.message}`);
   }
-  if (code.startsWith('FST_BEARER_AUTH')) {
-    return body(401, 'UNAUTHORIZED', 'missing or invalid API key: send Authorization: Bearer <key> (API_KEYS)');
-  }
   if (fe.statusCode === 429) return body(429, 'RATE_LIMITED', err.message);
   const status = typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 600 ? fe.statusCode : 500;
   if (status >= 500) return body(status, 'INTERNAL_ERROR', 'internal server error');
@@ -147,6 +144,8 @@ export function installErrorHandlers(app: FastifyInstance, bodyLimit: number): v
       request.log.info({ code: b.code, statusCode: b.statusCode }, b.message);
     }
     if (b.statusCode === 401) reply.header('www-authenticate', 'Bearer');
+    const retry = (err as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+    if (typeof retry === 'number') reply.header('retry-after', String(retry));
     return reply.code(b.statusCode).send(b);
   });
   app.setNotFoundHandler((request, reply) => {

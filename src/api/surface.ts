@@ -9,6 +9,7 @@ import { JobEventLog } from '../queue/events.js';
 import type { FinetuneQueueService } from '../queue/finetune-queue.js';
 import { JobIndex } from '../queue/job-index.js';
 import { webhookSecrets } from '../webhooks/secrets.js';
+import { accessibleCommunities } from './auth/tenant.js';
 import { LocalArtifacts, type ArtifactAccess } from './artifacts.js';
 import { apiSchemas } from './schemas.js';
 import { eventsRoutes, jobEventPageSchema, jobEventSchema } from './routes/events.js';
@@ -54,7 +55,8 @@ export function surfaceDeps(app: FastifyInstance, env: ServiceEnv, queue: Finetu
     events,
     index,
     artifacts: opts.artifacts ?? new LocalArtifacts(env.STORAGE_DIR),
-    communitiesOf: () => '*',
+    // the tenant scope of the request's credential (src/api/auth/tenant.ts)
+    communitiesOf: accessibleCommunities,
     triggerExtras: {
       callbackPolicy: { allowHttp: env.ALLOW_HTTP_CALLBACKS, allowPrivate: env.CALLBACK_ALLOW_PRIVATE },
       hasSigningSecret: (c) => secrets.has(c),

@@ -24,8 +24,28 @@ export interface ServiceEnv {
   /** Firebase Storage bucket (required when STORAGE_BACKEND=firebase; the other FIREBASE_* variables are
    *  read by src/storage/firebase.ts firebaseOptionsFromEnv). */
   FIREBASE_BUCKET: string;
-  /** Comma-separated bearer keys; when non-empty every route but /health and /docs requires one. */
+  /**
+   * Tenant bearer keys, comma-separated, each optionally scoped to communities: `k1:acme,k2:globex|initech,ops:*`.
+   * A bare key (no `:`) may use every community (logged as a warning at start-up). When non-empty every route
+   * but /health and /docs needs a key or a signature (see parseApiKeys).
+   */
   API_KEYS: string;
+  /** Admin bearer keys (comma-separated) for Bull Board at /admin/queues; empty = the board is off (404). */
+  ADMIN_API_KEYS: string;
+  /** Bull Board in its read-only mode (no add, retry, remove, promote); `false` allows those actions. */
+  BULL_BOARD_READONLY: boolean;
+  /** Standard Webhooks secrets per community, `acme:whsec_...,globex:whsec_...`: verify signed requests to the API and sign the job callbacks (see parseSigningSecrets). */
+  SIGNING_SECRETS: string;
+  /** Failed authentications per client IP per AUTH_FAILURE_WINDOW_SECONDS before 429 (0 = no limit). */
+  AUTH_FAILURE_LIMIT: number;
+  /** Window of AUTH_FAILURE_LIMIT, seconds. */
+  AUTH_FAILURE_WINDOW_SECONDS: number;
+  /** Waiting + active jobs one community may have; a trigger above it is 429 with Retry-After (0 = no cap). */
+  MAX_JOBS_PER_COMMUNITY: number;
+  /** Waiting + active jobs of the whole queue; a trigger above it is 429 with Retry-After (0 = no cap). */
+  MAX_QUEUED_JOBS: number;
+  /** Compute budget of one job: rows x epochs x tokens summed over SFT and DPO (400 above it; 0 = none). */
+  MAX_TRAIN_TOKENS: number;
   /** tfjs backend for training: auto | tensorflow | tensorflow-gpu | wasm | cpu. */
   TFJS_BACKEND: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
   /** pino level. */
@@ -48,14 +68,14 @@ export interface ServiceEnv {
   WORKER_LOCK_DURATION_MS: number;
   /** How often a worker looks for stalled jobs (lock expired) and re-queues them, ms. */
   WORKER_STALLED_INTERVAL_MS: number;
-  /** Port of the worker's own Prometheus endpoint `/metrics` (and `/health`) on 0.0.0.0 (0 = none). */
+  /** Port of the worker's own Prometheus endpoint `/metrics` (and `/health`) (0 = none). */
   WORKER_METRICS_PORT: number;
+  /** Listen address of the worker's metrics endpoint (default loopback; 0.0.0.0 for a scraper elsewhere). */
+  WORKER_METRICS_HOST: string;
   /** Time the API waits for in-flight requests on SIGTERM, ms. */
   SHUTDOWN_GRACE_MS: number;
   /** Time the worker lets a running job finish on SIGTERM before aborting it, ms. */
   WORKER_SHUTDOWN_TIMEOUT_MS: number;
-  /** Standard Webhooks secrets per community, `acme:whsec_...,globex:whsec_...`: sign the job callbacks. */
-  SIGNING_SECRETS: string;
   /** Largest dataset upload (POST /datasets), bytes as sent (compressed when gzip). */
   MAX_DATASET_BYTES: number;
   /** Approximate cap of events kept per job (Redis Stream MAXLEN ~). */
@@ -85,6 +105,14 @@ const schema = {
     WORK_DIR: { type: 'string', default: '' },
     FIREBASE_BUCKET: { type: 'string', default: '' },
     API_KEYS: { type: 'string', default: '' },
+    ADMIN_API_KEYS: { type: 'string', default: '' },
+    BULL_BOARD_READONLY: { type: 'boolean', default: true },
+    SIGNING_SECRETS: { type: 'string', default: '' },
+    AUTH_FAILURE_LIMIT: { type: 'integer', minimum: 0, default: 20 },
+    AUTH_FAILURE_WINDOW_SECONDS: { type: 'integer', minimum: 1, default: 60 },
+    MAX_JOBS_PER_COMMUNITY: { type: 'integer', minimum: 0, default: 10 },
+    MAX_QUEUED_JOBS: { type: 'integer', minimum: 0, default: 1000 },
+    MAX_TRAIN_TOKENS: { type: 'integer', minimum: 0, default: 1_000_000_000 },
     TFJS_BACKEND: { type: 'string', enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
     LOG_LEVEL: {
       type: 'string',
@@ -101,9 +129,9 @@ const schema = {
     WORKER_LOCK_DURATION_MS: { type: 'integer', minimum: 1000, default: 30000 },
     WORKER_STALLED_INTERVAL_MS: { type: 'integer', minimum: 500, default: 30000 },
     WORKER_METRICS_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 9464 },
+    WORKER_METRICS_HOST: { type: 'string', minLength: 1, default: '127.0.0.1' },
     SHUTDOWN_GRACE_MS: { type: 'integer', minimum: 0, default: 10000 },
     WORKER_SHUTDOWN_TIMEOUT_MS: { type: 'integer', minimum: 0, default: 60000 },
-    SIGNING_SECRETS: { type: 'string', default: '' },
     MAX_DATASET_BYTES: { type: 'integer', minimum: 1024, default: 512 * 1024 * 1024 },
     EVENT_LOG_MAX_LEN: { type: 'integer', minimum: 100, default: 10000 },
     ALLOW_HTTP_CALLBACKS: { type: 'boolean', default: false },
@@ -143,13 +171,104 @@ export function loadEnv(source: Record<string, string | undefined> = process.env
   if (env.STORAGE_BACKEND === 'firebase' && !env.FIREBASE_BUCKET) {
     throw new EnvError('invalid environment: FIREBASE_BUCKET must be set when STORAGE_BACKEND=firebase');
   }
+  // parse once here so a bad key list or secret stops the process at start-up, naming the variable
+  parseApiKeys(env.API_KEYS);
+  parseAdminKeys(env.ADMIN_API_KEYS);
+  parseSigningSecrets(env.SIGNING_SECRETS);
   if (!env.WORK_DIR) env.WORK_DIR = `${env.STORAGE_DIR.replace(/\/+$/, '')}/.work`;
   return env;
 }
 
-/** The bearer keys of API_KEYS (trimmed, empties dropped). */
+/** The bearer keys of API_KEYS (trimmed, empties dropped, scopes removed). */
 export function apiKeys(env: Pick<ServiceEnv, 'API_KEYS'>): string[] {
-  return env.API_KEYS.split(',')
+  return [...parseApiKeys(env.API_KEYS).keys()];
+}
+
+/** Which communities a credential may use: every one (`'*'`) or a fixed set. */
+export type CommunityScope = '*' | ReadonlySet<string>;
+
+/** One tenant key of API_KEYS. */
+export interface TenantKey {
+  /** The key as sent after `Bearer ` (normalised: see normaliseCredential in src/api/auth). */
+  key: string;
+  communities: CommunityScope;
+  /** true for a key written without `:communities` (all communities, a start-up warning). */
+  bare: boolean;
+}
+
+const COMMUNITY = /^[A-Za-z0-9_-]{1,64}$/;
+/** A key: visible ASCII without `,` `:` `|` or space (they are the list syntax). */
+const KEY_TEXT = /^[\x21-\x7e]+$/;
+
+/**
+ * Parse `API_KEYS="k1:acme,k2:globex|initech,ops:*,legacy"`: comma-separated entries `key[:scope]`, where scope
+ * is `*` or community ids joined by `|`. Whitespace around entries is ignored.
+ * @returns key → TenantKey (insertion order kept).
+ * @throws EnvError naming API_KEYS and the entry (never the key text) for an empty key, a key with spaces,
+ *   an invalid community id, a duplicate key.
+ */
+export function parseApiKeys(raw: string): Map<string, TenantKey> {
+  const out = new Map<string, TenantKey>();
+  raw.split(',').forEach((entry, i) => {
+    const e = entry.trim();
+    if (e === '') return;
+    const colon = e.indexOf(':');
+    const key = (colon < 0 ? e : e.slice(0, colon)).trim();
+    const scope = colon < 0 ? null : e.slice(colon + 1).trim();
+    const where = `API_KEYS entry ${i + 1}`;
+    if (!KEY_TEXT.test(key) || key.includes('|'))
+      throw new EnvError(`invalid environment: ${where}: the key must be visible ASCII without spaces, "|", ":" or ","`);
+    if (out.has(key)) throw new EnvError(`invalid environment: ${where}: the same key appears twice`);
+    let communities: CommunityScope;
+    if (scope === null || scope === '*') communities = '*';
+    else {
+      const ids = scope.split('|').map((c) => c.trim());
+      for (const c of ids) {
+        if (!COMMUNITY.test(c)) throw new EnvError(`invalid environment: ${where}: community "${c}" must be 1-64 of A-Z a-z 0-9 _ - (or * for all)`);
+      }
+      communities = new Set(ids);
+    }
+    out.set(key, { key, communities, bare: scope === null });
+  });
+  return out;
+}
+
+/** The admin keys of ADMIN_API_KEYS (comma-separated). @throws EnvError for a key with spaces or list syntax. */
+export function parseAdminKeys(raw: string): string[] {
+  const keys = raw
+    .split(',')
     .map((k) => k.trim())
-    .filter((k) => k.length > 0);
+    .filter((k) => k !== '');
+  keys.forEach((k, i) => {
+    if (!KEY_TEXT.test(k)) throw new EnvError(`invalid environment: ADMIN_API_KEYS entry ${i + 1}: the key must be visible ASCII without spaces or ","`);
+  });
+  return keys;
+}
+
+/**
+ * Parse `SIGNING_SECRETS="acme:whsec_...,globex:whsec_..."`: one Standard Webhooks secret (`whsec_` + base64)
+ * per community.
+ * @returns communityId → secret.
+ * @throws EnvError naming SIGNING_SECRETS and the community for a bad community id, a missing or non-base64
+ *   secret, or a community listed twice.
+ */
+export function parseSigningSecrets(raw: string): Map<string, string> {
+  const out = new Map<string, string>();
+  raw.split(',').forEach((entry, i) => {
+    const e = entry.trim();
+    if (e === '') return;
+    const colon = e.indexOf(':');
+    const community = colon < 0 ? '' : e.slice(0, colon).trim();
+    const secret = colon < 0 ? '' : e.slice(colon + 1).trim();
+    const where = `SIGNING_SECRETS entry ${i + 1}`;
+    if (!COMMUNITY.test(community))
+      throw new EnvError(`invalid environment: ${where}: write community:whsec_<base64> with a community id of 1-64 of A-Z a-z 0-9 _ -`);
+    const b64 = secret.startsWith('whsec_') ? secret.slice(6) : secret;
+    if (b64.length < 16 || !/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) {
+      throw new EnvError(`invalid environment: ${where} (${community}): the secret must be whsec_ followed by base64 (at least 12 bytes)`);
+    }
+    if (out.has(community)) throw new EnvError(`invalid environment: ${where}: community ${community} has two secrets`);
+    out.set(community, secret);
+  });
+  return out;
 }

@@ -100,7 +100,7 @@ function lossGroup(value: string): Obj {
   const file = join(configDir(), 'loss', `${value}.yaml`);
   if (GROUP_NAME.test(value) && existsSync(file)) return { name: value, ...readYamlFile(file, 'loss') };
   const n = value.trim().toLowerCase();
-  if ((LOSS_TYPES as readonly string[]).includes(n) || n in LOSS_ALIASES) return { name: n };
+  if ((LOSS_TYPES as readonly string[]).includes(n) || Object.hasOwn(LOSS_ALIASES, n)) return { name: n };
   throw new ConfigError('loss', `unknown loss '${value}'; use one of ${[...new Set([...listGroup('loss'), ...LOSS_TYPES])].join(', ')}`);
 }
 

@@ -15,8 +15,9 @@ import { OnlineDpoInputSchema, OnlineDpoSchema, TRAINING_STAGES } from '../train
 
 export const SCHEMA_ID = 'https://dpo-service.local/schemas/config.schema.json';
 
-const posInt = (o: Record<string, unknown> = {}) => Type.Integer({ minimum: 1, ...o });
-const nonNegInt = (o: Record<string, unknown> = {}) => Type.Integer({ minimum: 0, ...o });
+// every count-like setting has a maximum (a request cannot ask for 2^53 of anything; issue 14)
+const posInt = (o: Record<string, unknown> = {}) => Type.Integer({ minimum: 1, maximum: 1_000_000, ...o });
+const nonNegInt = (o: Record<string, unknown> = {}) => Type.Integer({ minimum: 0, maximum: 1_000_000, ...o });
 const nullable = <T extends TSchema>(t: T, o: Record<string, unknown> = {}) => Type.Union([t, Type.Null()], o);
 const stringEnum = <T extends string>(values: readonly T[], o: Record<string, unknown> = {}) => Type.Unsafe<T>({ type: 'string', enum: [...values], ...o });
 const str = (maxLength: number, o: Record<string, unknown> = {}) => Type.String({ maxLength, ...o });
@@ -27,9 +28,9 @@ export const BACKENDS = ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'] 
 
 /** Per-stage training controls (the DPO stage reads them from the top level, SFT from `sft` over the top level). */
 const stageProperties = {
-  n_epochs: nullable(posInt(), { description: 'Epochs (null: use n_examples or max_steps).' }),
-  max_steps: nullable(posInt(), { description: 'Stop after this many optimizer steps.' }),
-  n_examples: nullable(posInt(), { description: 'Stop after this many training examples (reference).' }),
+  n_epochs: nullable(posInt({ maximum: 1000 }), { description: 'Epochs (null: use n_examples or max_steps).' }),
+  max_steps: nullable(posInt({ maximum: 10_000_000 }), { description: 'Stop after this many optimizer steps.' }),
+  n_examples: nullable(posInt({ maximum: 100_000_000 }), { description: 'Stop after this many training examples (reference).' }),
   batch_size: posInt({
     description: 'Pairs per micro-batch (one forward/backward); an optimizer step sees batch_size * gradient_accumulation_steps pairs (TRL semantics).',
   }),
@@ -116,7 +117,9 @@ const plainProperties = {
   max_length: Type.Integer({ minimum: 2, maximum: 1048576, description: 'Tokens of prompt + completion.' }),
   max_prompt_length: Type.Integer({ minimum: 1, maximum: 1048576 }),
   truncation_mode: stringEnum(['keep_start', 'keep_end'] as const, { description: 'Which end of an over-long prompt is kept.' }),
-  eval_every: nullable(posInt(), { description: 'Evaluate every this many training examples (reference semantics); null: only at the end.' }),
+  eval_every: nullable(posInt({ maximum: 1_000_000_000 }), {
+    description: 'Evaluate every this many training examples (reference semantics); null: only at the end.',
+  }),
   do_first_eval: Type.Boolean({ description: 'Evaluate before the first DPO step.' }),
   eval_split_fraction: unit(),
   sample_during_eval: Type.Boolean(),

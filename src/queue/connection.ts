@@ -28,3 +28,13 @@ export function createRedis(url: string, role: 'producer' | 'worker', extra: Red
 export function cancelKey(prefix: string, queue: string, jobId: string): string {
   return `${prefix}:${queue}:dpo-cancel:${jobId}`;
 }
+
+/** Key of an idempotency record: `{jobId, requestHash}` of a (principal, community, key) triple. */
+export function idempotencyKey(prefix: string, queue: string, principalId: string, communityId: string, scope: string): string {
+  return `${prefix}:${queue}:dpo-idem:${principalId}:${communityId}:${scope}`;
+}
+
+/** Key of the sorted set of a community's live (waiting or active) job ids, scored by enqueue time. */
+export function liveJobsKey(prefix: string, queue: string, communityId: string): string {
+  return `${prefix}:${queue}:dpo-live:${communityId}`;
+}

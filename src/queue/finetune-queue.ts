@@ -2,19 +2,20 @@
  * The producer side of the `finetune` queue: enqueue with idempotent job ids, read a job's status,
  * cancel a queued or running job, count jobs by state. Used by the API (and by tests).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { cancelKey, createRedis } from './connection.js';
+import type { DatasetRef, DatasetStore } from '../storage/datasets.js';
+import { cancelKey, createRedis, idempotencyKey as idemRedisKey, liveJobsKey } from './connection.js';
 import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
 import { settlesWithin, withTimeout } from '../util/timeout.js';
 import type { TrainConfig } from '../config/schema.js';
-import { canonicalSha256 } from '../training/data/hash.js';
+import { canonicalJson, canonicalSha256 } from '../training/data/hash.js';
 import type { PreferenceExample } from '../training/types.js';
 import { QueueNames, type FinetunePayload, type JobStatus, type QueueJobTypes } from './types.js';
 
-export { canonicalJson } from '../training/data/hash.js';
+export { canonicalJson };
 
 type FT = QueueJobTypes['finetune'];
 export type FinetuneQueue = Queue<FT['data'], FT['result'], FT['name']>;
@@ -24,7 +25,18 @@ export interface FinetuneQueueOptions {
   prefix: string;
   /** Seconds finished jobs stay in Redis (and so stay queryable and block a duplicate id). */
   retentionSeconds: number;
+  /** Where inline rows go at enqueue (required to enqueue inline rows). */
+  datasets?: DatasetStore;
+  /** Waiting + active jobs per community (0 = no cap). */
+  maxJobsPerCommunity?: number;
+  /** Waiting + active jobs of the queue (0 = no cap). */
+  maxQueuedJobs?: number;
 }
+
+/** Retry-After of a 429 from a job cap, seconds. */
+export const JOB_LIMIT_RETRY_AFTER_SECONDS = 30;
+
+const isRef = (d: unknown): d is DatasetRef => typeof d === 'object' && d !== null && !Array.isArray(d) && typeof (d as DatasetRef).datasetId === 'string';
 
 /** Redis is not connected (the API answers 503 at once instead of waiting for a reconnect). */
 export class QueueUnavailableError extends Error {
@@ -45,17 +57,35 @@ export class JobFinishedError extends Error {
 }
 
 /** sha256 hex of the canonical JSON (src/training/data/hash.ts) of `{dataset, config}`. */
-export function datasetHash(dataset: PreferenceExample[], config?: Record<string, unknown>): string {
+export function datasetHash(dataset: unknown, config?: Record<string, unknown>): string {
   return canonicalSha256({ dataset, config: config ?? null });
 }
 
-/**
- * The deterministic job id of a request: from the Idempotency-Key when given, else from communityId +
- * dataset hash. `ft-` + 24 hex chars: never contains ':' and is never all digits (BullMQ job-id rules).
- */
-export function jobIdFor(communityId: string, hash: string, idempotencyKey?: string): string {
-  const basis = idempotencyKey ? `key\0${communityId}\0${idempotencyKey}` : `data\0${communityId}\0${hash}`;
-  return `ft-${createHash('sha256').update(basis).digest('hex').slice(0, 24)}`;
+/** A fresh job id: `ft-` + 24 hex digits from crypto.randomBytes (96 bits; never ':' and never all digits,
+ *  BullMQ's job-id rules). Nothing in it is derived from the request. */
+export function newJobId(): string {
+  return `ft-${randomBytes(12).toString('hex')}`;
+}
+
+/** 409: the Idempotency-Key was used before with a different request. */
+export class IdempotencyKeyReusedError extends Error {
+  readonly code = 'IDEMPOTENCY_KEY_REUSED';
+  constructor(readonly jobId: string) {
+    super(`this Idempotency-Key was already used for job ${jobId} with a different request body; use a new key for a new request`);
+    this.name = 'IdempotencyKeyReusedError';
+  }
+}
+
+/** 429: a job cap (MAX_JOBS_PER_COMMUNITY or MAX_QUEUED_JOBS) is reached. */
+export class JobLimitError extends Error {
+  readonly code = 'JOB_LIMIT_REACHED';
+  constructor(
+    message: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(message);
+    this.name = 'JobLimitError';
+  }
 }
 
 export interface EnqueueResult {
@@ -67,6 +97,31 @@ export interface EnqueueResult {
 
 /** Optional request fields stored with a job (GET /jobs echoes them; the worker acts on them). */
 export type JobRequestFields = Partial<Pick<FinetunePayload, 'suffix' | 'method' | 'datasetId' | 'evalDatasetId' | 'callbackUrl'>>;
+/** A request to enqueue: inline rows (stored first) or a reference to a stored dataset. */
+export interface EnqueueRequest {
+  communityId: string;
+  dataset: PreferenceExample[] | DatasetRef;
+  /** The resolved training config (src/config resolveRequestConfig). */
+  config: TrainConfig;
+}
+
+export interface EnqueueOptions {
+  /** The client's Idempotency-Key; without one, the same request body is the key. */
+  idempotencyKey?: string;
+  /** Who asks (Principal.id): idempotency records are scoped to (principal, community). */
+  principalId?: string;
+  /** Optional request fields stored with the job (suffix, method, callbackUrl, ...): part of the request hash. */
+  fields?: JobRequestFields;
+}
+
+function safeParse(raw: string): { jobId: string; requestHash: string } | null {
+  try {
+    const v = JSON.parse(raw) as { jobId?: unknown; requestHash?: unknown };
+    return typeof v.jobId === 'string' && typeof v.requestHash === 'string' ? { jobId: v.jobId, requestHash: v.requestHash } : null;
+  } catch {
+    return null;
+  }
+}
 
 /** Producer-side service for the `finetune` queue. */
 export class FinetuneQueueService {
@@ -74,10 +129,16 @@ export class FinetuneQueueService {
   readonly redis: Redis;
   readonly prefix: string;
   private readonly retentionSeconds: number;
+  readonly datasets: DatasetStore | undefined;
+  private readonly maxPerCommunity: number;
+  private readonly maxQueued: number;
 
   constructor(opts: FinetuneQueueOptions) {
     this.prefix = opts.prefix;
     this.retentionSeconds = opts.retentionSeconds;
+    this.datasets = opts.datasets;
+    this.maxPerCommunity = opts.maxJobsPerCommunity ?? 0;
+    this.maxQueued = opts.maxQueuedJobs ?? 0;
     this.redis = createRedis(opts.redisUrl, 'producer');
     // a connection error must not crash the API: /health reports it
     this.redis.on('error', () => {});
@@ -121,47 +182,133 @@ export class FinetuneQueueService {
   }
 
   /**
-   * Add a finetune job, or return the existing one with the same id (Idempotency-Key, else communityId +
-   * dataset + config hash). A failed or cancelled job with that id is replaced by a fresh one.
-   * @throws the Redis error when Redis is unreachable (the API maps it to 503).
+   * Add a finetune job under a fresh random id, or return the job an earlier request with the same
+   * Idempotency-Key (else the same body) made, when it is queued, active or completed. Idempotency records
+   * live in Redis under (principal, community, key) for JOB_RETENTION_SECONDS. Inline rows are stored in the
+   * dataset store first; the job holds only the reference.
+   * @throws IdempotencyKeyReusedError when the key was used with a different body; JobLimitError when a cap
+   *   is reached; QueueUnavailableError / the Redis error when Redis is unreachable (the API maps it to 503).
    */
-  async enqueue(
-    req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig },
-    idempotencyKey?: string,
-    extra: JobRequestFields = {},
-  ): Promise<EnqueueResult> {
-    return this.guarded('enqueue', () => this.enqueueNow(req, idempotencyKey, extra));
+  async enqueue(req: EnqueueRequest, opts: EnqueueOptions | string = {}, fields?: JobRequestFields): Promise<EnqueueResult> {
+    const o = typeof opts === 'string' ? { idempotencyKey: opts, fields } : { ...opts, fields: opts.fields ?? fields };
+    return this.guarded('enqueue', () => this.enqueueNow(req, o));
   }
 
-  private async enqueueNow(
-    req: { communityId: string; dataset: PreferenceExample[]; config: TrainConfig },
-    idempotencyKey?: string,
-    extra: JobRequestFields = {},
-  ): Promise<EnqueueResult> {
-    // the request fields are part of the duplicate check (same rows, other callbackUrl = another job)
-    const defined = Object.fromEntries(Object.entries(extra).filter(([, v]) => v !== undefined));
-    const hash = datasetHash(req.dataset, Object.keys(defined).length > 0 ? { config: req.config, ...defined } : req.config);
-    const jobId = jobIdFor(req.communityId, hash, idempotencyKey);
-    const existing = await this.statusNow(jobId);
-    if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') {
-      return { jobId, created: false, status: existing };
+  private async enqueueNow(req: EnqueueRequest, opts: EnqueueOptions): Promise<EnqueueResult> {
+    const q = QueueNames.finetune;
+    let rowsText: string | null = null;
+    let ref: DatasetRef;
+    if (isRef(req.dataset)) ref = req.dataset;
+    else {
+      rowsText = canonicalJson(req.dataset);
+      const sha256 = createHash('sha256').update(rowsText).digest('hex');
+      ref = { datasetId: `ds-${sha256}`, sha256, rows: req.dataset.length };
     }
-    if (existing) {
-      const old = await Job.fromId(this.queue, jobId);
-      if (old) await old.remove();
+    // the request fields are part of the request (same rows, another callbackUrl = another job)
+    const fields = Object.fromEntries(Object.entries(opts.fields ?? {}).filter(([, v]) => v !== undefined)) as JobRequestFields;
+    const requestHash = canonicalSha256({ communityId: req.communityId, dataset: ref.sha256, config: req.config ?? null, fields });
+    const scope = opts.idempotencyKey
+      ? `key:${createHash('sha256').update(opts.idempotencyKey).digest('hex').slice(0, 32)}`
+      : `body:${requestHash.slice(0, 32)}`;
+    const idemKey = idemRedisKey(this.prefix, q, opts.principalId ?? 'open', req.communityId, scope);
+    const prior = await this.redis.get(idemKey);
+    if (prior) {
+      const rec = safeParse(prior);
+      if (rec && rec.requestHash !== requestHash) throw new IdempotencyKeyReusedError(rec.jobId);
+      if (rec) {
+        const existing = await this.statusNow(rec.jobId);
+        if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') return { jobId: rec.jobId, created: false, status: existing };
+      }
     }
-    await this.redis.del(this.cancelKey(jobId));
-    const payload: FinetunePayload = {
-      communityId: req.communityId,
-      dataset: req.dataset,
-      config: req.config,
-      datasetHash: hash,
-      requestedAt: new Date().toISOString(),
-      ...extra,
-    };
-    const job = await this.queue.add('finetune', payload, { jobId });
-    const status = toJobStatus({ id: jobId, data: payload, progress: 0, returnvalue: null, timestamp: job.timestamp }, 'waiting');
-    return { jobId, created: true, status };
+    const jobId = newJobId();
+    const record = JSON.stringify({ jobId, requestHash });
+    // claim the key first: of two concurrent equal requests one makes the job, the other returns it
+    const claimed = prior
+      ? await this.redis.set(idemKey, record, 'EX', this.retentionSeconds)
+      : await this.redis.set(idemKey, record, 'EX', this.retentionSeconds, 'NX');
+    if (claimed !== 'OK') {
+      const rec = safeParse((await this.redis.get(idemKey)) ?? '');
+      if (rec && rec.requestHash !== requestHash) throw new IdempotencyKeyReusedError(rec.jobId);
+      if (rec) {
+        const st = (await this.statusNow(rec.jobId)) ?? this.queuedStatus(rec.jobId, req.communityId, Date.now());
+        return { jobId: rec.jobId, created: false, status: st };
+      }
+    }
+    try {
+      await this.reserveSlot(req.communityId, jobId);
+    } catch (err) {
+      await this.redis.del(idemKey);
+      throw err;
+    }
+    try {
+      if (rowsText !== null) {
+        if (!this.datasets) throw new Error('no dataset store configured: inline rows cannot be queued');
+        await this.datasets.putCanonical(req.communityId, rowsText, ref);
+      }
+      const payload: FinetunePayload = {
+        communityId: req.communityId,
+        dataset: ref,
+        config: req.config,
+        requestHash,
+        requestedAt: new Date().toISOString(),
+        ...fields,
+      };
+      const job = await this.queue.add('finetune', payload, { jobId });
+      return { jobId, created: true, status: this.queuedStatus(jobId, req.communityId, job.timestamp) };
+    } catch (err) {
+      await this.redis.zrem(liveJobsKey(this.prefix, q, req.communityId), jobId).catch(() => {});
+      await this.redis.del(idemKey).catch(() => {});
+      throw err;
+    }
+  }
+
+  private queuedStatus(jobId: string, communityId: string, timestamp: number): JobStatus {
+    return toJobStatus({ id: jobId, data: { communityId }, progress: 0, returnvalue: null, timestamp }, 'waiting');
+  }
+
+  /**
+   * Count the job against MAX_QUEUED_JOBS and MAX_JOBS_PER_COMMUNITY. The community's live set is added to
+   * first and counted after (so concurrent triggers cannot all pass); when over the cap, entries of jobs
+   * that are no longer waiting or active are pruned and it is counted again.
+   * @throws JobLimitError naming the variable.
+   */
+  private async reserveSlot(communityId: string, jobId: string): Promise<void> {
+    if (this.maxQueued > 0) {
+      const c = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+      const n = Object.values(c).reduce((a, b) => a + b, 0);
+      if (n >= this.maxQueued) {
+        throw new JobLimitError(`the queue holds ${n} waiting or active jobs (MAX_QUEUED_JOBS=${this.maxQueued}); retry later`, JOB_LIMIT_RETRY_AFTER_SECONDS);
+      }
+    }
+    const key = liveJobsKey(this.prefix, QueueNames.finetune, communityId);
+    if (this.maxPerCommunity <= 0) {
+      await this.redis.zadd(key, Date.now(), jobId);
+      return;
+    }
+    const [, [, n]] = (await this.redis.multi().zadd(key, Date.now(), jobId).zcard(key).exec()) as [[null, number], [null, number]];
+    if (n <= this.maxPerCommunity) return;
+    await this.pruneLive(communityId);
+    const again = await this.redis.zcard(key);
+    if (again <= this.maxPerCommunity) return;
+    await this.redis.zrem(key, jobId);
+    throw new JobLimitError(
+      `community ${communityId} has ${again - 1} waiting or active jobs (MAX_JOBS_PER_COMMUNITY=${this.maxPerCommunity}); wait for one to finish or cancel one`,
+      JOB_LIMIT_RETRY_AFTER_SECONDS,
+    );
+  }
+
+  /** Drop ids of jobs that are no longer waiting or active from a community's live set. */
+  private async pruneLive(communityId: string): Promise<void> {
+    const key = liveJobsKey(this.prefix, QueueNames.finetune, communityId);
+    const flat = await this.redis.zrange(key, '0', '-1', 'WITHSCORES');
+    const now = Date.now();
+    for (let i = 0; i < flat.length; i += 2) {
+      const id = flat[i]!;
+      const st = await this.queue.getJobState(id);
+      // an id reserved a moment ago may not be added yet (unknown): kept for a minute
+      const young = now - Number(flat[i + 1]) < 60_000;
+      if (st === 'completed' || st === 'failed' || (st === 'unknown' && !young)) await this.redis.zrem(key, id);
+    }
   }
 
   /** The status of a job, or null when the id is unknown (or expired). */
@@ -240,6 +387,7 @@ export class FinetuneQueueService {
     if (state === 'waiting' || state === 'delayed' || state === 'prioritized') {
       try {
         await job.remove();
+        await this.redis.zrem(liveJobsKey(this.prefix, QueueNames.finetune, job.data.communityId), jobId).catch(() => {});
         rec.removed = true;
         await this.redis.set(key, JSON.stringify(rec), 'EX', this.retentionSeconds);
         return cancelledStatus(rec);

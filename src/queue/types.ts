@@ -3,6 +3,7 @@
  * the API produces with these types, the worker consumes them, GET /jobs maps them to the HTTP shape.
  */
 import type { TrainConfig } from '../config/schema.js';
+import type { DatasetRef } from '../storage/datasets.js';
 import type { StoredFile } from '../storage/storage.js';
 import type { PreferenceExample, StageMetrics } from '../training/types.js';
 
@@ -16,14 +17,19 @@ export type QueueName = (typeof QueueNames)[keyof typeof QueueNames];
 export const STAGES = ['sft', 'dpo', 'upload'] as const;
 export type Stage = (typeof STAGES)[number];
 
-/** Data of a `finetune` job as stored in Redis (clear text: keep secrets out). */
+/**
+ * Data of a `finetune` job as stored in Redis (clear text: keep secrets out). The rows are not here: they are in
+ * storage (src/storage/datasets.ts) and the job holds the reference. The worker validates all of it again
+ * (src/worker/validate-job.ts) before it trusts any field.
+ */
 export interface FinetunePayload {
   communityId: string;
-  dataset: PreferenceExample[];
+  /** The stored dataset: `{datasetId, sha256, rows}`. */
+  dataset: DatasetRef;
   /** The resolved training config (the API's loadConfig of the request's `config`); the worker re-validates it. */
   config: TrainConfig;
-  /** sha256 hex of the canonical JSON of {dataset, config}. */
-  datasetHash: string;
+  /** sha256 hex of the canonical JSON of {communityId, dataset sha256, config}: what an idempotency key is bound to. */
+  requestHash: string;
   /** ISO 8601 time of the request. */
   requestedAt: string;
   /** 1-64 of [A-Za-z0-9_-], part of the artifact's name (`<suffix>-<jobId>`). */

@@ -10,7 +10,9 @@ export type StorageErrorCode =
   /** The local artifact directory is missing files, or a file differs from manifest.json. */
   | 'INVALID_ARTIFACT'
   /** The backend's settings are wrong (bucket name, emulator host, credentials); fix the environment. */
-  | 'INVALID_STORAGE_CONFIG';
+  | 'INVALID_STORAGE_CONFIG'
+  /** An object key (src/storage/storage.ts ObjectStorage) is not a safe relative name. */
+  | 'INVALID_OBJECT_KEY';
 
 /** A storage failure with a stable `code`; `file` names the artifact file (relative path) when one is at fault. */
 export class StorageError extends Error {

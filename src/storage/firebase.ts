@@ -31,7 +31,7 @@ import pRetry, { AbortError } from 'p-retry';
 import { pino, type Logger } from 'pino';
 import { MANIFEST_NAME, readManifest, type Manifest } from './manifest.js';
 import { StorageError } from './errors.js';
-import type { Storage, StoredFile, UploadResult } from './storage.js';
+import { checkObjectKey, type ObjectStorage, type Storage, type StoredFile, type UploadResult } from './storage.js';
 
 export { StorageError } from './errors.js';
 
@@ -188,7 +188,7 @@ function hint(err: unknown, bucket: string): string {
  * `dpo-service-storage` (application default credentials, `storageBucket` = the bucket) unless `app` or
  * `bucketHandle` was given.
  */
-export class FirebaseStorage implements Storage {
+export class FirebaseStorage implements Storage, ObjectStorage {
   readonly kind = 'firebase';
   readonly bucketName: string;
   private readonly opts: Required<
@@ -355,6 +355,56 @@ export class FirebaseStorage implements Storage {
   }
 
   /** Run `fn` over `items` with at most `parallelUploads` at once; after a failure start no more, then rethrow it. */
+  /** Object `key` under the configured prefix (ObjectStorage, e.g. datasets). */
+  private objectName(key: string): string {
+    return `${this.opts.prefix}${checkObjectKey(key)}`;
+  }
+
+  async putObject(key: string, data: Buffer | string): Promise<void> {
+    const name = this.objectName(key);
+    try {
+      await this.bucket()
+        .file(name)
+        .save(typeof data === 'string' ? Buffer.from(data) : data, { resumable: false, validation: 'md5', contentType: contentTypeFor(name) });
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store object ${key} in gs://${this.bucketName}: ${describe(err)}`, { cause: err });
+    }
+  }
+
+  async putObjectFile(key: string, localPath: string): Promise<void> {
+    const name = this.objectName(key);
+    try {
+      await this.bucket().upload(localPath, { destination: name, resumable: true, validation: 'md5', contentType: contentTypeFor(name) });
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store object ${key} in gs://${this.bucketName}: ${describe(err)}`, { cause: err });
+    }
+  }
+
+  async getObject(key: string): Promise<Buffer | null> {
+    const file = this.bucket().file(this.objectName(key));
+    try {
+      const [buf] = await file.download();
+      return buf;
+    } catch (err) {
+      if ((err as { code?: number }).code === 404) return null;
+      throw err;
+    }
+  }
+
+  async hasObject(key: string): Promise<boolean> {
+    const [ok] = await this.bucket().file(this.objectName(key)).exists();
+    return ok;
+  }
+
+  async deleteObject(key: string): Promise<boolean> {
+    const file = this.bucket().file(this.objectName(key));
+    const [ok] = await file.exists();
+    if (ok) await file.delete({ ignoreNotFound: true });
+    return ok;
+  }
+
   private async pool<T>(items: T[], fn: (x: T) => Promise<void>): Promise<void> {
     let next = 0;
     let failure: { err: unknown } | undefined;

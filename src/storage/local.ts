@@ -1,19 +1,34 @@
 /**
- * Local storage: the artifact tree `<STORAGE_DIR>/<communityId>/<jobId>/` on this machine's disk.
- * Files are copied to a temporary sibling, verified against manifest.json, then renamed into place,
- * so a reader never sees a half-written artifact.
+ * Local storage: the artifact tree `<STORAGE_DIR>/<communityId>/<jobId>/` on this machine's disk, and named
+ * objects (datasets) under `<STORAGE_DIR>/<key>`. Files are copied to a temporary sibling, verified, then
+ * renamed into place, so a reader never sees a half-written artifact or object. Every path is built from
+ * checked ids and checked to stay under the root.
  */
-import { cp, mkdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { cp, mkdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { dirname, relative, resolve, sep } from 'node:path';
 import { readManifest, verifyManifest } from './manifest.js';
 import { StorageError } from './errors.js';
-import type { Storage, UploadResult } from './storage.js';
+import { checkObjectKey, type ObjectStorage, type Storage, type UploadResult } from './storage.js';
 
 const SAFE_SEGMENT = /^[A-Za-z0-9_-]{1,128}$/;
 
-/** Stores artifacts under a root directory. */
-export class LocalStorage implements Storage {
+/**
+ * `join(root, ...parts)` when the result stays inside `root` (symbolic `..` and absolute parts refused).
+ * @throws StorageError `code` when it would not.
+ */
+export function insideRoot(root: string, parts: string[], code: 'INVALID_ARTIFACT' | 'INVALID_OBJECT_KEY' = 'INVALID_ARTIFACT'): string {
+  const base = resolve(root);
+  const p = resolve(base, ...parts);
+  const rel = relative(base, p);
+  if (rel === '' || rel.startsWith('..') || rel.split(sep).includes('..') || resolve(base, rel) !== p) {
+    throw new StorageError(code, `path ${JSON.stringify(parts.join('/'))} leaves the storage root`);
+  }
+  return p;
+}
+
+/** Stores artifacts and objects under a root directory. */
+export class LocalStorage implements Storage, ObjectStorage {
   readonly kind = 'local';
   readonly root: string;
 
@@ -28,32 +43,37 @@ export class LocalStorage implements Storage {
       ['communityId', communityId],
       ['jobId', jobId],
     ] as const) {
-      if (!SAFE_SEGMENT.test(v)) {
-        throw new StorageError('INVALID_ARTIFACT', `${name} "${v}" is not a safe path segment ([A-Za-z0-9_-]{1,128})`);
+      if (typeof v !== 'string' || !SAFE_SEGMENT.test(v)) {
+        throw new StorageError('INVALID_ARTIFACT', `${name} "${String(v).slice(0, 200)}" is not a safe path segment ([A-Za-z0-9_-]{1,128})`);
       }
     }
-    return join(this.root, communityId, jobId);
+    return insideRoot(this.root, [communityId, jobId]);
   }
 
   /**
    * Copy `localDir` (which holds manifest.json) to `<root>/<communityId>/<jobId>/` and verify every file's
    * size and sha256 there. When `localDir` already is that directory, it is only verified. An existing
-   * artifact at the target is replaced.
-   * @returns `file://` URI of the directory and the manifest's files.
+   * artifact at the target that already matches the manifest is kept as it is (a second upload of the same
+   * job, e.g. after a lost lock, is a no-op); one that differs is replaced.
+   * @returns `uri` = `<communityId>/<jobId>` (relative to STORAGE_DIR) and the manifest's files.
    * @throws StorageError INVALID_ARTIFACT without a manifest, STORAGE_UPLOAD_FAILED on copy or
-   *   verification failure (the message lists the bad files).
+   *   verification failure (the message lists the bad files; paths relative to the roots).
    */
   async putArtifact(localDir: string, communityId: string, jobId: string): Promise<UploadResult> {
     const target = this.artifactDir(communityId, jobId);
+    const uri = `${communityId}/${jobId}`;
     const source = resolve(localDir);
     let manifest;
     try {
       manifest = await readManifest(source);
-    } catch (err) {
-      throw new StorageError('INVALID_ARTIFACT', `artifact directory ${source} has no readable manifest.json (${(err as Error).message})`);
+    } catch {
+      throw new StorageError('INVALID_ARTIFACT', `the trained artifact of ${uri} has no readable manifest.json`);
     }
     if (source !== target) {
-      const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
+      if ((await exists(target)) && (await verifyManifest(target, manifest)).length === 0) {
+        return { uri, files: manifest.files };
+      }
+      const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
       try {
         await mkdir(dirname(target), { recursive: true });
         await cp(source, tmp, { recursive: true, errorOnExist: false, force: true });
@@ -63,15 +83,70 @@ export class LocalStorage implements Storage {
         await rename(tmp, target);
       } catch (err) {
         await rm(tmp, { recursive: true, force: true }).catch(() => {});
-        throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store artifact in ${target}: ${(err as Error).message}`);
+        const msg = (err as Error).message.split(this.root).join('STORAGE_DIR');
+        throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store artifact ${uri}: ${msg}`);
       }
     } else {
       const bad = await verifyManifest(target, manifest);
       if (bad.length > 0) {
-        throw new StorageError('STORAGE_UPLOAD_FAILED', `artifact ${target} does not match its manifest: ${bad.join(', ')}`);
+        throw new StorageError('STORAGE_UPLOAD_FAILED', `artifact ${uri} does not match its manifest: ${bad.join(', ')}`);
       }
     }
-    return { uri: pathToFileURL(target).href, files: manifest.files };
+    return { uri, files: manifest.files };
+  }
+
+  /** Absolute path of object `key`. @throws StorageError INVALID_OBJECT_KEY */
+  objectPath(key: string): string {
+    return insideRoot(this.root, checkObjectKey(key).split('/'), 'INVALID_OBJECT_KEY');
+  }
+
+  async putObject(key: string, data: Buffer | string): Promise<void> {
+    const target = this.objectPath(key);
+    const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await mkdir(dirname(target), { recursive: true });
+      await writeFile(tmp, data);
+      await rename(tmp, target);
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => {});
+      throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store object ${key}: ${(err as NodeJS.ErrnoException).code ?? 'write failed'}`);
+    }
+  }
+
+  async putObjectFile(key: string, localPath: string): Promise<void> {
+    const target = this.objectPath(key);
+    const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await mkdir(dirname(target), { recursive: true });
+      await cp(localPath, tmp, { force: true });
+      await rename(tmp, target);
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => {});
+      throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store object ${key}: ${(err as NodeJS.ErrnoException).code ?? 'copy failed'}`);
+    }
+  }
+
+  async getObject(key: string): Promise<Buffer | null> {
+    try {
+      return await readFile(this.objectPath(key));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  }
+
+  async hasObject(key: string): Promise<boolean> {
+    return exists(this.objectPath(key));
+  }
+
+  async deleteObject(key: string): Promise<boolean> {
+    try {
+      await unlink(this.objectPath(key));
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
   }
 }
 

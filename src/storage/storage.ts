@@ -1,3 +1,5 @@
+import { StorageError } from './errors.js';
+
 /**
  * The Storage contract: where a finished artifact directory goes. Implementations: local (a directory
  * tree) and firebase (a Firebase Storage / GCS bucket).
@@ -11,7 +13,8 @@ export interface StoredFile {
 }
 
 export interface UploadResult {
-  /** Where the artifact now lives: `file:///...` or `gs://bucket/prefix`. */
+  /** Where the artifact now lives: `<communityId>/<jobId>` relative to STORAGE_DIR (local; no server path is
+   *  ever shown to a client) or `gs://bucket/prefix` (firebase). */
   uri: string;
   files: StoredFile[];
   /** Optional signed HTTPS URLs by relative path (firebase). */
@@ -26,4 +29,35 @@ export interface Storage {
    * @throws StorageError (code STORAGE_UPLOAD_FAILED) when a file cannot be stored or verified.
    */
   putArtifact(localDir: string, communityId: string, jobId: string): Promise<UploadResult>;
+}
+
+/**
+ * Named objects beside the artifacts (datasets: src/storage/datasets.ts). Keys are `/`-separated relative names
+ * of `[A-Za-z0-9_.-]` segments (never `.` or `..`), e.g. `.datasets/acme/<sha256>.json`.
+ */
+export interface ObjectStorage {
+  readonly kind: string;
+  /** Store `data` as `key`, replacing an existing object atomically. @throws StorageError STORAGE_UPLOAD_FAILED, INVALID_OBJECT_KEY */
+  putObject(key: string, data: Buffer | string): Promise<void>;
+  /** Store the local file `localPath` as `key` (streamed). @throws StorageError STORAGE_UPLOAD_FAILED, INVALID_OBJECT_KEY */
+  putObjectFile(key: string, localPath: string): Promise<void>;
+  /** The bytes of `key`, or null when there is no such object. @throws StorageError INVALID_OBJECT_KEY */
+  getObject(key: string): Promise<Buffer | null>;
+  /** Whether `key` exists. */
+  hasObject(key: string): Promise<boolean>;
+  /** Delete `key`; false when it did not exist. */
+  deleteObject(key: string): Promise<boolean>;
+}
+
+const OBJECT_KEY = /^[A-Za-z0-9_.-]{1,128}(\/[A-Za-z0-9_.-]{1,128}){0,7}$/;
+
+/**
+ * Check an object key: relative, `/`-separated safe segments, no `.`/`..` segment.
+ * @throws StorageError INVALID_OBJECT_KEY naming the key.
+ */
+export function checkObjectKey(key: string): string {
+  if (typeof key !== 'string' || !OBJECT_KEY.test(key) || key.split('/').some((s) => s === '.' || s === '..')) {
+    throw new StorageError('INVALID_OBJECT_KEY', `object key ${JSON.stringify(String(key).slice(0, 200))} is not a relative name of [A-Za-z0-9_.-] segments`);
+  }
+  return key;
 }

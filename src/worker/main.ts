@@ -14,13 +14,14 @@ import { pathToFileURL } from 'node:url';
 import { loadEnv, type ServiceEnv } from '../config/env.js';
 import { createRedis } from '../queue/connection.js';
 import { QueueNames, type QueueJobTypes } from '../queue/types.js';
-import { createStorage } from '../storage/index.js';
+import { createDatasetStore, createStorage, type DatasetStore } from '../storage/index.js';
 import type { Storage } from '../storage/storage.js';
 import { probeBackend, type trainInChild } from './child-process.js';
 import { runGpuCheck } from './gpu-check.js';
 import { createFinetuneProcessor } from './processor.js';
 import { startDeliveryWorker, WebhookQueue } from '../webhooks/delivery.js';
 import { webhookSecrets } from '../webhooks/secrets.js';
+import { createJobValidator } from './validate-job.js';
 import { createWorkerMetrics, serveWorkerMetrics } from './metrics-server.js';
 import type { Server } from 'node:http';
 
@@ -31,6 +32,8 @@ export interface StartWorkerOptions {
   logger?: Logger;
   /** Use this storage instead of createStorage(env). */
   storage?: Storage;
+  /** Where job rows are read from (default: createDatasetStore(env)). */
+  datasets?: DatasetStore;
   /** Skip the tfjs backend / GPU start-up probe (tests). */
   skipBackendCheck?: boolean;
   /** Override the training runner (tests of the queue plumbing only). */
@@ -69,6 +72,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     await runGpuCheck(backend, logger);
   }
   const storage = opts.storage ?? (await createStorage(env, { logger: logger.child({ module: 'storage' }) }));
+  const datasets = opts.datasets ?? (await createDatasetStore(env, { logger: logger.child({ module: 'datasets' }) }));
+  const validate = await createJobValidator({ datasets, maxTrainTokens: env.MAX_TRAIN_TOKENS });
   const redis = createRedis(env.REDIS_URL, 'worker');
   redis.on('error', (err) => logger.warn({ err: err.message }, 'redis error'));
   const shutdown = new AbortController();
@@ -92,6 +97,7 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     prefix: env.QUEUE_PREFIX,
     storage,
     workDir: env.WORK_DIR,
+    validate,
     backend: env.TFJS_BACKEND,
     logLevel: env.LOG_LEVEL,
     logger,
@@ -116,10 +122,15 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
   await worker.waitUntilReady();
   let metricsServer: Server | null = null;
   if (env.WORKER_METRICS_PORT > 0) {
-    metricsServer = await serveWorkerMetrics(createWorkerMetrics(worker), () => workerConnection.status === 'ready', env.WORKER_METRICS_PORT);
+    metricsServer = await serveWorkerMetrics(
+      createWorkerMetrics(worker),
+      () => workerConnection.status === 'ready',
+      env.WORKER_METRICS_PORT,
+      env.WORKER_METRICS_HOST,
+    );
   }
   const addr = metricsServer?.address();
-  const metricsAddress = addr && typeof addr === 'object' ? `http://127.0.0.1:${addr.port}` : null;
+  const metricsAddress = addr && typeof addr === 'object' ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : null;
   logger.info({ queue: QueueNames.finetune, prefix: env.QUEUE_PREFIX, concurrency: env.WORKER_CONCURRENCY, storage: storage.kind }, 'worker ready');
   if (metricsAddress) logger.info({ metrics: `${metricsAddress}/metrics` }, 'worker metrics endpoint');
 

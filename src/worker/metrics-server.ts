@@ -1,5 +1,5 @@
 /**
- * The worker's own Prometheus endpoint (WORKER_METRICS_PORT, default 9464): process metrics, jobs running
+ * The worker's own Prometheus endpoint (WORKER_METRICS_HOST:WORKER_METRICS_PORT, default 127.0.0.1:9464): process metrics, jobs running
  * now, jobs finished by this process by outcome, and `/health` (200 while the worker is connected to Redis).
  * Cluster-wide job statistics (stage durations, tokens/s, failures) are served by the API's /metrics.
  */
@@ -50,10 +50,11 @@ export function createWorkerMetrics(worker: WorkerEvents): WorkerMetrics {
 }
 
 /**
- * Serve `GET /metrics` and `GET /health` on `host:port` (port 0 = a free port, for tests).
+ * Serve `GET /metrics` and `GET /health` on `host:port` (port 0 = a free port, for tests). The default host is
+ * loopback (WORKER_METRICS_HOST): process metrics are for a local scraper unless configured otherwise.
  * @returns the listening server; close it on shutdown.
  */
-export async function serveWorkerMetrics(metrics: WorkerMetrics, isHealthy: () => boolean, port: number, host = '0.0.0.0'): Promise<Server> {
+export async function serveWorkerMetrics(metrics: WorkerMetrics, isHealthy: () => boolean, port: number, host = '127.0.0.1'): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method === 'GET' && path === '/metrics') {

@@ -7,15 +7,14 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { WaitingError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { resolveRequestConfig } from '../config/index.js';
-import { cancelKey } from '../queue/connection.js';
+import { cancelKey, liveJobsKey } from '../queue/connection.js';
 import { FailureCodes, JobFailure } from '../queue/errors.js';
 import { recordJobOutcome } from '../queue/stats.js';
 import { QueueNames, type FinetuneProgress, type FinetuneResult, type QueueJobTypes, type Stage, type StageSpan } from '../queue/types.js';
+import { insideRoot, LocalStorage } from '../storage/local.js';
 import type { Storage } from '../storage/storage.js';
 import type { ProgressEvent } from '../training/types.js';
 import { JobEventLog } from '../queue/events.js';
@@ -24,6 +23,7 @@ import type { WebhookPayload, WebhookQueue } from '../webhooks/delivery.js';
 import { ChildFailure, trainInChild } from './child-process.js';
 import type { TrainResult } from './ipc.js';
 import { JobEventEmitter } from './job-events.js';
+import type { ValidJob } from './validate-job.js';
 
 type FT = QueueJobTypes['finetune'];
 export type FinetuneJob = Job<FT['data'], FT['result'], FT['name']>;
@@ -34,6 +34,8 @@ export interface ProcessorDeps {
   storage: Storage;
   /** Scratch root; a job trains into `<workDir>/<communityId>/<jobId>`. */
   workDir: string;
+  /** Validates a job read from Redis and fetches its rows (src/worker/validate-job.ts createJobValidator). */
+  validate: (job: { id?: string | null; data: unknown }) => Promise<ValidJob>;
   backend: string;
   logLevel: string;
   logger: Logger;
@@ -64,6 +66,26 @@ async function hasCheckpoint(outputDir: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+function storageRoot(storage: Storage): string | null {
+  return storage instanceof LocalStorage ? storage.root : null;
+}
+
+/**
+ * Replace server paths in a client-visible message: WORK_DIR and STORAGE_DIR by their names, the repository
+ * and the process's working directory by `.`, any other absolute path by `<path>`.
+ */
+export function redactPaths(message: string, roots: Array<string | null>): string {
+  let out = message;
+  const named: Array<[string, string]> = [];
+  const [work, store] = roots;
+  if (work) named.push([resolve(work), 'WORK_DIR']);
+  if (store) named.push([resolve(store), 'STORAGE_DIR']);
+  named.push([process.cwd(), '.']);
+  named.sort((a, b) => b[0].length - a[0].length);
+  for (const [p, name] of named) if (p.length > 1) out = out.split(p).join(name);
+  return out.replace(/(^|[\s"'(=,:])(?:file:\/\/)?(?:\/[\w.@+~-]+){2,}\/?/g, (_m, lead: string) => `${lead}<path>`);
 }
 
 /** Abort code of a job stopped by worker shutdown (it is handed back to the queue, not failed). */
@@ -198,8 +220,17 @@ function spanSeconds(spans: StageSpan[]): Partial<Record<Stage, number>> {
 export function createFinetuneProcessor(deps: ProcessorDeps) {
   const train = deps.train ?? trainInChild;
   return async function processFinetune(job: FinetuneJob, token?: string, bullSignal?: AbortSignal): Promise<FinetuneResult> {
-    const jobId = job.id!;
-    const { communityId } = job.data;
+    // nothing from Redis is used (not even for a log line or a path) before it is validated
+    let valid: ValidJob;
+    try {
+      valid = await deps.validate(job);
+    } catch (err) {
+      const failure = err instanceof JobFailure ? err : new JobFailure(FailureCodes.unknown, 'could not read the job dataset; see the worker log');
+      deps.logger.warn({ code: failure.code, err: err instanceof JobFailure ? undefined : (err as Error).message }, `finetune job refused: ${failure.message}`);
+      await recordJobOutcome(deps.redis, deps.prefix, { durations: {}, tokensPerSecond: {}, failureCode: failure.code }).catch(() => {});
+      throw failure;
+    }
+    const { jobId, communityId } = valid;
     const log = deps.logger.child({ jobId, communityId });
     const reporter = new ProgressReporter(job, deps.progressIntervalMs ?? 250, log);
     const controller = new AbortController();
@@ -226,11 +257,11 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
     const onShutdown = (): void => abort(SHUTDOWN, 'the worker is shutting down; the job goes back to the queue');
     if (deps.shutdownSignal?.aborted) onShutdown();
     deps.shutdownSignal?.addEventListener('abort', onShutdown, { once: true });
-    const outputDir = resolve(join(deps.workDir, communityId, jobId));
+    const outputDir = insideRoot(resolve(deps.workDir), [communityId, jobId]);
     const eventLog = new JobEventLog(deps.redis, deps.prefix, { ttlSeconds: deps.eventTtlSeconds });
     const events = new JobEventEmitter(eventLog, jobId, outputDir, log);
     const outcome = async (type: WebhookPayload['type'], state: WebhookPayload['data']['state'], extra: Partial<WebhookPayload['data']>): Promise<void> => {
-      const url = job.data.callbackUrl;
+      const url = valid.payload.callbackUrl;
       if (!url || !deps.webhooks) return;
       const payload: WebhookPayload = {
         type,
@@ -240,16 +271,13 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       await deps.webhooks.enqueue(url, payload).catch((err: Error) => log.warn({ err: err.message }, 'could not queue the webhook'));
     };
     let lastTps: Partial<Record<'sft' | 'dpo', number>> = {};
+    let handedBack = false;
     try {
       if ((await deps.redis.exists(flag)) === 1) throw new JobFailure(FailureCodes.cancelled, 'cancelled by request before it started');
-      // never trust Redis: the API's resolved config is validated again (the one resolution in this process)
-      const checked = resolveRequestConfig(job.data.config, '/data/config');
-      if (!checked.config) throw new JobFailure('INVALID_JOB_PAYLOAD', checked.problems.map((p) => `${p.path}: ${p.message}`).join('; '));
-      const config = checked.config;
       // A re-run of this job (a worker died or handed it back) resumes from its last checkpoint, if any;
       // a first run starts from an empty directory.
       const resume = (job.attemptsStarted ?? 1) > 1 && (await hasCheckpoint(outputDir));
-      log.info({ rows: job.data.dataset.length, outputDir, attempt: job.attemptsStarted, resume }, 'finetune job started');
+      log.info({ rows: valid.rows.length, outputDir, attempt: job.attemptsStarted, resume }, 'finetune job started');
       events.emit({
         type: 'job.started',
         message: resume ? 'resumed from the last checkpoint' : 'started',
@@ -265,8 +293,8 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
           request: {
             jobId,
             communityId,
-            config: resume ? { ...config, resume_from_checkpoint: 'latest' } : config,
-            dataset: job.data.dataset,
+            config: resume ? { ...valid.config, resume_from_checkpoint: 'latest' } : valid.config,
+            dataset: valid.rows,
             outputDir,
             backend: deps.backend,
             logLevel: deps.logLevel,
@@ -283,6 +311,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       } catch (err) {
         if (abortCode === SHUTDOWN && token) {
           await job.moveToWait(token);
+          handedBack = true;
           log.info('job handed back to the queue');
           throw new WaitingError();
         }
@@ -298,7 +327,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       events.endTraining();
       reporter.startStage('upload');
       events.emit({ type: 'stage.started', message: 'upload started', data: { stage: 'upload', storage: deps.storage.kind } });
-      if (job.data.config?.keep_checkpoints !== true && (await dropCheckpoints(trained.artifactDir))) {
+      if (valid.config.keep_checkpoints !== true && (await dropCheckpoints(trained.artifactDir))) {
         log.info('intermediate checkpoints left out of the artifact (keep_checkpoints is not true)');
       }
       let uploaded;
@@ -308,7 +337,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
         const e = err as { code?: string; message: string };
         throw new JobFailure(
           typeof e.code === 'string' && /^STORAGE_/.test(e.code) ? e.code : FailureCodes.storage,
-          `${e.message} (the trained artifact is kept in ${trained.artifactDir})`,
+          `${e.message} (the trained artifact is kept in WORK_DIR/${communityId}/${jobId})`,
         );
       }
       reporter.endStage();
@@ -322,7 +351,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       events.emit({ type: 'stage.completed', message: 'upload finished', data: { stage: 'upload' } });
       // local: the artifact was copied into STORAGE_DIR, free the scratch copy. Remote backends decide
       // themselves (firebase: FIREBASE_DELETE_LOCAL).
-      const storedPath = uploaded.uri.startsWith('file:') ? fileURLToPath(uploaded.uri) : null;
+      const storedPath = deps.storage instanceof LocalStorage ? deps.storage.artifactDir(communityId, jobId) : null;
       if (deps.storage.kind === 'local' && storedPath !== outputDir) await rm(outputDir, { recursive: true, force: true });
       const metrics = {
         sft: { ...reporter.state.metrics.sft, ...trained.metrics.sft },
@@ -344,7 +373,9 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       if (err instanceof WaitingError) throw err;
       reporter.endStage();
       await reporter.flush();
-      const failure = err instanceof JobFailure ? err : new JobFailure(FailureCodes.training, (err as Error).message ?? String(err));
+      const raw = err instanceof JobFailure ? err : new JobFailure(FailureCodes.training, (err as Error).message ?? String(err));
+      // the message reaches clients (GET /jobs): no server path in it
+      const failure = new JobFailure(raw.code, redactPaths(raw.message.slice(raw.code.length + 2), [deps.workDir, storageRoot(deps.storage)]));
       await recordJobOutcome(deps.redis, deps.prefix, {
         durations: spanSeconds(reporter.state.stages),
         tokensPerSecond: lastTps,
@@ -364,6 +395,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       if (failure.code === FailureCodes.cancelled) await rm(outputDir, { recursive: true, force: true }).catch(() => {});
       throw failure;
     } finally {
+      if (!handedBack) await deps.redis.zrem(liveJobsKey(deps.prefix, QueueNames.finetune, communityId), jobId).catch(() => {});
       clearInterval(poll);
       clearTimeout(timeout);
       bullSignal?.removeEventListener('abort', onBullAbort);

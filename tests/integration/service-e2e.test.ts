@@ -124,9 +124,10 @@ test('a toy job runs SFT then DPO to completed; the artifact is complete and ver
     assert.ok(Number.isFinite(final.metrics.dpo[k]), `metrics.dpo["${k}"] = ${final.metrics.dpo[k]}`);
   }
 
-  // the artifact: file:// URI at <STORAGE_DIR>/<communityId>/<jobId>, manifest hashes verify
+  // the artifact: a URI relative to STORAGE_DIR (<communityId>/<jobId>: no server path reaches a client), manifest hashes verify
   assert.ok(final.artifact);
-  const dir = fileURLToPath(final.artifact.uri);
+  assert.equal(final.artifact.uri, `e2e-community/${jobId}`);
+  const dir = join(storageDir, final.artifact.uri);
   assert.equal(dir, join(storageDir, 'e2e-community', jobId));
   const manifest = await readManifest(dir);
   assert.deepEqual(await verifyManifest(dir, manifest), []);

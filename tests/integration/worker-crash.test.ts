@@ -114,7 +114,7 @@ test('a job whose worker is SIGKILLed mid-training runs again on another worker 
   assert.equal(final.state, 'completed', JSON.stringify(final.error));
   const job = await app.queueService.queue.getJob(jobId);
   assert.ok((job?.stalledCounter ?? 0) >= 1, `stalledCounter ${job?.stalledCounter}`);
-  assert.deepEqual(await verifyManifest(fileURLToPath(final.artifact!.uri)), []);
+  assert.deepEqual(await verifyManifest(join(storageDir, final.artifact!.uri)), []);
 });
 
 test('SIGTERM past WORKER_SHUTDOWN_TIMEOUT_MS: the job is checkpointed, handed back and resumed elsewhere', async () => {
@@ -152,5 +152,5 @@ test('SIGTERM past WORKER_SHUTDOWN_TIMEOUT_MS: the job is checkpointed, handed b
   assert.match(logs.get(second)!, /resuming from checkpoint/, 'the second worker resumed from the checkpoint');
   const job = await app.queueService.queue.getJob(jobId);
   assert.equal(job?.stalledCounter ?? 0, 0, 'handed back, not stalled');
-  assert.deepEqual(await verifyManifest(fileURLToPath(final.artifact!.uri)), []);
+  assert.deepEqual(await verifyManifest(join(storageDir, final.artifact!.uri)), []);
 });

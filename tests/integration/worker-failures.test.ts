@@ -104,7 +104,8 @@ test('a job reports sft → dpo → upload, merges metrics and stores the artifa
   );
   assert.equal(s.metrics.dpo['rewards/margins'], 2);
   assert.equal(s.metrics.sft['tokens/s'], 200);
-  assert.ok(s.artifact?.uri.startsWith('file://'));
+  // relative to STORAGE_DIR: no server path reaches the client
+  assert.equal(s.artifact?.uri, `ok-community/${s.jobId}`);
   assert.ok(existsSync(join(dir, 'store', 'ok-community', s.jobId, 'model', 'model.safetensors')));
   assert.equal(existsSync(join(dir, 'work', 'ok-community', s.jobId)), false);
 });
@@ -122,7 +123,8 @@ test('a storage failure keeps the trained artifact and names where it is', async
   assert.equal(s.state, 'failed');
   assert.equal(s.error?.code, 'STORAGE_UPLOAD_FAILED');
   const kept = join(dir, 'work', 'fail-storage', s.jobId);
-  assert.ok(s.error!.message.includes(kept), s.error!.message);
+  assert.ok(s.error!.message.includes(`WORK_DIR/fail-storage/${s.jobId}`), s.error!.message);
+  assert.ok(!s.error!.message.includes(dir), s.error!.message);
   assert.ok(existsSync(join(kept, 'manifest.json')));
 });
 

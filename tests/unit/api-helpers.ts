@@ -1,6 +1,8 @@
 /** Helpers of the service tests: unique queue prefixes, Redis cleanup, a closed port, sample payloads. */
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { loadEnv, type ServiceEnv } from '../../src/config/env.js';
 
@@ -13,7 +15,9 @@ export function uniquePrefix(tag: string): string {
 
 /** A validated env for tests (quiet logs, own prefix, artifacts under `dir`). */
 export function testEnv(prefix: string, extra: Record<string, string> = {}): ServiceEnv {
-  return loadEnv({ REDIS_URL, QUEUE_PREFIX: prefix, LOG_LEVEL: 'silent', RATE_LIMIT_MAX: '0', ...extra });
+  // datasets and artifacts of tests go to a temporary directory unless the test names one
+  const STORAGE_DIR = join(tmpdir(), `dpo-test-store-${process.pid}`);
+  return loadEnv({ REDIS_URL, QUEUE_PREFIX: prefix, LOG_LEVEL: 'silent', RATE_LIMIT_MAX: '0', STORAGE_DIR, ...extra });
 }
 
 /** Delete every Redis key under `prefix:` (obliterate plus our own keys: cancel flags, stats). */

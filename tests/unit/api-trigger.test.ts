@@ -5,11 +5,16 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
 import { closedPort, dropPrefix, REDIS_URL, testEnv, toyRows, uniquePrefix } from './api-helpers.js';
 
 const KEY = 'test-key-1';
+const ADMIN = 'test-admin-key';
+const storeDir = mkdtempSync(join(tmpdir(), 'dpo-api-'));
 const AUTH = { authorization: `Bearer ${KEY}` };
 const prefix = uniquePrefix('api');
 let app: FastifyInstance;
@@ -24,13 +29,16 @@ function post(payload: unknown, headers: Record<string, string> = {}) {
 }
 
 before(async () => {
-  app = await buildApp({ env: testEnv(prefix, { API_KEYS: `${KEY},other-key`, BODY_LIMIT_BYTES: '4096' }) });
+  app = await buildApp({
+    env: testEnv(prefix, { API_KEYS: `${KEY},other-key`, ADMIN_API_KEYS: ADMIN, BODY_LIMIT_BYTES: '4096', STORAGE_DIR: storeDir, MAX_JOBS_PER_COMMUNITY: '0' }),
+  });
   await app.ready();
 });
 
 after(async () => {
   await app.close();
   await dropPrefix(prefix);
+  rmSync(storeDir, { recursive: true, force: true });
 });
 
 describe('POST /trigger-finetune', () => {
@@ -45,7 +53,11 @@ describe('POST /trigger-finetune', () => {
     assert.equal(body.statusUrl, `/jobs/${body.jobId}`);
     assert.equal(await jobCount(), n0 + 1);
     const job = await app.queueService.queue.getJob(body.jobId);
-    assert.equal(job?.data.dataset.length, 3);
+    // the job holds a reference; the rows are in storage, not in Redis
+    assert.equal(job?.data.dataset.rows, 3);
+    assert.match(job!.data.dataset.datasetId, /^ds-[0-9a-f]{64}$/);
+    assert.deepEqual(await app.datasets.get('community_1', job!.data.dataset), toyRows(3, 'valid'));
+    assert.doesNotMatch(JSON.stringify(job!.data), /sunny spot/);
     const status = await app.inject({ method: 'GET', url: body.statusUrl, headers: AUTH });
     assert.equal(status.statusCode, 200);
     const s = status.json();
@@ -183,11 +195,12 @@ describe('GET and DELETE /jobs/:jobId', () => {
     assert.equal(get.json().state, 'cancelled');
     assert.equal(get.json().error.code, 'JOB_CANCELLED');
     assert.ok(get.json().finishedAt);
-    // posting the same data again makes a fresh job under the same id
+    // posting the same data again makes a fresh job (under a new random id); the cancelled one stays cancelled
     const again = await post({ communityId: 'c3', dataset: toyRows(2, 'cancel') });
     assert.equal(again.statusCode, 202);
-    assert.equal(again.json().jobId, jobId);
-    assert.equal((await app.inject({ method: 'GET', url: `/jobs/${jobId}`, headers: AUTH })).json().state, 'queued');
+    assert.notEqual(again.json().jobId, jobId);
+    assert.equal((await app.inject({ method: 'GET', url: `/jobs/${again.json().jobId}`, headers: AUTH })).json().state, 'queued');
+    assert.equal((await app.inject({ method: 'GET', url: `/jobs/${jobId}`, headers: AUTH })).json().state, 'cancelled');
   });
 });
 
@@ -225,8 +238,9 @@ describe('auth, docs, metrics, health', () => {
     assert.match(res.body, /^dpo_http_requests_total\{/m);
   });
 
-  test('Bull Board is served behind the key', async () => {
-    const res = await app.inject({ method: 'GET', url: '/admin/queues', headers: AUTH });
+  test('Bull Board is served behind the admin key (a tenant key is refused)', async () => {
+    assert.equal((await app.inject({ method: 'GET', url: '/admin/queues', headers: AUTH })).statusCode, 401);
+    const res = await app.inject({ method: 'GET', url: '/admin/queues', headers: { authorization: `Bearer ${ADMIN}` } });
     assert.equal(res.statusCode, 200);
     assert.match(res.headers['content-type'] as string, /text\/html/);
   });

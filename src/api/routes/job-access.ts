@@ -7,6 +7,7 @@ import type { FastifyRequest } from 'fastify';
 import type { FinetuneQueueService } from '../../queue/finetune-queue.js';
 import type { JobStatus } from '../../queue/types.js';
 import { ApiError, NotFoundError, ServiceUnavailableError } from '../errors.js';
+import { assertCanAccess } from '../auth/tenant.js';
 
 /** Path params of the job routes. */
 export const jobParams = {
@@ -20,7 +21,7 @@ export const jobParams = {
  * @throws NotFoundError (404) for an unknown, expired or other tenant's job; ServiceUnavailableError (503)
  *   when Redis is unreachable.
  */
-export async function jobForRequest(queue: FinetuneQueueService, _request: FastifyRequest, jobId: string): Promise<JobStatus> {
+export async function jobForRequest(queue: FinetuneQueueService, request: FastifyRequest, jobId: string): Promise<JobStatus> {
   let status: JobStatus | null;
   try {
     status = await queue.getStatus(jobId);
@@ -28,6 +29,8 @@ export async function jobForRequest(queue: FinetuneQueueService, _request: Fasti
     if (err instanceof ApiError) throw err;
     throw new ServiceUnavailableError();
   }
+  // another community's job answers exactly like a missing one
+  assertCanAccess(request, status?.communityId, `job ${jobId}`);
   if (!status) throw new NotFoundError(`job ${jobId} does not exist (or has expired)`);
   return status;
 }

@@ -5,6 +5,7 @@ import { JobFinishedError, type FinetuneQueueService } from '../../queue/finetun
 import type { JobStatus } from '../../queue/types.js';
 import { apiSchemas } from '../schemas.js';
 import { errorResponses } from './common.js';
+import { assertCanAccess } from '../auth/tenant.js';
 
 const params = {
   type: 'object',
@@ -43,6 +44,8 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobsRouteOptions): 
     },
     async (request) => {
       let status = await guard(() => opts.queue.getStatus(request.params.jobId));
+      // another community's job answers exactly like a missing one
+      assertCanAccess(request, status?.communityId, `job ${request.params.jobId}`);
       if (!status) throw new NotFoundError(`job ${request.params.jobId} does not exist (or has expired)`);
       if (opts.signArtifact && status.state === 'completed') status = await opts.signArtifact(status);
       return status;
@@ -64,6 +67,8 @@ export async function jobsRoutes(app: FastifyInstance, opts: JobsRouteOptions): 
       },
     },
     async (request, reply) => {
+      const before = await guard(() => opts.queue.getStatus(request.params.jobId));
+      assertCanAccess(request, before?.communityId, `job ${request.params.jobId}`);
       const status = await guard(() => opts.queue.cancel(request.params.jobId));
       if (!status) throw new NotFoundError(`job ${request.params.jobId} does not exist (or has expired)`);
       request.log.info({ jobId: status.jobId, state: status.state }, 'cancel requested');

@@ -3,10 +3,13 @@
  * src/training/data validateRows), then enqueue one finetune job (SFT → DPO → upload).
  */
 import type { FastifyInstance } from 'fastify';
-import { ApiError, ServiceUnavailableError, ValidationError, type Problem } from '../errors.js';
-import type { FinetuneQueueService } from '../../queue/finetune-queue.js';
+import { ApiError, ConflictError, ServiceUnavailableError, ValidationError, type Problem } from '../errors.js';
+import { IdempotencyKeyReusedError, JobLimitError, type FinetuneQueueService } from '../../queue/finetune-queue.js';
+import { budgetProblems, configPolicyProblems } from '../../queue/payload.js';
 import type { ConfigProblem, TrainConfig } from '../../config/index.js';
 import type { TriggerRequest } from '../request-schema.js';
+import { canAccess, principalOf } from '../auth/tenant.js';
+import type { DatasetRef } from '../../storage/datasets.js';
 import { apiSchemas } from '../schemas.js';
 import { errorResponses } from './common.js';
 import type { JobEventLog } from '../../queue/events.js';
@@ -15,35 +18,6 @@ import { checkTriggerExtras, configForMethod, dryRunPlan, recordQueued, type Tri
 
 /** Semantic row checks: `{index, field, code, message}` per problem (the contract of src/training/data/validate-rows.ts). */
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
-
-/** Keys of `config` a webhook caller may not set: they address the worker's file system. */
-const FORBIDDEN_CONFIG_KEYS = ['output_dir', 'datasets', 'eval_dataset', 'resume_from_checkpoint', 'progress_bar', 'backend'];
-
-function looksLikePath(v: unknown): boolean {
-  return typeof v === 'string' && (/[/\\]/.test(v) || v.startsWith('.') || v.startsWith('~'));
-}
-
-/**
- * Problems of the `config` object that the config schema cannot express: file-system keys are the
- * worker's, and the model must be a registered name, not a path on the worker.
- */
-export function configPolicyProblems(config: Record<string, unknown> | undefined): Problem[] {
-  if (!config) return [];
-  const out: Problem[] = [];
-  for (const k of FORBIDDEN_CONFIG_KEYS) {
-    if (k in config) out.push({ path: `/config/${k}`, message: 'is set by the service and cannot be sent in a request' });
-  }
-  const model = config.model;
-  if (looksLikePath(model)) out.push({ path: '/config/model', message: 'must be a registered model name, not a path' });
-  if (model && typeof model === 'object') {
-    for (const k of ['name_or_path', 'tokenizer_name_or_path']) {
-      if (looksLikePath((model as Record<string, unknown>)[k])) {
-        out.push({ path: `/config/model/${k}`, message: 'must be a registered model name, not a path' });
-      }
-    }
-  }
-  return out;
-}
 
 /** The body, as schemas/trigger-finetune.request.json (generated from the same TypeBox source) describes it. */
 type TriggerBody = TriggerRequest;
@@ -57,6 +31,27 @@ export interface TriggerRouteOptions {
   resolveConfig: (config: Record<string, unknown> | undefined) => { config: TrainConfig | null; problems: ConfigProblem[] };
   /** suffix / method / callbackUrl checks, the job index and the event log (issue 15). */
   extras: TriggerExtrasDeps & { index: JobIndex; events: JobEventLog };
+  /** Registered model names (src/queue/payload.ts modelRegistry). */
+  models: Readonly<Record<string, true>>;
+  /** MAX_TRAIN_TOKENS (0 = no budget). */
+  maxTrainTokens: number;
+}
+
+/** 429 with Retry-After: a job cap is reached. */
+export class TooManyJobsError extends ApiError {
+  constructor(
+    message: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(429, 'JOB_LIMIT_REACHED', message);
+  }
+}
+
+/** 404 for a community the caller may not use (the same answer whether or not it has jobs). */
+export class UnknownCommunityError extends ApiError {
+  constructor(communityId: string) {
+    super(404, 'NOT_FOUND', `community ${communityId} is not available to this credential`);
+  }
 }
 
 export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOptions): Promise<void> {
@@ -69,7 +64,10 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
         summary: 'Queue SFT then DPO on a community preference dataset',
         description:
           'Validates every row (schema, then data rules: chosen != rejected, ...) and queues one job. ' +
-          'An Idempotency-Key header, or the same communityId + dataset + config, returns the existing job (200).',
+          'An Idempotency-Key header, or the same communityId + dataset + config, returns the existing job (200); ' +
+          'the same key with a different body is 409 IDEMPOTENCY_KEY_REUSED. 404 for a community the credential may ' +
+          'not use; 429 JOB_LIMIT_REACHED (Retry-After) past MAX_JOBS_PER_COMMUNITY / MAX_QUEUED_JOBS; 400 naming ' +
+          'MAX_TRAIN_TOKENS for a run over the compute budget.',
         security: [{ bearerAuth: [] }],
         headers: {
           type: 'object',
@@ -85,19 +83,20 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
         response: {
           200: { description: 'an existing job (duplicate) or, with dryRun=true, the plan', anyOf: [s.triggerResponse, { $ref: 'DryRunPlan#' }] },
           202: s.triggerResponse,
-          ...errorResponses(400, 401, 413, 415, 429, 503),
+          ...errorResponses(400, 401, 404, 409, 413, 415, 429, 503),
         },
       },
     },
     async (request, reply) => {
       const { communityId, config } = request.body;
       const dataset = request.body.dataset ?? [];
+      if (!canAccess(request, communityId)) throw new UnknownCommunityError(communityId);
       const idem = request.headers['idempotency-key'];
       const problems: Problem[] = [];
       if (idem !== undefined && (typeof idem !== 'string' || !IDEMPOTENCY_KEY.test(idem))) {
         problems.push({ path: '/headers/idempotency-key', message: 'must be 1-200 visible ASCII characters' });
       }
-      const policy = configPolicyProblems(config);
+      const policy = configPolicyProblems(config, opts.models);
       problems.push(...policy);
       const resolved = policy.length === 0 ? opts.resolveConfig(configForMethod(config, request.body.method)) : null;
       if (resolved) problems.push(...resolved.problems);
@@ -109,7 +108,16 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       }
       const extras = await checkTriggerExtras(communityId, request.body, opts.extras);
       problems.push(...extras.problems);
-      const rowProblems = opts.validateRows(dataset);
+      // by id: an uploaded dataset of this community (its rows were checked at upload, and are again in the worker)
+      let stored: DatasetRef | null = null;
+      if (request.body.datasetId !== undefined && request.body.dataset === undefined) {
+        const info = await opts.queue.datasets?.info(communityId, request.body.datasetId).catch(() => null);
+        if (info) stored = { datasetId: info.datasetId, sha256: info.sha256, rows: info.rows };
+        else problems.push({ path: '/datasetId', message: `is not a dataset of community ${communityId} (UNKNOWN_DATASET); upload it with POST /datasets` });
+      }
+      const rowCount = stored ? stored.rows : dataset.length;
+      if (resolved?.config) problems.push(...budgetProblems(resolved.config, rowCount, opts.maxTrainTokens));
+      const rowProblems = stored ? [] : opts.validateRows(dataset);
       for (const p of rowProblems) {
         const path = p.index < 0 ? '/dataset' : `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`;
         problems.push({ path, message: p.detail ?? p.message });
@@ -120,17 +128,25 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       }
       let res;
       try {
-        res = await opts.queue.enqueue({ communityId, dataset, config: resolved.config }, typeof idem === 'string' ? idem : undefined, extras.fields);
+        res = await opts.queue.enqueue(
+          { communityId, dataset: stored ?? dataset, config: resolved.config },
+          { idempotencyKey: typeof idem === 'string' ? idem : undefined, principalId: principalOf(request).id, fields: extras.fields },
+        );
       } catch (err) {
         if (err instanceof ApiError) throw err;
+        if (err instanceof IdempotencyKeyReusedError) throw new ConflictError(err.code, err.message);
+        if (err instanceof JobLimitError) {
+          reply.header('retry-after', String(err.retryAfterSeconds));
+          throw new TooManyJobsError(err.message, err.retryAfterSeconds);
+        }
         request.log.warn({ err }, 'enqueue failed');
         throw new ServiceUnavailableError();
       }
-      request.log.info({ jobId: res.jobId, communityId, rows: dataset.length, created: res.created }, 'finetune job');
+      request.log.info({ jobId: res.jobId, communityId, rows: rowCount, created: res.created }, 'finetune job');
       if (res.created) {
         await recordQueued(
           { queue: opts.queue, ...opts.extras },
-          { jobId: res.jobId, communityId, createdAt: res.status.createdAt, rows: dataset.length, fields: extras.fields },
+          { jobId: res.jobId, communityId, createdAt: res.status.createdAt, rows: rowCount, fields: extras.fields },
         ).catch((err: Error) => request.log.warn({ err: err.message }, 'could not record the queued job'));
       }
       return reply.code(res.created ? 202 : 200).send({

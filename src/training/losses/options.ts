@@ -164,7 +164,7 @@ const lossError = (path: ConfigPath | string, detail: string, code: ConfigErrorC
 export function canonicalLossType(name: string, where: ConfigPath | string = 'loss.loss_type', code: ConfigErrorCode = 'INVALID_LOSS_CONFIG'): LossType {
   const n = String(name).trim().toLowerCase();
   if ((LOSS_TYPES as readonly string[]).includes(n)) return n as LossType;
-  const alias = LOSS_ALIASES[n];
+  const alias = Object.hasOwn(LOSS_ALIASES, n) ? LOSS_ALIASES[n] : undefined;
   if (alias) return alias;
   throw lossError(where, `unknown loss type '${name}'; use one of ${LOSS_TYPES.join(', ')} (aliases: ${Object.keys(LOSS_ALIASES).join(', ')})`, code);
 }

@@ -69,7 +69,7 @@ export const BUILTIN_MODELS: Record<string, { weights: string; tokenizer: string
 
 /** Resolve a name or path to what to load. */
 function resolveSource(nameOrPath: string): { kind: 'llama2c' | 'hf'; path: string; tokenizer: string | null } {
-  const builtin = BUILTIN_MODELS[nameOrPath];
+  const builtin = Object.hasOwn(BUILTIN_MODELS, nameOrPath) ? BUILTIN_MODELS[nameOrPath] : undefined;
   if (builtin) {
     const root = repoRoot();
     return { kind: 'llama2c', path: join(root, builtin.weights), tokenizer: join(root, builtin.tokenizer) };

@@ -69,7 +69,7 @@ async function loadLlama2c(binPath: string): Promise<SentencePieceBpeTokenizer> 
  * @throws TokenizerError TOKENIZER_NOT_FOUND (nothing loadable), INVALID_TOKENIZER_FORMAT, UNSUPPORTED_TOKENIZER
  */
 export async function loadTokenizer(pathOrDir: string): Promise<Tokenizer> {
-  const p = BUILTIN[pathOrDir] ?? pathOrDir;
+  const p = (Object.hasOwn(BUILTIN, pathOrDir) ? BUILTIN[pathOrDir] : undefined) ?? pathOrDir;
   let st;
   try {
     st = await stat(p);

@@ -1,0 +1,192 @@
+/**
+ * Datasets out of Redis: a job's rows live in storage (the same backend as the artifacts, ObjectStorage),
+ * content-addressed by the sha256 of their canonical JSON (safe-stable-stringify: object keys sorted, no
+ * whitespace), under `.datasets/<communityId>/<sha256>.json`. The queue holds only the reference
+ * `{datasetId, sha256, rows}`; the worker reads the rows back and checks the hash before training.
+ *
+ * The object is the canonical JSON text itself, so its sha256 is the id: anyone can check an object against
+ * its name. `.datasets` cannot clash with a community directory (community ids never start with a dot).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { once } from 'node:events';
+import { canonicalJson as canonical } from '../training/data/hash.js';
+import type { ObjectStorage } from './storage.js';
+
+/** What a job (or a client) holds instead of the rows. */
+export interface DatasetRef {
+  /** `ds-<sha256 hex>` */
+  datasetId: string;
+  /** sha256 hex of the canonical JSON of the rows array */
+  sha256: string;
+  /** number of rows */
+  rows: number;
+}
+
+/** A dataset failure with a stable code. */
+export class DatasetError extends Error {
+  constructor(
+    readonly code: 'UNKNOWN_DATASET' | 'INVALID_DATASET' | 'CORRUPT_DATASET',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'DatasetError';
+  }
+}
+
+const COMMUNITY = /^[A-Za-z0-9_-]{1,64}$/;
+export const DATASET_ID = /^ds-[0-9a-f]{64}$/;
+
+/** Canonical JSON of a value: sorted keys, no whitespace (src/training/data/hash.ts, safe-stable-stringify). */
+export function canonicalJson(v: unknown): string {
+  return canonical(v);
+}
+
+/** sha256 hex of a string or bytes. */
+export function sha256Hex(data: string | Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+function sanitize(communityId: string, datasetId: string): string {
+  if (!COMMUNITY.test(communityId))
+    throw new DatasetError('INVALID_DATASET', `communityId ${JSON.stringify(String(communityId).slice(0, 80))} is not 1-64 of A-Z a-z 0-9 _ -`);
+  if (!DATASET_ID.test(datasetId)) throw new DatasetError('UNKNOWN_DATASET', `datasetId ${JSON.stringify(String(datasetId).slice(0, 80))} is not ds-<64 hex>`);
+  return `.datasets/${communityId}/${datasetId.slice(3)}.json`;
+}
+
+/** put/get/has/delete of content-addressed datasets per community, over an ObjectStorage. */
+export class DatasetStore {
+  constructor(readonly objects: ObjectStorage) {}
+
+  /** The object key of a dataset. @throws DatasetError for an unsafe community or id. */
+  key(communityId: string, datasetId: string): string {
+    return sanitize(communityId, datasetId);
+  }
+
+  /**
+   * Store rows already in memory (the webhook's inline `dataset`). Storing the same rows twice writes once.
+   * @returns the reference the job keeps.
+   * @throws DatasetError INVALID_DATASET for an empty or non-array value; StorageError from the backend.
+   */
+  async put(communityId: string, rows: unknown[]): Promise<DatasetRef & { bytes: number }> {
+    if (!Array.isArray(rows) || rows.length === 0) throw new DatasetError('INVALID_DATASET', 'a dataset is a non-empty array of rows');
+    const text = canonicalJson(rows);
+    const sha256 = sha256Hex(text);
+    const ref = { datasetId: `ds-${sha256}`, sha256, rows: rows.length };
+    await this.putCanonical(communityId, text, ref);
+    return { ...ref, bytes: Buffer.byteLength(text) };
+  }
+
+  /**
+   * Store rows whose canonical JSON the caller already made (the queue hashes it for idempotency first).
+   * @throws DatasetError INVALID_DATASET when `text` does not hash to `ref.sha256`.
+   */
+  async putCanonical(communityId: string, text: string, ref: DatasetRef): Promise<void> {
+    if (sha256Hex(text) !== ref.sha256 || ref.datasetId !== `ds-${ref.sha256}`)
+      throw new DatasetError('INVALID_DATASET', 'the dataset text does not match its reference');
+    const key = this.key(communityId, ref.datasetId);
+    if (!(await this.objects.hasObject(key))) {
+      await this.objects.putObject(key, text);
+      await this.putMeta(communityId, ref, Buffer.byteLength(text));
+    }
+  }
+
+  private metaKey(communityId: string, datasetId: string): string {
+    return this.key(communityId, datasetId).replace(/\.json$/, '.meta.json');
+  }
+
+  private async putMeta(communityId: string, ref: DatasetRef, bytes: number): Promise<void> {
+    await this.objects.putObject(this.metaKey(communityId, ref.datasetId), JSON.stringify({ ...ref, bytes, createdAt: new Date().toISOString() }));
+  }
+
+  /**
+   * The reference and size of a stored dataset without reading its rows (a small `.meta.json` beside it).
+   * @returns null when the community has no such dataset.
+   */
+  async info(communityId: string, datasetId: string): Promise<(DatasetRef & { bytes: number; createdAt: string }) | null> {
+    const buf = await this.objects.getObject(this.metaKey(communityId, datasetId));
+    if (!buf) return null;
+    const m = JSON.parse(buf.toString('utf8')) as DatasetRef & { bytes: number; createdAt: string };
+    return m.datasetId === datasetId && Number.isInteger(m.rows) ? m : null;
+  }
+
+  /**
+   * Store rows that arrive one by one (an upload parsed as it streams): the canonical JSON is written to a
+   * temporary file while hashing, then stored; memory stays at one row.
+   * @returns the reference. @throws DatasetError INVALID_DATASET when no row came.
+   */
+  async putStream(communityId: string, rows: AsyncIterable<unknown> | Iterable<unknown>): Promise<DatasetRef & { bytes: number }> {
+    sanitize(communityId, `ds-${'0'.repeat(64)}`);
+    const tmp = join(tmpdir(), `dpo-dataset-${process.pid}-${randomBytes(6).toString('hex')}.json`);
+    const out = createWriteStream(tmp);
+    const hash = createHash('sha256');
+    let n = 0;
+    let bytes = 0;
+    const write = async (s: string): Promise<void> => {
+      hash.update(s);
+      bytes += Buffer.byteLength(s);
+      if (!out.write(s)) await once(out, 'drain');
+    };
+    try {
+      for await (const row of rows) {
+        await write(n === 0 ? `[${canonicalJson(row)}` : `,${canonicalJson(row)}`);
+        n++;
+      }
+      if (n === 0) throw new DatasetError('INVALID_DATASET', 'a dataset is a non-empty array of rows');
+      await write(']');
+      out.end();
+      await once(out, 'finish');
+      const sha256 = hash.digest('hex');
+      const ref = { datasetId: `ds-${sha256}`, sha256, rows: n };
+      const key = this.key(communityId, ref.datasetId);
+      if (!(await this.objects.hasObject(key))) {
+        await this.objects.putObjectFile(key, tmp);
+        await this.putMeta(communityId, ref, bytes);
+      }
+      return { ...ref, bytes };
+    } finally {
+      out.destroy();
+      await rm(tmp, { force: true }).catch(() => {});
+    }
+  }
+
+  /**
+   * The rows of a dataset, checked against its sha256 (and row count, when a reference is given).
+   * @throws DatasetError UNKNOWN_DATASET (no such dataset for this community), CORRUPT_DATASET (the stored
+   *   bytes do not hash to the id, or are not a JSON array of the expected length).
+   */
+  async get(communityId: string, ref: string | (Pick<DatasetRef, 'datasetId'> & Partial<DatasetRef>)): Promise<unknown[]> {
+    const r = typeof ref === 'string' ? { datasetId: ref } : ref;
+    const key = this.key(communityId, r.datasetId);
+    const buf = await this.objects.getObject(key);
+    if (!buf) throw new DatasetError('UNKNOWN_DATASET', `dataset ${r.datasetId} does not exist for community ${communityId}`);
+    const sha = sha256Hex(buf);
+    if (sha !== r.datasetId.slice(3) || (r.sha256 !== undefined && r.sha256 !== sha)) {
+      throw new DatasetError('CORRUPT_DATASET', `dataset ${r.datasetId} does not match its sha256 (stored bytes changed)`);
+    }
+    let rows: unknown;
+    try {
+      rows = JSON.parse(buf.toString('utf8'));
+    } catch {
+      throw new DatasetError('CORRUPT_DATASET', `dataset ${r.datasetId} is not valid JSON`);
+    }
+    if (!Array.isArray(rows) || (r.rows !== undefined && rows.length !== r.rows)) {
+      throw new DatasetError('CORRUPT_DATASET', `dataset ${r.datasetId} is not an array of ${r.rows ?? 'its'} rows`);
+    }
+    return rows;
+  }
+
+  /** Whether the community has this dataset. */
+  async has(communityId: string, datasetId: string): Promise<boolean> {
+    return this.objects.hasObject(this.key(communityId, datasetId));
+  }
+
+  /** Delete a community's dataset; false when it did not exist. */
+  async delete(communityId: string, datasetId: string): Promise<boolean> {
+    await this.objects.deleteObject(this.metaKey(communityId, datasetId));
+    return this.objects.deleteObject(this.key(communityId, datasetId));
+  }
+}
