@@ -38,7 +38,9 @@ function signed(secret: string, body: string, opts: { id?: string; ts?: number; 
 const body = (communityId: string, tag: string) => JSON.stringify({ communityId, dataset: toyRows(2, tag) });
 
 before(async () => {
-  app = await buildApp({ env: testEnv(prefix, { API_KEYS: 'k1:acme', SIGNING_SECRETS: `acme:${ACME},globex:${GLOBEX}`, STORAGE_DIR: dir, AUTH_FAILURE_LIMIT: '1000' }) });
+  app = await buildApp({
+    env: testEnv(prefix, { API_KEYS: 'k1:acme', SIGNING_SECRETS: `acme:${ACME},globex:${GLOBEX}`, STORAGE_DIR: dir, AUTH_FAILURE_LIMIT: '1000' }),
+  });
   await app.ready();
 });
 
@@ -67,10 +69,25 @@ describe('signed requests', () => {
   });
 
   const refused: Array<[string, () => ReturnType<typeof signed>, string, RegExp]> = [
-    ['an expired timestamp (6 minutes old)', () => signed(ACME, body('acme', 'old'), { ts: Math.floor(Date.now() / 1000) - 360 }), 'EXPIRED_SIGNATURE', /in the past/],
+    [
+      'an expired timestamp (6 minutes old)',
+      () => signed(ACME, body('acme', 'old'), { ts: Math.floor(Date.now() / 1000) - 360 }),
+      'EXPIRED_SIGNATURE',
+      /in the past/,
+    ],
     ['a timestamp 6 minutes ahead', () => signed(ACME, body('acme', 'new'), { ts: Math.floor(Date.now() / 1000) + 360 }), 'EXPIRED_SIGNATURE', /in the future/],
-    ['a bad signature (another secret)', () => signed(`whsec_${randomBytes(24).toString('base64')}`, body('acme', 'bad')), 'INVALID_SIGNATURE', /does not match/],
-    ['a body changed after signing', () => signed(ACME, body('acme', 'tamper'), { tamper: (b) => b.replace('tamper', 'tamp3r') }), 'INVALID_SIGNATURE', /does not match/],
+    [
+      'a bad signature (another secret)',
+      () => signed(`whsec_${randomBytes(24).toString('base64')}`, body('acme', 'bad')),
+      'INVALID_SIGNATURE',
+      /does not match/,
+    ],
+    [
+      'a body changed after signing',
+      () => signed(ACME, body('acme', 'tamper'), { tamper: (b) => b.replace('tamper', 'tamp3r') }),
+      'INVALID_SIGNATURE',
+      /does not match/,
+    ],
     ['no webhook-signature header', () => signed(ACME, body('acme', 'nosig'), { drop: 'webhook-signature' }), 'MISSING_SIGNATURE_HEADER', /webhook-signature/],
     ['no webhook-timestamp header', () => signed(ACME, body('acme', 'nots'), { drop: 'webhook-timestamp' }), 'MISSING_SIGNATURE_HEADER', /webhook-timestamp/],
     ['no webhook-id header', () => signed(ACME, body('acme', 'noid'), { drop: 'webhook-id' }), 'MISSING_SIGNATURE_HEADER', /webhook-id/],
