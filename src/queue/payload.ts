@@ -179,6 +179,12 @@ export function payloadSchema(): Obj {
       config: { type: 'object' },
       requestHash: { type: 'string', pattern: '^[0-9a-f]{64}$' },
       requestedAt: { type: 'string', maxLength: 64 },
+      // request fields (issue 15), as the API checked them; the callback target is checked again at delivery
+      suffix: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
+      method: { type: 'string', enum: ['sft+dpo', 'dpo', 'sft'] },
+      datasetId: { type: 'string', pattern: '^ds-[0-9a-f]{64}$' },
+      evalDatasetId: { type: 'string', pattern: '^ds-[0-9a-f]{64}$' },
+      callbackUrl: { type: 'string', maxLength: 2048, pattern: '^https?://' },
     },
   };
 }

@@ -14,6 +14,7 @@ import { cancelKey, liveJobsKey } from '../queue/connection.js';
 import { FailureCodes, JobFailure } from '../queue/errors.js';
 import { recordJobOutcome } from '../queue/stats.js';
 import { QueueNames, type FinetuneProgress, type FinetuneResult, type QueueJobTypes, type Stage, type StageSpan } from '../queue/types.js';
+import { JOB_ID } from '../queue/payload.js';
 import { insideRoot, LocalStorage } from '../storage/local.js';
 import type { Storage } from '../storage/storage.js';
 import type { ProgressEvent } from '../training/types.js';
@@ -228,6 +229,17 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       const failure = err instanceof JobFailure ? err : new JobFailure(FailureCodes.unknown, 'could not read the job dataset; see the worker log');
       deps.logger.warn({ code: failure.code, err: err instanceof JobFailure ? undefined : (err as Error).message }, `finetune job refused: ${failure.message}`);
       await recordJobOutcome(deps.redis, deps.prefix, { durations: {}, tokensPerSecond: {}, failureCode: failure.code }).catch(() => {});
+      // the event log of a job the service made (a valid id) records the refusal
+      if (typeof job.id === 'string' && JOB_ID.test(job.id)) {
+        await new JobEventLog(deps.redis, deps.prefix, { ttlSeconds: deps.eventTtlSeconds })
+          .append(job.id, {
+            type: 'job.failed',
+            level: 'error',
+            message: failure.message.slice(failure.code.length + 2),
+            data: { code: failure.code, stage: null },
+          })
+          .catch(() => {});
+      }
       throw failure;
     }
     const { jobId, communityId } = valid;

@@ -15,6 +15,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
+import { createDatasetStore } from '../../src/storage/index.js';
 import { verifyManifest, type Manifest } from '../../src/storage/manifest.js';
 import type { JobStatus } from '../../src/queue/types.js';
 import { dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
@@ -72,7 +73,12 @@ before(async () => {
   );
   // The second job's metrics.jsonl never uploads.
   fake.failUploads(/^fb-fail\/.+\/metrics\.jsonl$/, 503, Infinity);
-  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir }) });
+  // the API stores the rows in the same backend the worker reads them from (the bucket)
+  process.env.FIREBASE_STORAGE_EMULATOR_HOST = fake.host;
+  delete process.env.STORAGE_EMULATOR_HOST;
+  process.env.GOOGLE_APPLICATION_CREDENTIALS = keyFile;
+  const apiEnv = testEnv(prefix, { STORAGE_DIR: storageDir, STORAGE_BACKEND: 'firebase', FIREBASE_BUCKET: BUCKET });
+  app = await buildApp({ env: apiEnv, datasets: await createDatasetStore(apiEnv, { rawEnv: { ...process.env, FIREBASE_BUCKET: BUCKET } }) });
   await app.ready();
   const env: Record<string, string | undefined> = {
     ...process.env,
@@ -153,7 +159,9 @@ test('an upload that keeps failing fails the job with STORAGE_UPLOAD_FAILED and 
   assert.match(final.error!.message, /after 2 attempt/);
   assert.equal(fake.requestsFor(`fb-fail/${jobId}/metrics.jsonl`, 'multipart').length, 2);
   assert.equal(fake.objects.get(`${BUCKET}/fb-fail/${jobId}/manifest.json`), undefined);
-  const kept = /kept at (\S+?);/.exec(final.error!.message)?.[1];
+  // the message names the place relative to WORK_DIR (no server path reaches a client)
+  const kept = /kept at (WORK_DIR\/\S+?);/.exec(final.error!.message)?.[1];
   assert.ok(kept, final.error!.message);
-  assert.deepEqual(await verifyManifest(kept), [], 'the kept artifact is intact');
+  assert.ok(!final.error!.message.includes(storageDir), final.error!.message);
+  assert.deepEqual(await verifyManifest(kept.replace(/^WORK_DIR/, join(storageDir, '.work'))), [], 'the kept artifact is intact');
 });
