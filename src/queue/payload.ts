@@ -152,9 +152,7 @@ let payloadValidator: ValidateFunction | null = null;
 let rowsValidator: ValidateFunction | null = null;
 
 function ajv(): Ajv {
-  const a = new Ajv({ allErrors: true, coerceTypes: false, useDefaults: false, strict: false });
-  a.addSchema(apiSchemas().config);
-  return a;
+  return new Ajv({ allErrors: true, coerceTypes: false, useDefaults: false, strict: false });
 }
 
 /** JSON Schema of a job payload as stored in Redis (FinetunePayload). */

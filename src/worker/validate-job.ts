@@ -55,6 +55,10 @@ function fail(problems: Problem[]): never {
  */
 export async function createJobValidator(opts: JobValidatorOptions): Promise<(job: { id?: string | null; data: unknown }) => Promise<ValidJob>> {
   const models = await modelRegistry();
+  // compile the payload and row validators now, not inside the first job (where a slow compile on a loaded
+  // machine would delay the BullMQ lock renewal)
+  payloadShapeProblems({});
+  rowShapeProblems([]);
   const validateRows = opts.validateRows ?? (await loadRowValidator());
   return async (job) => {
     const jobId = job.id;
