@@ -153,6 +153,18 @@ const plainProperties = {
     description:
       "Recompute each layer's activations in the backward pass instead of keeping them (transformers' gradient_checkpointing): less memory, more compute.",
   }),
+  padding_free: Type.Boolean({
+    description:
+      "TRL's name: pack each micro-batch's sequences into one row without padding (positions restart per sequence, attention within each sequence only); same tokens scored as padded.",
+  }),
+  shared_prompt: Type.Boolean({
+    description:
+      "DPO: one [prompt | chosen | rejected] sequence per pair (PaddleNLP's layout): the prompt is encoded once per pair; rejected attends to prompt + rejected only. Wins over padding_free for DPO.",
+  }),
+  max_tokens_per_batch: nullable(posInt(), {
+    description:
+      'Token-budget micro-batches: pairs grouped first-fit decreasing by length within a seeded shuffle window so each micro-batch holds at most this many tokens; null: batch_size pairs each.',
+  }),
   tensorboard: Type.Boolean(),
   plot: Type.Boolean(),
   progress_bar: Type.Unsafe<boolean | 'auto'>({ enum: [true, false, 'auto'] }),

@@ -224,7 +224,6 @@ export const TRL_UNSUPPORTED: Readonly<Record<string, string>> = {
   use_cpu: 'the tfjs backend is chosen with backend= (CLI) or TFJS_BACKEND (worker)',
   model_name_or_path: 'use model=<group in config/model or a path>',
   dataset_name: 'use datasets=[<registered name or path>]',
-  padding_free: 'not supported; batches are padded to their longest pair',
   use_logits_to_keep: 'not supported; log-probs are computed in chunks over the completion only',
   use_weighting: 'not supported (WPO weighting)',
   ld_alpha: 'not supported (LD-DPO)',

@@ -40,6 +40,17 @@ export interface ModelConfig {
  * A causal language model whose parameters are tfjs Variables, named as `transformers` names them
  * (e.g. `model.layers.0.self_attn.q_proj.weight`). Linear weights are held `[in, out]` internally.
  */
+/**
+ * Per-token positions and attention segments of packed rows (padding-free and shared-prompt batches,
+ * data/packing.ts): `positionIds` `[B*T]` int32 (each sequence's own positions, restarting at 0), `segments`
+ * the attention's `[3, B*T]` visibility ranges (engine/ops.ts AttentionSegments: key j visible from row
+ * b*T + i iff c <= j <= i or a <= j < b).
+ */
+export interface PackedPositions {
+  positionIds: Int32Array;
+  segments: Int32Array;
+}
+
 export interface CausalLM {
   readonly config: ModelConfig;
   /** Parameters by HF tensor name (internal layout; see weight IO for the HF layout). */
@@ -49,7 +60,7 @@ export interface CausalLM {
    * @param inputIds `[B, T]` int32
    * @returns `[B*T, D]` (rows ordered batch-major)
    */
-  hidden(inputIds: tf.Tensor2D): tf.Tensor2D;
+  hidden(inputIds: tf.Tensor2D, packing?: PackedPositions): tf.Tensor2D;
   /** The output projection and its layout for {@link tokenLogps}: `[D, V]` ('DV') or tied `[V, D]` ('VD'). */
   outputProjection(): { weight: tf.Tensor2D; layout: 'DV' | 'VD' };
   /** Full logits `[B, T, V]` (inference and tests; training uses hidden + chunked log-probs). */

@@ -31,6 +31,16 @@ export {
   type TruncationMode,
 } from './tokenize.js';
 export { collatePreference, collateSft, resolvePadId, type TokenBatch, type CollateOptions } from './collate.js';
+export {
+  batchLayout,
+  packPreference,
+  packSequences,
+  packSharedPrompt,
+  packSft,
+  paddedPreferenceTokens,
+  type BatchLayout,
+  type PackedBatch,
+} from './packing.js';
 export { shuffleExamples, splitEval, dedupExamples, exampleKey } from './split.js';
 export { inspectDataset, type DatasetReport, type InspectOptions, type LengthStats } from './inspect.js';
 

@@ -95,6 +95,8 @@ export interface NativeAddon {
     hd: number,
     scale: number,
     threads: number,
+    mask?: Int32Array,
+    ropeRows?: number,
   ): void;
   /** RMSNorm forward: y = w x r, r `[N]` = (mean(x^2) + eps)^-1/2 (see elementwise.c). */
   rmsNormFwd(x: Float32Array, w: Float32Array, y: Float32Array, r: Float32Array, N: number, D: number, eps: number, threads: number): void;
@@ -144,6 +146,8 @@ export interface NativeAddon {
     hd: number,
     scale: number,
     threads: number,
+    mask?: Int32Array,
+    ropeRows?: number,
   ): void;
 }
 

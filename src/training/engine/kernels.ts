@@ -44,6 +44,7 @@ export interface TypedArrayBackendLike {
 }
 
 const EMPTY_F32 = new Float32Array(0);
+const EMPTY_I32 = new Int32Array(0);
 
 /**
  * The tensor memory of `backend`, registered under `backendName`. On wasm, views are taken after outputs are
@@ -224,15 +225,20 @@ export interface AttentionAttrs {
   KV: number;
   hd: number;
   scale: number;
+  /** cos/sin are per token `[B*T, hd]` (packed sequences' position ids) instead of `[T, hd]`. */
+  ropeRows?: boolean;
 }
 /**
  * Fused causal attention with RoPE, forward (native/attention.c): q `[B*T, H*hd]`, k, v `[B*T, KV*hd]`,
- * optional cos, sin `[T, hd]` -> o `[B*T, H*hd]`, qr (scaled, rotated queries), kr (rotated keys), lse `[B*H*T]`.
+ * optional cos, sin `[T, hd]` (or `[B*T, hd]` with ropeRows), optional int32 mask `[3, B*T]` (rows a, b, c:
+ * key j visible from query row b*T + i iff c <= j <= i or a <= j < b; packed sequences) -> o `[B*T, H*hd]`, qr (scaled, rotated queries), kr (rotated keys), lse `[B*H*T]`.
  */
-export const ATTENTION_FWD = defineKernel<{ q: tf.Tensor; k: tf.Tensor; v: tf.Tensor; cos?: tf.Tensor; sin?: tf.Tensor }, AttentionAttrs>('DpoAttentionFwd');
+export const ATTENTION_FWD = defineKernel<{ q: tf.Tensor; k: tf.Tensor; v: tf.Tensor; cos?: tf.Tensor; sin?: tf.Tensor; mask?: tf.Tensor }, AttentionAttrs>(
+  'DpoAttentionFwd',
+);
 /** Its backward: dy, qr, kr, v, o, lse, optional cos, sin -> dq, dk, dv. */
 export const ATTENTION_BWD = defineKernel<
-  { dy: tf.Tensor; qr: tf.Tensor; kr: tf.Tensor; v: tf.Tensor; o: tf.Tensor; lse: tf.Tensor; cos?: tf.Tensor; sin?: tf.Tensor },
+  { dy: tf.Tensor; qr: tf.Tensor; kr: tf.Tensor; v: tf.Tensor; o: tf.Tensor; lse: tf.Tensor; cos?: tf.Tensor; sin?: tf.Tensor; mask?: tf.Tensor },
   AttentionAttrs
 >('DpoAttentionBwd');
 
@@ -276,7 +282,7 @@ function registerFused(g: NativeAddon, backendName: string): void {
     g.softmaxLse(mem.f32(x), mem.f32(p), mem.f32(l), n, V, threads);
     return [p, l];
   });
-  ATTENTION_FWD.register(backendName, ({ inputs: { q, k, v, cos, sin }, attrs: a, mem }) => {
+  ATTENTION_FWD.register(backendName, ({ inputs: { q, k, v, cos, sin, mask }, attrs: a, mem }) => {
     const [o, qr, kr, lse] = [mem.out(q.shape.slice()), mem.out(q.shape.slice()), mem.out(k.shape.slice()), mem.out([a.B * a.H * a.T])] as const;
     g.attentionFwd(
       mem.f32(q),
@@ -295,10 +301,12 @@ function registerFused(g: NativeAddon, backendName: string): void {
       a.hd,
       a.scale,
       threads,
+      mask ? mem.i32(mask) : EMPTY_I32,
+      a.ropeRows ? 1 : 0,
     );
     return [o, qr, kr, lse];
   });
-  ATTENTION_BWD.register(backendName, ({ inputs: { dy, qr, kr, v, o, lse, cos, sin }, attrs: a, mem }) => {
+  ATTENTION_BWD.register(backendName, ({ inputs: { dy, qr, kr, v, o, lse, cos, sin, mask }, attrs: a, mem }) => {
     const [dq, dk, dv] = [mem.out(qr.shape.slice()), mem.out(kr.shape.slice()), mem.out(v.shape.slice())] as const;
     g.attentionBwd(
       mem.f32(dy),
@@ -319,6 +327,8 @@ function registerFused(g: NativeAddon, backendName: string): void {
       a.hd,
       a.scale,
       threads,
+      mask ? mem.i32(mask) : EMPTY_I32,
+      a.ropeRows ? 1 : 0,
     );
     return [dq, dk, dv];
   });

@@ -112,6 +112,26 @@ export function embedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Tensor2D {
   return f(table) as tf.Tensor2D;
 }
 
+/**
+ * Rows of `x` by index, `x[rows]`, with a scatter-add gradient (ScatterNd sums repeated rows; the packed
+ * shared-prompt batch scores two labels from one hidden row).
+ * @param x `[N, D]` float32
+ * @param rows `[M]` row indices in [0, N)
+ * @returns `[M, D]`
+ */
+export function gatherRows(x: tf.Tensor2D, rows: Int32Array): tf.Tensor2D {
+  const [N, D] = x.shape;
+  const f = custom<[tf.Tensor2D]>((xi, save) => {
+    const idx = tf.tensor1d(rows, 'int32');
+    save([idx]);
+    return {
+      value: tf.gather(xi, idx),
+      gradFunc: (dy, [ids]) => tf.scatterND(tf.reshape(ids!, [-1, 1]), dy as tf.Tensor2D, [N, D]),
+    };
+  });
+  return f(x) as tf.Tensor2D;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // norms and activations
 
@@ -478,10 +498,12 @@ export interface AttentionDims {
  * @param q `[B*T, H*hd]` (row b*T + t, head h at columns h*hd..), before RoPE
  * @param k `[B*T, KV*hd]` before RoPE; v `[B*T, KV*hd]`
  * @param dims B, T, H, KV (H a multiple of KV: query head h reads key/value head floor(h / (H / KV))), hd
- * @param rope cos, sin `[T, hd]` of positions 0..T-1 (halves duplicated), or undefined for none
+ * @param rope cos, sin `[T, hd]` of positions 0..T-1 (halves duplicated), or `[B*T, hd]` per token (the
+ *   position ids of packed sequences), or undefined for none
  * @param scale defaults to 1/sqrt(hd)
+ * @param segments optional segment mask of packed rows ({@link AttentionSegments}); default plain causal
  * @returns `[B*T, H*hd]`
- * @throws RangeError when the shapes disagree with dims
+ * @throws RangeError when the shapes disagree with dims, or the segment mask with B*T
  */
 export function selfAttention(
   q: tf.Tensor2D,
@@ -490,6 +512,7 @@ export function selfAttention(
   dims: AttentionDims,
   rope?: { cos: tf.Tensor2D; sin: tf.Tensor2D },
   scale = 1 / Math.sqrt(dims.hd),
+  segments?: AttentionSegments,
 ): tf.Tensor2D {
   const { B, T, H, KV, hd } = dims;
   const N = B * T;
@@ -497,7 +520,11 @@ export function selfAttention(
     throw new RangeError(
       `selfAttention: q ${JSON.stringify(q.shape)}, k ${JSON.stringify(k.shape)}, v ${JSON.stringify(v.shape)} do not fit B=${B} T=${T} H=${H} KV=${KV} hd=${hd}`,
     );
+  // per-token rotary tables [B*T, hd] (packed sequences' position ids); [T, hd] otherwise (same rows when B = 1)
+  const ropeRows = rope !== undefined && rope.cos.shape[0] === N && N !== T;
+  if (segments) checkSegments(segments, B, T);
   if (!fusedAttentionActive()) {
+    if (segments || ropeRows) return maskedSelfAttention(q, k, v, dims, rope, scale, segments);
     let q4 = tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D;
     let k4 = tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D;
     if (rope) {
@@ -508,20 +535,113 @@ export function selfAttention(
     const att = causalAttention(heads(q4), heads(k4), heads(tf.reshape(v, [B, T, KV, hd]) as tf.Tensor4D), { scale, queryOffset: 0 });
     return tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
   }
-  const attrs = { B, T, H, KV, hd, scale };
-  const ropeInputs = rope ? { cos: rope.cos, sin: rope.sin } : {};
+  const attrs = ropeRows ? { B, T, H, KV, hd, scale, ropeRows } : { B, T, H, KV, hd, scale };
   const f = custom<[tf.Tensor2D, tf.Tensor2D, tf.Tensor2D]>((qi, ki, vi, save) => {
-    const [o, qr, kr, lse] = ATTENTION_FWD.run({ q: qi, k: ki, v: vi, ...ropeInputs }, attrs);
-    save(rope ? [qr!, kr!, vi, o!, lse!, rope.cos, rope.sin] : [qr!, kr!, vi, o!, lse!]);
+    const maskT = segments ? tf.tensor1d(segments.mask, 'int32') : undefined;
+    const extra = { ...(rope ? { cos: rope.cos, sin: rope.sin } : {}), ...(maskT ? { mask: maskT } : {}) };
+    const [o, qr, kr, lse] = ATTENTION_FWD.run({ q: qi, k: ki, v: vi, ...extra }, attrs);
+    // saved: qr, kr, v, o, lse, then cos, sin (with rope), then the mask (with segments)
+    save([qr!, kr!, vi, o!, lse!, ...(rope ? [rope.cos, rope.sin] : []), ...(maskT ? [maskT] : [])]);
     return {
       value: o!,
       gradFunc: (dy, saved) => {
-        const [qs, ks, vs, os, ls, cs, ss] = saved;
-        return ATTENTION_BWD.run({ dy, qr: qs!, kr: ks!, v: vs!, o: os!, lse: ls!, ...(cs ? { cos: cs, sin: ss! } : {}) }, attrs);
+        const [qs, ks, vs, os, ls] = saved;
+        const cs = rope ? saved[5] : undefined;
+        const ss = rope ? saved[6] : undefined;
+        const ms = segments ? saved[rope ? 7 : 5] : undefined;
+        return ATTENTION_BWD.run({ dy, qr: qs!, kr: ks!, v: vs!, o: os!, lse: ls!, ...(cs ? { cos: cs, sin: ss! } : {}), ...(ms ? { mask: ms } : {}) }, attrs);
       },
     };
   });
   return f(q, k, v) as tf.Tensor2D;
+}
+
+/**
+ * Which keys each query of a packed row sees (padding-free and shared-prompt batches, data/packing.ts): for
+ * query row r = b*T + i, key j (same row b) is visible iff `c[r] <= j <= i` (its own causal segment) or
+ * `a[r] <= j < b[r]` (a shared prefix, e.g. the pair's prompt for a rejected token). `mask` holds the three
+ * `[B*T]` int32 arrays a, b, c one after the other (`[3, B*T]`); 0 <= a <= b <= c <= i. Plain causal
+ * attention is a = b = c = 0.
+ */
+export interface AttentionSegments {
+  mask: Int32Array;
+}
+
+/** @throws RangeError when a segment mask does not fit B*T rows or breaks 0 <= a <= b <= c <= i */
+function checkSegments(s: AttentionSegments, B: number, T: number): void {
+  const N = B * T;
+  if (s.mask.length !== 3 * N) throw new RangeError(`selfAttention: segments.mask has ${s.mask.length} entries, expected 3 x B*T = ${3 * N}`);
+  for (let r = 0; r < N; r++) {
+    const i = r % T;
+    const a = s.mask[r]!;
+    const b = s.mask[N + r]!;
+    const c = s.mask[2 * N + r]!;
+    if (!(a >= 0 && a <= b && b <= c && c <= i))
+      throw new RangeError(`selfAttention: segments.mask row ${r}: need 0 <= a (${a}) <= b (${b}) <= c (${c}) <= t (${i})`);
+  }
+}
+
+/**
+ * The additive mask `[B, T, T]` of {@link AttentionSegments} (0 where visible, -1e9 elsewhere, as the
+ * causal reference); plain causal without segments.
+ */
+export function segmentMaskAdditive(B: number, T: number, segments?: AttentionSegments): Float32Array {
+  const N = B * T;
+  const out = new Float32Array(B * T * T).fill(-1e9);
+  for (let r = 0; r < N; r++) {
+    const b = Math.floor(r / T);
+    const i = r % T;
+    const ka = segments ? segments.mask[r]! : 0;
+    const kb = segments ? segments.mask[N + r]! : 0;
+    const kc = segments ? segments.mask[2 * N + r]! : 0;
+    const base = (b * T + i) * T;
+    for (let j = ka; j < kb; j++) out[base + j] = 0;
+    for (let j = kc; j <= i; j++) out[base + j] = 0;
+  }
+  return out;
+}
+
+/**
+ * {@link selfAttention} as the plain composition with an explicit additive mask (tfjs ops and autodiff):
+ * RoPE (per-token tables allowed), softmax(scale q k^T + mask) v per (batch, head). The path without the
+ * fused kernel for packed rows, and the oracle of its tests. Same arguments as selfAttention.
+ */
+export function maskedSelfAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  dims: AttentionDims,
+  rope?: { cos: tf.Tensor2D; sin: tf.Tensor2D },
+  scale = 1 / Math.sqrt(dims.hd),
+  segments?: AttentionSegments,
+): tf.Tensor2D {
+  const { B, T, H, KV, hd } = dims;
+  const N = B * T;
+  const rep = H / KV;
+  return tf.tidy(() => {
+    let q4 = tf.reshape(q, [1, N, H, hd]) as tf.Tensor4D;
+    let k4 = tf.reshape(k, [1, N, KV, hd]) as tf.Tensor4D;
+    if (rope) {
+      const perRow = rope.cos.shape[0] === N;
+      const cos = perRow ? rope.cos : (tf.tile(rope.cos, [B, 1]) as tf.Tensor2D);
+      const sin = perRow ? rope.sin : (tf.tile(rope.sin, [B, 1]) as tf.Tensor2D);
+      q4 = applyRope(q4, cos, sin);
+      k4 = applyRope(k4, cos, sin);
+    }
+    const heads = (x: tf.Tensor, n: number): tf.Tensor4D => tf.transpose(tf.reshape(x, [B, T, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
+    const expand = (x: tf.Tensor4D): tf.Tensor3D => {
+      const x5 = tf.reshape(x, [B, KV, 1, T, hd]);
+      return tf.reshape(rep === 1 ? x5 : tf.concat(new Array<tf.Tensor>(rep).fill(x5), 2), [B * H, T, hd]) as tf.Tensor3D;
+    };
+    const q3 = tf.reshape(heads(q4, H), [B * H, T, hd]) as tf.Tensor3D;
+    const k3 = expand(heads(k4, KV));
+    const v3 = expand(heads(v, KV));
+    const mask = tf.tensor4d(segmentMaskAdditive(B, T, segments), [B, 1, T, T]);
+    const scores = tf.add(tf.reshape(tf.mul(tf.matMul(q3, k3, false, true), scale), [B, H, T, T]), mask);
+    const p = tf.reshape(tf.softmax(scores, -1), [B * H, T, T]) as tf.Tensor3D;
+    const o = tf.matMul(p, v3); // [B*H, T, hd]
+    return tf.reshape(tf.transpose(tf.reshape(o, [B, H, T, hd]), [0, 2, 1, 3]), [N, H * hd]) as tf.Tensor2D;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ export {
 export { preferenceLoss, meanLoss, orpoLogOdds, type PreferenceLossInputs, type PreferenceLossOutputs } from './preference.js';
 export {
   completionLogps,
+  packedCompletionLogps,
+  packedCompletionStats,
   logpsFromLogits,
   completionStats,
   statsFromLogits,

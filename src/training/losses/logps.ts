@@ -6,7 +6,8 @@
  * summed over the selected tokens (nats). Log-softmax is taken in float32.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { tokenLogps } from '../engine/ops.js';
+import { gatherRows, tokenLogps } from '../engine/ops.js';
+import type { PackedBatch } from '../data/packing.js';
 import type { CausalLM } from '../types.js';
 import { ensureGradients } from '../engine/gradients.js';
 
@@ -74,6 +75,36 @@ export function completionLogps(model: CausalLM, inputIds: tf.Tensor2D, completi
     const tl = tokenLogps(hidden, weight, tf.reshape(labels, [B * T]) as tf.Tensor1D, layout, { rowMask });
     const logps = tf.sum(tf.mul(tf.reshape(tl, [B, T]), mask), 1) as tf.Tensor1D;
     const tokenCounts = tf.sum(mask, 1) as tf.Tensor1D;
+    return opts.keepHidden ? { logps, tokenCounts, hidden } : { logps, tokenCounts };
+  });
+}
+
+/**
+ * {@link completionLogps} of a packed batch (data/packing.ts: padding_free or shared_prompt): one forward pass
+ * over the packed rows with their position ids and attention segments, then the log-probs of exactly the
+ * labels the padded layout scores (`predRows`, `labels`), summed per sequence. Same values as the padded
+ * path up to float summation order. Differentiable w.r.t. the model's variables.
+ * @param model causal LM taking packed positions (`hidden(ids, packing)`)
+ * @param batch the packed batch
+ * @param opts.keepHidden also return the final hidden states `[rows*seqLen, D]` (the caller disposes them)
+ * @returns `logps` `[nSeq]` (nats) and `tokenCounts` `[nSeq]`, in the batch's sequence order
+ */
+export function packedCompletionLogps(model: CausalLM, batch: PackedBatch, opts: { keepHidden?: boolean } = {}): CompletionLogps {
+  return tf.tidy(() => {
+    const ids = tf.tensor2d(batch.inputIds, [batch.rows, batch.seqLen], 'int32');
+    const hidden = model.hidden(ids, { positionIds: batch.positionIds, segments: batch.segments });
+    const tokenCounts = tf.tensor1d(batch.tokenCounts);
+    const M = batch.labels.length;
+    if (M === 0) {
+      const z = tf.add(tf.mul(tf.sum(hidden), 0), tf.zeros([batch.nSeq])) as tf.Tensor1D;
+      return opts.keepHidden ? { logps: z, tokenCounts, hidden } : { logps: z, tokenCounts };
+    }
+    const { weight, layout } = model.outputProjection();
+    const tl = tokenLogps(gatherRows(hidden, batch.predRows), weight, tf.tensor1d(batch.labels, 'int32'), layout); // [M]
+    // per-sequence sums as a product with the [nSeq, M] membership matrix
+    const member = new Float32Array(batch.nSeq * M);
+    for (let m = 0; m < M; m++) member[batch.seqOf[m]! * M + m] = 1;
+    const logps = tf.reshape(tf.matMul(tf.tensor2d(member, [batch.nSeq, M]), tf.reshape(tl, [M, 1])), [batch.nSeq]) as tf.Tensor1D;
     return opts.keepHidden ? { logps, tokenCounts, hidden } : { logps, tokenCounts };
   });
 }
@@ -190,6 +221,46 @@ export function completionStats(
   }
   if (wDV !== weight) wDV.dispose();
   selected.dispose();
+  return out;
+}
+
+/**
+ * {@link completionStats} of a packed batch from its forward's hidden states (no gradient): the same per-
+ * sequence sums over the same scored labels as the padded layout.
+ * @param hidden `[rows*seqLen, D]` from {@link packedCompletionLogps} with keepHidden (not disposed here)
+ * @returns per-sequence sums, length `batch.nSeq`
+ */
+export function packedCompletionStats(model: CausalLM, batch: PackedBatch, hidden: tf.Tensor2D, opts: { chunkRows?: number } = {}): CompletionStats {
+  const out = emptyStats(batch.nSeq);
+  const M = batch.labels.length;
+  if (M === 0) return out;
+  const { weight, layout } = model.outputProjection();
+  const wDV = layout === 'VD' ? tf.transpose(weight) : weight;
+  const chunk = Math.max(1, opts.chunkRows ?? 256);
+  const ones = new Float32Array(M).fill(1);
+  for (let start = 0; start < M; start += chunk) {
+    const n = Math.min(chunk, M - start);
+    const logits = tf.tidy(() => tf.matMul(tf.gather(hidden, tf.tensor1d(batch.predRows.subarray(start, start + n), 'int32')), wDV)) as tf.Tensor2D;
+    // accumulateStats' row index g maps to sequence floor(g / T): with T = 1 pass each label's sequence id
+    const sub: CompletionStats = emptyStats(n);
+    accumulateStats(
+      logits,
+      Array.from({ length: n }, (_, i) => i),
+      batch.labels.subarray(start, start + n),
+      ones.subarray(0, n),
+      1,
+      sub,
+    );
+    for (let i = 0; i < n; i++) {
+      const q = batch.seqOf[start + i]!;
+      out.logitSum[q]! += sub.logitSum[i]!;
+      out.entropySum[q]! += sub.entropySum[i]!;
+      out.correct[q]! += sub.correct[i]!;
+      out.tokens[q]! += sub.tokens[i]!;
+    }
+    logits.dispose();
+  }
+  if (wDV !== weight) wDV.dispose();
   return out;
 }
 

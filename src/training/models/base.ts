@@ -3,7 +3,7 @@
  * the HF ⇄ internal layout of linear weights, LoRA adapters on named projections, and the KV cache.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { CausalLM, ModelConfig } from '../types.js';
+import type { CausalLM, ModelConfig, PackedPositions } from '../types.js';
 import { linear } from '../engine/ops.js';
 import { recomputeInBackward } from '../engine/recompute.js';
 import { WeightsError } from './errors.js';
@@ -130,14 +130,16 @@ export abstract class BaseLM implements GenerativeLM {
   /**
    * Final normed hidden states, optionally continuing a KV cache.
    * @param inputIds `[B, T]` int32
+   * @param packing per-token positions and attention segments of packed rows (no cache); default: each row
+   *   one sequence at positions cache.length.. with plain causal attention
    * @returns `[B*T, D]`
    */
-  protected abstract forward(inputIds: tf.Tensor2D, cache: KVCache | null): tf.Tensor2D;
+  protected abstract forward(inputIds: tf.Tensor2D, cache: KVCache | null, packing?: PackedPositions): tf.Tensor2D;
   abstract outputProjection(): { weight: tf.Tensor2D; layout: 'DV' | 'VD' };
 
   /** @inheritdoc */
-  hidden(inputIds: tf.Tensor2D): tf.Tensor2D {
-    return this.forward(inputIds, null);
+  hidden(inputIds: tf.Tensor2D, packing?: PackedPositions): tf.Tensor2D {
+    return packing ? this.forward(inputIds, null, packing) : this.forward(inputIds, null);
   }
 
   /** Full logits `[B, T, V]`. */

@@ -13,7 +13,7 @@
  * Sources: transformers `modeling_gpt2.py`, karpathy/nanoGPT `model.py`.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { ModelConfig } from '../types.js';
+import type { ModelConfig, PackedPositions } from '../types.js';
 import { causalAttention, embedding, geluTanh, layerNorm, selfAttention } from '../engine/ops.js';
 import { BaseLM, type KVCache, type ShapeSpec } from './base.js';
 
@@ -56,7 +56,7 @@ export function gpt2Shapes(c: ModelConfig): ShapeSpec {
 
 /** A GPT-2 causal LM (see the file comment). */
 export class Gpt2Model extends BaseLM {
-  protected forward(inputIds: tf.Tensor2D, cache: KVCache | null): tf.Tensor2D {
+  protected forward(inputIds: tf.Tensor2D, cache: KVCache | null, packing?: PackedPositions): tf.Tensor2D {
     const c = this.config;
     const [B, T] = inputIds.shape;
     const D = c.hiddenSize;
@@ -64,13 +64,17 @@ export class Gpt2Model extends BaseLM {
     const hd = c.headDim;
     const eps = c.normEps;
     const offset = cache?.length ?? 0;
-    if (offset + T > c.maxPositionEmbeddings) {
-      throw new RangeError(`gpt2: sequence of ${offset + T} tokens exceeds n_positions ${c.maxPositionEmbeddings}`);
+    const longest = packing ? packing.positionIds.reduce((m, p) => Math.max(m, p + 1), 0) : offset + T;
+    if (longest > c.maxPositionEmbeddings) {
+      throw new RangeError(`gpt2: sequence of ${longest} tokens exceeds n_positions ${c.maxPositionEmbeddings}`);
     }
     const out = tf.tidy(() => {
       const ids = tf.reshape(inputIds.dtype === 'int32' ? inputIds : tf.cast(inputIds, 'int32'), [B * T]) as tf.Tensor1D;
+      if (packing && (cache || packing.positionIds.length !== B * T)) throw new RangeError(`gpt2: packed positions need B*T = ${B * T} ids and no KV cache`);
       const pos = new Int32Array(B * T);
-      for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pos[b * T + t] = offset + t;
+      if (packing) pos.set(packing.positionIds);
+      else for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) pos[b * T + t] = offset + t;
+      const segments = packing ? { mask: packing.segments } : undefined;
       let x = tf.add(
         embedding(ids, this.p<tf.Tensor2D>('transformer.wte.weight')),
         embedding(tf.tensor1d(pos, 'int32'), this.p<tf.Tensor2D>('transformer.wpe.weight')),
@@ -85,7 +89,7 @@ export class Gpt2Model extends BaseLM {
           let o: tf.Tensor2D;
           if (!cache) {
             // whole sequences (training, scoring): one fused op (a native kernel when available)
-            o = selfAttention(q, k, v, { B, T, H, KV: H, hd });
+            o = segments ? selfAttention(q, k, v, { B, T, H, KV: H, hd }, undefined, undefined, segments) : selfAttention(q, k, v, { B, T, H, KV: H, hd });
           } else {
             const kv = cache.append(l, heads(k), heads(v));
             const att = causalAttention(heads(q), kv.k, kv.v, { queryOffset: offset });

@@ -18,7 +18,7 @@
  * All heavy work goes through src/training/engine/ops.ts. Linear weights are held `[in, out]`.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { ModelConfig } from '../types.js';
+import type { ModelConfig, PackedPositions } from '../types.js';
 import { applyRope, causalAttention, embedding, rmsNorm, selfAttention, swiglu } from '../engine/ops.js';
 import { BaseLM, type KVCache, type ShapeSpec } from './base.js';
 
@@ -113,6 +113,32 @@ export class LlamaModel extends BaseLM {
   private rope(offset: number, T: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
     const hd = this.config.headDim;
     const need = offset + T;
+    this.growRope(need);
+    return {
+      cos: tf.tensor2d(this.cosTable.subarray(offset * hd, need * hd), [T, hd]),
+      sin: tf.tensor2d(this.sinTable.subarray(offset * hd, need * hd), [T, hd]),
+    };
+  }
+
+  /** Per-token cos/sin `[N, hd]` for the position ids of packed rows (the same table rows as {@link rope}). */
+  private ropeAt(positions: Int32Array): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+    const hd = this.config.headDim;
+    let max = 0;
+    for (let i = 0; i < positions.length; i++) max = Math.max(max, positions[i]!);
+    this.growRope(max + 1);
+    const cos = new Float32Array(positions.length * hd);
+    const sin = new Float32Array(positions.length * hd);
+    for (let i = 0; i < positions.length; i++) {
+      const p = positions[i]! * hd;
+      cos.set(this.cosTable.subarray(p, p + hd), i * hd);
+      sin.set(this.sinTable.subarray(p, p + hd), i * hd);
+    }
+    return { cos: tf.tensor2d(cos, [positions.length, hd]), sin: tf.tensor2d(sin, [positions.length, hd]) };
+  }
+
+  /** Extend the cos/sin tables to at least `need` positions. */
+  private growRope(need: number): void {
+    const hd = this.config.headDim;
     if (need > this.tablePositions) {
       const n = Math.max(need, 2 * this.tablePositions, 64);
       const cos = new Float32Array(n * hd);
@@ -133,26 +159,25 @@ export class LlamaModel extends BaseLM {
       this.sinTable = sin;
       this.tablePositions = n;
     }
-    return {
-      cos: tf.tensor2d(this.cosTable.subarray(offset * hd, need * hd), [T, hd]),
-      sin: tf.tensor2d(this.sinTable.subarray(offset * hd, need * hd), [T, hd]),
-    };
   }
 
-  protected forward(inputIds: tf.Tensor2D, cache: KVCache | null): tf.Tensor2D {
+  protected forward(inputIds: tf.Tensor2D, cache: KVCache | null, packing?: PackedPositions): tf.Tensor2D {
     const c = this.config;
     const [B, T] = inputIds.shape;
     const offset = cache?.length ?? 0;
     const out = tf.tidy(() => {
       const ids = tf.reshape(inputIds.dtype === 'int32' ? inputIds : tf.cast(inputIds, 'int32'), [B * T]) as tf.Tensor1D;
       let x = embedding(ids, this.p<tf.Tensor2D>('model.embed_tokens.weight'));
-      const rope = this.rope(offset, T);
+      if (packing && (cache || packing.positionIds.length !== B * T)) throw new RangeError(`llama: packed positions need B*T = ${B * T} ids and no KV cache`);
+      const makeRope = (): { cos: tf.Tensor2D; sin: tf.Tensor2D } => (packing ? this.ropeAt(packing.positionIds) : this.rope(0, T));
+      const rope = packing ? makeRope() : this.rope(offset, T);
+      const segments = packing ? { mask: packing.segments } : undefined;
       for (let l = 0; l < c.numLayers; l++) {
         // a checkpointed layer is run again in the backward pass, after this scope has freed `rope`: it makes its own
         x =
           this.gradientCheckpointing && !cache
-            ? this.checkpointed(l, x, (xi) => this.layer(l, xi, B, T, this.rope(0, T), null, 0))
-            : this.layer(l, x, B, T, rope, cache, offset);
+            ? this.checkpointed(l, x, (xi) => this.layer(l, xi, B, T, makeRope(), null, 0, segments))
+            : this.layer(l, x, B, T, rope, cache, offset, segments);
       }
       return rmsNorm(x, this.p<tf.Tensor1D>('model.norm.weight'), c.normEps);
     });
@@ -172,6 +197,7 @@ export class LlamaModel extends BaseLM {
     rope: { cos: tf.Tensor2D; sin: tf.Tensor2D },
     cache: KVCache | null,
     offset: number,
+    segments?: { mask: Int32Array },
   ): tf.Tensor2D {
     const c = this.config;
     const H = c.numHeads;
@@ -192,7 +218,7 @@ export class LlamaModel extends BaseLM {
     let o: tf.Tensor2D;
     if (!cache) {
       // whole sequences (training, scoring): one fused op (a native kernel when available)
-      o = selfAttention(q, k, v, { B, T, H, KV, hd }, { cos, sin });
+      o = segments ? selfAttention(q, k, v, { B, T, H, KV, hd }, { cos, sin }, undefined, segments) : selfAttention(q, k, v, { B, T, H, KV, hd }, { cos, sin });
     } else {
       const q4 = applyRope(tf.reshape(q, [B, T, H, hd]) as tf.Tensor4D, cos, sin);
       const k4 = applyRope(tf.reshape(k, [B, T, KV, hd]) as tf.Tensor4D, cos, sin);

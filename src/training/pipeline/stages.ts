@@ -15,6 +15,7 @@ import type { MetricsRecord } from '../trainer/monitor.js';
 import { Optimizer, type OptimizerSettings } from '../trainer/optimizer.js';
 import { runStage, type StagePosition, type StageProgress, type StageTask } from '../trainer/stage.js';
 import { dpoTask, sftTask } from '../trainer/tasks.js';
+import { batchLayout } from '../data/index.js';
 import type { PreparedData } from './data.js';
 import type { Reference, ReferenceCheckpoint } from './reference.js';
 import { configHash, resumeFor, type ResumePoint, type StageResume } from './resume.js';
@@ -200,6 +201,7 @@ export async function runSft(run: StageRun, point: ResumePoint | null): Promise<
     params,
     evalBatchSize: cfg.eval_batch_size,
     onEval: run.onEval('sft'),
+    layout: batchLayout(cfg, 'sft'),
   });
   const out = await runWith(run, task, params, sftStage(cfg), resumeFor(point, 'sft'), { sftSummary: {}, reference: null });
   if (lora) mergeLora(policy);
@@ -228,6 +230,7 @@ export async function runDpo(
     logitStats: cfg.log_logit_stats,
     onEval: run.onEval('dpo'),
     afterStep: (step) => o.reference.afterStep(step),
+    layout: batchLayout(cfg, 'dpo'),
   });
   return runWith(run, task, params, dpoStage(cfg), resumeFor(o.point, 'dpo'), { sftSummary: o.sftSummary, reference: o.reference.checkpoint() });
 }

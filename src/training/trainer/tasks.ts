@@ -9,10 +9,21 @@
  * `preferenceMetrics` (TRL's names and definitions: rewards/chosen, rewards/margins, logps/chosen, ...).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { collatePreference, collateSft, type TokenBatch, type TokenizedPair } from '../data/index.js';
+import {
+  collatePreference,
+  collateSft,
+  packPreference,
+  packSft,
+  type BatchLayout,
+  type PackedBatch,
+  type TokenBatch,
+  type TokenizedPair,
+} from '../data/index.js';
 import {
   completionLogps,
   completionStats,
+  packedCompletionLogps,
+  packedCompletionStats,
   nllTotals,
   preferenceLoss,
   preferenceMetrics,
@@ -123,7 +134,22 @@ export interface DpoTaskOptions {
   afterStep?: (step: number) => void;
   /** Called after each evaluation (samples). */
   onEval?: (ctx: { step: number }) => Promise<void>;
+  /**
+   * How micro-batches are laid out for the policy and reference forwards: 'padded' (collatePreference),
+   * 'padding_free' or 'shared_prompt' (data/packing.ts; same scored tokens, no padding). Default 'padded'.
+   */
+  layout?: BatchLayout;
 }
+
+/** Non-padding tokens of the padded layout of these pairs (prompt+chosen and prompt+rejected): the tokens/s basis of every layout. */
+function pairTokens(pairs: TokenizedPair[]): number {
+  let n = 0;
+  for (const p of pairs) n += 2 * p.promptIds.length + p.chosenIds.length + p.rejectedIds.length;
+  return n;
+}
+
+/** A micro-batch in the task's layout: the padded batch, or a packed one. */
+type AnyBatch = { kind: 'padded'; batch: TokenBatch } | { kind: 'packed'; batch: PackedBatch };
 
 type PairOut = {
   losses: tf.Tensor1D;
@@ -143,7 +169,17 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
   const varList = [...o.params.values()];
   const byVarName = new Map([...o.params].map(([k, v]) => [v.name, k]));
 
-  const refFor = (split: 'train' | 'eval', indices: number[], batch: TokenBatch): RefLogps | null => {
+  const layout = o.layout ?? 'padded';
+  const collate = (pairs: TokenizedPair[]): AnyBatch =>
+    layout === 'padded' ? { kind: 'padded', batch: collatePreference(pairs, o.padId) } : { kind: 'packed', batch: packPreference(pairs, layout) };
+  /** Summed completion log-probs and token counts `[2B]` of a batch in either layout (inside a tidy/gradient scope). */
+  const logpsOf = (model: CausalLM, ab: AnyBatch, keepHidden: boolean): ReturnType<typeof completionLogps> => {
+    if (ab.kind === 'packed') return packedCompletionLogps(model, ab.batch, { keepHidden });
+    const { ids, mask } = batchTensors(ab.batch);
+    return completionLogps(model, ids, mask, { keepHidden });
+  };
+
+  const refFor = (split: 'train' | 'eval', indices: number[], batch: AnyBatch): RefLogps | null => {
     const r = o.reference;
     if (r.kind === 'none') return null;
     if (r.kind === 'precomputed') {
@@ -151,20 +187,14 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
       return { chosen: Float32Array.from(indices, (i) => src.chosen[i]!), rejected: Float32Array.from(indices, (i) => src.rejected[i]!) };
     }
     const B = indices.length;
-    const run = (model: CausalLM): Float32Array =>
-      hostOf(
-        tf.tidy(() => {
-          const { ids, mask } = batchTensors(batch);
-          return completionLogps(model, ids, mask).logps;
-        }),
-      );
+    const run = (model: CausalLM): Float32Array => hostOf(tf.tidy(() => logpsOf(model, batch, false).logps));
     const lp = r.kind === 'model' ? run(r.model) : withAdaptersDisabled(o.policy, () => run(o.policy));
     return { chosen: lp.slice(0, B), rejected: lp.slice(B, 2 * B) };
   };
 
   /** Policy forward + loss on one collated batch (call inside a gradient or tidy scope). */
-  const pairLoss = (batch: TokenBatch, B: number, ref: RefLogps | null, ids: tf.Tensor2D, mask: tf.Tensor2D): PairOut => {
-    const { logps, tokenCounts, hidden } = completionLogps(o.policy, ids, mask, { keepHidden: o.logitStats });
+  const pairLoss = (batch: AnyBatch, B: number, ref: RefLogps | null): PairOut => {
+    const { logps, tokenCounts, hidden } = logpsOf(o.policy, batch, o.logitStats);
     const pc = tf.slice(logps, [0], [B]) as tf.Tensor1D;
     const pr = tf.slice(logps, [B], [B]) as tf.Tensor1D;
     const out = preferenceLoss(
@@ -182,18 +212,21 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
     return hidden ? { ...out, pc, pr, hidden } : { ...out, pc, pr };
   };
 
-  const metricsOf = (kept: PairOut, batch: TokenBatch, ids: tf.Tensor2D, mask: tf.Tensor2D): Record<string, number> => {
+  const metricsOf = (kept: PairOut, batch: AnyBatch): Record<string, number> => {
     // inside tidy: completionStats leaves its label-shift intermediates to the caller's scope
     const stats: ReturnType<typeof splitStats> | null = o.logitStats
       ? (() => {
           let s: ReturnType<typeof splitStats> | null = null;
           tf.tidy(() => {
-            s = splitStats(completionStats(o.policy, ids, mask, { hidden: kept.hidden }));
+            if (batch.kind === 'packed') s = splitStats(packedCompletionStats(o.policy, batch.batch, kept.hidden!));
+            else {
+              const { ids, mask } = batchTensors(batch.batch);
+              s = splitStats(completionStats(o.policy, ids, mask, { hidden: kept.hidden }));
+            }
           });
           return s as ReturnType<typeof splitStats> | null;
         })()
       : null;
-    void batch;
     return preferenceMetrics({
       chosenRewards: kept.chosenRewards,
       rejectedRewards: kept.rejectedRewards,
@@ -207,16 +240,15 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
   const micro = (indices: number[], scale: number): MicroResult => {
     const pairs = indices.map((i) => o.train[i]!);
     const B = pairs.length;
-    const batch = collatePreference(pairs, o.padId);
+    const batch = collate(pairs);
     const ref = refFor('train', indices, batch);
-    const { ids, mask } = batchTensors(batch);
     const held: { out?: PairOut } = {};
     setTraining(o.policy, true);
     let value: tf.Scalar;
     let grads: tf.NamedTensorMap;
     try {
       ({ value, grads } = tf.variableGrads(() => {
-        const out = pairLoss(batch, B, ref, ids, mask);
+        const out = pairLoss(batch, B, ref);
         for (const t of Object.values(out)) tf.keep(t);
         held.out = out;
         return tf.mul(tf.mean(out.losses), scale) as tf.Scalar;
@@ -229,10 +261,10 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
     const lossT = tf.tidy(() => tf.mean(k.losses));
     const loss = lossT.dataSync()[0]!;
     lossT.dispose();
-    const metrics = metricsOf(k, batch, ids, mask);
+    const metrics = metricsOf(k, batch);
     delete metrics.loss;
-    tf.dispose([value, ids, mask, ...Object.values(k)]);
-    return { grads: gradsByParam(grads, byVarName), loss, metrics, tokens: sumMask(batch.attentionMask) };
+    tf.dispose([value, ...Object.values(k)]);
+    return { grads: gradsByParam(grads, byVarName), loss, metrics, tokens: batch.kind === 'padded' ? sumMask(batch.batch.attentionMask) : pairTokens(pairs) };
   };
 
   const evaluate = async (ctx: { step: number }): Promise<Record<string, number>> => {
@@ -241,15 +273,14 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
     for (let i = 0; i < o.eval.length; i += o.evalBatchSize) {
       const indices = Array.from({ length: Math.min(o.evalBatchSize, o.eval.length - i) }, (_, j) => i + j);
       const pairs = indices.map((j) => o.eval[j]!);
-      const batch = collatePreference(pairs, o.padId);
+      const batch = collate(pairs);
       const ref = refFor('eval', indices, batch);
-      const { ids, mask } = batchTensors(batch);
-      const out = tf.tidy(() => pairLoss(batch, pairs.length, ref, ids, mask));
-      const m = metricsOf(out, batch, ids, mask);
+      const out = tf.tidy(() => pairLoss(batch, pairs.length, ref));
+      const m = metricsOf(out, batch);
       const lossT = tf.tidy(() => tf.mean(out.losses));
       m.loss = (await lossT.data())[0]!;
       lossT.dispose();
-      tf.dispose([ids, mask, ...Object.values(out)]);
+      tf.dispose(Object.values(out));
       list.push(m);
     }
     const res = withEvalPrefix(averageMetrics(list));
@@ -275,6 +306,8 @@ export interface SftTaskOptions {
   params: Map<string, tf.Variable>;
   evalBatchSize: number;
   onEval?: (ctx: { step: number }) => Promise<void>;
+  /** 'padding_free' packs each micro-batch's prompt+target sequences into one row (data/packing.ts); default 'padded'. */
+  layout?: BatchLayout;
 }
 
 /**
@@ -305,10 +338,19 @@ export function sftTask(o: SftTaskOptions): StageTask {
     const { logps, tokenCounts } = completionLogps(o.model, ids, mask);
     return nllTotals(logps, tokenCounts);
   };
+  const packed = o.layout !== undefined && o.layout !== 'padded';
+  /** nll of the micro-batch `indices` in the task's layout (inside a tidy/gradient scope). */
+  const nllOf = (indices: number[], batch: TokenBatch): { sum: tf.Scalar; count: tf.Scalar } => {
+    if (packed) {
+      const { logps, tokenCounts } = packedCompletionLogps(o.model, packSft(indices.map((i) => o.train[i]!)));
+      return nllTotals(logps, tokenCounts);
+    }
+    const { ids, mask } = batchTensors(batch);
+    return nll(ids, mask);
+  };
 
   const micro = (indices: number[], scale: number): MicroResult => {
     const batch = collate(indices);
-    const { ids, mask } = batchTensors(batch);
     const count = scoredTokens(batch);
     const held: { loss?: tf.Scalar } = {};
     setTraining(o.model, true);
@@ -316,7 +358,7 @@ export function sftTask(o: SftTaskOptions): StageTask {
     let grads: tf.NamedTensorMap;
     try {
       ({ value, grads } = tf.variableGrads(() => {
-        const r = nll(ids, mask);
+        const r = nllOf(indices, batch);
         const mean = tf.div(r.sum, Math.max(count, 1)) as tf.Scalar;
         held.loss = tf.keep(mean);
         return tf.mul(mean, scale) as tf.Scalar;
@@ -327,7 +369,7 @@ export function sftTask(o: SftTaskOptions): StageTask {
     const lossT = held.loss;
     if (!lossT) throw new Error('sftTask: the loss closure did not run');
     const loss = lossT.dataSync()[0]!;
-    tf.dispose([value, ids, mask, lossT]);
+    tf.dispose([value, lossT]);
     return { grads: gradsByParam(grads, byVarName), loss, metrics: {}, tokens: sumMask(batch.attentionMask) };
   };
 

@@ -29,8 +29,17 @@ typedef struct {
   float *dQ, *dK, *dV;
   int B, T, H, KV, hd, Tp, hdp; /* Tp: T rounded up to 16; hdp: hd rounded up to 16 */
   float scale;
+  /* Optional segment mask (packed sequences), per query row r = b*T + i: key j is visible iff
+     c[r] <= j <= i or a[r] <= j < bnd[r] (0 <= a <= bnd <= c <= i). NULL: plain causal (j <= i). */
+  const int32_t *ma, *mb, *mc;
+  int rope_rows; /* 1: cos/sin are [B*T, hd], row b*T + t (per-token positions); 0: [T, hd], row t */
   atomic_int failed;
 } attn_t;
+
+/* cos/sin rows of position (b, t): row t of a [T, hd] table, or row b*T + t of a per-token [B*T, hd] one */
+#define ROPE_ROW(a, b, t) ((size_t)((a)->rope_rows ? (size_t)(b) * (a)->T + (t) : (size_t)(t)) * (a)->hd)
+#define ROPE_C(a, b, t) ((a)->cosT ? (a)->cosT + ROPE_ROW(a, b, t) : NULL)
+#define ROPE_S(a, b, t) ((a)->sinT ? (a)->sinT + ROPE_ROW(a, b, t) : NULL)
 
 /* y = s (x cos + rotate_half(x) sin), rotate_half([x1, x2]) = [-x2, x1]; y must not alias x. */
 static inline void rope_row(const float *x, float *y, const float *c, const float *sn, int hd, float s) {
@@ -81,7 +90,7 @@ static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, 
     size_t off = ((size_t)b * T + t) * ld + (size_t)g * hd;
     const float *k = Ksrc + off;
     if (rope) {
-      rope_row(k, kr, a->cosT ? a->cosT + (size_t)t * hd : NULL, a->sinT ? a->sinT + (size_t)t * hd : NULL, hd, 1.f);
+      rope_row(k, kr, ROPE_C(a, b, t), ROPE_S(a, b, t), hd, 1.f);
       memcpy(a->Kr + off, kr, (size_t)hd * sizeof(float));
       k = kr;
     }
@@ -126,6 +135,41 @@ static inline v16 col_dot(const float *x, const v16 *colsT, int v, int nvT, int 
   return s0 + s1;
 }
 
+/* lanes j0 .. j0 + 15 that are valid keys for query i under a segment mask (see attn_t: ma, mb, mc) */
+static inline v16i segment_lanes(int j0, int i, int ka, int kb, int kc) {
+  const v16i iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const v16i j = iota + j0, z = {0};
+  return ((j >= (z + kc)) & (j <= (z + i))) | ((j >= (z + ka)) & (j < (z + kb)));
+}
+
+/* acc[0 .. hdp) += sum_{j0 <= j <= j1} w[j] rows[j][0 .. hdp)  (nothing when j1 < j0) */
+static inline void weighted_rows_range(const float *w, const float *rows, int j0, int j1, int hdp, v16 *acc) {
+  const int nh = hdp / 16;
+  for (int c = 0; c < nh; c++) {
+    v16 a0 = (v16){0}, a1 = (v16){0};
+    const float *r = rows + (size_t)c * 16;
+    int j = j0;
+    for (; j + 1 <= j1; j += 2) {
+      a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
+      a1 += w[j + 1] * *(const v16 *)(r + (size_t)(j + 1) * hdp);
+    }
+    for (; j <= j1; j++) a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
+    acc[c] += a0 + a1;
+  }
+}
+
+/* The first 16-key vector a masked query reads, and the gap [gap0, gap1) of vectors it skips. */
+static inline void segment_vectors(int ka, int kb, int kc, int *first, int *gap0, int *gap1) {
+  if (ka < kb) {
+    *first = ka / 16;
+    *gap0 = (kb + 15) / 16;
+  } else {
+    *first = kc / 16;
+    *gap0 = *first;
+  }
+  *gap1 = kc / 16;
+}
+
 static void attn_fwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
   const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
@@ -144,7 +188,37 @@ static void attn_fwd_task(void *ctx, int task) {
     for (int i = 0; i < T; i++) {
       size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
       float *q = a->Qr + off;
-      rope_row(a->Q + off, q, a->cosT ? a->cosT + (size_t)i * hd : NULL, a->sinT ? a->sinT + (size_t)i * hd : NULL, hd, a->scale);
+      rope_row(a->Q + off, q, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
+      if (a->ma) {
+        const size_t row = (size_t)b * T + i;
+        const int ka = a->ma[row], kb = a->mb[row], kc = a->mc[row], nv = i / 16 + 1;
+        int first, gap0, gap1;
+        segment_vectors(ka, kb, kc, &first, &gap0, &gap1);
+        v16 vmax = (v16){0} - 3.0e38f;
+        for (int v = first; v < nv; v++) {
+          if (v >= gap0 && v < gap1) continue;
+          v16 s = vsel(segment_lanes(v * 16, i, ka, kb, kc), col_dot(q, kt, v, nvT, hd), (v16){0} - 3.0e38f);
+          ((v16 *)p)[v] = s;
+          vmax = vsel(s > vmax, s, vmax);
+        }
+        float m = hmax16(vmax);
+        v16 vs = (v16){0}, mv = (v16){0} + m;
+        for (int v = first; v < nv; v++) {
+          if (v >= gap0 && v < gap1) continue;
+          v16 e = vsel(segment_lanes(v * 16, i, ka, kb, kc), vexp(((v16 *)p)[v] - mv), (v16){0});
+          ((v16 *)p)[v] = e;
+          vs += e;
+        }
+        float sum = hsum16(vs), inv = 1.f / sum;
+        a->L[((size_t)b * H + h) * T + i] = m + logf(sum);
+        for (int c = 0; c < hdp / 16; c++) acc[c] = (v16){0};
+        weighted_rows_range(p, Vrow, ka, kb - 1, hdp, acc);
+        weighted_rows_range(p, Vrow, kc, i, hdp, acc);
+        const float *av = (const float *)acc;
+        float *o = a->O + off;
+        for (int d = 0; d < hd; d++) o[d] = av[d] * inv;
+        continue;
+      }
       const int nv = (i + 16) / 16; /* vectors covering keys 0..i */
       v16 vmax = (v16){0} - 3.0e38f;
       for (int v = 0; v < nv; v++) {
@@ -196,6 +270,28 @@ static void attn_bwd_task(void *ctx, int task) {
       float Di = 0.f;
       for (int d = 0; d < hd; d++) Di += go[d] * o[d];
       const v16 lse = (v16){0} + a->L[((size_t)b * H + h) * T + i], Dv = (v16){0} + Di;
+      if (a->ma) {
+        const size_t row = (size_t)b * T + i;
+        const int ka = a->ma[row], kb = a->mb[row], kc = a->mc[row], nv = i / 16 + 1;
+        int first, gap0, gap1;
+        segment_vectors(ka, kb, kc, &first, &gap0, &gap1);
+        for (int v = first; v < nv; v++) {
+          if (v >= gap0 && v < gap1) continue;
+          v16 s = col_dot(q, kt, v, nvT, hd), dp = col_dot(go, vt, v, nvT, hd);
+          v16 p = vsel(segment_lanes(v * 16, i, ka, kb, kc), vexp(s - lse), (v16){0});
+          v16 dsv = p * (dp - Dv);
+          ((v16 *)ds)[v] = dsv;
+          for (int d = 0; d < hd; d++) {
+            dkt[(size_t)d * nvT + v] += dsv * q[d];
+            dvt[(size_t)d * nvT + v] += p * go[d];
+          }
+        }
+        for (int c = 0; c < hdp / 16; c++) acc[c] = (v16){0};
+        weighted_rows_range(ds, Krow, ka, kb - 1, hdp, acc);
+        weighted_rows_range(ds, Krow, kc, i, hdp, acc);
+        rope_row_t((const float *)acc, a->dQ + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
+        continue;
+      }
       const int nv = (i + 16) / 16;
       for (int v = 0; v < nv; v++) {
         v16 s = col_dot(q, kt, v, nvT, hd), dp = col_dot(go, vt, v, nvT, hd);
@@ -209,7 +305,7 @@ static void attn_bwd_task(void *ctx, int task) {
         }
       }
       weighted_rows(ds, Krow, i, hdp, acc);
-      rope_row_t((const float *)acc, a->dQ + off, a->cosT ? a->cosT + (size_t)i * hd : NULL, a->sinT ? a->sinT + (size_t)i * hd : NULL, hd, a->scale);
+      rope_row_t((const float *)acc, a->dQ + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
     }
   }
   for (int t = 0; t < T; t++) {
@@ -218,7 +314,7 @@ static void attn_bwd_task(void *ctx, int task) {
       tmp[d] = dKT[(size_t)d * Tp + t];
       a->dV[off + d] = dVT[(size_t)d * Tp + t];
     }
-    rope_row_t(tmp, a->dK + off, a->cosT ? a->cosT + (size_t)t * hd : NULL, a->sinT ? a->sinT + (size_t)t * hd : NULL, hd, 1.f);
+    rope_row_t(tmp, a->dK + off, ROPE_C(a, b, t), ROPE_S(a, b, t), hd, 1.f);
   }
 }
 
@@ -241,6 +337,48 @@ static int attn_dims(napi_env env, napi_value *argv, attn_t *a, int64_t *threads
   return 1;
 }
 
+static int get_i32(napi_env env, napi_value v, int32_t **data, size_t *len) {
+  napi_typedarray_type type;
+  size_t length, offset;
+  void *ptr;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, &ab, &offset) != napi_ok) return 0;
+  if (type != napi_int32_array) return 0;
+  *data = (int32_t *)ptr;
+  *len = length;
+  return 1;
+}
+
+/*
+ * The optional trailing arguments (packed sequences): mask, an Int32Array [3, B*T] of rows a, bnd, c (see
+ * attn_t) or of length 0 (plain causal), and ropeRows (1: cos/sin are per token, [B*T, hd]). Checks every
+ * row's ranges (0 <= a <= bnd <= c <= t) so the kernel never reads outside the sequence.
+ */
+static int attn_extras(napi_env env, napi_value *argv, size_t argc, size_t first, attn_t *a) {
+  a->ma = a->mb = a->mc = NULL;
+  a->rope_rows = 0;
+  if (argc <= first) return 1;
+  int32_t *m;
+  size_t lm;
+  if (!get_i32(env, argv[first], &m, &lm)) return 0;
+  if (argc > first + 1) {
+    int64_t rr;
+    if (!get_i(env, argv[first + 1], &rr)) return 0;
+    a->rope_rows = rr != 0;
+  }
+  if (lm == 0) return 1;
+  const size_t N = (size_t)a->B * a->T;
+  if (lm < 3 * N) return 0;
+  for (size_t r = 0; r < N; r++) {
+    const int t = (int)(r % (size_t)a->T), ka = m[r], kb = m[N + r], kc = m[2 * N + r];
+    if (ka < 0 || ka > kb || kb > kc || kc > t) return 0;
+  }
+  a->ma = m;
+  a->mb = m + N;
+  a->mc = m + 2 * N;
+  return 1;
+}
+
 /* cos, sin: Float32Array [T*hd] each, or of length 0 (no rotary embedding; then hd may be odd). */
 static int attn_rope(napi_env env, napi_value c, napi_value s, attn_t *a) {
   float *cp, *sp;
@@ -250,7 +388,7 @@ static int attn_rope(napi_env env, napi_value c, napi_value s, attn_t *a) {
     a->cosT = a->sinT = NULL;
     return 1;
   }
-  if (lc < (size_t)a->T * a->hd || a->hd % 2 != 0) return 0;
+  if (lc < (size_t)(a->rope_rows ? a->B : 1) * a->T * a->hd || a->hd % 2 != 0) return 0;
   a->cosT = cp;
   a->sinT = sp;
   return 1;
@@ -261,8 +399,8 @@ static int attn_rope(napi_env env, napi_value c, napi_value s, attn_t *a) {
  *   Q, O, Qr: [B*T*H*hd]; K, V, Kr: [B*T*KV*hd]; L: [B*H*T]; cos, sin: [T*hd] or empty.
  */
 static napi_value attention_fwd(napi_env env, napi_callback_info info) {
-  size_t argc = 16;
-  napi_value argv[16];
+  size_t argc = 18;
+  napi_value argv[18];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   attn_t a;
   memset(&a, 0, sizeof a);
@@ -271,9 +409,11 @@ static napi_value attention_fwd(napi_env env, napi_callback_info info) {
   int64_t threads;
   if (argc < 16 || !get_f32(env, argv[0], &Q, &lq) || !get_f32(env, argv[1], &K, &lk) || !get_f32(env, argv[2], &V, &lv) ||
       !get_f32(env, argv[5], &O, &lo) || !get_f32(env, argv[6], &Qr, &lqr) || !get_f32(env, argv[7], &Kr, &lkr) ||
-      !get_f32(env, argv[8], &L, &ll) || !attn_dims(env, argv + 9, &a, &threads) || !attn_rope(env, argv[3], argv[4], &a)) {
+      !get_f32(env, argv[8], &L, &ll) || !attn_dims(env, argv + 9, &a, &threads) || !attn_extras(env, argv, argc, 16, &a) ||
+      !attn_rope(env, argv[3], argv[4], &a)) {
     napi_throw_type_error(env, "ATTENTION_ARGS",
-                          "attentionFwd(Q, K, V, cos, sin, O, Qr, Kr, L: Float32Array, B, T, H, KV, hd, scale, threads) with H % KV == 0");
+                          "attentionFwd(Q, K, V, cos, sin, O, Qr, Kr, L: Float32Array, B, T, H, KV, hd, scale, threads[, mask: Int32Array, ropeRows]) "
+                          "with H % KV == 0 and mask rows 0 <= a <= b <= c <= t");
     return NULL;
   }
   size_t nq = (size_t)a.B * a.T * a.H * a.hd, nk = (size_t)a.B * a.T * a.KV * a.hd;
@@ -292,8 +432,8 @@ static napi_value attention_fwd(napi_env env, napi_callback_info info) {
  *   dO, Qr, O, dQ: [B*T*H*hd]; Kr, V, dK, dV: [B*T*KV*hd]; L: [B*H*T]; cos, sin: [T*hd] or empty.
  */
 static napi_value attention_bwd(napi_env env, napi_callback_info info) {
-  size_t argc = 18;
-  napi_value argv[18];
+  size_t argc = 20;
+  napi_value argv[20];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   attn_t a;
   memset(&a, 0, sizeof a);
@@ -303,9 +443,9 @@ static napi_value attention_bwd(napi_env env, napi_callback_info info) {
   if (argc < 18 || !get_f32(env, argv[0], &dO, &l0) || !get_f32(env, argv[1], &Qr, &l1) || !get_f32(env, argv[2], &Kr, &l2) ||
       !get_f32(env, argv[3], &V, &l3) || !get_f32(env, argv[4], &O, &l4) || !get_f32(env, argv[5], &L, &l5) ||
       !get_f32(env, argv[8], &dQ, &l8) || !get_f32(env, argv[9], &dK, &l9) || !get_f32(env, argv[10], &dV, &l10) ||
-      !attn_dims(env, argv + 11, &a, &threads) || !attn_rope(env, argv[6], argv[7], &a)) {
+      !attn_dims(env, argv + 11, &a, &threads) || !attn_extras(env, argv, argc, 18, &a) || !attn_rope(env, argv[6], argv[7], &a)) {
     napi_throw_type_error(env, "ATTENTION_ARGS",
-                          "attentionBwd(dO, Qr, Kr, V, O, L, cos, sin, dQ, dK, dV: Float32Array, B, T, H, KV, hd, scale, threads)");
+                          "attentionBwd(dO, Qr, Kr, V, O, L, cos, sin, dQ, dK, dV: Float32Array, B, T, H, KV, hd, scale, threads[, mask, ropeRows])");
     return NULL;
   }
   size_t nq = (size_t)a.B * a.T * a.H * a.hd, nk = (size_t)a.B * a.T * a.KV * a.hd;
