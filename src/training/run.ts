@@ -107,6 +107,7 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
       policy,
       data,
       signal: options.signal,
+      logger,
       log: (r) => metrics.append(r),
       progress: (p) => progress.update(p),
       onEval: (stage) => sampler.onEval(stage),

@@ -27,6 +27,10 @@ test('LoRA without merge: base weights and a PEFT adapter; with merge: the adapt
     const dir = mkdtempSync(join(tmpdir(), 'pipe-art-'));
     const modelDir = await exportModel(policy, cfg, tokenizer, dir);
     assert.equal(existsSync(join(modelDir, 'adapter_config.json')), !merge);
+    if (!merge) {
+      const adapter = JSON.parse(readFileSync(join(modelDir, 'adapter_config.json'), 'utf8'));
+      assert.equal(adapter.base_model_name_or_path, 'stories260K', 'the configured base model, not "."');
+    }
     assert.equal(policy.adaptersEnabled, true, 'adapters re-enabled after the export');
     const saved = await loadModel(modelDir);
     const q = saved.params.get('model.layers.0.self_attn.q_proj.weight')!.dataSync() as Float32Array;

@@ -13,18 +13,19 @@ import { loadPreferenceExamples } from '../../src/training/data/index.js';
 import { prepareData } from '../../src/training/pipeline/data.js';
 import { createReference } from '../../src/training/pipeline/reference.js';
 import { loadResumePoint } from '../../src/training/pipeline/resume.js';
-import { attachDpoAdapters, runDpo, runSft, type StageRun } from '../../src/training/pipeline/stages.js';
+import { attachDpoAdapters, countTrainableParameters, runDpo, runSft, type StageRun } from '../../src/training/pipeline/stages.js';
 import type { MetricsRecord } from '../../src/training/trainer/monitor.js';
 import { TIMING_KEYS } from '../../src/training/trainer/monitor.js';
+import pino, { type Logger } from 'pino';
 import { silent, smallConfig } from './pipeline-helpers.js';
 import { stories, toyPairs } from './trainer-helpers.js';
 
-async function stageRun(cfg: TrainConfig, outputDir: string, records: MetricsRecord[]): Promise<StageRun> {
+async function stageRun(cfg: TrainConfig, outputDir: string, records: MetricsRecord[], logger: Logger = silent): Promise<StageRun> {
   const { tokenizer } = await toyPairs();
   const rows = (await loadPreferenceExamples('toy')).slice(0, 8);
   const data = await prepareData(cfg, tokenizer, silent, rows);
   const policy = await stories();
-  return { cfg, outputDir, policy, data, log: (r) => void records.push(r), progress: () => {}, onEval: () => async () => {} };
+  return { cfg, outputDir, policy, data, logger, log: (r) => void records.push(r), progress: () => {}, onEval: () => async () => {} };
 }
 
 const strip = (rs: MetricsRecord[]) => rs.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => !(TIMING_KEYS as readonly string[]).includes(k))));
@@ -46,6 +47,11 @@ test('SFT then DPO: records, checkpoints, and a DPO resume that logs the same st
   const dpo = await runDpo(run, { loss, reference: ref, point: null, sftSummary: sft.summary });
   assert.ok(Math.abs(Number(recs.find((r) => r.stage === 'dpo' && r.step === 1)!.loss) - Math.LN2) < 1e-5, 'first DPO loss is ln 2');
   assert.ok(dpo.summary['rewards/accuracies'] !== undefined && dpo.summary.learning_rate !== undefined);
+  const train = recs.filter((r) => r.loss !== undefined);
+  assert.ok(
+    train.every((r) => typeof r.learning_rate === 'number' && !('lr' in r)),
+    'learning_rate only (TRL), no lr duplicate',
+  );
   const ckpts = readdirSync(join(dir, 'checkpoints'));
   assert.ok(ckpts.includes('checkpoint-sft-000002') && ckpts.includes('checkpoint-dpo-000003'), ckpts.join(','));
   assert.ok(readdirSync(join(dir, 'checkpoints', 'checkpoint-dpo-000001')).includes('reference.safetensors'));
@@ -73,5 +79,31 @@ test('sft.enabled=false skips SFT', async () => {
   const run = await stageRun(cfg, mkdtempSync(join(tmpdir(), 'pipe-stages3-')), recs);
   assert.deepEqual(await runSft(run, null), { summary: {}, seconds: 0 });
   assert.equal(recs.length, 0);
+  run.policy.dispose();
+});
+
+test('LoRA runs log the trainable-parameter count and percentage (PEFT print_trainable_parameters)', async () => {
+  const cfg = await smallConfig(['lora.enabled=true', 'lora.r=2', 'lora.target_modules=[q_proj,v_proj]', 'sft.max_steps=1', 'max_steps=1']);
+  const logs: Array<Record<string, unknown>> = [];
+  const logger = pino({ level: 'info' }, { write: (l: string) => void logs.push(JSON.parse(l)) });
+  const run = await stageRun(cfg, mkdtempSync(join(tmpdir(), 'pipe-stages4-')), [], logger);
+  const all = countTrainableParameters(run.policy).all;
+  await runSft(run, null);
+  attachDpoAdapters(run);
+  const c = countTrainableParameters(run.policy);
+  const { dim, numLayers } = { dim: run.policy.config.hiddenSize, numLayers: run.policy.config.numLayers };
+  const kvDim = run.policy.config.numKvHeads * run.policy.config.headDim;
+  const expected = numLayers * (2 * (dim + dim) + 2 * (dim + kvDim)); // q: r·(in+out), v: r·(in+kv out), r = 2
+  assert.equal(c.trainable, expected);
+  assert.equal(c.all, all + expected);
+  for (const stage of ['sft', 'dpo']) {
+    const line = logs.find((l) => l.stage === stage && l.trainable_params !== undefined);
+    assert.ok(line, `${stage} logs the count: ${JSON.stringify(logs.map((l) => l.msg))}`);
+    assert.equal(line.trainable_params, expected);
+    assert.match(
+      String(line.msg),
+      new RegExp(`trainable params: ${expected.toLocaleString('en-US')} \\|\\| all params: [\\d,]+ \\|\\| trainable%: \\d+\\.\\d{4}`),
+    );
+  }
   run.policy.dispose();
 });

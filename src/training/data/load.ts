@@ -1,7 +1,7 @@
 /**
  * Source resolution and streaming conversion of preference data (see formats.ts for the formats).
  */
-import type { PreferenceExample, Tokenizer } from '../types.js';
+import type { PreferenceExample } from '../types.js';
 import { DataError } from './errors.js';
 import { convertRecord, detectFormat, resolveFormatName, type DataFormat, type FormatOptions } from './formats.js';
 import { readRecords, type Container } from './readers.js';

@@ -17,13 +17,14 @@ import type { DataStats } from './data.js';
 
 /**
  * Write `<outputDir>/model` (replacing any earlier one). Under LoRA with `lora.merge: false` the base
- * weights are saved with the adapters disabled and the adapters as PEFT files next to them; otherwise the
- * adapters (if any) are merged first.
+ * weights are saved with the adapters disabled and the adapters as PEFT files next to them (their
+ * `base_model_name_or_path` is the configured `model.name_or_path`); otherwise the adapters (if any) are
+ * merged first.
  * @returns the model directory
  */
 export async function exportModel(
   policy: GenerativeLM,
-  cfg: Pick<TrainConfig, 'lora' | 'save_dtype'>,
+  cfg: Pick<TrainConfig, 'lora' | 'save_dtype' | 'model'>,
   tokenizer: Tokenizer,
   outputDir: string,
 ): Promise<string> {
@@ -36,7 +37,7 @@ export async function exportModel(
     } finally {
       policy.adaptersEnabled = true;
     }
-    await saveLoraAdapter(policy, modelDir, { baseModel: '.' });
+    await saveLoraAdapter(policy, modelDir, { baseModel: cfg.model.name_or_path });
   } else {
     if (cfg.lora.enabled) mergeLora(policy);
     await saveModelHF(policy, modelDir, { dtype: cfg.save_dtype, tokenizer });

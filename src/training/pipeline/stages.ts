@@ -6,6 +6,7 @@
  * LoRA (`lora.enabled`): each stage trains fresh adapters; SFT's are merged into the weights when it ends.
  */
 import type * as tf from '@tensorflow/tfjs-core';
+import type { Logger } from 'pino';
 import { dpoStage, sftStage, type StageSettings, type TrainConfig } from '../../config/index.js';
 import type { ResolvedLossOptions } from '../losses/index.js';
 import { applyLora, mergeLora, type GenerativeLM, type LoraConfig } from '../models/index.js';
@@ -34,6 +35,7 @@ export interface StageRun {
   /** The evaluation hook of a stage (samples). */
   onEval(stage: 'sft' | 'dpo'): OnEval;
   signal?: AbortSignal;
+  logger: Logger;
 }
 
 /** A finished stage. */
@@ -64,6 +66,25 @@ export function optimizerSettings(c: TrainConfig, stage: StageSettings): Optimiz
   };
 }
 
+/** Trainable and total parameter counts (elements), as PEFT's `print_trainable_parameters`. */
+export interface TrainableParameters {
+  trainable: number;
+  all: number;
+  /** 100 · trainable / all */
+  percent: number;
+}
+
+/** Count the model's trainable parameters (the adapters under LoRA) and all parameters. */
+export function countTrainableParameters(model: GenerativeLM): TrainableParameters {
+  let trainable = 0;
+  let all = 0;
+  for (const v of model.params.values()) {
+    all += v.size;
+    if (v.trainable) trainable += v.size;
+  }
+  return { trainable, all, percent: all > 0 ? (100 * trainable) / all : 0 };
+}
+
 /** The LoRA settings (null when `lora.enabled` is false). */
 export function loraConfig(c: Pick<TrainConfig, 'lora'>): LoraConfig | null {
   const l = c.lora;
@@ -71,16 +92,19 @@ export function loraConfig(c: Pick<TrainConfig, 'lora'>): LoraConfig | null {
 }
 
 /**
- * Attach a stage's LoRA adapters, then store the now-frozen base's linear weights in low precision when the
- * config asks (`weight_quantize_algo: weight_only_int8`, else `frozen_weights_dtype: bfloat16`; native backend).
+ * Attach a stage's LoRA adapters (seed `seed`, +1 for DPO) and log the trainable-parameter count the way
+ * PEFT's `print_trainable_parameters` prints it; then store the now-frozen base's linear weights in low
+ * precision when the config asks (`weight_quantize_algo: weight_only_int8`, else `frozen_weights_dtype:
+ * bfloat16`; native backend).
  */
-function attachAdapters(
-  cfg: Pick<TrainConfig, 'lora' | 'weight_quantize_algo' | 'frozen_weights_dtype'>,
-  policy: GenerativeLM,
-  lora: LoraConfig,
-  seed: number,
-): void {
-  applyLora(policy, lora, { seed });
+function attachAdapters(run: Pick<StageRun, 'cfg' | 'policy' | 'logger'>, stage: 'sft' | 'dpo', lora: LoraConfig): void {
+  const { cfg, policy } = run;
+  applyLora(policy, lora, { seed: cfg.seed + (stage === 'dpo' ? 1 : 0) });
+  const c = countTrainableParameters(policy);
+  run.logger.info(
+    { stage, trainable_params: c.trainable, all_params: c.all, trainable_percent: c.percent },
+    `${stage} LoRA: trainable params: ${c.trainable.toLocaleString('en-US')} || all params: ${c.all.toLocaleString('en-US')} || trainable%: ${c.percent.toFixed(4)}`,
+  );
   if (cfg.weight_quantize_algo === 'weight_only_int8') storeFrozenInLowPrecision(policy, 'int8');
   else if (cfg.frozen_weights_dtype === 'bfloat16') storeFrozenInLowPrecision(policy, 'bfloat16');
 }
@@ -90,9 +114,9 @@ function attachAdapters(
  * reference so that a frozen copy or precomputed log-probs see the SFT model exactly.
  * @throws LoraConfigError for bad `lora.*` settings
  */
-export function attachDpoAdapters(run: Pick<StageRun, 'cfg' | 'policy'>): void {
+export function attachDpoAdapters(run: Pick<StageRun, 'cfg' | 'policy' | 'logger'>): void {
   const lora = loraConfig(run.cfg);
-  if (lora) attachAdapters(run.cfg, run.policy, lora, run.cfg.seed + 1);
+  if (lora) attachAdapters(run, 'dpo', lora);
 }
 
 /** The JSON state of a checkpoint: the loop position, and the run's config and data hash for the resume. */
@@ -191,7 +215,7 @@ export async function runSft(run: StageRun, point: ResumePoint | null): Promise<
   if (!run.cfg.sft.enabled) return { summary: {}, seconds: 0 };
   const { cfg, policy, data } = run;
   const lora = loraConfig(cfg);
-  if (lora) attachAdapters(cfg, policy, lora, cfg.seed);
+  if (lora) attachAdapters(run, 'sft', lora);
   const params = trainableParams(policy);
   const task = sftTask({
     model: policy,

@@ -58,50 +58,81 @@ export class MetricsFile {
 const fmt = (v: number | undefined, d = 4): string => (v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d));
 
 /**
+ * The bar's layout: stage, bar, steps, epoch, train metrics, the last evaluation, then elapsed<ETA as tqdm /
+ * transformers' progress bar show them ({duration_formatted} and {eta_formatted} are cli-progress tokens).
+ */
+export function barFormat(stage: 'sft' | 'dpo'): string {
+  return `${stage.toUpperCase()} |{bar}| {value}/{total} | epoch {epoch} | loss {loss} | {extra} | {tps} tok/s | {eval} | {duration_formatted}<{eta_formatted}`;
+}
+
+/** The bar's tokens for one step: train metrics of a logged step, and the last evaluation (`eval -` before the first). */
+export function barPayload(p: StageProgress, lastEval: Record<string, number> | null): Record<string, string> {
+  const m = p.metrics ?? {};
+  const extra = p.stage === 'dpo' ? `acc ${fmt(m['rewards/accuracies'], 2)} margin ${fmt(m['rewards/margins'])}` : `lr ${fmt(m.learning_rate, 6)}`;
+  const ev = lastEval
+    ? `eval@${lastEval.step} ${p.stage === 'dpo' && lastEval['eval_rewards/accuracies'] !== undefined ? `acc ${fmt(lastEval['eval_rewards/accuracies'], 2)}` : `loss ${fmt(lastEval.eval_loss)}`}`
+    : 'eval -';
+  const epoch = fmt(p.epoch, 2);
+  return p.metrics ? { loss: fmt(m.loss), extra, tps: fmt(m['tokens/s'], 0), eval: ev, epoch } : { eval: ev, epoch };
+}
+
+/**
  * Progress reporting: a progress bar (stderr TTY, or forced), else one pino line per logged step.
  */
 export class ProgressReporter {
   private bar: cliProgress.SingleBar | null = null;
   private barStage: string | null = null;
+  private lastEval: (Record<string, number> & { step: number }) | null = null;
   private readonly useBar: boolean;
+  private readonly stream: NodeJS.WritableStream;
+  /**
+   * @param mode true: always a bar; 'auto': a bar when `stream` is a TTY; false: log lines
+   * @param opts.stream where the bar is drawn (default process.stderr)
+   */
   constructor(
     private readonly logger: Logger,
     mode: boolean | 'auto',
     private readonly onProgress?: (e: ProgressEvent) => void,
+    opts: { stream?: NodeJS.WritableStream & { isTTY?: boolean } } = {},
   ) {
-    this.useBar = mode === true || (mode === 'auto' && process.stderr.isTTY === true);
+    this.stream = opts.stream ?? process.stderr;
+    this.useBar = mode === true || (mode === 'auto' && (opts.stream ?? process.stderr).isTTY === true);
   }
 
   update(p: StageProgress): void {
     const m = p.metrics ?? {};
+    if (p.eval) this.lastEval = { ...p.eval, step: p.step };
+    if (this.barStage !== p.stage) this.lastEval = p.eval ? { ...p.eval, step: p.step } : null;
     if (this.useBar) {
-      if (this.barStage !== p.stage) {
-        this.bar?.stop();
-        this.bar = new cliProgress.SingleBar(
-          {
-            format: `${p.stage.toUpperCase()} |{bar}| {value}/{total} | loss {loss} | {extra} | {tps} tok/s`,
-            stream: process.stderr,
-            hideCursor: true,
-          },
+      let bar = this.bar;
+      if (!bar || this.barStage !== p.stage) {
+        bar?.stop();
+        bar = new cliProgress.SingleBar(
+          { format: barFormat(p.stage), stream: this.stream, hideCursor: true, etaBuffer: 20 },
           cliProgress.Presets.shades_classic,
         );
-        this.bar.start(p.totalSteps, 0, { loss: '-', extra: '', tps: '-' });
+        bar.start(p.totalSteps, 0, { loss: '-', extra: '', tps: '-', eval: 'eval -', epoch: '-' });
+        this.bar = bar;
         this.barStage = p.stage;
       }
-      const extra = p.stage === 'dpo' ? `acc ${fmt(m['rewards/accuracies'], 2)} margin ${fmt(m['rewards/margins'])}` : `lr ${fmt(m.learning_rate, 6)}`;
-      this.bar!.update(p.step, p.metrics ? { loss: fmt(m.loss), extra, tps: fmt(m['tokens/s'], 0) } : {});
+      bar.update(p.step, barPayload(p, this.lastEval));
       if (p.step >= p.totalSteps) {
-        this.bar!.stop();
+        bar.stop();
         this.bar = null;
-        this.barStage = null;
       }
-    } else if (p.metrics) {
-      const keys = ['loss', 'rewards/accuracies', 'rewards/margins', 'grad_norm', 'learning_rate', 'tokens/s'];
-      const pick: Record<string, number> = {};
-      for (const k of keys) if (m[k] !== undefined) pick[k] = Number(m[k]!.toPrecision(6));
-      this.logger.info({ stage: p.stage, step: p.step, totalSteps: p.totalSteps, examples: p.examples, ...pick }, `${p.stage} step ${p.step}/${p.totalSteps}`);
+    } else {
+      this.barStage = p.stage;
+      if (p.metrics) {
+        const keys = ['loss', 'rewards/accuracies', 'rewards/margins', 'grad_norm', 'learning_rate', 'tokens/s'];
+        const pick: Record<string, number> = {};
+        for (const k of keys) if (m[k] !== undefined) pick[k] = Number(m[k]!.toPrecision(6));
+        this.logger.info(
+          { stage: p.stage, step: p.step, totalSteps: p.totalSteps, examples: p.examples, epoch: p.epoch, ...pick },
+          `${p.stage} step ${p.step}/${p.totalSteps}`,
+        );
+      }
+      if (p.eval) this.logger.info({ stage: p.stage, step: p.step, ...p.eval }, `${p.stage} eval`);
     }
-    if (p.eval && !this.useBar) this.logger.info({ stage: p.stage, step: p.step, ...p.eval }, `${p.stage} eval`);
     this.onProgress?.({ stage: p.stage, step: p.step, totalSteps: p.totalSteps, metrics: { ...(p.metrics ?? {}), ...(p.eval ?? {}) } });
   }
 

@@ -78,6 +78,7 @@ export interface StageProgress {
   step: number;
   totalSteps: number;
   examples: number;
+  /** Epochs done, fractional (step / steps per epoch), as transformers logs `epoch`. */
   epoch: number;
   /** Train metrics of this step (after logging aggregation), or null when the step was not logged. */
   metrics: Record<string, number> | null;
@@ -263,12 +264,12 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
       logged.num_tokens = numTokens;
       window.length = 0;
       lastMetrics = logged;
-      await hooks.log({ stage: task.stage, step, examples, epoch: step / stepsPerEpoch, ...logged, lr: logged.learning_rate! });
+      await hooks.log({ stage: task.stage, step, examples, epoch: step / stepsPerEpoch, ...logged });
     }
     let ev: Record<string, number> | null = null;
     const crossed = opts.evalEvery !== null && Math.floor(examples / opts.evalEvery) > Math.floor(prevExamples / opts.evalEvery);
     if (crossed || step === totalSteps) ev = await runEval();
-    hooks.progress?.({ stage: task.stage, step, totalSteps, examples, epoch: Math.ceil(step / stepsPerEpoch), metrics: logged, eval: ev });
+    hooks.progress?.({ stage: task.stage, step, totalSteps, examples, epoch: step / stepsPerEpoch, metrics: logged, eval: ev });
     const complete = step === totalSteps;
     if (hooks.checkpoint && ((opts.saveSteps !== null && step % opts.saveSteps === 0) || complete)) {
       await hooks.checkpoint({ ...position(), totalSteps, complete });
