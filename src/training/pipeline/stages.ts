@@ -195,6 +195,7 @@ export async function runWith(
         logEvery: cfg.log_every,
         saveSteps: cfg.save_steps,
         resume: resume?.position ?? null,
+        maxTokensPerBatch: cfg.max_tokens_per_batch,
       },
       { log: run.log, progress: run.progress, signal: run.signal, checkpoint },
     );

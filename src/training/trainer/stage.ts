@@ -67,6 +67,8 @@ export interface StageTask {
   prepareStep?(micros: number[][], ctx: { step: number; epoch: number }): Promise<void>;
   /** Forward + backward of one micro-batch with the loss multiplied by `scale`. */
   micro(indices: number[], scale: number, rng: Rng): MicroResult;
+  /** Tokens example `index` occupies in a micro-batch of the task's layout (token-budget batching). */
+  tokensOf?(index: number): number;
   /** Held-out metrics (already `eval_`-prefixed); absent: no evaluation. */
   evaluate?(ctx: { step: number; examples: number; rng: Rng }): Promise<Record<string, number>>;
   /** Called after each optimizer step (reference sync). */
@@ -119,6 +121,11 @@ export interface StageOptions {
   resume?: StagePosition | null;
   /** An optimizer to use (resume); created from `optimizer` otherwise. */
   optimizerInstance?: Optimizer;
+  /**
+   * `max_tokens_per_batch`: split each optimizer step's examples into micro-batches of at most this many tokens
+   * ({@link tokenBudgetBatches}, by the task's tokensOf) instead of batch_size each; null/absent: off.
+   */
+  maxTokensPerBatch?: number | null;
 }
 
 export interface StageResult {
@@ -174,6 +181,31 @@ export function stepBatches(step: number, nTrain: number, s: StageSettings, seed
 }
 
 /**
+ * Token-budget micro-batches of one optimizer step's examples: first-fit decreasing by tokens (Johnson 1974)
+ * into bins of at most `budget` tokens (an example longer than the budget gets a bin of its own). The window
+ * is the step's examples, already in the seeded epoch order ({@link stepBatches}); ties keep that order, so
+ * the split depends only on (seed, epoch, step) and a resumed run forms the same micro-batches.
+ * @param indices example indices of the step
+ * @param budget tokens per micro-batch (> 0)
+ * @param tokensOf tokens of an example in the task's layout
+ * @returns micro-batches (each non-empty), largest first
+ * @throws RangeError when budget is not a positive integer
+ */
+export function tokenBudgetBatches(indices: number[], budget: number, tokensOf: (index: number) => number): number[][] {
+  if (!(Number.isInteger(budget) && budget > 0)) throw new RangeError(`max_tokens_per_batch must be a positive integer, got ${budget}`);
+  const order = indices.map((index, pos) => ({ index, pos, n: tokensOf(index) })).sort((a, b) => b.n - a.n || a.pos - b.pos);
+  const bins: Array<{ n: number; items: number[] }> = [];
+  for (const it of order) {
+    const bin = bins.find((b) => b.n + it.n <= budget);
+    if (bin) {
+      bin.n += it.n;
+      bin.items.push(it.index);
+    } else bins.push({ n: it.n, items: [it.index] });
+  }
+  return bins.map((b) => b.items);
+}
+
+/**
  * Run one stage to its end (or to an abort).
  * @throws TrainingAbortedError when `hooks.signal` aborts (after checkpointing when `saveSteps` is set)
  * @throws StageConfigError when the settings give no stopping criterion or there is no data
@@ -221,7 +253,9 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
     await new Promise<void>((resolve) => setImmediate(resolve));
     await checkAbort();
     const stepStart = performance.now();
-    const micros = stepBatches(step, task.nTrain, s, opts.seed, permCache);
+    const budget = opts.maxTokensPerBatch ?? null;
+    const planned = stepBatches(step, task.nTrain, s, opts.seed, permCache);
+    const micros = budget !== null && task.tokensOf ? tokenBudgetBatches(planned.flat(), budget, (i) => task.tokensOf!(i)) : planned;
     await task.prepareStep?.(micros, { step, epoch: Math.floor(step / stepsPerEpoch) });
     const units = micros.map((m) => task.units(m));
     const totalUnits = units.reduce((a, b) => a + b, 0);
@@ -257,6 +291,11 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
     m['tokens/s'] = stepTokens / seconds;
     m[task.stage === 'dpo' ? 'pairs/s' : 'examples/s'] = stepExamples / seconds;
     m.step_seconds = seconds;
+    if (budget !== null && task.tokensOf) {
+      // token-budget batching: the pairs (examples) and micro-batches of this optimizer step
+      m[task.stage === 'dpo' ? 'pairs' : 'examples'] = stepExamples;
+      m.micro_batches = micros.length;
+    }
     window.push(m);
     let logged: Record<string, number> | null = null;
     if (step % opts.logEvery === 0 || step === totalSteps) {

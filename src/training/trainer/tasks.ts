@@ -148,6 +148,12 @@ function pairTokens(pairs: TokenizedPair[]): number {
   return n;
 }
 
+/** Tokens one pair occupies in a micro-batch of `layout` (padded: its non-padding tokens; shared_prompt: the prompt once). */
+function pairTokensIn(p: TokenizedPair, layout: BatchLayout): number {
+  const n = p.promptIds.length + p.chosenIds.length + p.rejectedIds.length;
+  return layout === 'shared_prompt' ? n : n + p.promptIds.length;
+}
+
 /** A micro-batch in the task's layout: the padded batch, or a packed one. */
 type AnyBatch = { kind: 'padded'; batch: TokenBatch } | { kind: 'packed'; batch: PackedBatch };
 
@@ -292,6 +298,7 @@ export function dpoTask(o: DpoTaskOptions): StageTask {
     stage: 'dpo',
     nTrain: o.train.length,
     units: (indices) => indices.length,
+    tokensOf: (i) => pairTokensIn(o.train[i]!, layout),
     micro,
     evaluate,
     afterStep: o.afterStep,
@@ -397,6 +404,7 @@ export function sftTask(o: SftTaskOptions): StageTask {
     stage: 'sft',
     nTrain: o.train.length,
     units: (indices) => scoredTokens(collate(indices)),
+    tokensOf: (i) => o.train[i]!.promptIds.length + o.train[i]!.sftIds.length,
     micro,
     evaluate,
   };
