@@ -158,6 +158,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     extras: surface.triggerExtras,
     models,
     maxTrainTokens: env.MAX_TRAIN_TOKENS,
+    checkpointEverySeconds: env.JOB_CHECKPOINT_EVERY_SECONDS,
   });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
   await app.register(healthRoutes, { queue });

@@ -46,6 +46,9 @@ export interface ServiceEnv {
   MAX_QUEUED_JOBS: number;
   /** Compute budget of one job: rows x epochs x tokens summed over SFT and DPO (400 above it; 0 = none). */
   MAX_TRAIN_TOKENS: number;
+  /** Service jobs checkpoint every this many seconds (and at each stage end) unless the request sets
+   *  checkpoint_every_seconds, so a killed worker's job resumes where it was (0 = only what the request asks). */
+  JOB_CHECKPOINT_EVERY_SECONDS: number;
   /** tfjs backend for training: auto | tensorflow | tensorflow-gpu | wasm | cpu. */
   TFJS_BACKEND: 'auto' | 'tensorflow' | 'tensorflow-gpu' | 'wasm' | 'cpu';
   /** pino level. */
@@ -113,6 +116,7 @@ const schema = {
     MAX_JOBS_PER_COMMUNITY: { type: 'integer', minimum: 0, default: 10 },
     MAX_QUEUED_JOBS: { type: 'integer', minimum: 0, default: 1000 },
     MAX_TRAIN_TOKENS: { type: 'integer', minimum: 0, default: 1_000_000_000 },
+    JOB_CHECKPOINT_EVERY_SECONDS: { type: 'integer', minimum: 0, maximum: 604800, default: 600 },
     TFJS_BACKEND: { type: 'string', enum: ['auto', 'tensorflow', 'tensorflow-gpu', 'wasm', 'cpu'], default: 'auto' },
     LOG_LEVEL: {
       type: 'string',

@@ -132,6 +132,13 @@ const plainProperties = {
   }),
   save_steps: nullable(posInt(), { description: 'Checkpoint every this many optimizer steps (and always at the end).' }),
   save_total_limit: nullable(posInt()),
+  checkpoint_every_seconds: nullable(posInt({ maximum: 604_800 }), {
+    description: 'Also checkpoint when this many seconds passed since the last one (and at each stage end); service jobs default to 600.',
+  }),
+  loss_watchdog_threshold: nullable(Type.Number({ exclusiveMinimum: 0 }), {
+    description: "Axolotl's name: stop with TRAINING_DIVERGED after loss_watchdog_patience consecutive steps with loss above this; null: off.",
+  }),
+  loss_watchdog_patience: posInt({ maximum: 1000, description: 'Consecutive steps above loss_watchdog_threshold before the run stops (Axolotl default 3).' }),
   keep_checkpoints: Type.Boolean({
     description:
       'Service jobs: keep the intermediate checkpoints (about 4x the model size each) in the uploaded artifact; default false (only the final model).',

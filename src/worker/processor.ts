@@ -151,8 +151,13 @@ class ProgressReporter {
     this.state.totalSteps = e.totalSteps;
     this.state.fraction = e.totalSteps > 0 ? Math.min(1, Math.max(0, e.step / e.totalSteps)) : 0;
     if (e.metrics) {
-      const finite = Object.fromEntries(Object.entries(e.metrics).filter(([, v]) => typeof v === 'number' && Number.isFinite(v)));
-      this.state.metrics[e.stage] = { ...this.state.metrics[e.stage], ...finite };
+      // a non-finite value (a diverged step) is null in JSON, never a stale or fake number (the job then fails)
+      const values = Object.fromEntries(
+        Object.entries(e.metrics)
+          .filter(([, v]) => typeof v === 'number' || v === null)
+          .map(([k, v]) => [k, typeof v === 'number' && Number.isFinite(v) ? v : null]),
+      ) as Record<string, number>;
+      this.state.metrics[e.stage] = { ...this.state.metrics[e.stage], ...values };
       const m = this.state.metrics[e.stage];
       if (typeof m.num_tokens === 'number') this.state.trainedTokens = this.doneTokens + m.num_tokens;
       this.state.estimatedFinish = estimateFinish(e.stage, e.step, e.totalSteps, m);

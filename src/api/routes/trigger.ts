@@ -35,6 +35,8 @@ export interface TriggerRouteOptions {
   models: Readonly<Record<string, true>>;
   /** MAX_TRAIN_TOKENS (0 = no budget). */
   maxTrainTokens: number;
+  /** JOB_CHECKPOINT_EVERY_SECONDS: the service's default checkpoint_every_seconds (0 = none). */
+  checkpointEverySeconds?: number;
 }
 
 /** 429 with Retry-After: a job cap is reached. */
@@ -98,7 +100,12 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       }
       const policy = configPolicyProblems(config, opts.models);
       problems.push(...policy);
-      const resolved = policy.length === 0 ? opts.resolveConfig(configForMethod(config, request.body.method)) : null;
+      // service jobs checkpoint by time unless the request says otherwise (a killed worker's job then resumes)
+      const withDefaults =
+        opts.checkpointEverySeconds && (config === undefined || !Object.hasOwn(config, 'checkpoint_every_seconds'))
+          ? { ...config, checkpoint_every_seconds: opts.checkpointEverySeconds }
+          : config;
+      const resolved = policy.length === 0 ? opts.resolveConfig(configForMethod(withDefaults, request.body.method)) : null;
       if (resolved) problems.push(...resolved.problems);
       if (request.body.dataset === undefined && request.body.datasetId === undefined) {
         problems.push({ path: '/dataset', message: 'is required (or send datasetId, an uploaded dataset)' });

@@ -168,7 +168,7 @@ export async function runWith(
       optimizer.setState(resume.optimizer);
     }
     const checkpoint =
-      cfg.save_steps === null
+      cfg.save_steps === null && cfg.checkpoint_every_seconds === null
         ? undefined
         : async (pos: StagePosition & { totalSteps: number; complete: boolean }): Promise<void> => {
             await saveCheckpoint(
@@ -194,6 +194,8 @@ export async function runWith(
         doFirstEval: cfg.do_first_eval,
         logEvery: cfg.log_every,
         saveSteps: cfg.save_steps,
+        checkpointEverySeconds: cfg.checkpoint_every_seconds,
+        lossWatchdog: { threshold: cfg.loss_watchdog_threshold, patience: cfg.loss_watchdog_patience },
         resume: resume?.position ?? null,
         maxTokensPerBatch: cfg.max_tokens_per_batch,
       },

@@ -17,6 +17,16 @@ export {
   CheckpointError,
   type CheckpointState,
 } from './checkpoint.js';
-export { runStage, stagePlan, stepBatches, TrainingAbortedError, StageConfigError, type StageTask, type StageOptions, type StageResult } from './stage.js';
+export {
+  runStage,
+  stagePlan,
+  stepBatches,
+  TrainingAbortedError,
+  TrainingDivergedError,
+  StageConfigError,
+  type StageTask,
+  type StageOptions,
+  type StageResult,
+} from './stage.js';
 export { dpoTask, sftTask, scorePairs, type ReferenceSource, type RefLogps } from './tasks.js';
 export { MetricsFile, ProgressReporter, TIMING_KEYS } from './monitor.js';

@@ -30,6 +30,29 @@ export class TrainingAbortedError extends Error {
   }
 }
 
+/**
+ * The run diverged: a non-finite loss or gradient norm, or (with the loss watchdog) the loss above
+ * `loss_watchdog_threshold` for `loss_watchdog_patience` steps in a row. The optimizer step of the bad step is
+ * not applied; the job fails with this code (it is never reported as completed).
+ */
+export class TrainingDivergedError extends Error {
+  readonly code = 'TRAINING_DIVERGED';
+  constructor(
+    readonly stage: 'sft' | 'dpo',
+    readonly step: number,
+    reason: string,
+  ) {
+    super(`training diverged in ${stage} at step ${step}: ${reason}; lower lr, raise warmup_steps or lower max_grad_norm`);
+    this.name = 'TrainingDivergedError';
+  }
+}
+
+/** Loss watchdog settings (Axolotl's names); threshold null = off. */
+export interface LossWatchdog {
+  threshold: number | null;
+  patience: number;
+}
+
 /** A stage that cannot run with the given settings (e.g. no stopping criterion, no data). */
 export class StageConfigError extends Error {
   readonly code = 'INVALID_CONFIG';
@@ -117,6 +140,10 @@ export interface StageOptions {
   doFirstEval: boolean;
   logEvery: number;
   saveSteps: number | null;
+  /** Also checkpoint when this many seconds passed since the last checkpoint (null: only by steps / at the end). */
+  checkpointEverySeconds?: number | null;
+  /** Stop on a loss spike (a non-finite loss or grad norm always stops the run). */
+  lossWatchdog?: LossWatchdog;
   /** Position to continue from (resume), with the optimizer state already restored into `optimizerInstance`. */
   resume?: StagePosition | null;
   /** An optimizer to use (resume); created from `optimizer` otherwise. */
@@ -229,6 +256,8 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
     lastEval = opts.resume.lastEval;
   }
   const permCache = new Map<number, number[]>();
+  let highLossSteps = 0;
+  let lastCheckpointAt = Date.now();
   const window: Array<Record<string, number>> = [];
   const t0 = Date.now();
   const position = (): StagePosition => ({ step, examples, numTokens, rng: rng.getState(), lastMetrics, lastEval });
@@ -243,7 +272,7 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
   };
   const checkAbort = async (): Promise<void> => {
     if (!hooks.signal?.aborted) return;
-    if (opts.saveSteps && hooks.checkpoint && step > 0) await hooks.checkpoint({ ...position(), totalSteps, complete: false });
+    if ((opts.saveSteps || opts.checkpointEverySeconds) && hooks.checkpoint && step > 0) await hooks.checkpoint({ ...position(), totalSteps, complete: false });
     throw new TrainingAbortedError(`training aborted during ${task.stage} at step ${step}/${totalSteps}`);
   };
 
@@ -275,8 +304,26 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
     }
     const gradNorm = clipByGlobalNorm(acc, s.max_grad_norm);
     const lr = learningRateAt(step, { lr: s.lr, warmupSteps: warmupSteps(s, totalSteps), kind: s.lr_scheduler, totalSteps });
-    if (Number.isFinite(gradNorm)) optimizer.apply(acc, lr);
+    // divergence: never apply a non-finite update, never go on as if it had not happened
+    const diverged = !Number.isFinite(loss) ? `loss is ${loss}` : !Number.isFinite(gradNorm) ? `grad_norm is ${gradNorm}` : null;
+    if (diverged === null) optimizer.apply(acc, lr);
     disposeGrads(acc);
+    if (diverged !== null) {
+      // the bad step is logged as it was (metrics.jsonl writes non-finite numbers as null)
+      await hooks.log({ stage: task.stage, step: step + 1, examples: examples + stepExamples, loss, grad_norm: gradNorm, lr });
+      throw new TrainingDivergedError(task.stage, step + 1, diverged);
+    }
+    const wd = opts.lossWatchdog;
+    if (wd && wd.threshold !== null) {
+      highLossSteps = loss > wd.threshold ? highLossSteps + 1 : 0;
+      if (highLossSteps >= wd.patience) {
+        throw new TrainingDivergedError(
+          task.stage,
+          step + 1,
+          `loss ${loss.toFixed(4)} above loss_watchdog_threshold=${wd.threshold} for ${highLossSteps} steps (loss_watchdog_patience=${wd.patience})`,
+        );
+      }
+    }
     const prevExamples = examples;
     step += 1;
     examples += stepExamples;
@@ -310,8 +357,10 @@ export async function runStage(task: StageTask, opts: StageOptions, hooks: Stage
     if (crossed || step === totalSteps) ev = await runEval();
     hooks.progress?.({ stage: task.stage, step, totalSteps, examples, epoch: step / stepsPerEpoch, metrics: logged, eval: ev });
     const complete = step === totalSteps;
-    if (hooks.checkpoint && ((opts.saveSteps !== null && step % opts.saveSteps === 0) || complete)) {
+    const timeDue = !!opts.checkpointEverySeconds && Date.now() - lastCheckpointAt >= opts.checkpointEverySeconds * 1000;
+    if (hooks.checkpoint && ((opts.saveSteps !== null && step % opts.saveSteps === 0) || complete || timeDue)) {
       await hooks.checkpoint({ ...position(), totalSteps, complete });
+      lastCheckpointAt = Date.now();
     }
   }
   return { steps: step, examples, numTokens, lastMetrics, lastEval, optimizer, rng, seconds: (Date.now() - t0) / 1000 };
