@@ -39,15 +39,57 @@ after(async () => {
 const hostileString = fc.oneof(
   fc.string({ maxLength: 40 }),
   fc.string({ unit: 'binary', maxLength: 40 }),
-  fc.constantFrom('../../../../tmp/victim', '/etc/passwd', '..', '.', '~', 'constructor', '__proto__', 'toString', 'README.md', 'node_modules', '\u0000', '\ud800', 'a'.repeat(300)),
+  fc.constantFrom(
+    '../../../../tmp/victim',
+    '/etc/passwd',
+    '..',
+    '.',
+    '~',
+    'constructor',
+    '__proto__',
+    'toString',
+    'README.md',
+    'node_modules',
+    '\u0000',
+    '\ud800',
+    'a'.repeat(300),
+  ),
 );
-const anyValue = fc.oneof(hostileString, fc.integer(), fc.double(), fc.constantFrom(2 ** 53, -1, 0, 1e308, null, true, false), fc.array(fc.integer(), { maxLength: 3 }), fc.object({ maxDepth: 1 }));
+const anyValue = fc.oneof(
+  hostileString,
+  fc.integer(),
+  fc.double(),
+  fc.constantFrom(2 ** 53, -1, 0, 1e308, null, true, false),
+  fc.array(fc.integer(), { maxLength: 3 }),
+  fc.object({ maxDepth: 1 }),
+);
 const row = fc.oneof(
   fc.record({ prompt: hostileString, chosen: hostileString, rejected: hostileString }),
   fc.record({ prompt: anyValue, chosen: anyValue, rejected: anyValue }, { requiredKeys: [] }),
   anyValue,
 );
-const CONFIG_KEYS = ['model', 'loss', 'beta', 'lr', 'n_epochs', 'max_steps', 'batch_size', 'gradient_accumulation_steps', 'warmup_steps', 'max_length', 'max_prompt_length', 'output_dir', 'datasets', 'resume_from_checkpoint', 'backend', 'lora', 'sft', 'constructor', '__proto__', 'unknown_key'];
+const CONFIG_KEYS = [
+  'model',
+  'loss',
+  'beta',
+  'lr',
+  'n_epochs',
+  'max_steps',
+  'batch_size',
+  'gradient_accumulation_steps',
+  'warmup_steps',
+  'max_length',
+  'max_prompt_length',
+  'output_dir',
+  'datasets',
+  'resume_from_checkpoint',
+  'backend',
+  'lora',
+  'sft',
+  'constructor',
+  '__proto__',
+  'unknown_key',
+];
 const config = fc.oneof(
   fc.dictionary(fc.constantFrom(...CONFIG_KEYS), anyValue, { maxKeys: 4 }),
   fc.record({ model: fc.record({ name_or_path: hostileString, tokenizer_name_or_path: hostileString }) }),
@@ -55,8 +97,21 @@ const config = fc.oneof(
   anyValue,
 );
 const body = fc.oneof(
-  fc.record({ communityId: fc.oneof(hostileString, fc.constantFrom('acme', 'fuzz_ok')), dataset: fc.array(row, { maxLength: 4 }), config }, { requiredKeys: ['communityId'] }),
-  fc.record({ communityId: fc.constantFrom('acme'), dataset: fc.array(fc.record({ prompt: fc.string({ minLength: 1, maxLength: 20 }), chosen: fc.string({ minLength: 1, maxLength: 20 }), rejected: fc.string({ minLength: 1, maxLength: 20 }) }), { minLength: 1, maxLength: 3 }) }),
+  fc.record(
+    { communityId: fc.oneof(hostileString, fc.constantFrom('acme', 'fuzz_ok')), dataset: fc.array(row, { maxLength: 4 }), config },
+    { requiredKeys: ['communityId'] },
+  ),
+  fc.record({
+    communityId: fc.constantFrom('acme'),
+    dataset: fc.array(
+      fc.record({
+        prompt: fc.string({ minLength: 1, maxLength: 20 }),
+        chosen: fc.string({ minLength: 1, maxLength: 20 }),
+        rejected: fc.string({ minLength: 1, maxLength: 20 }),
+      }),
+      { minLength: 1, maxLength: 3 },
+    ),
+  }),
   fc.object({ maxDepth: 2 }),
   anyValue,
 );
