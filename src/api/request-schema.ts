@@ -16,14 +16,21 @@ export const PreferenceRowSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** One prompt of `method: online_dpo`, optionally with an SFT target. */
+export const PromptRowSchema = Type.Object(
+  { prompt: Type.String({ minLength: 1 }), chosen: Type.Optional(Type.String({ minLength: 1 })) },
+  { additionalProperties: false },
+);
+
 export const TriggerRequestSchema = Type.Object(
   {
     communityId: Type.String({ pattern: communityPattern, description: 'Owner of the job; 1-64 of A-Z a-z 0-9 _ - (it becomes part of storage paths).' }),
     dataset: Type.Optional(
-      Type.Array(PreferenceRowSchema, {
+      Type.Array(Type.Union([PreferenceRowSchema, PromptRowSchema]), {
         minItems: 1,
         maxItems: 100000,
-        description: 'Preference pairs: the prompt, the preferred completion and the dispreferred one.',
+        description:
+          'Preference pairs: the prompt, the preferred completion and the dispreferred one; for method online_dpo, prompts ({prompt}, optionally chosen: an SFT target).',
       }),
     ),
     datasetId: Type.Optional(
@@ -40,7 +47,8 @@ export const TriggerRequestSchema = Type.Object(
       Type.Unsafe<(typeof TRAINING_METHODS)[number]>({
         type: 'string',
         enum: [...TRAINING_METHODS],
-        description: 'Which stages run: SFT then DPO (default), DPO only, or SFT only.',
+        description:
+          'Which stages run: SFT then DPO (default), DPO only, SFT only, or online_dpo (SFT, then online DPO: the policy samples completions of each prompt, config.online_dpo.judge ranks them).',
       }),
     ),
     callbackUrl: Type.Optional(

@@ -12,7 +12,7 @@ import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
 import { settlesWithin, withTimeout } from '../util/timeout.js';
 import type { TrainConfig } from '../config/schema.js';
 import { canonicalJson, canonicalSha256 } from '../training/data/hash.js';
-import type { PreferenceExample } from '../training/types.js';
+import type { DatasetRow } from '../training/types.js';
 import { QueueNames, type FinetunePayload, type JobStatus, type QueueJobTypes } from './types.js';
 
 export { canonicalJson };
@@ -100,7 +100,8 @@ export type JobRequestFields = Partial<Pick<FinetunePayload, 'suffix' | 'method'
 /** A request to enqueue: inline rows (stored first) or a reference to a stored dataset. */
 export interface EnqueueRequest {
   communityId: string;
-  dataset: PreferenceExample[] | DatasetRef;
+  /** Inline rows (preference pairs, or prompts for method online_dpo) or a stored dataset. */
+  dataset: DatasetRow[] | DatasetRef;
   /** The resolved training config (src/config resolveRequestConfig). */
   config: TrainConfig;
 }

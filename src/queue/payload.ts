@@ -71,6 +71,40 @@ export function configPolicyProblems(config: Obj | undefined, models: Readonly<R
       }
     }
   }
+  out.push(...judgePolicyProblems(config, '/config'));
+  return out;
+}
+
+const looksLikePath = (v: unknown): boolean => typeof v === 'string' && (/[/\\]/.test(v) || v.startsWith('.') || v.startsWith('~'));
+
+/**
+ * The HTTP judges a job may call (online DPO `online_dpo.judge.url`): the operator's comma-separated list
+ * `DPO_JUDGE_URLS`; none by default, so neither a request nor a job found in Redis can point the worker at
+ * an arbitrary address.
+ */
+export function allowedJudgeUrls(env: Record<string, string | undefined> = process.env): string[] {
+  return (env.DPO_JUDGE_URLS ?? '')
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u !== '');
+}
+
+/**
+ * Problems of an online DPO judge (`config.online_dpo.judge`, given or resolved): rule files and reward
+ * models are registered names (config/judge/<name>.yaml), not paths; an http judge's url must be one the
+ * operator allows ({@link allowedJudgeUrls}).
+ */
+export function judgePolicyProblems(config: Obj, root: string, allowedUrls: string[] = allowedJudgeUrls()): Problem[] {
+  const od = config.online_dpo;
+  const judge = isObj(od) ? od.judge : undefined;
+  if (!isObj(judge)) return [];
+  const out: Problem[] = [];
+  for (const k of ['file', 'name_or_path']) {
+    if (looksLikePath(judge[k])) out.push({ path: `${root}/online_dpo/judge/${k}`, message: 'must be a registered name, not a path' });
+  }
+  if (judge.type === 'http' && !(typeof judge.url === 'string' && allowedUrls.includes(judge.url))) {
+    out.push({ path: `${root}/online_dpo/judge/url`, message: 'is not an http judge this service allows (the operator lists them in DPO_JUDGE_URLS)' });
+  }
   return out;
 }
 
@@ -145,6 +179,7 @@ export function resolvedConfigProblems(cfg: Obj, models: Readonly<Record<string,
   else if (model.tokenizer_name_or_path !== null && model.tokenizer_name_or_path !== undefined && !registered(model.tokenizer_name_or_path)) {
     out.push({ path: `${root}/model/tokenizer_name_or_path`, message: `must be null or a registered name (one of: ${names})` });
   }
+  out.push(...judgePolicyProblems(cfg, root));
   return out;
 }
 

@@ -34,7 +34,7 @@ export interface FinetunePayload {
   requestedAt: string;
   /** 1-64 of [A-Za-z0-9_-], part of the artifact's name (`<suffix>-<jobId>`). */
   suffix?: string;
-  /** `sft+dpo` (default), `dpo` (no SFT stage) or `sft` (no DPO stage). */
+  /** `sft+dpo` (default), `dpo` (no SFT stage), `sft` (no DPO stage) or `online_dpo` (SFT, then online DPO on prompts). */
   method?: TrainingMethod;
   /** The uploaded dataset the rows came from (POST /datasets), when triggered by id. */
   datasetId?: string;
@@ -45,7 +45,7 @@ export interface FinetunePayload {
 }
 
 /** The training methods of a job (which stages run). */
-export const TRAINING_METHODS = ['sft+dpo', 'dpo', 'sft'] as const;
+export const TRAINING_METHODS = ['sft+dpo', 'dpo', 'sft', 'online_dpo'] as const;
 export type TrainingMethod = (typeof TRAINING_METHODS)[number];
 
 /** When a stage ran (ISO 8601). */

@@ -23,7 +23,7 @@ import { needsReference } from './losses/index.js';
 import { TrainingAbortedError } from './trainer/stage.js';
 import { prepareOnlineData, preferenceRowsOnly } from './online/data.js';
 import { runOnlineDpo } from './online/stage.js';
-import type { PreferenceExample, ProgressEvent, PromptExample, TrainingEvent, TrainResult } from './types.js';
+import type { DatasetRow, ProgressEvent, TrainingEvent, TrainResult } from './types.js';
 
 export { TrainingAbortedError } from './trainer/stage.js';
 
@@ -42,7 +42,7 @@ export interface RunTrainingOptions {
   /** Called with the config the run trains with (after a resume restored the checkpoint's) and the output dir. */
   onConfig?: (cfg: TrainConfig, outputDir: string) => void;
   /** Training data instead of `datasets`: examples (prompts for `stage: online_dpo`), or a path / registered name. */
-  dataset?: PreferenceExample[] | PromptExample[] | string;
+  dataset?: DatasetRow[] | string;
   /** Where the artifact is written (overrides `output_dir`). */
   outputDir: string;
   onProgress?: (e: ProgressEvent) => void;

@@ -108,6 +108,9 @@ export interface PromptExample {
   chosen?: string;
 }
 
+/** A row of a job's inline dataset: a preference pair, or a prompt (method online_dpo). */
+export type DatasetRow = PreferenceExample | PromptExample;
+
 /** Progress of a training stage, reported to the CLI bar, logs and the queue. */
 export interface ProgressEvent {
   stage: 'sft' | 'dpo';

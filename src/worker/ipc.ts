@@ -3,7 +3,7 @@
  * and small shared helpers. Side-effect free, so both processes can import it.
  */
 import type { TrainConfig } from '../config/schema.js';
-import type { PreferenceExample, ProgressEvent, TrainingEvent, TrainResult } from '../training/types.js';
+import type { DatasetRow, ProgressEvent, TrainingEvent, TrainResult } from '../training/types.js';
 
 export type { TrainResult } from '../training/types.js';
 
@@ -13,7 +13,7 @@ export interface TrainRequest {
   communityId: string;
   /** The resolved config (the worker's re-validation of the job's); the child validates it again. */
   config: TrainConfig;
-  dataset: PreferenceExample[];
+  dataset: DatasetRow[];
   outputDir: string;
   /** The tfjs backend the worker chose (TFJS_BACKEND); the child trains with it as the config's `backend`. */
   backend: string;

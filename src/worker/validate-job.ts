@@ -18,7 +18,8 @@ import {
   type Problem,
 } from '../queue/payload.js';
 import type { FinetunePayload } from '../queue/types.js';
-import type { PreferenceExample } from '../training/types.js';
+import { validatePromptRows } from '../training/online/validate-prompts.js';
+import type { DatasetRow } from '../training/types.js';
 import { DatasetError, type DatasetStore } from '../storage/datasets.js';
 import { loadRowValidator } from '../api/row-validator.js';
 import type { RowValidator } from '../api/routes/trigger.js';
@@ -31,7 +32,7 @@ export interface ValidJob {
   communityId: string;
   /** The resolved config, checked again here (the one resolution in the worker process). */
   config: TrainConfig;
-  rows: PreferenceExample[];
+  rows: DatasetRow[];
   payload: FinetunePayload;
 }
 
@@ -82,11 +83,11 @@ export async function createJobValidator(opts: JobValidatorOptions): Promise<(jo
     }
     const rowShape = rowShapeProblems(rows);
     if (rowShape.length > 0) fail(rowShape);
-    const rowRules = validateRows(rows).map((p) => ({
+    const rowRules = (resolved.config.stage === 'online_dpo' ? validatePromptRows(rows) : validateRows(rows)).map((p) => ({
       path: `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`,
       message: p.message.replace(/^row \d+: /, ''),
     }));
     if (rowRules.length > 0) fail(rowRules);
-    return { jobId, communityId: data.communityId, config: resolved.config, rows: rows as PreferenceExample[], payload: data };
+    return { jobId, communityId: data.communityId, config: resolved.config, rows: rows as DatasetRow[], payload: data };
   };
 }

@@ -9,7 +9,8 @@ import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
 import type { TrainingMethod } from '../../queue/types.js';
 import type { TrainConfig } from '../../config/index.js';
-import type { PreferenceExample } from '../../training/types.js';
+import type { DatasetRow } from '../../training/types.js';
+import { preferenceRowsOnly } from '../../training/online/validate-prompts.js';
 import type { TriggerRequest } from '../request-schema.js';
 import { planJob, type DryRunPlan } from '../plan.js';
 import { ValidationError } from '../errors.js';
@@ -82,9 +83,11 @@ export async function recordQueued(
 
 /**
  * The request's config with the training method applied: `dpo` turns the SFT stage off
- * (`sft.enabled: false`); `sft+dpo` and `sft` leave it (`sft` skips DPO in the worker's request).
+ * (`sft.enabled: false`); `sft+dpo` and `sft` leave it (`sft` skips DPO in the worker's request); `online_dpo`
+ * sets `stage: online_dpo` (SFT on the rows' chosen, when they have one, then online DPO on the prompts).
  */
 export function configForMethod(config: Record<string, unknown> | undefined, method: TrainingMethod | undefined): Record<string, unknown> | undefined {
+  if (method === 'online_dpo') return { ...config, stage: 'online_dpo' };
   if (method !== 'dpo') return config;
   const sft = config?.sft && typeof config.sft === 'object' ? (config.sft as Record<string, unknown>) : {};
   return { ...config, sft: { ...sft, enabled: false } };
@@ -95,11 +98,13 @@ export function configForMethod(config: Record<string, unknown> | undefined, met
  * @throws ValidationError when the data phase rejects the data (nothing fits max_length, unreadable file)
  */
 export async function dryRunPlan(
-  body: TriggerExtrasBody & { communityId: string; dataset?: PreferenceExample[] },
+  body: TriggerExtrasBody & { communityId: string; dataset?: DatasetRow[] },
   config: TrainConfig,
   deps: Pick<TriggerExtrasDeps, 'redis' | 'prefix'> & { datasetPath?: (id: string) => Promise<string> },
 ): Promise<DryRunPlan> {
-  const dataset = body.datasetId && deps.datasetPath ? await deps.datasetPath(body.datasetId) : (body.dataset ?? []);
+  if (body.method === 'online_dpo')
+    throw new ValidationError([{ path: '/method', message: 'dryRun does not plan online_dpo jobs yet; send the request without dryRun' }]);
+  const dataset = body.datasetId && deps.datasetPath ? await deps.datasetPath(body.datasetId) : (preferenceRowsOnly(body.dataset) ?? []);
   const evalDataset = body.evalDatasetId && deps.datasetPath ? await deps.datasetPath(body.evalDatasetId) : undefined;
   try {
     return await planJob({

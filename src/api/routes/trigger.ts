@@ -11,6 +11,7 @@ import type { TriggerRequest } from '../request-schema.js';
 import { canAccess, principalOf } from '../auth/tenant.js';
 import type { DatasetRef } from '../../storage/datasets.js';
 import { apiSchemas } from '../schemas.js';
+import { validatePromptRows } from '../../training/online/validate-prompts.js';
 import { errorResponses } from './common.js';
 import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
@@ -124,7 +125,7 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       }
       const rowCount = stored ? stored.rows : dataset.length;
       if (resolved?.config) problems.push(...budgetProblems(resolved.config, rowCount, opts.maxTrainTokens));
-      const rowProblems = stored ? [] : opts.validateRows(dataset);
+      const rowProblems = stored ? [] : request.body.method === 'online_dpo' ? validatePromptRows(dataset) : opts.validateRows(dataset);
       for (const p of rowProblems) {
         const path = p.index < 0 ? '/dataset' : `/dataset/${p.index}${p.field ? `/${p.field}` : ''}`;
         problems.push({ path, message: p.detail ?? p.message });

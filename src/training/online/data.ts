@@ -5,28 +5,17 @@
  * carry an SFT target (a preference record's chosen, or `chosen`/`completion` next to a prompt) also form
  * the SFT stage's pairs; with none, SFT has nothing to train on and is skipped.
  */
-import { ConfigError } from '../../config/index.js';
 import { datasetSha256 } from '../data/hash.js';
 import { resolvePadId, splitEval, tokenizeDataset, type TokenizedPair } from '../data/index.js';
 import type { DataConfig, PreparedData } from '../pipeline/data.js';
-import type { PreferenceExample, PromptExample, Tokenizer } from '../types.js';
+import type { DatasetRow, Tokenizer } from '../types.js';
 import type { Logger } from 'pino';
+export { preferenceRowsOnly } from './validate-prompts.js';
 import { loadPromptRows, tokenizePrompt, type PromptRow, type TokenizedPrompt } from './prompts.js';
 
 /** The online data: SFT pairs (train/eval, possibly empty) and the prompts. */
 export interface OnlinePreparedData extends PreparedData {
   prompts: { train: TokenizedPrompt[]; eval: TokenizedPrompt[] };
-}
-
-/**
- * The caller's rows for the offline DPO data phase: every row must be a pair.
- * @throws ConfigError (`stage`) when a row has no chosen/rejected (prompt-only rows need stage online_dpo)
- */
-export function preferenceRowsOnly(d: PreferenceExample[] | PromptExample[] | string | undefined): PreferenceExample[] | string | undefined {
-  if (d === undefined || typeof d === 'string') return d;
-  const bad = d.findIndex((r) => typeof (r as Partial<PreferenceExample>).rejected !== 'string' || typeof r.chosen !== 'string');
-  if (bad >= 0) throw new ConfigError('stage', `dataset row ${bad} has no chosen/rejected pair; prompt-only rows need stage online_dpo (method: online_dpo)`);
-  return d as PreferenceExample[];
 }
 
 async function rowsOf(source: string, cfg: DataConfig, tokenizer: Tokenizer): Promise<PromptRow[]> {
@@ -43,12 +32,7 @@ async function rowsOf(source: string, cfg: DataConfig, tokenizer: Tokenizer): Pr
  * @param dataset rows or a path / registered name used instead of `cfg.datasets`
  * @throws DataError for unreadable data or a row without a prompt
  */
-export async function prepareOnlineData(
-  cfg: DataConfig,
-  tokenizer: Tokenizer,
-  logger: Logger,
-  dataset?: PreferenceExample[] | PromptExample[] | string,
-): Promise<OnlinePreparedData> {
+export async function prepareOnlineData(cfg: DataConfig, tokenizer: Tokenizer, logger: Logger, dataset?: DatasetRow[] | string): Promise<OnlinePreparedData> {
   let rows: PromptRow[] = [];
   if (Array.isArray(dataset)) rows = await loadPromptRows(dataset as unknown[], { tokenizer });
   else if (typeof dataset === 'string') rows = await rowsOf(dataset, cfg, tokenizer);
