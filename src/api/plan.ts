@@ -54,7 +54,7 @@ export const dryRunPlanSchema = {
   properties: {
     dryRun: { type: 'boolean', enum: [true] },
     communityId: { type: 'string' },
-    method: { type: 'string', enum: ['sft+dpo', 'dpo', 'sft'] },
+    method: { type: 'string', enum: ['sft+dpo', 'dpo', 'sft', 'online_dpo'] },
     model: { type: 'string' },
     data: {
       type: 'object',

@@ -12,6 +12,7 @@
  */
 import { Ajv, type ValidateFunction } from 'ajv';
 import { apiSchemas } from '../api/schemas.js';
+import { TRAINING_METHODS } from './types.js';
 
 /** One problem: JSON pointer into the request (or job payload) and what is wrong there. */
 export interface Problem {
@@ -214,7 +215,7 @@ export function payloadSchema(): Obj {
       requestedAt: { type: 'string', maxLength: 64 },
       // request fields (issue 15), as the API checked them; the callback target is checked again at delivery
       suffix: { type: 'string', pattern: '^[A-Za-z0-9_-]{1,64}$' },
-      method: { type: 'string', enum: ['sft+dpo', 'dpo', 'sft'] },
+      method: { type: 'string', enum: [...TRAINING_METHODS] },
       datasetId: { type: 'string', pattern: '^ds-[0-9a-f]{64}$' },
       evalDatasetId: { type: 'string', pattern: '^ds-[0-9a-f]{64}$' },
       callbackUrl: { type: 'string', maxLength: 2048, pattern: '^https?://' },

@@ -3,7 +3,7 @@
  * runs SFT -> online DPO in a real worker process (src/worker/main.ts, which forks the training child) against
  * the real Redis, to a completed job with a verified artifact and TRL's OnlineDPOTrainer metrics. Also: the
  * request is refused (400, nothing queued) without a judge, with a prompt-only row for the default method, and
- * with an http judge (configured by the service only).
+ * with an http judge the operator did not allow (DPO_JUDGE_URLS), and with a judge file given as a path.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -102,7 +102,7 @@ test('POST /trigger-finetune method online_dpo with prompts and a rule judge run
     assert.ok(Number.isFinite(final.metrics.dpo[k]), `metrics.dpo["${k}"] = ${final.metrics.dpo[k]}`);
   }
   assert.ok(final.artifact);
-  const dir = fileURLToPath(final.artifact.uri);
+  const dir = join(storageDir, final.artifact.uri);
   assert.deepEqual(await verifyManifest(dir, await readManifest(dir)), []);
   const run = JSON.parse(readFileSync(join(dir, 'run.json'), 'utf8')) as { config: { stage: string; online_dpo: { judge: unknown } } };
   assert.equal(run.config.stage, 'online_dpo');
@@ -124,7 +124,7 @@ test('online_dpo requests that cannot run are refused with the field named, noth
         dataset: [{ prompt: 'Once' }],
         config: { online_dpo: { judge: { type: 'http', url: 'http://127.0.0.1:9/x' } } },
       },
-      '/config/online_dpo/judge',
+      '/config/online_dpo/judge/url',
     ],
     [
       { communityId: 'c', method: 'online_dpo', dataset: [{ prompt: 'Once' }], config: { online_dpo: { judge: { type: 'rule', file: '/etc/passwd' } } } },
