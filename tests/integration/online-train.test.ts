@@ -30,7 +30,7 @@ const METRICS = [
   'generation/tokens_per_s',
 ];
 
-test('online DPO on the toy prompts with the rule judge raises the mean judge score (seed 0)', { timeout: 600_000 }, async () => {
+test('online DPO on the toy prompts with the rule judge raises the mean judge score (seed 0)', { timeout: 600_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'online-train-'));
   try {
     const config = loadConfig({
@@ -64,9 +64,12 @@ test('online DPO on the toy prompts with the rule judge raises the mean judge sc
     assert.ok(evals.length >= 2, 'an eval before and after online DPO');
     const before = evals[0]!['eval_objective/scores'] as number;
     const afterScore = evals[evals.length - 1]!['eval_objective/scores'] as number;
+    t.diagnostic(`eval_objective/scores ${before} -> ${afterScore}`);
     assert.ok(afterScore > before, `mean judge score ${before} -> ${afterScore}`);
     const steps = lines.filter((l) => l.stage === 'dpo' && 'loss' in l);
     assert.equal(steps.length, 6);
+    const last = steps[steps.length - 1]!;
+    t.diagnostic(JSON.stringify(Object.fromEntries([...METRICS, 'loss'].map((k) => [k, last[k]]))));
     for (const k of METRICS)
       assert.ok(
         steps.every((s) => Number.isFinite(s[k])),
