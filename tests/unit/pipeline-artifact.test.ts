@@ -11,6 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { verifyManifest } from '../../src/storage/manifest.js';
 import { currentBackend } from '../../src/training/engine/backend.js';
 import { applyLora, loadModel } from '../../src/training/models/index.js';
+import { decodeEvent, decodeHParams, type DecodedEvent } from '../../src/training/metrics/tensorboard.js';
 import { exportModel, writeExtras, writeRunRecord } from '../../src/training/pipeline/artifact.js';
 import { silent, smallConfig } from './pipeline-helpers.js';
 import { stories, toyPairs } from './trainer-helpers.js';
@@ -73,4 +74,70 @@ test('extras from metrics.jsonl, then run.json and a manifest that verifies', as
   assert.equal(typeof back.versions['@tensorflow/tfjs-core'], 'string');
   assert.deepEqual(await verifyManifest(dir), []);
   policy.dispose();
+});
+
+/** Every event of the run's one event file (TFRecord frames decoded with the writer's own messages). */
+function events(dir: string): DecodedEvent[] {
+  const tb = join(dir, 'tensorboard');
+  const buf = readFileSync(join(tb, readdirSync(tb)[0]!));
+  const out: DecodedEvent[] = [];
+  for (let off = 0; off < buf.length; ) {
+    const len = Number(buf.readBigUInt64LE(off));
+    out.push(decodeEvent(buf.subarray(off + 12, off + 12 + len)));
+    off += 12 + len + 4;
+  }
+  return out;
+}
+
+test('TensorBoard: train/ and eval/ tags on one step axis (DPO after SFT), text samples, hparams', async () => {
+  const cfg = await smallConfig(['tensorboard=true', 'plot=false', 'loss.beta=0.25']);
+  const dir = mkdtempSync(join(tmpdir(), 'pipe-art3-'));
+  const recs = [
+    { stage: 'sft', step: 1, loss: 3.1, learning_rate: 1e-4 },
+    { stage: 'sft', step: 2, loss: 3.0, learning_rate: 1e-4 },
+    { stage: 'sft', step: 2, eval_loss: 2.9 },
+    { stage: 'dpo', step: 1, loss: 0.69, 'rewards/accuracies': 0.5 },
+    { stage: 'dpo', step: 2, loss: 0.68, 'rewards/accuracies': 0.75 },
+    { stage: 'dpo', step: 2, eval_loss: 0.67, 'eval_rewards/accuracies': 1 },
+  ];
+  writeFileSync(join(dir, 'metrics.jsonl'), `${recs.map((r) => JSON.stringify(r)).join('\n')}\n`);
+  const sample = { stage: 'dpo', step: 2, index: 0, prompt: 'Once upon a time', completion: ' there was a dog.' };
+  writeFileSync(join(dir, 'samples.jsonl'), `${JSON.stringify(sample)}\n`);
+  await writeExtras(dir, cfg, silent);
+  const evs = events(dir);
+  const scalars = evs.flatMap((e) => (e.summary?.value ?? []).filter((v) => v.simple_value !== undefined).map((v) => `${v.tag}@${e.step}`));
+  assert.deepEqual(scalars, [
+    'train/loss@1',
+    'train/learning_rate@1',
+    'train/loss@2',
+    'train/learning_rate@2',
+    'eval/loss@2',
+    'train/loss@3',
+    'train/rewards/accuracies@3',
+    'train/loss@4',
+    'train/rewards/accuracies@4',
+    'eval/loss@4',
+    'eval/rewards/accuracies@4',
+  ]);
+  const texts = evs.flatMap((e) =>
+    (e.summary?.value ?? [])
+      .filter((v) => v.metadata?.plugin_data?.plugin_name === 'text')
+      .map((v) => ({ tag: v.tag, step: e.step, text: Buffer.from(v.tensor!.string_val![0]!).toString('utf8') })),
+  );
+  assert.deepEqual(
+    texts.map((t) => `${t.tag}@${t.step ?? 0}`),
+    ['stages@0', 'samples/dpo@4'],
+  );
+  assert.match(texts[0]!.text, /SFT: steps 1-2; DPO: steps 3-4/);
+  assert.match(texts[1]!.text, /there was a dog\./);
+  const hp = evs.flatMap((e) => (e.summary?.value ?? []).filter((v) => v.metadata?.plugin_data?.plugin_name === 'hparams'));
+  assert.deepEqual(
+    hp.map((v) => v.tag),
+    ['_hparams_/session_start_info', '_hparams_/session_end_info'],
+  );
+  const start = decodeHParams(hp[0]!.metadata!.plugin_data!.content!) as {
+    session_start_info: { hparams: Record<string, { number_value?: number; string_value?: string }> };
+  };
+  assert.equal(start.session_start_info.hparams['loss.beta']?.number_value, 0.25);
+  assert.equal(start.session_start_info.hparams['model.name_or_path']?.string_value, 'stories260K');
 });
