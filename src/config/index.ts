@@ -290,9 +290,6 @@ export function lossOptions(c: Pick<TrainConfig, 'loss'>): ResolvedLossOptions {
   return lossOptionsOf(c.loss);
 }
 
-/** Old name of {@link lossOptions}, kept while src/training/run.ts still uses it. */
-export const resolveLoss = lossOptions;
-
 const STAGE_KEYS = Object.keys(StageSchema.properties) as Array<keyof StageSettings>;
 
 /** The DPO stage's controls (top-level keys). */

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { ConfigError, resolveLoss, type TrainConfig } from '../../src/config/index.js';
+import { ConfigError, lossOptions, type TrainConfig } from '../../src/config/index.js';
 import { applyLora } from '../../src/training/models/index.js';
 import { createReference, refLogpsFromHost, refLogpsToHost } from '../../src/training/pipeline/reference.js';
 import type { ResumePoint } from '../../src/training/pipeline/resume.js';
@@ -23,7 +23,7 @@ function point(over: Pick<ResumePoint, 'reference' | 'refLogps'>): ResumePoint {
 async function inputs(cfg: TrainConfig, resume: ResumePoint | null = null) {
   const { pairs, padId } = await toyPairs();
   const policy = await stories();
-  return { cfg, loss: resolveLoss(cfg), policy, data: { train: pairs.slice(0, 4), eval: pairs.slice(4, 6), padId }, resume, logger: silent };
+  return { cfg, loss: lossOptions(cfg), policy, data: { train: pairs.slice(0, 4), eval: pairs.slice(4, 6), padId }, resume, logger: silent };
 }
 
 test('reference-free loss: none; LoRA: the adapter-disabled policy; neither stores checkpoint state', async () => {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { resolveLoss, type TrainConfig } from '../../src/config/index.js';
+import { lossOptions, type TrainConfig } from '../../src/config/index.js';
 import { loadPreferenceExamples } from '../../src/training/data/index.js';
 import { prepareData } from '../../src/training/pipeline/data.js';
 import { createReference } from '../../src/training/pipeline/reference.js';
@@ -42,7 +42,7 @@ test('SFT then DPO: records, checkpoints, and a DPO resume that logs the same st
     [1, 2],
   );
   attachDpoAdapters(run);
-  const loss = resolveLoss(cfg);
+  const loss = lossOptions(cfg);
   const ref = createReference({ cfg, loss, policy: run.policy, data: run.data, resume: null, logger: silent });
   const dpo = await runDpo(run, { loss, reference: ref, point: null, sftSummary: sft.summary });
   assert.ok(Math.abs(Number(recs.find((r) => r.stage === 'dpo' && r.step === 1)!.loss) - Math.LN2) < 1e-5, 'first DPO loss is ln 2');

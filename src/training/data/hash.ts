@@ -1,7 +1,8 @@
 /**
  * The canonical JSON and dataset hash of the repo: object keys sorted (safe-stable-stringify), so equal
- * values hash equally whatever their key order. The API's idempotency hash and run.json's `data.sha256` are
- * both computed here, so a webhook job's rows and its artifact can be matched by hash.
+ * values hash equally whatever their key order. Every content hash of the service goes through here: the API's
+ * idempotency hash of `{dataset, config}`, run.json's `data.sha256` (= datasetSha256 of the rows a webhook job
+ * trained on) and the checkpoint's config hash.
  */
 import { createHash } from 'node:crypto';
 import { stringify } from 'safe-stable-stringify';
