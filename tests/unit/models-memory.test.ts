@@ -15,7 +15,7 @@ import { tokenLogps } from '../../src/training/engine/ops.js';
 
 await initBackend('native');
 
-export function tinyLlama(over: Partial<ModelConfig> = {}): ModelConfig {
+function tinyLlama(over: Partial<ModelConfig> = {}): ModelConfig {
   return {
     architecture: 'llama',
     modelType: 'qwen2',
