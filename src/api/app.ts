@@ -149,7 +149,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   }
 
   const validateRows = options.validateRows ?? (await loadRowValidator());
-  const surface = surfaceDeps(app, env, queue, options.surface);
+  const surface = surfaceDeps(app, env, queue, datasets, options.surface);
   const models = await modelRegistry();
   await app.register(triggerRoutes, {
     queue,

@@ -92,7 +92,7 @@ export const dryRunPlanSchema = {
 const tokenizers = new Map<string, Promise<Tokenizer>>();
 
 /** The tokenizer a config trains with, without loading the weights (cached per name). */
-async function tokenizerOf(cfg: TrainConfig): Promise<Tokenizer> {
+export async function tokenizerOf(cfg: TrainConfig): Promise<Tokenizer> {
   const key = cfg.model.tokenizer_name_or_path ?? cfg.model.name_or_path;
   let t = tokenizers.get(key);
   if (!t) {
@@ -113,7 +113,7 @@ async function tokenizerOf(cfg: TrainConfig): Promise<Tokenizer> {
 /**
  * Plan a job.
  * @param dataset inline rows, or the local path of an uploaded dataset file
- * @param evalDataset the local path of an uploaded eval dataset, if any
+ * @param evalDataset the rows of an uploaded eval dataset, if any (given to the data phase as a file)
  * @throws DataError / ConfigError (`max_length`: nothing fits) from the data phase; TokenizerError
  */
 export async function planJob(opts: {
@@ -121,11 +121,26 @@ export async function planJob(opts: {
   method: TrainingMethod;
   config: TrainConfig;
   dataset: PreferenceExample[] | string;
-  evalDataset?: string;
+  evalDataset?: PreferenceExample[];
   redis: Redis;
   prefix: string;
 }): Promise<DryRunPlan> {
-  const cfg: TrainConfig = opts.evalDataset ? { ...opts.config, eval_dataset: opts.evalDataset } : opts.config;
+  let evalFile: string | null = null;
+  if (opts.evalDataset) {
+    const { writeFile } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    evalFile = join(tmpdir(), `dpo-plan-eval-${process.pid}-${Date.now()}.json`);
+    await writeFile(evalFile, JSON.stringify(opts.evalDataset));
+  }
+  try {
+    return await planWith(opts, evalFile ? { ...opts.config, eval_dataset: evalFile } : opts.config);
+  } finally {
+    if (evalFile) await import('node:fs/promises').then((m) => m.rm(evalFile!, { force: true }));
+  }
+}
+
+async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): Promise<DryRunPlan> {
   const tokenizer = await tokenizerOf(cfg);
   const { prepareData } = await import('../training/pipeline/data.js');
   const { stagePlan } = await import('../training/trainer/stage.js');

@@ -9,7 +9,8 @@ import { JobEventLog } from '../queue/events.js';
 import type { FinetuneQueueService } from '../queue/finetune-queue.js';
 import { JobIndex } from '../queue/job-index.js';
 import { webhookSecrets } from '../webhooks/secrets.js';
-import { accessibleCommunities } from './auth/tenant.js';
+import { join } from 'node:path';
+import { accessibleCommunities, canAccess } from './auth/tenant.js';
 import { LocalArtifacts, type ArtifactAccess } from './artifacts.js';
 import { apiSchemas } from './schemas.js';
 import { eventsRoutes, jobEventPageSchema, jobEventSchema } from './routes/events.js';
@@ -19,6 +20,8 @@ import { jobListSchema, jobsListRoutes } from './routes/jobs-list.js';
 import type { TriggerExtrasDeps } from './routes/trigger-extras.js';
 import { uiRoutes } from './routes/ui.js';
 import { dryRunPlanSchema } from './plan.js';
+import type { DatasetStore } from '../storage/datasets.js';
+import { datasetSchema, datasetsRoutes } from './routes/datasets.js';
 
 export interface SurfaceOptions {
   /** Artifact access (default: the local tree under STORAGE_DIR). */
@@ -39,12 +42,27 @@ export interface SurfaceDeps {
 }
 
 /** Build the shared pieces and add the named schemas (no routes yet). */
-export function surfaceDeps(app: FastifyInstance, env: ServiceEnv, queue: FinetuneQueueService, opts: SurfaceOptions = {}): SurfaceDeps {
+export function surfaceDeps(
+  app: FastifyInstance,
+  env: ServiceEnv,
+  queue: FinetuneQueueService,
+  datasets: DatasetStore,
+  opts: SurfaceOptions = {},
+): SurfaceDeps {
   // named schemas, added before any route is registered (a schema added later made fastify rebuild the
   // validators of earlier routes without the app's ajv)
   // the job status is shared by GET /jobs/:jobId and the list items
   if (!app.getSchema(String(apiSchemas().jobStatus.$id))) app.addSchema(apiSchemas().jobStatus);
-  for (const s of [dryRunPlanSchema, jobEventSchema, jobEventPageSchema, jobListSchema, metricsHistorySchema, artifactFileListSchema, checkpointListSchema])
+  for (const s of [
+    datasetSchema,
+    dryRunPlanSchema,
+    jobEventSchema,
+    jobEventPageSchema,
+    jobListSchema,
+    metricsHistorySchema,
+    artifactFileListSchema,
+    checkpointListSchema,
+  ])
     app.addSchema(s);
   const events = new JobEventLog(queue.redis, env.QUEUE_PREFIX, { maxLen: env.EVENT_LOG_MAX_LEN, ttlSeconds: env.JOB_RETENTION_SECONDS });
   const index = new JobIndex(queue.redis, env.QUEUE_PREFIX, env.JOB_RETENTION_SECONDS);
@@ -62,6 +80,7 @@ export function surfaceDeps(app: FastifyInstance, env: ServiceEnv, queue: Finetu
       hasSigningSecret: (c) => secrets.has(c),
       redis: queue.redis,
       prefix: env.QUEUE_PREFIX,
+      datasets,
       index,
       events,
     },
@@ -75,5 +94,12 @@ export async function registerJobSurface(app: FastifyInstance, d: SurfaceDeps): 
   await app.register(eventsRoutes, { queue: d.queue, events: d.events, pollMs: d.eventsPollMs });
   await app.register(jobMetricsRoutes, { queue: d.queue, events: d.events, artifacts: d.artifacts });
   await app.register(filesRoutes, { queue: d.queue, events: d.events, artifacts: d.artifacts });
+  await app.register(datasetsRoutes, {
+    store: d.triggerExtras.datasets,
+    incomingDir: join(d.env.WORK_DIR, '.incoming'),
+    maxBytes: d.env.MAX_DATASET_BYTES,
+    canAccess,
+    communitiesOf: d.communitiesOf,
+  });
   await app.register(uiRoutes, {});
 }

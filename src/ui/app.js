@@ -61,12 +61,12 @@ async function loadJobs(append = false) {
   }
 }
 
-function makeChart(el, series) {
+function makeChart(el, series, xLabel = 'step') {
   const opts = {
     width: 360,
     height: 200,
     scales: { x: { time: false } },
-    axes: [{ label: 'step' }, {}],
+    axes: [{ label: xLabel }, {}],
     series: [{ label: 'step' }, ...series.map((s) => ({ label: s.label, stroke: s.color, spanGaps: true }))],
   };
   return new uPlot(opts, [[], ...series.map(() => [])], el);
@@ -76,10 +76,14 @@ function resetCharts() {
   for (const id of ['chart-loss', 'chart-acc', 'chart-margins']) $(id).replaceChildren();
   state.points = { loss: [[], [], []], acc: [[], []], margins: [[], []] };
   state.charts = {
-    loss: makeChart($('chart-loss'), [
-      { label: 'sft loss', color: '#f59e0b' },
-      { label: 'dpo loss', color: '#3b82f6' },
-    ]),
+    loss: makeChart(
+      $('chart-loss'),
+      [
+        { label: 'sft loss', color: '#f59e0b' },
+        { label: 'dpo loss', color: '#3b82f6' },
+      ],
+      'logged step (sft, then dpo)',
+    ),
     acc: makeChart($('chart-acc'), [{ label: 'dpo', color: '#10b981' }]),
     margins: makeChart($('chart-margins'), [{ label: 'dpo', color: '#8b5cf6' }]),
   };
@@ -127,11 +131,12 @@ function showStatus(s) {
     `community ${s.communityId} · method ${s.method ?? 'sft+dpo'}${s.suffix ? ` · suffix ${s.suffix}` : ''}${s.datasetId ? ` · dataset ${s.datasetId.slice(0, 15)}…` : ''} · ${s.trainedTokens ?? 0} tokens trained`;
   const pct = Math.round((s.progress?.fraction ?? 0) * 100);
   $('bar').style.width = `${pct}%`;
-  $('progress-text').textContent = s.stage
-    ? `${s.stage}: step ${s.progress.step}/${s.progress.totalSteps} (${pct}%) ${fmtEta(s.estimatedFinish)}`
-    : s.state === 'completed'
-      ? 'done'
-      : s.state;
+  $('progress-text').textContent =
+    s.state === 'active' && s.stage
+      ? `${s.stage}: step ${s.progress.step}/${s.progress.totalSteps} (${pct}%) ${fmtEta(s.estimatedFinish)}`
+      : s.state === 'completed'
+        ? `completed ${fmtTime(s.finishedAt)}`
+        : s.state;
   $('job-error').hidden = !s.error;
   if (s.error) $('job-error').textContent = `${s.error.code}: ${s.error.message}`;
 }
@@ -143,6 +148,7 @@ async function refreshStatus() {
     showStatus(s);
     if (['completed', 'failed', 'cancelled'].includes(s.state)) {
       clearInterval(state.poll);
+      loadJobs();
       await showFiles();
     }
   } catch {}

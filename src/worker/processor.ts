@@ -5,7 +5,7 @@
  * timeout abort training; the job then fails with JOB_CANCELLED / JOB_TIMEOUT.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { WaitingError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -302,6 +302,9 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       });
       if (!resume) await rm(outputDir, { recursive: true, force: true });
       await mkdir(outputDir, { recursive: true });
+      // an uploaded eval set (evalDatasetId) reaches the data phase as a file beside the output (not in the artifact)
+      const evalFile = valid.evalRows ? `${outputDir}.eval.json` : null;
+      if (evalFile) await writeFile(evalFile, JSON.stringify(valid.evalRows));
       // the SFT stage starts with loading the base model and tokenizer
       reporter.startStage('sft');
       let trained: TrainResult;
@@ -310,7 +313,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
           request: {
             jobId,
             communityId,
-            config: resume ? { ...valid.config, resume_from_checkpoint: 'latest' } : valid.config,
+            config: { ...(resume ? { ...valid.config, resume_from_checkpoint: 'latest' } : valid.config), ...(evalFile ? { eval_dataset: evalFile } : {}) },
             dataset: valid.rows,
             outputDir,
             backend: deps.backend,
@@ -413,6 +416,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       throw failure;
     } finally {
       if (!handedBack) await deps.redis.zrem(liveJobsKey(deps.prefix, QueueNames.finetune, communityId), jobId).catch(() => {});
+      await rm(`${outputDir}.eval.json`, { force: true }).catch(() => {});
       clearInterval(poll);
       clearTimeout(timeout);
       bullSignal?.removeEventListener('abort', onBullAbort);

@@ -19,7 +19,7 @@ import {
 } from '../queue/payload.js';
 import type { FinetunePayload } from '../queue/types.js';
 import { validatePromptRows } from '../training/online/validate-prompts.js';
-import type { DatasetRow } from '../training/types.js';
+import type { DatasetRow, PreferenceExample } from '../training/types.js';
 import { DatasetError, type DatasetStore } from '../storage/datasets.js';
 import { loadRowValidator } from '../api/row-validator.js';
 import type { RowValidator } from '../api/routes/trigger.js';
@@ -33,6 +33,8 @@ export interface ValidJob {
   /** The resolved config, checked again here (the one resolution in the worker process). */
   config: TrainConfig;
   rows: DatasetRow[];
+  /** The eval set's rows when the job names an uploaded `evalDatasetId` (checked like the training rows). */
+  evalRows: PreferenceExample[] | null;
   payload: FinetunePayload;
 }
 
@@ -88,6 +90,17 @@ export async function createJobValidator(opts: JobValidatorOptions): Promise<(jo
       message: p.message.replace(/^row \d+: /, ''),
     }));
     if (rowRules.length > 0) fail(rowRules);
-    return { jobId, communityId: data.communityId, config: resolved.config, rows: rows as DatasetRow[], payload: data };
+    let evalRows: unknown[] | null = null;
+    if (data.evalDatasetId) {
+      try {
+        evalRows = await opts.datasets.get(data.communityId, data.evalDatasetId);
+      } catch (err) {
+        if (err instanceof DatasetError) fail([{ path: '/data/evalDatasetId', message: `${err.code}: ${err.message}` }]);
+        throw err;
+      }
+      const evalShape = rowShapeProblems(evalRows);
+      if (evalShape.length > 0) fail(evalShape.map((p) => ({ ...p, path: `/evalDataset${p.path}` })));
+    }
+    return { jobId, communityId: data.communityId, config: resolved.config, rows: rows as DatasetRow[], evalRows: evalRows as PreferenceExample[] | null, payload: data };
   };
 }

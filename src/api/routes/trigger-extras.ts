@@ -9,11 +9,12 @@ import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
 import type { TrainingMethod } from '../../queue/types.js';
 import type { TrainConfig } from '../../config/index.js';
-import type { DatasetRow } from '../../training/types.js';
+import type { DatasetRow, PreferenceExample } from '../../training/types.js';
 import { preferenceRowsOnly } from '../../training/online/validate-prompts.js';
 import type { TriggerRequest } from '../request-schema.js';
 import { planJob, type DryRunPlan } from '../plan.js';
 import { ValidationError } from '../errors.js';
+import type { DatasetStore } from '../../storage/datasets.js';
 import { CallbackUrlError, resolveCallbackTarget, type CallbackPolicy } from '../../webhooks/targets.js';
 import type { Problem } from '../errors.js';
 
@@ -25,6 +26,8 @@ export interface TriggerExtrasDeps {
   /** Redis and prefix of the service statistics (measured tokens/s for dry-run durations). */
   redis: import('ioredis').Redis;
   prefix: string;
+  /** The dataset store (uploaded and inline rows; datasetId / evalDatasetId). */
+  datasets: DatasetStore;
   /** Whether the community has a webhook signing secret (SIGNING_SECRETS). */
   hasSigningSecret: (communityId: string) => boolean;
 }
@@ -40,6 +43,10 @@ export async function checkTriggerExtras(
 ): Promise<{ problems: Problem[]; fields: JobRequestFields }> {
   const problems: Problem[] = [];
   const fields: JobRequestFields = {};
+  // (datasetId is resolved by the trigger route itself; the eval set here, in the same community's store)
+  if (body.evalDatasetId !== undefined && !(await deps.datasets.has(communityId, body.evalDatasetId).catch(() => false))) {
+    problems.push({ path: '/evalDatasetId', message: `is not a dataset of community ${communityId} (UNKNOWN_DATASET); upload it with POST /datasets` });
+  }
   if (body.suffix !== undefined) fields.suffix = body.suffix;
   if (body.method !== undefined) fields.method = body.method;
   if (body.datasetId !== undefined) fields.datasetId = body.datasetId;
@@ -100,12 +107,12 @@ export function configForMethod(config: Record<string, unknown> | undefined, met
 export async function dryRunPlan(
   body: TriggerExtrasBody & { communityId: string; dataset?: DatasetRow[] },
   config: TrainConfig,
-  deps: Pick<TriggerExtrasDeps, 'redis' | 'prefix'> & { datasetPath?: (id: string) => Promise<string> },
+  deps: Pick<TriggerExtrasDeps, 'redis' | 'prefix' | 'datasets'>,
 ): Promise<DryRunPlan> {
   if (body.method === 'online_dpo')
     throw new ValidationError([{ path: '/method', message: 'dryRun does not plan online_dpo jobs yet; send the request without dryRun' }]);
-  const dataset = body.datasetId && deps.datasetPath ? await deps.datasetPath(body.datasetId) : (preferenceRowsOnly(body.dataset) ?? []);
-  const evalDataset = body.evalDatasetId && deps.datasetPath ? await deps.datasetPath(body.evalDatasetId) : undefined;
+  const dataset = body.datasetId ? ((await deps.datasets.get(body.communityId, body.datasetId)) as PreferenceExample[]) : (preferenceRowsOnly(body.dataset) ?? []);
+  const evalDataset = body.evalDatasetId ? ((await deps.datasets.get(body.communityId, body.evalDatasetId)) as PreferenceExample[]) : undefined;
   try {
     return await planJob({
       communityId: body.communityId,
