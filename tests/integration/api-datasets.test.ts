@@ -157,7 +157,7 @@ test('a 50 MB gzip JSONL streams in with RSS growth under 100 MB; 201 with forma
   const rss0 = rssOf();
   let peak = rss0;
   const sampler = setInterval(() => (peak = Math.max(peak, rssOf())), 20);
-  let res;
+  let res: Awaited<ReturnType<typeof upload>>;
   try {
     res = await upload(Readable.toWeb(createReadStream(bigFile)) as unknown as BodyInit, 'communityId=ds-a&name=big', { 'content-type': 'application/gzip' });
   } finally {
