@@ -11,7 +11,9 @@
  *   prompt + chosen and prompt + rejected, both through the policy);
  * - duration: tokens / the tokens/s last measured on this service for that stage (`dpo_training_tokens_per_second`,
  *   src/queue/stats.ts), null until a job has finished;
- * - memory: the engine's estimate when it is available (not yet on this branch: `memory: null` and a note).
+ * - memory: the engine's estimate (src/training/plan/memory.ts: weights, gradients, optimizer, reference,
+ *   activations, runtime) against the memory of the API host (`fits`; the worker's host decides for real:
+ *   a job that cannot fit fails there with INSUFFICIENT_MEMORY), with the engine's suggestions when not.
  * Runs in the API process (tokenisation of a large dataset takes a while: the request waits for it).
  */
 import pino from 'pino';
@@ -42,7 +44,7 @@ export interface DryRunPlan {
   stages: StagePlan[];
   tokens: number;
   estimatedSeconds: number | null;
-  memory: Record<string, unknown> | null;
+  memory: Record<string, unknown> & { totalBytes: number; fits: boolean };
   notes: string[];
 }
 
@@ -84,7 +86,11 @@ export const dryRunPlanSchema = {
     },
     tokens: { type: 'integer', description: 'tokens through the policy, all stages' },
     estimatedSeconds: { type: ['number', 'null'], description: 'training time at the last measured tokens/s; null before any job finished' },
-    memory: { type: ['object', 'null'], additionalProperties: true, description: "the engine's memory estimate (null: not available)" },
+    memory: {
+      type: 'object',
+      additionalProperties: true,
+      description: "the engine's peak-memory estimate by part (bytes), the API host's available bytes and whether it fits",
+    },
     notes: { type: 'array', items: { type: 'string' } },
   },
 } as const;
@@ -141,7 +147,11 @@ export async function planJob(opts: {
 }
 
 async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): Promise<DryRunPlan> {
-  const tokenizer = await tokenizerOf(cfg);
+  const { modelShape } = await import('../training/plan/dry-run.js');
+  const { InsufficientMemoryError, availableMemory, checkMemory, estimateMemory, formatEstimate } = await import('../training/plan/memory.js');
+  const { needsReference } = await import('../training/losses/index.js');
+  const { lossOptions } = await import('../config/index.js');
+  const { config: modelConfig, tokenizer } = await modelShape(cfg.model.name_or_path, cfg.model.tokenizer_name_or_path ?? null);
   const { prepareData } = await import('../training/pipeline/data.js');
   const { stagePlan } = await import('../training/trainer/stage.js');
   const data = await prepareData(cfg, tokenizer, pino({ level: 'silent' }), opts.dataset);
@@ -169,7 +179,19 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
   };
   if (cfg.sft.enabled) add('sft', sftStage(cfg), sftTokens / n, tps[0]);
   if (opts.method !== 'sft') add('dpo', dpoStage(cfg), dpoTokens / n, tps[1]);
-  const notes: string[] = ['memory estimate pending: the engine has no estimator on this version'];
+  const notes: string[] = [];
+  const ref = needsReference(lossOptions(cfg));
+  const est = estimateMemory(modelConfig, cfg, ref);
+  const available = availableMemory();
+  let fits = true;
+  try {
+    checkMemory(modelConfig, cfg, { needsReference: ref, available });
+  } catch (err) {
+    if (!(err instanceof InsufficientMemoryError)) throw err;
+    fits = false;
+    notes.push(`INSUFFICIENT_MEMORY on the API host: ${err.message}`);
+  }
+  const memory = { ...est, availableBytes: available, fits, summary: formatEstimate(est, available) };
   const known = stages.every((s) => s.estimatedSeconds !== null);
   if (!known) notes.push('no job has finished on this service yet: durations need a measured tokens/s');
   return {
@@ -187,7 +209,7 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
     stages,
     tokens: stages.reduce((a, s) => a + s.tokens, 0),
     estimatedSeconds: known ? Number(stages.reduce((a, s) => a + (s.estimatedSeconds ?? 0), 0).toFixed(1)) : null,
-    memory: null,
+    memory,
     notes,
   };
 }

@@ -385,7 +385,10 @@ test('?dryRun=true answers the plan (the same data counts and steps as the real 
   assert.ok(plan.tokens > sftTokens);
   // a job has finished on this service, so durations are estimated from its tokens/s
   assert.ok(plan.estimatedSeconds > 0, JSON.stringify(plan));
-  assert.ok(plan.notes.some((n: string) => /memory estimate pending/.test(n)));
+  // the engine's memory estimate: parts add up (x1.15 margin + runtime), the toy fits
+  assert.ok(plan.memory.totalBytes > 0 && plan.memory.weights > 0, JSON.stringify(plan.memory));
+  assert.equal(plan.memory.fits, true);
+  assert.ok(plan.memory.totalBytes >= plan.memory.weights + plan.memory.gradients + plan.memory.optimizer);
   // nothing queued, nothing listed
   assert.deepEqual(await app.queueService.queue.getJobCounts('waiting', 'active', 'delayed', 'completed', 'failed'), before);
   assert.equal((await app.inject({ method: 'GET', url: '/jobs?limit=100' })).json().data.length, listBefore);

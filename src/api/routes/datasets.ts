@@ -139,6 +139,9 @@ export async function datasetsRoutes(app: FastifyInstance, opts: DatasetsRouteOp
       },
     },
     async (request, reply) => {
+      // a large upload is checked after it is received; no bytes flow meanwhile, so the socket's idle timeout
+      // (connectionTimeout) must not cut it
+      request.raw.socket.setTimeout(0);
       let communityId = request.query.communityId;
       let body: Readable = request.raw;
       if (request.isMultipart()) {

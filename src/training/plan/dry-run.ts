@@ -27,7 +27,7 @@ export interface RunPlan {
 }
 
 /** The model's shape from its config.json when it has one (no weights read), else by loading it, plus its tokenizer. */
-async function modelShape(nameOrPath: string, tokenizerPath: string | null): Promise<{ config: ModelConfig; tokenizer: Tokenizer }> {
+export async function modelShape(nameOrPath: string, tokenizerPath: string | null): Promise<{ config: ModelConfig; tokenizer: Tokenizer }> {
   let dir: string | null = null;
   if (existsSync(nameOrPath)) dir = statSync(nameOrPath).isDirectory() ? nameOrPath : dirname(nameOrPath);
   if (dir && existsSync(join(dir, 'config.json'))) {
