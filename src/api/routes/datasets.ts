@@ -173,7 +173,12 @@ export async function datasetsRoutes(app: FastifyInstance, opts: DatasetsRouteOp
       }
       try {
         const tokenizer = await tokenizerOf(cfg);
-        const check = await checkDatasetFile(received.path, { tokenizer, maxLength: cfg.max_length, maxPromptLength: cfg.max_prompt_length, format: request.query.format });
+        const check = await checkDatasetFile(received.path, {
+          tokenizer,
+          maxLength: cfg.max_length,
+          maxPromptLength: cfg.max_prompt_length,
+          format: request.query.format,
+        });
         if (!check.ok) {
           const errs = check.problems.filter((p) => p.level === 'error');
           throw new ValidationError(
