@@ -151,6 +151,10 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
   const { InsufficientMemoryError, availableMemory, checkMemory, estimateMemory, formatEstimate } = await import('../training/plan/memory.js');
   const { needsReference } = await import('../training/losses/index.js');
   const { lossOptions } = await import('../config/index.js');
+  // a llama2.c / built-in model is loaded to learn its shape (small by nature): tfjs needs a backend for that;
+  // Hugging Face directories are read from config.json without weights
+  const { initBackend } = await import('../training/engine/backend.js');
+  await initBackend('cpu');
   const { config: modelConfig, tokenizer } = await modelShape(cfg.model.name_or_path, cfg.model.tokenizer_name_or_path ?? null);
   const { prepareData } = await import('../training/pipeline/data.js');
   const { stagePlan } = await import('../training/trainer/stage.js');

@@ -350,6 +350,24 @@ test('GET /jobs: newest first, cursor pages without repeats, filters by communit
   assert.ok(completed.some((j) => j.jobId === doneJob));
   assert.equal((await app.inject({ method: 'GET', url: '/jobs?after=garbage' })).statusCode, 400);
   assert.equal((await app.inject({ method: 'GET', url: '/jobs?state=nope' })).statusCode, 400);
+  // tenants: a key scoped to jobs-list sees only those jobs; another community's job and its events, metrics,
+  // files and checkpoints are 404 for it (as for a missing job)
+  const scoped = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, API_KEYS: 'kl:jobs-list,ka:jobs-a' }) });
+  try {
+    const kl = { authorization: 'Bearer kl' };
+    const mine = (await scoped.inject({ method: 'GET', url: '/jobs?limit=100', headers: kl })).json().data as JobStatus[];
+    assert.deepEqual(
+      mine.map((j) => j.jobId),
+      [...ids].reverse(),
+    );
+    assert.equal((await scoped.inject({ method: 'GET', url: '/jobs?communityId=jobs-a', headers: kl })).json().data.length, 0);
+    for (const sub of ['', '/events', '/metrics', '/files', '/checkpoints', '/files/model/model.safetensors']) {
+      assert.equal((await scoped.inject({ method: 'GET', url: `/jobs/${doneJob}${sub}`, headers: kl })).statusCode, 404, sub);
+      assert.equal((await scoped.inject({ method: 'GET', url: `/jobs/${doneJob}${sub}`, headers: { authorization: 'Bearer ka' } })).statusCode, 200, sub);
+    }
+  } finally {
+    await scoped.close();
+  }
   for (const id of ids) await app.inject({ method: 'DELETE', url: `/jobs/${id}` });
 });
 

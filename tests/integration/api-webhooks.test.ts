@@ -30,6 +30,9 @@ const toy = JSON.parse(readFileSync(join(root, 'config/datasets/toy.json'), 'utf
 const TINY = { max_steps: 2, sft: { max_steps: 2 }, batch_size: 2, eval_split_fraction: 0.25, sample_during_eval: false, tensorboard: false, plot: false };
 const secret = `whsec_${randomBytes(24).toString('base64')}`;
 const hookEnv = { SIGNING_SECRETS: `hooks:${secret}`, CALLBACK_ALLOW_PRIVATE: 'true', ALLOW_HTTP_CALLBACKS: 'true' };
+/** SIGNING_SECRETS turns authentication on: the test's requests carry an all-communities key. */
+const KEYS = { API_KEYS: 'hk:*' };
+const auth = { authorization: 'Bearer hk' };
 
 let app: FastifyInstance;
 let worker: ChildProcess;
@@ -54,7 +57,7 @@ before(async () => {
   });
   await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', () => r()));
   receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
-  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, ...hookEnv }) });
+  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, ...hookEnv, ...KEYS }) });
   await app.ready();
   worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
     cwd: root,
@@ -95,7 +98,7 @@ after(async () => {
 });
 
 async function events(jobId: string): Promise<JobEvent[]> {
-  const res = await app.inject({ method: 'GET', url: `/jobs/${jobId}/events?limit=1000` });
+  const res = await app.inject({ method: 'GET', url: `/jobs/${jobId}/events?limit=1000`, headers: auth });
   return res.json().data as JobEvent[];
 }
 
@@ -105,6 +108,7 @@ test('job.succeeded reaches the receiver signed (standardwebhooks verifies it); 
   const res = await app.inject({
     method: 'POST',
     url: '/trigger-finetune',
+    headers: auth,
     payload: { communityId: 'hooks', dataset: toy.slice(0, 8), config: TINY, callbackUrl: `${receiverUrl}/hooks/dpo` },
   });
   assert.equal(res.statusCode, 202, res.body);
@@ -164,8 +168,10 @@ test('the documented schedule: WEBHOOK_BACKOFF_MS doubling over WEBHOOK_ATTEMPTS
 });
 
 test('non-public targets are refused without CALLBACK_ALLOW_PRIVATE (400 UNSAFE_CALLBACK_URL); http without ALLOW_HTTP_CALLBACKS', async () => {
-  const strict = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, SIGNING_SECRETS: `hooks:${secret}`, ALLOW_HTTP_CALLBACKS: 'true' }) });
-  const https = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, SIGNING_SECRETS: `hooks:${secret}` }) });
+  const strict = await buildApp({
+    env: testEnv(prefix, { STORAGE_DIR: storageDir, SIGNING_SECRETS: `hooks:${secret}`, ALLOW_HTTP_CALLBACKS: 'true', ...KEYS }),
+  });
+  const https = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, SIGNING_SECRETS: `hooks:${secret}`, ...KEYS }) });
   try {
     const before = await strict.queueService.queue.getJobCounts('waiting', 'active', 'completed');
     for (const url of [
