@@ -188,6 +188,7 @@ test('non-public targets are refused without CALLBACK_ALLOW_PRIVATE (400 UNSAFE_
       const r = await strict.inject({
         method: 'POST',
         url: '/trigger-finetune',
+        headers: auth,
         payload: { communityId: 'hooks', dataset: toy.slice(0, 4), callbackUrl: url },
       });
       assert.equal(r.statusCode, 400, `${url}: ${r.body}`);
@@ -198,6 +199,7 @@ test('non-public targets are refused without CALLBACK_ALLOW_PRIVATE (400 UNSAFE_
     const plain = await https.inject({
       method: 'POST',
       url: '/trigger-finetune',
+      headers: auth,
       payload: { communityId: 'hooks', dataset: toy.slice(0, 4), callbackUrl: 'http://93.184.216.34/x' },
     });
     assert.equal(plain.statusCode, 400);
@@ -205,6 +207,7 @@ test('non-public targets are refused without CALLBACK_ALLOW_PRIVATE (400 UNSAFE_
     const creds = await https.inject({
       method: 'POST',
       url: '/trigger-finetune',
+      headers: auth,
       payload: { communityId: 'hooks', dataset: toy.slice(0, 4), callbackUrl: 'https://u:p@93.184.216.34/x' },
     });
     assert.equal(creds.statusCode, 400);
@@ -212,6 +215,7 @@ test('non-public targets are refused without CALLBACK_ALLOW_PRIVATE (400 UNSAFE_
     const nosecret = await app.inject({
       method: 'POST',
       url: '/trigger-finetune',
+      headers: auth,
       payload: { communityId: 'other', dataset: toy.slice(0, 4), callbackUrl: `${receiverUrl}/x` },
     });
     assert.equal(nosecret.statusCode, 400);
