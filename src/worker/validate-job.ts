@@ -101,6 +101,13 @@ export async function createJobValidator(opts: JobValidatorOptions): Promise<(jo
       const evalShape = rowShapeProblems(evalRows);
       if (evalShape.length > 0) fail(evalShape.map((p) => ({ ...p, path: `/evalDataset${p.path}` })));
     }
-    return { jobId, communityId: data.communityId, config: resolved.config, rows: rows as DatasetRow[], evalRows: evalRows as PreferenceExample[] | null, payload: data };
+    return {
+      jobId,
+      communityId: data.communityId,
+      config: resolved.config,
+      rows: rows as DatasetRow[],
+      evalRows: evalRows as PreferenceExample[] | null,
+      payload: data,
+    };
   };
 }

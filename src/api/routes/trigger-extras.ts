@@ -111,7 +111,9 @@ export async function dryRunPlan(
 ): Promise<DryRunPlan> {
   if (body.method === 'online_dpo')
     throw new ValidationError([{ path: '/method', message: 'dryRun does not plan online_dpo jobs yet; send the request without dryRun' }]);
-  const dataset = body.datasetId ? ((await deps.datasets.get(body.communityId, body.datasetId)) as PreferenceExample[]) : (preferenceRowsOnly(body.dataset) ?? []);
+  const dataset = body.datasetId
+    ? ((await deps.datasets.get(body.communityId, body.datasetId)) as PreferenceExample[])
+    : (preferenceRowsOnly(body.dataset) ?? []);
   const evalDataset = body.evalDatasetId ? ((await deps.datasets.get(body.communityId, body.evalDatasetId)) as PreferenceExample[]) : undefined;
   try {
     return await planJob({
