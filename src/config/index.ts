@@ -26,9 +26,12 @@ export type { ConfigInput, LoraSettings, LrScheduler, ModelSettings, OptimizerNa
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v);
 
-/** `schemas/config.schema.json` as plain JSON (generated from {@link ConfigInputSchema}). */
+let configSchemaCache: Obj | null = null;
+
+/** `schemas/config.schema.json` as plain JSON (generated from {@link ConfigInputSchema}), built once. Read-only. */
 export function configSchema(): Obj {
-  return toJsonSchema(ConfigInputSchema);
+  configSchemaCache ??= toJsonSchema(ConfigInputSchema);
+  return configSchemaCache;
 }
 
 /**

@@ -1,0 +1,182 @@
+/**
+ * `npm run bench:api`: load on POST /trigger-finetune with autocannon (not a test; numbers depend on the
+ * machine and its load). Two servers on 127.0.0.1, each run RUNS times alternately, each run DURATION s:
+ *
+ * - bare: Fastify + BullMQ `queue.add` of the parsed body (no auth, no validation, rows in Redis): the
+ *   reference figure;
+ * - full: the service (buildApp) with a tenant key, a unique Idempotency-Key per request, schema + row +
+ *   config validation, the compute budget, the job caps, and the rows stored in the dataset store.
+ *
+ * Every request has its own ~36 KB body (120 rows, a per-request tag), like distinct webhooks. Reports req/s,
+ * p50 and p99 latency (ms) per run, min/median over runs, full/bare ratios, and Redis bytes per job (MEMORY
+ * USAGE of the job hash plus the service's own keys, sampled). Env: BENCH_DURATION (s, default 5),
+ * BENCH_RUNS (3), BENCH_CONNECTIONS (10).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import autocannon from 'autocannon';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { buildApp } from '../src/api/app.js';
+import { loadEnv } from '../src/config/env.js';
+
+const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const DURATION = Number(process.env.BENCH_DURATION ?? 5);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 10);
+const KEY = 'bench-key';
+
+let seq = 0;
+function body(): string {
+  const tag = `${process.pid}-${seq++}`;
+  const rows = Array.from({ length: 120 }, (_, i) => ({
+    prompt: `Tell a short story about a cat number ${i} (${tag}) who lives by the sea and likes the morning sun.`,
+    chosen: ` The cat ${i} found a warm sunny spot near the harbour, purred softly and slept happily until noon, then went home.`,
+    rejected: ` Cat ${i} sat. It was a cat. Nothing happened at all and the story ended.`,
+  }));
+  return JSON.stringify({ communityId: 'bench', dataset: rows, config: { n_epochs: 1 } });
+}
+
+async function bare(prefix: string): Promise<{ app: FastifyInstance; queue: Queue; redis: Redis }> {
+  const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: null });
+  const queue = new Queue('finetune', { connection: redis, prefix });
+  const app = Fastify({ bodyLimit: 5 * 1024 * 1024 });
+  let n = 0;
+  app.post('/trigger-finetune', async (request, reply) => {
+    const job = await queue.add('finetune', request.body as object, { jobId: `ft-bare-${n++}` });
+    return reply.code(202).send({ jobId: job.id });
+  });
+  return { app, queue, redis };
+}
+
+async function run(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ rps: number; p50: number; p99: number; non2xx: number; errors: number; n: number }> {
+  const r = await autocannon({
+    url: `${url}/trigger-finetune`,
+    method: 'POST',
+    connections: CONNECTIONS,
+    duration: DURATION,
+    headers: { 'content-type': 'application/json', ...headers },
+    requests: [
+      {
+        setupRequest: (req: Record<string, unknown>) => ({
+          ...req,
+          body: body(),
+          headers: { ...(req.headers as Record<string, string>), 'idempotency-key': `bench-${process.pid}-${seq}` },
+        }),
+      },
+    ],
+  });
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors, n: r.requests.total };
+}
+
+async function bytesPerJob(redis: Redis, prefix: string): Promise<number> {
+  const keys: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}:finetune:ft-*`, 'COUNT', 1000);
+    cursor = next;
+    keys.push(...batch.filter((k) => !/:(lock|logs|events)$/.test(k)));
+  } while (cursor !== '0' && keys.length < 200);
+  const sample = keys.slice(0, 100);
+  if (sample.length === 0) return 0;
+  let total = 0;
+  for (const k of sample) total += Number((await redis.call('MEMORY', 'USAGE', k)) ?? 0);
+  // the service's own per-job keys (idempotency record, live-set entry) counted on average
+  const own: string[] = [];
+  cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}:finetune:dpo-idem:*`, 'COUNT', 1000);
+    cursor = next;
+    own.push(...batch);
+  } while (cursor !== '0' && own.length < 100);
+  for (const k of own.slice(0, 100)) total += (Number((await redis.call('MEMORY', 'USAGE', k)) ?? 0) * sample.length) / Math.min(100, own.length);
+  return total / sample.length;
+}
+
+async function drop(redis: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) await redis.del(...keys);
+  } while (cursor !== '0');
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main(): Promise<void> {
+  const redis = new Redis(REDIS_URL);
+  const dir = mkdtempSync(join(tmpdir(), 'dpo-bench-api-'));
+  const bp = `bench-bare-${process.pid}`;
+  const fp = `bench-full-${process.pid}`;
+  const b = await bare(bp);
+  await b.app.listen({ port: 0, host: '127.0.0.1' });
+  const env = loadEnv({
+    REDIS_URL,
+    QUEUE_PREFIX: fp,
+    LOG_LEVEL: 'silent',
+    API_KEYS: `${KEY}:bench`,
+    STORAGE_DIR: dir,
+    RATE_LIMIT_MAX: '100000000',
+    MAX_JOBS_PER_COMMUNITY: '100000000',
+    MAX_QUEUED_JOBS: '100000000',
+  });
+  const full = await buildApp({ env });
+  await full.listen({ port: 0, host: '127.0.0.1' });
+  const urlOf = (a: FastifyInstance) => `http://127.0.0.1:${(a.server.address() as { port: number }).port}`;
+  const results: Record<'bare' | 'full', Array<Awaited<ReturnType<typeof run>>>> = { bare: [], full: [] };
+  try {
+    // warm-up (JIT, schema compile, first dataset directory)
+    await autocannon({
+      url: `${urlOf(full)}/trigger-finetune`,
+      method: 'POST',
+      connections: 2,
+      amount: 50,
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+      body: body(),
+    });
+    for (let i = 0; i < RUNS; i++) {
+      results.bare.push(await run(urlOf(b.app), {}));
+      results.full.push(await run(urlOf(full), { authorization: `Bearer ${KEY}` }));
+    }
+    const bareBytes = await bytesPerJob(redis, bp);
+    const fullBytes = await bytesPerJob(redis, fp);
+    const load = (await import('node:os')).loadavg()[0]!.toFixed(1);
+    const show = (name: string, rs: typeof results.bare) => {
+      for (const [i, r] of rs.entries())
+        console.log(
+          `${name} run ${i + 1}: ${r.rps.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms (${r.n} requests, ${r.non2xx} non-2xx, ${r.errors} errors)`,
+        );
+      const rps = rs.map((r) => r.rps);
+      const p99 = rs.map((r) => r.p99);
+      console.log(`${name}: req/s min ${Math.min(...rps).toFixed(0)} median ${median(rps).toFixed(0)}; p99 min ${Math.min(...p99)} median ${median(p99)} ms`);
+    };
+    console.log(
+      `# POST /trigger-finetune, ~${(body().length / 1024).toFixed(0)} KB bodies, ${CONNECTIONS} connections, ${DURATION} s x ${RUNS} runs each; load average ${load} (shared machine)`,
+    );
+    show('bare', results.bare);
+    show('full', results.full);
+    const ratio = median(results.full.map((r) => r.rps)) / median(results.bare.map((r) => r.rps));
+    console.log(`full/bare req/s (medians): ${(ratio * 100).toFixed(0)}%  (target >= 80% at p99 <= 20 ms)`);
+    console.log(`Redis bytes per job: bare ${bareBytes.toFixed(0)}, full ${fullBytes.toFixed(0)} (rows in storage, not Redis)`);
+  } finally {
+    await full.close();
+    await b.app.close();
+    await b.queue.close();
+    b.redis.disconnect();
+    await drop(redis, bp);
+    await drop(redis, fp);
+    redis.disconnect();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
