@@ -4,7 +4,7 @@
  * adapter-disabled policy under LoRA) through the same stage loop, optimizer, checkpoints and logging as DPO
  * (pipeline/stages.ts runWith); the judge is built here and freed at the end.
  */
-import { dpoStage } from '../../config/index.js';
+import { ConfigError, dpoStage } from '../../config/index.js';
 import type { ResolvedLossOptions } from '../losses/index.js';
 import { eosIds } from '../models/config.js';
 import type { Reference } from '../pipeline/reference.js';
@@ -49,7 +49,7 @@ export async function runOnlineDpo(
   if (!settings.judge) throw new JudgeError('INVALID_JUDGE_CONFIG', 'online_dpo.judge', 'stage online_dpo needs a judge');
   const source = o.reference.source;
   if (source.kind !== 'model' && source.kind !== 'lora') {
-    throw new JudgeError('INVALID_JUDGE_CONFIG', 'loss.loss_type', `online DPO needs a reference model (got a ${source.kind} reference)`);
+    throw new ConfigError('loss.loss_type', `online DPO needs a reference model (got a ${source.kind} reference); use loss=dpo or loss=ipo`);
   }
   const judge = await createJudge(settings.judge);
   try {

@@ -158,9 +158,12 @@ export function onlineDpoTask(o: OnlineDpoTaskOptions): StageTask & { generation
     return out;
   };
 
-  /** Sample, judge and pair the prompts `indices` of `split`. */
+  /**
+   * Sample every prompt of every group (a group: one micro-batch, or one eval batch), then score all the
+   * completions with one judge call; scores come back with `missing_eos_penalty` applied.
+   */
   const generateAndJudge = async (
-    groups: Array<{ key: string; prompts: TokenizedPrompt[] }>,
+    groups: Array<{ prompts: TokenizedPrompt[] }>,
     seedOf: (g: number, k: number) => number,
   ): Promise<Array<{ prompts: TokenizedPrompt[]; comps: SampledCompletion[][]; scores: number[][]; seconds: number; tokens: number }>> => {
     const sampled = groups.map((g, gi) => {
@@ -192,7 +195,7 @@ export function onlineDpoTask(o: OnlineDpoTaskOptions): StageTask & { generation
       return start;
     });
     const judged = await generateAndJudge(
-      micros.map((m) => ({ key: m.join(','), prompts: m.map((i) => o.prompts[i]!) })),
+      micros.map((m) => ({ prompts: m.map((i) => o.prompts[i]!) })),
       (g, j) => sampleSeed(o.seed, ctx.step, offsets[g]! + j),
     );
     judged.forEach((g, gi) => {
@@ -266,8 +269,8 @@ export function onlineDpoTask(o: OnlineDpoTaskOptions): StageTask & { generation
   /** Mean judge score of samples on the eval prompts (the same seeds at every evaluation). */
   const evaluate = async (ctx: { step: number }): Promise<Record<string, number>> => {
     if (o.evalPrompts.length === 0) return {};
-    const groups: Array<{ key: string; prompts: TokenizedPrompt[] }> = [];
-    for (let i = 0; i < o.evalPrompts.length; i += o.evalBatchSize) groups.push({ key: `eval${i}`, prompts: o.evalPrompts.slice(i, i + o.evalBatchSize) });
+    const groups: Array<{ prompts: TokenizedPrompt[] }> = [];
+    for (let i = 0; i < o.evalPrompts.length; i += o.evalBatchSize) groups.push({ prompts: o.evalPrompts.slice(i, i + o.evalBatchSize) });
     const judged = await generateAndJudge(groups, (g, j) => sampleSeed(o.seed ^ 0x5bd1e995, 0, g * o.evalBatchSize + j));
     const list = judged.map((g) => ({
       'objective/scores': mean(g.scores.flat()),
