@@ -1,0 +1,274 @@
+/**
+ * One DPO epoch on real preference pairs, padded vs padding_free vs shared_prompt, optionally raced against TRL's
+ * DPOTrainer on the same model directory and the same pairs (bench/README.md "Real data").
+ *
+ *   npm run bench:real -- --model <hf dir | stories260K | stories15M-gpt2 | smollm2-135m-gpt2> --data hh|<jsonl>
+ *     --pairs N --max-length L [--batch 4] [--runs 1] [--layouts padded,padding_free,shared_prompt] [--peer trl]
+ *
+ * Each layout (and each run) trains in its own process (peak RSS per row): policy + frozen reference copy, sigmoid
+ * DPO beta 0.1, AdamW lr 1e-6, batch --batch pairs, one epoch over the first N pairs. Rows: wall time of the epoch,
+ * median step (first step left out, as the peer), non-padding tokens/s (prompt+chosen and prompt+rejected tokens,
+ * the same count for every layout), the padded layout's padding fraction, peak RSS. Presets `*-gpt2` are random
+ * checkpoints of that shape with the GPT-2 tokenizer (../shared/tokenizers/gpt2), written once to $TMPDIR.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { gunzipSync } from 'node:zlib';
+import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { initBackend } from '../src/training/engine/backend.js';
+import { cloneModel, createModel, loadPretrained, saveModelHF } from '../src/training/models/index.js';
+import { loadTokenizer } from '../src/training/tokenizers/index.js';
+import { tokenizePreference, type BatchLayout, type TokenizedPair } from '../src/training/data/index.js';
+import { resolveLossOptions } from '../src/training/losses/index.js';
+import { runStage } from '../src/training/trainer/stage.js';
+import { dpoTask } from '../src/training/trainer/tasks.js';
+import type { ModelConfig, PreferenceExample } from '../src/training/types.js';
+
+// ../shared beside the checkout (a worktree under wt/ has it two levels up); BENCH_SHARED_DIR overrides
+const SHARED =
+  process.env.BENCH_SHARED_DIR ??
+  [resolve(import.meta.dirname, '../../shared'), resolve(import.meta.dirname, '../../../shared')].find((d) => existsSync(d)) ??
+  '../shared';
+const args = process.argv.slice(2);
+function opt(name: string, dflt?: string): string | undefined {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : dflt;
+}
+const model = opt('model', 'stories260K')!;
+const data = opt('data', 'hh')!;
+const nPairs = Number(opt('pairs', '32'));
+const maxLength = Number(opt('max-length', '512'));
+const batch = Number(opt('batch', '4'));
+const runs = Number(opt('runs', '1'));
+const layouts = (opt('layouts', 'padded,padding_free,shared_prompt')!.split(',') as BatchLayout[]).filter(Boolean);
+const peer = opt('peer');
+const child = opt('child') as BatchLayout | undefined;
+
+const SHAPES: Record<string, Partial<ModelConfig>> = {
+  'stories15M-gpt2': { hiddenSize: 288, intermediateSize: 768, numLayers: 6, numHeads: 6, numKvHeads: 6, headDim: 48 },
+  'smollm2-135m-gpt2': { hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3, headDim: 64 },
+};
+
+/** The HF model directory both engines load (exported once for built-ins and presets). */
+async function modelDir(): Promise<string> {
+  if (existsSync(join(model, 'config.json'))) return resolve(model);
+  const dir = join(tmpdir(), `bench-real-${model}`);
+  if (existsSync(join(dir, 'model.safetensors'))) return dir;
+  await initBackend('auto');
+  if (SHAPES[model]) {
+    const tok = await loadTokenizer(join(SHARED, 'tokenizers/gpt2'));
+    const cfg: ModelConfig = {
+      architecture: 'llama',
+      modelType: 'llama',
+      vocabSize: 50257,
+      maxPositionEmbeddings: 2048,
+      normEps: 1e-5,
+      ropeTheta: 10000,
+      ropeScaling: null,
+      tieWordEmbeddings: true,
+      attentionBias: false,
+      qkNorm: false,
+      bosTokenId: 50256,
+      eosTokenId: 50256,
+      padTokenId: null,
+      hiddenSize: 0,
+      intermediateSize: 0,
+      numLayers: 0,
+      numHeads: 0,
+      numKvHeads: 0,
+      headDim: 0,
+      ...SHAPES[model],
+    };
+    await saveModelHF(createModel(cfg, { seed: 0 }), dir, { tokenizer: tok });
+  } else {
+    const { model: m, tokenizer } = await loadPretrained(model);
+    await saveModelHF(m, dir, { tokenizer });
+  }
+  return dir;
+}
+
+/** The first N HH-RLHF pairs as the peer selects them (harmless-base test split, shared "Assistant:" prompt). */
+function rows(): PreferenceExample[] {
+  const src = data === 'hh' ? join(SHARED, 'data/hh-rlhf/harmless-base-test.jsonl.gz') : data;
+  const buf = readFileSync(src);
+  const text = (src.endsWith('.gz') ? gunzipSync(buf) : buf).toString('utf8');
+  const out: PreferenceExample[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    const r = JSON.parse(line) as Record<string, string>;
+    if (data === 'hh') {
+      const c = r.chosen!;
+      const j = r.rejected!;
+      const k = c.lastIndexOf('\n\nAssistant:') + '\n\nAssistant:'.length;
+      if (c.slice(0, k) === j.slice(0, k) && c.slice(k).trim() && j.slice(k).trim())
+        out.push({ prompt: c.slice(0, k), chosen: c.slice(k), rejected: j.slice(k) });
+    } else out.push({ prompt: r.prompt!, chosen: r.chosen!, rejected: r.rejected! });
+    if (out.length >= nPairs) break;
+  }
+  return out;
+}
+
+async function runChild(layout: BatchLayout): Promise<void> {
+  await initBackend('auto');
+  const dir = await modelDir();
+  const { model: policy, tokenizer } = await loadPretrained(dir, { trainable: true });
+  const reference = cloneModel(policy, { trainable: false });
+  const pairs = rows()
+    .map((r) => tokenizePreference(r, tokenizer, { maxLength, maxPromptLength: Math.floor(maxLength / 2), truncationMode: 'keep_end' }))
+    .filter((p): p is TokenizedPair => p !== null);
+  let nonPad = 0;
+  let paddedSlots = 0;
+  for (let i = 0; i < pairs.length; i += batch) {
+    let L = 0;
+    for (const p of pairs.slice(i, i + batch)) {
+      nonPad += 2 * p.promptIds.length + p.chosenIds.length + p.rejectedIds.length;
+      L = Math.max(L, p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length));
+    }
+    paddedSlots += 2 * Math.min(batch, pairs.length - i) * L;
+  }
+  const params = new Map([...policy.params].filter(([, v]) => v.trainable));
+  const task = dpoTask({
+    policy,
+    reference: { kind: 'model', model: reference },
+    train: pairs,
+    eval: [],
+    padId: tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0,
+    loss: resolveLossOptions({ name: 'dpo', beta: 0.1 }),
+    params,
+    evalBatchSize: batch,
+    logitStats: false,
+    layout,
+  });
+  const steps: number[] = [];
+  const t0 = performance.now();
+  await runStage(
+    task,
+    {
+      settings: {
+        n_epochs: 1,
+        max_steps: null,
+        n_examples: null,
+        batch_size: batch,
+        gradient_accumulation_steps: 1,
+        lr: 1e-6,
+        warmup_steps: 0,
+        warmup_ratio: 0,
+        lr_scheduler: 'constant',
+        optimizer: 'adamw',
+        weight_decay: 0,
+        max_grad_norm: null,
+      },
+      optimizer: { name: 'adamw', weightDecay: 0, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, rmspropAlpha: 0.99, momentum: 0 },
+      params,
+      seed: 0,
+      evalEvery: null,
+      doFirstEval: false,
+      logEvery: 1,
+      saveSteps: null,
+    },
+    { log: (r) => void (typeof r.step_seconds === 'number' && steps.push(r.step_seconds)) },
+  );
+  const epoch = (performance.now() - t0) / 1000;
+  const sorted = steps.slice(1).sort((a, b) => a - b);
+  console.log(
+    JSON.stringify({
+      engine: 'ours',
+      layout,
+      model,
+      pairs: pairs.length,
+      max_length: maxLength,
+      batch,
+      epoch_s: +epoch.toFixed(3),
+      median_step_s: +(sorted[Math.floor(sorted.length / 2)] ?? steps[0]!).toFixed(4),
+      non_pad_tokens: nonPad,
+      tokens_per_s: Math.round(nonPad / epoch),
+      padding_fraction: layout === 'padded' ? +(1 - nonPad / paddedSlots).toFixed(3) : 0,
+      peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+    }),
+  );
+}
+
+function lastJson(out: string): Record<string, unknown> | null {
+  const line = out
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('{'));
+  return line ? (JSON.parse(line) as Record<string, unknown>) : null;
+}
+
+const stat = (xs: number[]): string => {
+  const s = [...xs].sort((a, b) => a - b);
+  return `${s[0]!.toFixed(2)}/${s[Math.floor(s.length / 2)]!.toFixed(2)}/${s[s.length - 1]!.toFixed(2)}`;
+};
+
+async function main(): Promise<void> {
+  if (child) return runChild(child);
+  const dir = await modelDir();
+  const results = new Map<string, Array<Record<string, number>>>();
+  for (let r = 0; r < runs; r++) {
+    for (const layout of layouts) {
+      const p = spawnSync(process.execPath, ['--import', 'tsx', import.meta.filename, ...args, '--child', layout], { encoding: 'utf8', maxBuffer: 1 << 26 });
+      const j = lastJson(p.stdout);
+      if (!j) throw new Error(`bench:real ${layout} failed:\n${p.stderr.slice(-3000)}`);
+      console.log(JSON.stringify(j));
+      results.set(layout, [...(results.get(layout) ?? []), j as Record<string, number>]);
+    }
+    if (peer === 'trl') {
+      const rowsFile = join(tmpdir(), `bench-real-rows-${process.pid}.jsonl`);
+      writeFileSync(
+        rowsFile,
+        rows()
+          .map((x) => JSON.stringify(x))
+          .join('\n') + '\n',
+      );
+      const steps = Math.ceil(nPairs / batch);
+      const py = process.env.PEER_PYTHON ?? '/work/peer-venv/bin/python';
+      const p = spawnSync(
+        py,
+        [
+          join(SHARED, 'bench/trl_dpo_peer.py'),
+          '--model',
+          dir,
+          '--data',
+          rowsFile,
+          '--pairs',
+          String(batch),
+          '--steps',
+          String(steps),
+          '--max-length',
+          String(maxLength),
+        ],
+        {
+          encoding: 'utf8',
+          maxBuffer: 1 << 26,
+          env: { ...process.env, TMPDIR: tmpdir() },
+        },
+      );
+      const j = lastJson(p.stdout);
+      if (!j) throw new Error(`TRL peer failed:\n${p.stderr.slice(-3000)}`);
+      const st = j.steps as number[];
+      const row = {
+        ...j,
+        epoch_s: +st.reduce((a, b) => a + b, 0).toFixed(3),
+        tokens_per_s: j.non_pad_tokens ? Math.round((j.non_pad_tokens as number) / st.reduce((a, b) => a + b, 0)) : null,
+      };
+      console.log(JSON.stringify(row));
+      results.set('trl', [...(results.get('trl') ?? []), row as Record<string, number>]);
+    }
+  }
+  mkdirSync(join(tmpdir()), { recursive: true });
+  console.log(`\n${model}, ${nPairs} pairs, max_length ${maxLength}, batch ${batch}: min/median/max over ${runs} run(s) (a shared, loaded machine: noisy)`);
+  console.log('layout          epoch s            median step s      tokens/s       padding  peak RSS MB  vs TRL epoch');
+  const trl = results.get('trl');
+  for (const [layout, rs] of results) {
+    const ep = rs.map((x) => x.epoch_s!);
+    const ratio = trl && layout !== 'trl' ? `${(Math.min(...ep) / Math.min(...trl.map((x) => x.epoch_s!))).toFixed(2)}x` : '';
+    console.log(
+      `${layout.padEnd(15)} ${stat(ep).padEnd(18)} ${stat(rs.map((x) => x.median_step_s!)).padEnd(18)} ${String(Math.max(...rs.map((x) => x.tokens_per_s ?? 0))).padEnd(14)} ${String(rs[0]!.padding_fraction ?? '').padEnd(8)} ${String(Math.max(...rs.map((x) => x.peak_rss_mb!))).padEnd(12)} ${ratio}`,
+    );
+  }
+}
+
+await main();
