@@ -204,9 +204,9 @@ export function paddedPreferenceTokens(pairs: TokenizedPair[]): number {
 
 /**
  * The layout a stage trains in from the config: DPO `shared_prompt` wins over `padding_free`; SFT packs
- * (padding_free) when either is on (it has one sequence per example: nothing to share).
+ * (padding_free) only with `padding_free` (shared_prompt is a DPO layout: SFT has one sequence per example).
  */
 export function batchLayout(cfg: { padding_free: boolean; shared_prompt: boolean }, stage: 'sft' | 'dpo'): BatchLayout {
   if (stage === 'dpo') return cfg.shared_prompt ? 'shared_prompt' : cfg.padding_free ? 'padding_free' : 'padded';
-  return cfg.padding_free || cfg.shared_prompt ? 'padding_free' : 'padded';
+  return cfg.padding_free ? 'padding_free' : 'padded';
 }
