@@ -1,5 +1,5 @@
 /**
- * Programmatic API of the DPO service (docs/contracts-notes.md "Programmatic API"): the training job, the
+ * Programmatic API of the DPO service (docs/architecture.md "Programmatic API"): the training job, the
  * loss family, models, tokenizers, data, configuration.
  */
 export { runTraining, TrainingAbortedError, type RunTrainingOptions } from './training/run.js';

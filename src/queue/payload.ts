@@ -35,8 +35,7 @@ let registry: Readonly<Record<string, true>> | null = null;
 /** Registered model names (config/model/*.yaml), as a null-prototype record: look names up with Object.hasOwn. */
 export async function modelRegistry(): Promise<Readonly<Record<string, true>>> {
   if (!registry) {
-    const specifier = '../config/index.js';
-    const mod = (await import(specifier)) as { listGroup: (g: 'model') => string[] };
+    const mod = await import('../config/index.js');
     const r = Object.create(null) as Record<string, true>;
     for (const name of mod.listGroup('model')) r[name] = true;
     registry = Object.freeze(r);

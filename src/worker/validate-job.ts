@@ -70,9 +70,11 @@ export async function createJobValidator(opts: JobValidatorOptions): Promise<(jo
     if (shape.length > 0) fail(shape);
     const data = job.data as FinetunePayload;
     if (!COMMUNITY_ID.test(data.communityId)) fail([{ path: '/data/communityId', message: 'is not a community id' }]);
-    const policy = resolvedConfigProblems(data.config as unknown as Record<string, unknown>, models);
+    // the job's config has the payload's shape but nothing of it is trusted yet: check it as plain data
+    const rawConfig: Record<string, unknown> = { ...data.config };
+    const policy = resolvedConfigProblems(rawConfig, models);
     if (policy.length > 0) fail(policy);
-    const resolved = resolveRequestConfig(data.config as unknown as Record<string, unknown>, '/data/config');
+    const resolved = resolveRequestConfig(rawConfig, '/data/config');
     if (!resolved.config) fail(resolved.problems);
     const budget = budgetProblems(resolved.config, data.dataset.rows, opts.maxTrainTokens);
     if (budget.length > 0) fail(budget);

@@ -1,6 +1,6 @@
 /**
  * Preference data: read every format of docs/data.md "Formats", validate, tokenise as TRL, collate.
- * Entry points (docs/contracts-notes.md "Data"): loadPreferenceExamples, validateRows, tokenizePreference,
+ * Entry points (docs/architecture.md "Data"): loadPreferenceExamples, validateRows, tokenizePreference,
  * collatePreference, collateSft, shuffleExamples, splitEval.
  */
 export { DataError, type DataErrorCode, type DataProblem } from './errors.js';

@@ -41,5 +41,6 @@ export function recomputeInBackward<T extends tf.Tensor>(x: T, params: tf.Variab
       },
     } satisfies GradResult;
   }) as unknown as Parameters<typeof tf.customGrad>[0]);
+  // and its returned function's declared type takes fixed tensors: call it with x and the parameters
   return (f as unknown as (...t: tf.Tensor[]) => T)(x, ...params);
 }

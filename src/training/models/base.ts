@@ -165,6 +165,7 @@ export abstract class BaseLM implements GenerativeLM {
   protected p<T extends tf.Tensor = tf.Tensor>(name: string): T {
     const v = this.params.get(name);
     if (!v) throw new WeightsError(`model parameter "${name}" is missing`, name);
+    // a tf.Variable is a tf.Tensor of its rank; callers name the rank they read (T), which the map cannot carry
     return v as unknown as T;
   }
 
@@ -180,6 +181,7 @@ export abstract class BaseLM implements GenerativeLM {
     if (!ad) return y;
     const seed = this.dropoutSeed === null ? undefined : this.dropoutSeed + moduleHash(module);
     const xin = this.training && ad.dropout > 0 ? (tf.dropout(x, ad.dropout, undefined, seed) as tf.Tensor2D) : x;
+    // adapter variables are created 2-D ([in, r] and [r, out]); tf.Variable does not carry its rank in its type
     const delta = linear(linear(xin, ad.A as unknown as tf.Tensor2D), ad.B as unknown as tf.Tensor2D);
     return tf.add(y, tf.mul(delta, ad.scale)) as tf.Tensor2D;
   }
