@@ -151,6 +151,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   const validateRows = options.validateRows ?? (await loadRowValidator());
   const surface = surfaceDeps(app, env, queue, datasets, options.surface);
   const models = await modelRegistry();
+  await app.register(metricsRoutes, { queue });
   await app.register(triggerRoutes, {
     queue,
     validateRows,
@@ -162,7 +163,6 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   });
   await app.register(jobsRoutes, { queue, signArtifact: options.signArtifact });
   await app.register(healthRoutes, { queue });
-  await app.register(metricsRoutes, { queue });
   await registerJobSurface(app, surface);
 
   // Bull Board: only with ADMIN_API_KEYS (checked by the auth hook), read-only unless BULL_BOARD_READONLY=false.

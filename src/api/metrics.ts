@@ -4,12 +4,19 @@
  * (stage durations, tokens/s, completions, failures by code; src/queue/stats.ts).
  */
 import type { FastifyInstance } from 'fastify';
+import fp from 'fastify-plugin';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FinetuneQueueService } from '../queue/finetune-queue.js';
 import { renderJobStats } from '../queue/stats.js';
 
-/** Register `GET /metrics` and the request hooks that feed it. One Registry per app (tests build many). */
-export async function metricsRoutes(app: FastifyInstance, opts: { queue: FinetuneQueueService }): Promise<void> {
+/**
+ * Register `GET /metrics` and the request hooks that feed it. One Registry per app (tests build many).
+ * Not encapsulated (fastify-plugin), and registered before the other routes, so that its onResponse hook
+ * counts every route of the app, not only `/metrics`.
+ */
+export const metricsRoutes = fp(metricsPlugin, { name: 'dpo-metrics' });
+
+async function metricsPlugin(app: FastifyInstance, opts: { queue: FinetuneQueueService }): Promise<void> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'dpo_api_' });
   const requests = new Counter({

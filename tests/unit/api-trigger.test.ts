@@ -238,6 +238,14 @@ describe('auth, docs, metrics, health', () => {
     assert.match(res.body, /^dpo_http_requests_total\{/m);
   });
 
+  test('/metrics counts the requests of every route, not only its own', async () => {
+    await app.inject({ method: 'GET', url: '/health' });
+    await app.inject({ method: 'GET', url: '/jobs/ft-000000000000000000000000', headers: AUTH });
+    const res = await app.inject({ method: 'GET', url: '/metrics', headers: AUTH });
+    assert.match(res.body, /^dpo_http_requests_total\{method="GET",route="\/health",status="200"\} [1-9]/m);
+    assert.match(res.body, /^dpo_http_requests_total\{method="GET",route="\/jobs\/:jobId",status="404"\} [1-9]/m);
+  });
+
   test('Bull Board is served behind the admin key (a tenant key is refused)', async () => {
     assert.equal((await app.inject({ method: 'GET', url: '/admin/queues', headers: AUTH })).statusCode, 401);
     const res = await app.inject({ method: 'GET', url: '/admin/queues', headers: { authorization: `Bearer ${ADMIN}` } });
