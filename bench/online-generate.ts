@@ -4,7 +4,7 @@
  * Llama-architecture preset (random weights; the real stories260K when --preset stories260K-real).
  * Every completion runs the full `--tokens` (no stop token), so both sides generate the same number of tokens.
  *
- *   npx tsx bench/online-generate.ts --preset stories260K --n 1,2,4,8 --tokens 32 --repeats 3 [--backend wasm]
+ *   npm run bench:online -- --preset stories260K --n 1,2,4,8 --tokens 32 --repeats 3 [--backend wasm]
  *
  * Prints one JSON line per n: {preset, backend, n, tokens, batched_tokens_per_s (median, min, max over the
  * repeats), sequential_tokens_per_s (median), speedup}.
