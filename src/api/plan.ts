@@ -182,9 +182,9 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
     });
   };
   if (cfg.sft.enabled) add('sft', sftStage(cfg), sftTokens / n, tps[0]);
-  if (opts.method !== 'sft') add('dpo', dpoStage(cfg), dpoTokens / n, tps[1]);
+  if (cfg.dpo.enabled) add('dpo', dpoStage(cfg), dpoTokens / n, tps[1]);
   const notes: string[] = [];
-  const ref = needsReference(lossOptions(cfg));
+  const ref = cfg.dpo.enabled && needsReference(lossOptions(cfg));
   const est = estimateMemory(modelConfig, cfg, ref);
   const available = availableMemory();
   let fits = true;

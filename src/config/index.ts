@@ -272,6 +272,12 @@ export function loadConfig(opts: LoadConfigOptions = {}): TrainConfig {
   if (c.max_prompt_length >= c.max_length) {
     throw new ConfigError('max_prompt_length', `must be smaller than max_length (${c.max_length}), got ${c.max_prompt_length}; the completion needs room`);
   }
+  if (!c.dpo.enabled && !c.sft.enabled) {
+    throw new ConfigError('dpo.enabled', 'is false and so is sft.enabled: nothing would train; enable one of the stages');
+  }
+  if (!c.dpo.enabled && c.stage === 'online_dpo') {
+    throw new ConfigError('dpo.enabled', 'is false with stage: online_dpo (the online stage is the preference stage); set dpo.enabled=true or stage=dpo');
+  }
   checkOnlineDpoConfig(c);
   if (c.lora.enabled && c.sync_ref_model) {
     throw new ConfigError('sync_ref_model', 'is not supported with lora.enabled (the reference is the adapter-disabled model); set one of them to false');

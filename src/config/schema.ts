@@ -62,6 +62,14 @@ const SftSchema = Type.Partial(Type.Object(sftProperties), { additionalPropertie
 /** `sft` as written: also TRL's names of the stage settings (learning_rate, num_train_epochs, ...). */
 const SftInputSchema = Type.Object({ ...allOptional(sftProperties), ...trlStageProperties() }, { additionalProperties: false, description: sftDescription });
 
+const dpoDescription =
+  'The preference stage (DPO, or online DPO with stage: online_dpo). enabled=false skips it: the artifact is the SFT model (method "sft" of POST /trigger-finetune).';
+const DpoSwitchSchema = Type.Object(
+  { enabled: Type.Boolean({ description: 'false skips the preference stage (SFT only).' }) },
+  { additionalProperties: false, description: dpoDescription },
+);
+const DpoSwitchInputSchema = Type.Partial(DpoSwitchSchema, { additionalProperties: false, description: dpoDescription });
+
 const modelProperties = {
   name: Type.String({ minLength: 1, maxLength: 200, description: 'Short name of the model (group name).' }),
   name_or_path: Type.String({
@@ -187,7 +195,7 @@ const plainProperties = {
 
 /** The resolved training configuration: every key present, `model` and `loss` expanded (see config/config.yaml). */
 export const TrainConfigSchema = Type.Object(
-  { ...plainProperties, model: ModelSchema, loss: ResolvedLossSchema, sft: SftSchema, lora: LoraSchema, online_dpo: OnlineDpoSchema },
+  { ...plainProperties, model: ModelSchema, loss: ResolvedLossSchema, sft: SftSchema, dpo: DpoSwitchSchema, lora: LoraSchema, online_dpo: OnlineDpoSchema },
   { additionalProperties: false },
 );
 export type TrainConfig = Static<typeof TrainConfigSchema>;
@@ -213,6 +221,7 @@ export const ConfigInputSchema = Type.Object(
     beta: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'Shorthand for loss.beta (webhook convenience).' })),
     label_smoothing: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 0.5, description: 'Shorthand for loss.label_smoothing.' })),
     sft: Type.Optional(SftInputSchema),
+    dpo: Type.Optional(DpoSwitchInputSchema),
     lora: Type.Optional(Type.Partial(LoraSchema)),
     ...trlInputProperties(),
     online_dpo: Type.Optional(OnlineDpoInputSchema),

@@ -58,7 +58,7 @@ function checkAbort(signal: AbortSignal | undefined, where: string): void {
 }
 
 /**
- * Run SFT then DPO and write the artifact (see the module doc).
+ * Run SFT then DPO (each skipped when its `enabled` is false) and write the artifact (see the module doc).
  * @returns the artifact directory and the final metrics of each stage (last logged train step + last eval)
  * @throws ConfigError (INVALID_CONFIG) when no training pair fits max_length; DataError for unreadable data;
  *   model errors from loadPretrained; TrainingAbortedError when `signal` aborts; CheckpointError for a bad
@@ -81,7 +81,7 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
   let memory: MemoryEstimate | null = null;
   try {
     // refuse a run that cannot fit before anything trains (INSUFFICIENT_MEMORY names what would fit)
-    memory = checkMemory(policy.config, cfg, { needsReference: needsReference(loss) });
+    memory = checkMemory(policy.config, cfg, { needsReference: cfg.dpo.enabled && needsReference(loss) });
     logger.info({ memory }, formatEstimate(memory, availableMemory()));
     const tData = Date.now();
     const online = cfg.stage === 'online_dpo' ? await prepareOnlineData(cfg, tokenizer, logger, options.dataset) : null;
@@ -116,11 +116,15 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
     const sft = data.train.length > 0 ? await runSft(run, point) : { summary: {}, seconds: 0 };
     checkAbort(options.signal, 'after SFT');
     const tDpo = Date.now();
-    attachDpoAdapters(run);
-    reference = createReference({ cfg, loss, policy, data, resume: point?.state.stage === 'dpo' ? point : null, logger });
-    const dpo = online
-      ? await runOnlineDpo(run, { loss, reference, point, sftSummary: sft.summary, tokenizer, data: online })
-      : await runDpo(run, { loss, reference, point, sftSummary: sft.summary });
+    let dpo: { summary: Record<string, number>; seconds: number } = { summary: {}, seconds: 0 };
+    // dpo.enabled=false (method "sft"): no adapters, no reference, no preference stage; the artifact is the SFT model
+    if (cfg.dpo.enabled) {
+      attachDpoAdapters(run);
+      reference = createReference({ cfg, loss, policy, data, resume: point?.state.stage === 'dpo' ? point : null, logger });
+      dpo = online
+        ? await runOnlineDpo(run, { loss, reference, point, sftSummary: sft.summary, tokenizer, data: online })
+        : await runDpo(run, { loss, reference, point, sftSummary: sft.summary });
+    } else logger.info('dpo.enabled is false: the preference stage is skipped, the artifact is the SFT model');
     Object.assign(timings, { sft_s: sft.seconds, dpo_s: (Date.now() - tDpo) / 1000 });
     progress.stop();
 

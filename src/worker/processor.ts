@@ -121,6 +121,8 @@ class ProgressReporter {
     private readonly job: FinetuneJob,
     private readonly minIntervalMs: number,
     private readonly log: Logger,
+    /** Whether a DPO stage follows SFT (false for method "sft": `dpo.enabled` false). */
+    private readonly dpoFollows = true,
   ) {}
 
   /** Close the running stage span (if any) and open `stage`; written at once. */
@@ -160,7 +162,7 @@ class ProgressReporter {
       this.state.metrics[e.stage] = { ...this.state.metrics[e.stage], ...values };
       const m = this.state.metrics[e.stage];
       if (typeof m.num_tokens === 'number') this.state.trainedTokens = this.doneTokens + m.num_tokens;
-      this.state.estimatedFinish = estimateFinish(e.stage, e.step, e.totalSteps, m);
+      this.state.estimatedFinish = estimateFinish(e.stage, e.step, e.totalSteps, m, Date.now(), this.dpoFollows);
     }
     this.write(e.step >= e.totalSteps);
   }
@@ -185,16 +187,23 @@ class ProgressReporter {
 /**
  * When training should end, from the measured throughput: the current stage's remaining steps times its
  * tokens per step (`num_tokens / step`) over `tokens/s`; while SFT runs, DPO is assumed to take as many
- * steps with twice the tokens per step (chosen and rejected) at the same rate. ISO 8601, or null before
- * anything is measured. (Upload time is not included.)
+ * steps with twice the tokens per step (chosen and rejected) at the same rate (unless `dpoFollows` is false:
+ * an SFT-only job). ISO 8601, or null before anything is measured. (Upload time is not included.)
  */
-export function estimateFinish(stage: 'sft' | 'dpo', step: number, totalSteps: number, m: Record<string, number>, now = Date.now()): string | null {
+export function estimateFinish(
+  stage: 'sft' | 'dpo',
+  step: number,
+  totalSteps: number,
+  m: Record<string, number>,
+  now = Date.now(),
+  dpoFollows = true,
+): string | null {
   const tps = tokensPerSecond(m);
   const tokens = m.num_tokens;
   if (!tps || tps <= 0 || typeof tokens !== 'number' || step <= 0) return null;
   const perStep = tokens / step;
   let remaining = Math.max(0, totalSteps - step) * perStep;
-  if (stage === 'sft') remaining += totalSteps * perStep * 2;
+  if (stage === 'sft' && dpoFollows) remaining += totalSteps * perStep * 2;
   return new Date(now + (remaining / tps) * 1000).toISOString();
 }
 
@@ -249,7 +258,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
     }
     const { jobId, communityId } = valid;
     const log = deps.logger.child({ jobId, communityId });
-    const reporter = new ProgressReporter(job, deps.progressIntervalMs ?? 250, log);
+    const reporter = new ProgressReporter(job, deps.progressIntervalMs ?? 250, log, valid.config.dpo.enabled);
     const controller = new AbortController();
     let abortCode: string | null = null;
     const abort = (code: string, why: string): void => {

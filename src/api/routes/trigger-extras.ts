@@ -90,14 +90,17 @@ export async function recordQueued(
 
 /**
  * The request's config with the training method applied: `dpo` turns the SFT stage off
- * (`sft.enabled: false`); `sft+dpo` and `sft` leave it (`sft` skips DPO in the worker's request); `online_dpo`
- * sets `stage: online_dpo` (SFT on the rows' chosen, when they have one, then online DPO on the prompts).
+ * (`sft.enabled: false`), `sft` turns the preference stage off (`dpo.enabled: false`: the artifact is the SFT
+ * model), `sft+dpo` leaves the config as it is, and `online_dpo` sets `stage: online_dpo` (SFT on the rows'
+ * chosen, when they have one, then online DPO on the prompts).
  */
 export function configForMethod(config: Record<string, unknown> | undefined, method: TrainingMethod | undefined): Record<string, unknown> | undefined {
+  const section = (key: 'sft' | 'dpo'): Record<string, unknown> =>
+    config?.[key] && typeof config[key] === 'object' ? (config[key] as Record<string, unknown>) : {};
   if (method === 'online_dpo') return { ...config, stage: 'online_dpo' };
-  if (method !== 'dpo') return config;
-  const sft = config?.sft && typeof config.sft === 'object' ? (config.sft as Record<string, unknown>) : {};
-  return { ...config, sft: { ...sft, enabled: false } };
+  if (method === 'dpo') return { ...config, sft: { ...section('sft'), enabled: false } };
+  if (method === 'sft') return { ...config, dpo: { ...section('dpo'), enabled: false } };
+  return config;
 }
 
 /**

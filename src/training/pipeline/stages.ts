@@ -1,6 +1,7 @@
 /**
  * Pipeline phase: the two training stages on the policy — SFT on prompt + chosen (skipped when `sft.enabled`
- * is false or the run resumes inside DPO), then DPO against a {@link Reference} — with the options they share
+ * is false or the run resumes inside DPO), then DPO against a {@link Reference} (skipped when `dpo.enabled` is
+ * false) — with the options they share
  * (optimizer hyper-parameters, eval / log / save cadence, the metrics and progress hooks) and the checkpoint
  * hook (every `save_steps` steps and at each stage's end, when `save_steps` is set).
  * LoRA (`lora.enabled`): each stage trains fresh adapters; SFT's are merged into the weights when it ends.
@@ -237,12 +238,15 @@ export async function runSft(run: StageRun, point: ResumePoint | null): Promise<
 
 /**
  * The DPO stage: the preference loss `loss` against `reference` (call {@link attachDpoAdapters} first).
+ * Skipped (an empty summary, 0 s) when `dpo.enabled` is false (method "sft": the artifact is the SFT model);
+ * runTraining then creates neither adapters nor a reference.
  * @throws as {@link runSft}
  */
 export async function runDpo(
   run: StageRun,
   o: { loss: ResolvedLossOptions; reference: Reference; point: ResumePoint | null; sftSummary: Record<string, number> },
 ): Promise<StageOutcome> {
+  if (!run.cfg.dpo.enabled) return { summary: {}, seconds: 0 };
   const { cfg, policy, data } = run;
   const params = trainableParams(policy);
   const task = dpoTask({

@@ -54,8 +54,8 @@ export async function planRun(cfg: TrainConfig, logger: Logger): Promise<RunPlan
     stages.push({ stage, steps: p.totalSteps, examples_per_step: p.perStep, max_tokens: p.totalSteps * p.perStep * rowsPerExample * cfg.max_length });
   };
   if (cfg.sft.enabled) add('sft', sftStage(cfg), 1);
-  add('dpo', dpoStage(cfg), 2);
-  const ref = needsReference(loss);
+  if (cfg.dpo.enabled) add('dpo', dpoStage(cfg), 2);
+  const ref = cfg.dpo.enabled && needsReference(loss);
   const est = estimateMemory(config, cfg, ref);
   const available = availableMemory();
   let refusal: InsufficientMemoryError | null = null;

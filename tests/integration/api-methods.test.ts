@@ -1,0 +1,112 @@
+/**
+ * Training methods and what a job reports about them, against the real Redis, a real worker process and a
+ * listening API (real HTTP): a `method: "sft"` job trains SFT only (no DPO step in its metrics, no DPO
+ * stage) and completes with the SFT model as its artifact.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../../src/api/app.js';
+import type { JobEvent } from '../../src/queue/events.js';
+import type { JobStatus } from '../../src/queue/types.js';
+import { closedPort, dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
+
+const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const prefix = uniquePrefix('api-methods');
+const storageDir = mkdtempSync(join(tmpdir(), 'dpo-api-methods-'));
+const toy = JSON.parse(readFileSync(join(root, 'config/datasets/toy.json'), 'utf8')) as Array<Record<string, string>>;
+const TINY = { max_steps: 3, sft: { max_steps: 2 }, batch_size: 2, eval_split_fraction: 0.25, sample_during_eval: false, tensorboard: false, plot: false };
+
+let app: FastifyInstance;
+let base = '';
+let worker: ChildProcess;
+let workerLog = '';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function getJson<T>(path: string): Promise<T> {
+  const res = await fetch(`${base}${path}`);
+  assert.equal(res.status, 200, `${path}: ${await res.clone().text()}`);
+  return (await res.json()) as T;
+}
+
+async function trigger(payload: Record<string, unknown>): Promise<string> {
+  const res = await fetch(`${base}/trigger-finetune`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(payload) });
+  const body = (await res.json()) as { jobId: string };
+  assert.equal(res.status, 202, JSON.stringify(body));
+  return body.jobId;
+}
+
+async function waitTerminal(jobId: string): Promise<JobStatus> {
+  for (let i = 0; i < 6000; i++) {
+    const s = await getJson<JobStatus>(`/jobs/${jobId}`);
+    if (['completed', 'failed', 'cancelled'].includes(s.state)) return s;
+    await sleep(50);
+  }
+  throw new Error(`job ${jobId} did not finish; worker log:\n${workerLog.slice(-3000)}`);
+}
+
+async function events(jobId: string): Promise<JobEvent[]> {
+  return (await getJson<{ data: JobEvent[] }>(`/jobs/${jobId}/events?limit=1000`)).data;
+}
+
+before(async () => {
+  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir }), surface: { eventsPollMs: 50 } });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+  worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
+    cwd: root,
+    env: {
+      ...process.env,
+      REDIS_URL,
+      QUEUE_PREFIX: prefix,
+      STORAGE_DIR: storageDir,
+      LOG_LEVEL: 'info',
+      TFJS_BACKEND: 'wasm',
+      WORKER_BACKEND_CHECK: 'false',
+      WORKER_METRICS_PORT: String(await closedPort()),
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  worker.stdout!.on('data', (d: Buffer) => (workerLog += d.toString()));
+  worker.stderr!.on('data', (d: Buffer) => (workerLog += d.toString()));
+  for (let i = 0; i < 600 && (await app.queueService.queue.getWorkersCount()) === 0; i++) {
+    assert.equal(worker.exitCode, null, `the worker exited:\n${workerLog}`);
+    await sleep(100);
+  }
+});
+
+after(async () => {
+  if (worker && worker.exitCode === null) {
+    worker.kill('SIGTERM');
+    const kill = setTimeout(() => worker.kill('SIGKILL'), 20_000);
+    await new Promise((r) => worker.once('exit', r));
+    clearTimeout(kill);
+  }
+  await app?.close();
+  await dropPrefix(prefix);
+  rmSync(storageDir, { recursive: true, force: true });
+});
+
+test('method "sft": the job trains SFT only (no DPO step in its metrics, no DPO stage) and completes with an artifact', async () => {
+  const jobId = await trigger({ communityId: 'methods-sft', dataset: toy.slice(0, 8), config: TINY, method: 'sft' });
+  const final = await waitTerminal(jobId);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  assert.equal(final.method, 'sft');
+
+  const metrics = (await getJson<{ data: Array<Record<string, unknown>> }>(`/jobs/${jobId}/metrics`)).data;
+  const stagesLogged = new Set(metrics.map((r) => r.stage));
+  assert.ok(stagesLogged.has('sft'), `SFT rows logged: ${JSON.stringify(metrics.slice(0, 3))}`);
+  assert.ok(!stagesLogged.has('dpo'), `no DPO row: ${JSON.stringify(metrics.filter((r) => r.stage === 'dpo').slice(0, 2))}`);
+  const started = (await events(jobId)).filter((e) => e.type === 'stage.started').map((e) => e.data.stage);
+  assert.deepEqual(started, ['sft', 'upload']);
+
+  const files = (await getJson<{ data: Array<{ path: string; size: number }> }>(`/jobs/${jobId}/files`)).data;
+  const model = files.find((f) => f.path === 'model/model.safetensors');
+  assert.ok(model && model.size > 0, `the artifact has the model: ${files.map((f) => f.path).join(', ')}`);
+  assert.ok(final.artifact && final.artifact.files.length === files.length);
+});
