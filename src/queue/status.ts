@@ -92,6 +92,7 @@ export function toJobStatus(job: JobSnapshot, bullState: string, cancel: CancelR
     finishedAt: state === 'completed' || state === 'failed' || state === 'cancelled' ? iso(job.finishedOn) : null,
     trainedTokens: progress?.trainedTokens ?? 0,
     estimatedFinish: state === 'active' ? (progress?.estimatedFinish ?? null) : null,
+    data: progress?.data ?? null,
     ...requestFields(job.data),
   };
 }
@@ -118,6 +119,7 @@ export function cancelledStatus(rec: CancelRecord): JobStatus {
     finishedAt: iso(rec.requestedAt),
     trainedTokens: 0,
     estimatedFinish: null,
+    data: null,
     ...requestFields(rec.request ?? { communityId: rec.communityId }),
   };
 }

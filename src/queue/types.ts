@@ -68,6 +68,24 @@ export interface FinetuneProgress {
   trainedTokens?: number;
   /** ISO 8601 estimate of when training ends, from the measured tokens/s (null before a step is timed). */
   estimatedFinish?: string | null;
+  /** What the data phase kept, dropped and truncated (from its `data.ready` event); absent before it ran. */
+  data?: JobDataSummary;
+}
+
+/** The data phase's counts of a job (`data.ready`), as GET /jobs/:jobId shows them. */
+export interface JobDataSummary {
+  /** Rows read (training data, before the eval split). */
+  rows: number;
+  train: number;
+  eval: number;
+  /** Rows left out (unparsable, invalid, or the prompt alone fills max_length). */
+  dropped: number;
+  /** Pairs cut to max_length (both splits) and their share of the tokenized pairs, in [0, 1]. */
+  truncated: number;
+  truncatedFraction: number;
+  maxLength: number;
+  /** The data phase's warnings, e.g. more than 10% of the pairs truncated (naming max_length). */
+  warnings: string[];
 }
 
 /** `job.returnvalue` of a completed finetune job. */
@@ -106,6 +124,8 @@ export interface JobStatus {
   trainedTokens: number;
   /** ISO 8601 estimate of when training ends (active jobs), else null. */
   estimatedFinish: string | null;
+  /** The data phase's counts and warnings, null until the worker prepared the data. */
+  data: JobDataSummary | null;
   suffix: string | null;
   method: TrainingMethod;
   datasetId: string | null;

@@ -93,8 +93,13 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
       eval: data.stats.eval_pairs,
       dropped: data.stats.dropped,
       truncated: data.stats.truncated,
+      truncated_fraction: data.stats.truncated_fraction,
+      max_length: cfg.max_length,
+      // the data phase's warnings (more than 10% truncated, naming max_length; invalid pairs dropped)
+      warnings: data.stats.warnings,
     };
     options.onEvent?.({ type: 'data.ready', message: `${counts.train} training and ${counts.eval} eval pairs`, data: counts });
+    for (const w of data.stats.warnings) options.onEvent?.({ type: 'warning', level: 'warn', message: w, data: counts });
     if (counts.dropped > 0)
       options.onEvent?.({ type: 'warning', level: 'warn', message: `${counts.dropped} pairs dropped: they do not fit max_length`, data: counts });
     const timings: Record<string, number> = { load_model_s: loadSeconds, load_data_s: (Date.now() - tData) / 1000 };

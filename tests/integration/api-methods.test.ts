@@ -110,3 +110,41 @@ test('method "sft": the job trains SFT only (no DPO step in its metrics, no DPO 
   assert.ok(model && model.size > 0, `the artifact has the model: ${files.map((f) => f.path).join(', ')}`);
   assert.ok(final.artifact && final.artifact.files.length === files.length);
 });
+
+test('more than 10% of the pairs truncated: data.ready carries the counts, a warning event names max_length, GET /jobs/:id shows data', async () => {
+  const config = { ...TINY, max_length: 20, max_prompt_length: 8 };
+  const payload = { communityId: 'methods-trunc', dataset: toy.slice(0, 8), config, method: 'sft' };
+  // the dry run's data phase is the worker's: its truncated count is what the job must report
+  const plan = await fetch(`${base}/trigger-finetune?dryRun=true`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(payload),
+  });
+  assert.equal(plan.status, 200, await plan.clone().text());
+  const planned = ((await plan.json()) as { data: { train: number; eval: number; truncated: number } }).data;
+  assert.ok(planned.truncated / (planned.train + planned.eval) > 0.1, `the test's max_length truncates > 10%: ${JSON.stringify(planned)}`);
+
+  const jobId = await trigger(payload);
+  const final = await waitTerminal(jobId);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  const log = await events(jobId);
+  const ready = log.find((e) => e.type === 'data.ready');
+  assert.ok(ready, log.map((e) => e.type).join(', '));
+  assert.equal(ready.data.truncated, planned.truncated);
+  assert.equal(ready.data.truncated_fraction, planned.truncated / (planned.train + planned.eval));
+  const warning = log.find((e) => e.type === 'warning' && /max_length=20\b/.test(e.message));
+  assert.ok(warning, `a warning naming max_length: ${JSON.stringify(log.filter((e) => e.type === 'warning'))}`);
+  assert.equal(warning.level, 'warn');
+
+  assert.ok(final.data, 'the status has data');
+  assert.equal(final.data.rows, 8);
+  assert.equal(final.data.train, planned.train);
+  assert.equal(final.data.eval, planned.eval);
+  assert.equal(final.data.truncated, planned.truncated);
+  assert.equal(final.data.truncatedFraction, ready.data.truncated_fraction);
+  assert.equal(final.data.maxLength, 20);
+  assert.ok(
+    final.data.warnings.some((w) => /max_length=20\b/.test(w)),
+    JSON.stringify(final.data.warnings),
+  );
+});
