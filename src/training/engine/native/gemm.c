@@ -28,14 +28,15 @@
 #define NR 32
 typedef v16 vnr;
 typedef v16u vnru;
+#define KC 256
 #else
 #define MR 6
 #define NR 16
 typedef float vnr __attribute__((vector_size(32), aligned(32)));
 typedef float vnru __attribute__((vector_size(32), aligned(4)));
+#define KC 320
 #endif
 #define VW (NR / 2)
-#define KC 256
 #define MC 128
 #define NC 2048
 
@@ -178,7 +179,7 @@ static void micro(int kc, const float *Ap, const float *Bp, float *C, int ldc, i
     const float *a = Ap + k * MR;
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
-      vnr av = (vnr){0} + a[r];
+      vnr av = a[r] - (vnr){0}; /* x - 0 == x for every x (also -0): a plain broadcast, where 0 + x costs an add */
       c0[r] += av * b0;
       c1[r] += av * b1;
     }
@@ -240,8 +241,11 @@ static void gemm_task(void *ctx, int t) {
   for (int jc = 0; jc < g->N; jc += NC) {
     int nc = g->N - jc < NC ? g->N - jc : NC;
     int nPanels = (nc + NR - 1) / NR;
-    for (int pc = 0; pc < g->K; pc += KC) {
-      int kc = g->K - pc < KC ? g->K - pc : KC;
+    /* K in equal blocks of at most KC (K = 288 as one block, not 256 + 32: each block re-reads and
+       re-writes C, so a short tail block costs nearly as much C traffic as a full one) */
+    int kblk = (g->K + KC - 1) / KC, kcb = (g->K + kblk - 1) / kblk;
+    for (int pc = 0; pc < g->K; pc += kcb) {
+      int kc = g->K - pc < kcb ? g->K - pc : kcb;
       sync_all(sh); /* everyone is done with the previous block of Bp */
       if (t == 0) {
         atomic_store(&sh->next_b, 0);
