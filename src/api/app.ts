@@ -17,6 +17,7 @@ import { FastifyAdapter } from '@bull-board/fastify';
 import type { ServiceEnv } from '../config/env.js';
 import { FinetuneQueueService } from '../queue/finetune-queue.js';
 import { modelRegistry } from '../queue/payload.js';
+import { progressPercent } from '../queue/status.js';
 import { createDatasetStore, type DatasetStore } from '../storage/index.js';
 import { installAuth, isPublicPath } from './auth/plugin.js';
 import { principalOf } from './auth/tenant.js';
@@ -171,8 +172,11 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     const board = new FastifyAdapter();
     // (@bull-board/fastify 9.10.1 carries its own @bull-board/api copy: same shape, distinct declarations)
     type BoardServer = Parameters<typeof createBullBoard>[0]['serverAdapter'];
+    const finetuneBoard = new BullMQAdapter(queue.queue, { readOnlyMode: env.BULL_BOARD_READONLY });
+    // the board draws a progress bar only for a number: our job.progress is an object (GET /jobs/:id), its percent is shown
+    finetuneBoard.setFormatter('progress', progressPercent);
     createBullBoard({
-      queues: [new BullMQAdapter(queue.queue, { readOnlyMode: env.BULL_BOARD_READONLY })],
+      queues: [finetuneBoard],
       serverAdapter: board as unknown as BoardServer,
     });
     board.setBasePath('/admin/queues');

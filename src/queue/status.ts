@@ -102,6 +102,20 @@ function requestFields(d: JobSnapshot['data']): Pick<JobStatus, 'suffix' | 'meth
   return { suffix: d.suffix ?? null, method: d.method ?? 'sft+dpo', datasetId: d.datasetId ?? null, evalDatasetId: d.evalDatasetId ?? null };
 }
 
+/**
+ * A job's progress as Bull Board draws it (its progress bar needs a number): the worker's `percent` (0-100),
+ * else 100 x the stage `fraction` of an older progress object, else a number as it is, else 0. BullMQ's
+ * `job.progress` keeps the whole object (GET /jobs/:jobId reads it); this is the board's formatter only.
+ */
+export function progressPercent(progress: unknown): number {
+  if (typeof progress === 'number' && Number.isFinite(progress)) return Math.min(100, Math.max(0, progress));
+  if (typeof progress !== 'object' || progress === null) return 0;
+  const p = progress as { percent?: unknown; fraction?: unknown };
+  if (typeof p.percent === 'number' && Number.isFinite(p.percent)) return Math.min(100, Math.max(0, p.percent));
+  if (typeof p.fraction === 'number' && Number.isFinite(p.fraction)) return Math.round(100 * Math.min(1, Math.max(0, p.fraction)));
+  return 0;
+}
+
 /** The status of a job that was cancelled while queued and removed from the queue (its tombstone). */
 export function cancelledStatus(rec: CancelRecord): JobStatus {
   return {

@@ -70,6 +70,8 @@ export interface FinetuneProgress {
   estimatedFinish?: string | null;
   /** What the data phase kept, dropped and truncated (from its `data.ready` event); absent before it ran. */
   data?: JobDataSummary;
+  /** The whole job in percent (0-100: planned stages equally, upload included); what Bull Board draws. */
+  percent?: number;
 }
 
 /** The data phase's counts of a job (`data.ready`), as GET /jobs/:jobId shows them. */

@@ -43,6 +43,22 @@ export function tokensPerSecond(m: Record<string, number> | undefined): number |
   return undefined;
 }
 
+/**
+ * The whole job's progress in percent (0-100, whole numbers): the planned stages (SFT when enabled, DPO when
+ * enabled, upload) count equally; the current one by its fraction, a finished upload is 100. A stage outside
+ * the plan (the `sft` span that covers model loading when SFT is off) counts as the start.
+ */
+export function jobPercent(p: Pick<FinetuneProgress, 'stage' | 'fraction' | 'stages'>, plan: { sft: boolean; dpo: boolean }): number {
+  const planned: Stage[] = [...(plan.sft ? (['sft'] as const) : []), ...(plan.dpo ? (['dpo'] as const) : []), 'upload'];
+  if (p.stage === null) return 0;
+  const last = p.stages.at(-1);
+  if (p.stage === 'upload' && last?.stage === 'upload' && last.finishedAt !== null) return 100;
+  const at = planned.indexOf(p.stage);
+  if (at < 0) return 0;
+  const f = p.stage === 'upload' ? 0 : Math.min(1, Math.max(0, p.fraction));
+  return Math.min(100, Math.max(0, Math.round((100 * (at + f)) / planned.length)));
+}
+
 /** Tracks stage spans, step and metrics of a job, and writes them to `job.progress` (throttled). */
 export class ProgressReporter {
   readonly state: FinetuneProgress = {
@@ -54,6 +70,7 @@ export class ProgressReporter {
     stages: [],
     trainedTokens: 0,
     estimatedFinish: null,
+    percent: 0,
   };
   /** Final `num_tokens` of finished training stages. */
   private doneTokens = 0;
@@ -64,8 +81,8 @@ export class ProgressReporter {
     private readonly job: FinetuneJob,
     private readonly minIntervalMs: number,
     private readonly log: Logger,
-    /** Whether a DPO stage follows SFT (false for method "sft": `dpo.enabled` false). */
-    private readonly dpoFollows = true,
+    /** The training stages the job runs (`sft.enabled`, `dpo.enabled`); upload always follows. */
+    private readonly plan: { sft: boolean; dpo: boolean } = { sft: true, dpo: true },
   ) {}
 
   /** Close the running stage span (if any) and open `stage`; written at once. */
@@ -118,7 +135,7 @@ export class ProgressReporter {
       this.state.metrics[e.stage] = { ...this.state.metrics[e.stage], ...values };
       const m = this.state.metrics[e.stage];
       if (typeof m.num_tokens === 'number') this.state.trainedTokens = this.doneTokens + m.num_tokens;
-      this.state.estimatedFinish = estimateFinish(e.stage, e.step, e.totalSteps, m, Date.now(), this.dpoFollows);
+      this.state.estimatedFinish = estimateFinish(e.stage, e.step, e.totalSteps, m, Date.now(), this.plan.dpo);
     }
     this.write(e.step >= e.totalSteps);
   }
@@ -127,6 +144,7 @@ export class ProgressReporter {
     const now = Date.now();
     if (!force && now - this.lastWrite < this.minIntervalMs) return;
     this.lastWrite = now;
+    this.state.percent = jobPercent(this.state, this.plan);
     const snapshot = structuredClone(this.state);
     // serialised so an older snapshot never lands after a newer one
     this.pending = this.pending

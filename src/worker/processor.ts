@@ -143,7 +143,7 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
     }
     const { jobId, communityId } = valid;
     const log = deps.logger.child({ jobId, communityId });
-    const reporter = new ProgressReporter(job, deps.progressIntervalMs ?? 250, log, valid.config.dpo.enabled);
+    const reporter = new ProgressReporter(job, deps.progressIntervalMs ?? 250, log, { sft: valid.config.sft.enabled !== false, dpo: valid.config.dpo.enabled });
     const controller = new AbortController();
     let abortCode: string | null = null;
     const abort = (code: string, why: string): void => {

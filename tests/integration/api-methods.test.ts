@@ -1,7 +1,9 @@
 /**
  * Training methods and what a job reports about them, against the real Redis, a real worker process and a
  * listening API (real HTTP): a `method: "sft"` job trains SFT only (no DPO step in its metrics, no DPO
- * stage) and completes with the SFT model as its artifact.
+ * stage) and completes with the SFT model as its artifact; more than 10% of the pairs truncated reaches the
+ * event log and the job status; Bull Board gets a number as the job's progress while GET /jobs/:id keeps the
+ * rich progress object.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,6 +14,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
+import { progressPercent } from '../../src/queue/status.js';
 import type { JobEvent } from '../../src/queue/events.js';
 import type { JobStatus } from '../../src/queue/types.js';
 import { closedPort, dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
@@ -54,8 +57,10 @@ async function events(jobId: string): Promise<JobEvent[]> {
   return (await getJson<{ data: JobEvent[] }>(`/jobs/${jobId}/events?limit=1000`)).data;
 }
 
+const ADMIN = 'admin-key-methods-0123456789';
+
 before(async () => {
-  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir }), surface: { eventsPollMs: 50 } });
+  app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, ADMIN_API_KEYS: ADMIN }), surface: { eventsPollMs: 50 } });
   await app.listen({ port: 0, host: '127.0.0.1' });
   base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
   worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
@@ -147,4 +152,46 @@ test('more than 10% of the pairs truncated: data.ready carries the counts, a war
     final.data.warnings.some((w) => /max_length=20\b/.test(w)),
     JSON.stringify(final.data.warnings),
   );
+});
+
+test('Bull Board shows the job progress as a number 0-100; BullMQ keeps the rich object GET /jobs/:id reads', async () => {
+  const jobId = await trigger({ communityId: 'methods-board', dataset: toy.slice(0, 8), config: TINY });
+  const seen: unknown[] = [];
+  const boardProgress = async (): Promise<unknown> => {
+    const res = await fetch(`${base}/admin/queues/api/queues?activeQueue=finetune&status=latest&page=1`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as { queues: Array<{ name: string; jobs: Array<{ id: string; progress: unknown }> }> };
+    return body.queues.find((q) => q.name === 'finetune')?.jobs.find((j) => j.id === jobId)?.progress;
+  };
+  let final: JobStatus | null = null;
+  for (let i = 0; i < 6000 && !final; i++) {
+    const s = await getJson<JobStatus>(`/jobs/${jobId}`);
+    const p = await boardProgress();
+    if (p !== undefined) seen.push(p);
+    if (['completed', 'failed', 'cancelled'].includes(s.state)) final = s;
+    else await sleep(50);
+  }
+  assert.ok(final, `job ${jobId} did not finish`);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  assert.ok(seen.length > 0);
+  for (const p of seen) assert.ok(typeof p === 'number' && p >= 0 && p <= 100, `board progress ${JSON.stringify(p)}`);
+  const numbers = seen as number[];
+  for (let i = 1; i < numbers.length; i++) assert.ok(numbers[i]! >= numbers[i - 1]!, `never goes back: ${numbers.join(',')}`);
+  assert.equal(numbers.at(-1), 100, 'a completed job is at 100%');
+
+  // BullMQ's job.progress is still the object, the board's number is derived from it
+  const job = await app.queueService.queue.getJob(jobId);
+  assert.ok(job && typeof job.progress === 'object', `job.progress ${JSON.stringify(job?.progress)}`);
+  const rich = job.progress as unknown as { stage: string; percent: number; stages: unknown[]; metrics: { sft: object; dpo: object } };
+  assert.equal(rich.percent, 100);
+  assert.equal(progressPercent(job.progress), await boardProgress());
+  // and GET /jobs/:id keeps its fields
+  assert.equal(final.progress.stage, 'upload');
+  assert.equal(final.progress.fraction, 1);
+  assert.deepEqual(
+    final.stages.map((s) => s.stage),
+    ['sft', 'dpo', 'upload'],
+  );
+  assert.ok(Object.keys(final.metrics.dpo).includes('rewards/accuracies'), JSON.stringify(final.metrics.dpo));
+  assert.ok(final.trainedTokens > 0);
 });
