@@ -3,7 +3,8 @@
  * listening API (real HTTP): a `method: "sft"` job trains SFT only (no DPO step in its metrics, no DPO
  * stage) and completes with the SFT model as its artifact; more than 10% of the pairs truncated reaches the
  * event log and the job status; Bull Board gets a number as the job's progress while GET /jobs/:id keeps the
- * rich progress object.
+ * rich progress object; a config that cannot fit in memory is reported by the dry run (200, fits=false),
+ * queued by the trigger and failed by the worker with INSUFFICIENT_MEMORY before any step.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -194,4 +195,39 @@ test('Bull Board shows the job progress as a number 0-100; BullMQ keeps the rich
   );
   assert.ok(Object.keys(final.metrics.dpo).includes('rewards/accuracies'), JSON.stringify(final.metrics.dpo));
   assert.ok(final.trainedTokens > 0);
+});
+
+test('a config that cannot fit: the dry run answers fits=false, the trigger queues it, the worker fails it INSUFFICIENT_MEMORY before any step', async () => {
+  // 2 x batch_size x max_length tokens of activations on every layer: terabytes, whatever this host has
+  const config = { ...TINY, batch_size: 1_000_000, max_length: 512, max_prompt_length: 256 };
+  const payload = { communityId: 'methods-oom', dataset: toy.slice(0, 8), config };
+  const plan = await fetch(`${base}/trigger-finetune?dryRun=true`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(payload),
+  });
+  // the API layer does not refuse it: the dry run reports it, the worker's host decides
+  assert.equal(plan.status, 200, await plan.clone().text());
+  const planned = (await plan.json()) as { memory: { fits: boolean; totalBytes: number; availableBytes: number }; notes: string[] };
+  assert.equal(planned.memory.fits, false);
+  assert.ok(planned.memory.totalBytes > planned.memory.availableBytes);
+  assert.ok(
+    planned.notes.some((n) => n.includes('INSUFFICIENT_MEMORY')),
+    JSON.stringify(planned.notes),
+  );
+
+  const jobId = await trigger(payload);
+  const final = await waitTerminal(jobId);
+  assert.equal(final.state, 'failed', JSON.stringify(final));
+  assert.equal(final.error?.code, 'INSUFFICIENT_MEMORY', JSON.stringify(final.error));
+  assert.match(final.error?.message ?? '', /estimated peak memory [\d.]+ [GT]iB .* exceeds the [\d.]+ GiB available/);
+  assert.match(final.error?.message ?? '', /would fit: .*batch_size=\d+/);
+  // refused before the data phase and any step: no metrics, no training stage, no data.ready
+  const log = await events(jobId);
+  const types = log.map((e) => e.type);
+  assert.ok(types.includes('model.loading'), types.join(', '));
+  for (const t of ['data.ready', 'stage.started', 'metrics']) assert.ok(!types.includes(t as JobEvent['type']), `${t} in ${types.join(', ')}`);
+  const failed = log.find((e) => e.type === 'job.failed');
+  assert.equal(failed?.data.code, 'INSUFFICIENT_MEMORY');
+  assert.equal((await getJson<{ data: unknown[] }>(`/jobs/${jobId}/metrics`)).data.length, 0);
 });
