@@ -34,6 +34,45 @@ export interface ArtifactAccess {
 
 const SEGMENT = /^[A-Za-z0-9_-]{1,128}$/;
 
+/** What {@link RemoteArtifacts} needs of a remote backend (src/storage/firebase.ts FirebaseStorage). */
+export interface SignedArtifactStore {
+  /** A fresh signed HTTPS read URL of `<communityId>/<jobId>/<path>`. @throws StorageError */
+  signedArtifactUrl(communityId: string, jobId: string, path: string): Promise<string>;
+  /** The bytes of an object key (`<communityId>/<jobId>/<path>`), null when missing. */
+  getObject(key: string): Promise<Buffer | null>;
+}
+
+/**
+ * Artifacts in a remote bucket (STORAGE_BACKEND=firebase): files are never proxied — {@link signedUrl} gives a
+ * fresh signed URL per request (the route answers 302 to it); small text files are read through the backend.
+ */
+export class RemoteArtifacts implements ArtifactAccess {
+  readonly kind = 'remote' as const;
+  constructor(private readonly store: SignedArtifactStore) {}
+
+  /** @throws Error for an unsafe id or path; StorageError URL_SIGNING_FAILED when the credentials cannot sign */
+  async signedUrl(communityId: string, jobId: string, path: string): Promise<string> {
+    if (!SEGMENT.test(communityId) || !SEGMENT.test(jobId) || !isSafeArtifactPath(path)) throw new Error(`unsafe artifact path ${JSON.stringify(path)}`);
+    return this.store.signedArtifactUrl(communityId, jobId, path);
+  }
+
+  async readText(communityId: string, jobId: string, path: string): Promise<string | null> {
+    if (!SEGMENT.test(communityId) || !SEGMENT.test(jobId) || !isSafeArtifactPath(path)) return null;
+    const buf = await this.store.getObject(`${communityId}/${jobId}/${path}`);
+    return buf ? buf.toString('utf8') : null;
+  }
+}
+
+/**
+ * The artifact access of a storage backend: {@link RemoteArtifacts} for one that signs URLs (Firebase), else
+ * the local tree under `storageDir`.
+ */
+export function artifactAccessFor(backend: unknown, storageDir: string): ArtifactAccess {
+  const b = backend as Partial<SignedArtifactStore> | null;
+  if (b && typeof b.signedArtifactUrl === 'function' && typeof b.getObject === 'function') return new RemoteArtifacts(b as SignedArtifactStore);
+  return new LocalArtifacts(storageDir);
+}
+
 /** Local artifact tree under `root` (STORAGE_DIR). */
 export class LocalArtifacts implements ArtifactAccess {
   readonly kind = 'local' as const;

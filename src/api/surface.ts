@@ -11,7 +11,7 @@ import { JobIndex } from '../queue/job-index.js';
 import { webhookSecrets } from '../webhooks/secrets.js';
 import { join } from 'node:path';
 import { accessibleCommunities, canAccess } from './auth/tenant.js';
-import { LocalArtifacts, type ArtifactAccess } from './artifacts.js';
+import { artifactAccessFor, type ArtifactAccess } from './artifacts.js';
 import { apiSchemas } from './schemas.js';
 import { eventsRoutes, jobEventPageSchema, jobEventSchema } from './routes/events.js';
 import { artifactFileListSchema, checkpointListSchema, filesRoutes } from './routes/files.js';
@@ -72,7 +72,8 @@ export function surfaceDeps(
     queue,
     events,
     index,
-    artifacts: opts.artifacts ?? new LocalArtifacts(env.STORAGE_DIR),
+    // the artifacts live where the datasets do (one backend): Firebase answers signed-URL redirects
+    artifacts: opts.artifacts ?? artifactAccessFor(datasets.objects, env.STORAGE_DIR),
     // the tenant scope of the request's credential (src/api/auth/tenant.ts)
     communitiesOf: accessibleCommunities,
     triggerExtras: {

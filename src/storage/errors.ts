@@ -12,7 +12,9 @@ export type StorageErrorCode =
   /** The backend's settings are wrong (bucket name, emulator host, credentials); fix the environment. */
   | 'INVALID_STORAGE_CONFIG'
   /** An object key (src/storage/storage.ts ObjectStorage) is not a safe relative name. */
-  | 'INVALID_OBJECT_KEY';
+  | 'INVALID_OBJECT_KEY'
+  /** A signed URL could not be made (the credentials cannot sign: no service-account key, no signBlob). */
+  | 'URL_SIGNING_FAILED';
 
 /** A storage failure with a stable `code`; `file` names the artifact file (relative path) when one is at fault. */
 export class StorageError extends Error {

@@ -521,6 +521,29 @@ export class FirebaseStorage implements Storage, ObjectStorage {
     if (problems.length > 0) throw new VerificationError(`stored object failed verification: ${problems.join('; ')}`);
   }
 
+  /**
+   * A fresh V4 signed read URL of one stored artifact file (object `<prefix><communityId>/<jobId>/<path>`),
+   * valid for `signedUrlTtlSeconds` (FIREBASE_SIGNED_URL_TTL_SECONDS, default 3600 s); made locally from the
+   * service-account key (or the signBlob API), whether or not FIREBASE_SIGNED_URLS adds URLs at upload.
+   * @throws StorageError INVALID_OBJECT_KEY for an unsafe id or path; URL_SIGNING_FAILED when the credentials cannot sign
+   */
+  async signedArtifactUrl(communityId: string, jobId: string, path: string): Promise<string> {
+    const name = this.objectName(`${communityId}/${jobId}/${path}`);
+    try {
+      const [url] = await this.bucket()
+        .file(name)
+        .getSignedUrl({ version: 'v4', action: 'read', expires: Date.now() + this.opts.signedUrlTtlSeconds * 1000 });
+      return url;
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new StorageError(
+        'URL_SIGNING_FAILED',
+        `cannot sign a URL for ${path}: ${describe(err)}; use a service-account key in GOOGLE_APPLICATION_CREDENTIALS or grant iam.serviceAccounts.signBlob`,
+        { file: path, cause: err },
+      );
+    }
+  }
+
   /** V4 signed read URLs; on a signing failure logs why and returns undefined (the upload itself succeeded). */
   private async signAll(bucket: GcsBucket, prefix: string, paths: string[]): Promise<Record<string, string> | undefined> {
     const expires = Date.now() + this.opts.signedUrlTtlSeconds * 1000;

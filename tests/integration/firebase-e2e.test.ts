@@ -2,7 +2,8 @@
  * The deployed path end to end with STORAGE_BACKEND=firebase: API (buildApp) → Redis → a real worker
  * process (src/worker/main.ts, training in its child) → firebase-admin → the fake GCS JSON API on 127.0.0.1
  * (FIREBASE_STORAGE_EMULATOR_HOST). A toy job ends `completed` with a gs:// URI and signed URLs, and every
- * manifest file is in the bucket with the manifest's sha256; a job whose upload keeps failing ends `failed`
+ * manifest file is in the bucket with the manifest's sha256; GET /jobs/:id/files/<path> answers 302 to a fresh
+ * signed URL of that object, and the metrics history is read from the bucket; a job whose upload keeps failing ends `failed`
  * with STORAGE_UPLOAD_FAILED naming the file, and its trained artifact is kept locally and still verifies.
  */
 import { after, before, test } from 'node:test';
@@ -149,6 +150,36 @@ test('a job trains and its model lands in the Firebase bucket, verified, with si
   assert.deepEqual(final.artifact.files.map((f) => f.path).sort(), [...paths].sort());
   const signed = final.artifact.signedUrls ?? {};
   assert.match(signed['model/model.safetensors'] ?? '', /X-Goog-Signature=[0-9a-f]+/);
+});
+
+test('GET /jobs/:id/files/<path> redirects (302) to a fresh signed URL of that object; metrics come from the bucket', async () => {
+  const { jobId, final } = await okJob;
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  for (const path of ['model/model.safetensors', 'manifest.json']) {
+    const res = await app.inject({ method: 'GET', url: `/jobs/${jobId}/files/${path}` });
+    assert.equal(res.statusCode, 302, res.body);
+    assert.equal(res.headers['cache-control'], 'no-store');
+    const u = new URL(String(res.headers.location));
+    // signed for the emulator's host here (storage.googleapis.com over https without FIREBASE_STORAGE_EMULATOR_HOST)
+    assert.equal(u.host, fake.host);
+    assert.ok(decodeURIComponent(u.pathname).endsWith(`/fb-ok/${jobId}/${path}`), `${u.pathname} names the object of ${path}`);
+    assert.ok(decodeURIComponent(`${u.host}${u.pathname}`).includes(BUCKET), `${u.host}${u.pathname} names the bucket`);
+    assert.equal(u.searchParams.get('X-Goog-Algorithm'), 'GOOG4-RSA-SHA256');
+    assert.equal(u.searchParams.get('X-Goog-Expires'), '3600');
+    assert.ok(u.searchParams.get('X-Goog-Credential')?.startsWith('dpo@demo-e2e.iam.gserviceaccount.com/'));
+    assert.match(u.searchParams.get('X-Goog-Signature') ?? '', /^[0-9a-f]{512}$/);
+  }
+  // a path the manifest does not list is never signed
+  const missing = await app.inject({ method: 'GET', url: `/jobs/${jobId}/files/model/other.bin` });
+  assert.equal(missing.statusCode, 404);
+  // the metrics history of a job stored in the bucket: its metrics.jsonl as stored
+  const stored = fake.objects.get(`${BUCKET}/fb-ok/${jobId}/metrics.jsonl`)!.data.toString('utf8').trim().split('\n');
+  const history = await app.inject({ method: 'GET', url: `/jobs/${jobId}/metrics` });
+  assert.equal(history.statusCode, 200, history.body);
+  assert.deepEqual(
+    (history.json() as { data: unknown[] }).data,
+    stored.map((l) => JSON.parse(l)),
+  );
 });
 
 test('an upload that keeps failing fails the job with STORAGE_UPLOAD_FAILED and keeps the trained artifact', async () => {

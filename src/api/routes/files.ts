@@ -136,7 +136,14 @@ export async function filesRoutes(app: FastifyInstance, opts: FilesRouteOptions)
         throw new NotFoundError(`job ${jobId} has no file ${JSON.stringify(path.slice(0, 200))}; GET /jobs/${jobId}/files lists them`);
       }
       if (opts.artifacts.kind === 'remote') {
-        const url = await opts.artifacts.signedUrl!(st.communityId, jobId, path);
+        let url: string;
+        try {
+          url = await opts.artifacts.signedUrl!(st.communityId, jobId, path);
+        } catch (err) {
+          const e = err as { code?: string; message: string };
+          if (e.code === 'URL_SIGNING_FAILED') throw new ApiError(503, 'URL_SIGNING_FAILED', e.message);
+          throw err;
+        }
         return reply.code(302).header('location', url).header('cache-control', 'no-store').send();
       }
       const size = await opts.artifacts.size!(st.communityId, jobId, path);
