@@ -22,7 +22,8 @@ import { dpoStage, sftStage, type TrainConfig } from '../config/index.js';
 import { repoRoot } from '../config/paths.js';
 import { statsKey } from '../queue/stats.js';
 import type { TrainingMethod } from '../queue/types.js';
-import type { PreferenceExample, Tokenizer } from '../training/types.js';
+import type { OnlinePreparedData } from '../training/online/data.js';
+import type { DatasetRow, PreferenceExample, Tokenizer } from '../training/types.js';
 
 export interface StagePlan {
   stage: 'sft' | 'dpo';
@@ -40,7 +41,7 @@ export interface DryRunPlan {
   communityId: string;
   method: TrainingMethod;
   model: string;
-  data: { examples: number; train: number; eval: number; dropped: number; truncated: number };
+  data: { examples: number; train: number; eval: number; dropped: number; truncated: number; prompts?: { train: number; eval: number } };
   stages: StagePlan[];
   tokens: number;
   estimatedSeconds: number | null;
@@ -67,6 +68,12 @@ export const dryRunPlanSchema = {
         eval: { type: 'integer' },
         dropped: { type: 'integer', description: 'pairs whose prompt alone fills max_length' },
         truncated: { type: 'integer' },
+        prompts: {
+          type: 'object',
+          description: 'online_dpo: the train / eval prompts (train, eval above count the SFT pairs of the rows with a chosen)',
+          required: ['train', 'eval'],
+          properties: { train: { type: 'integer' }, eval: { type: 'integer' } },
+        },
       },
     },
     stages: {
@@ -118,7 +125,8 @@ export async function tokenizerOf(cfg: TrainConfig): Promise<Tokenizer> {
 
 /**
  * Plan a job.
- * @param dataset inline rows, or the local path of an uploaded dataset file
+ * @param dataset inline rows (preference rows; prompt rows for `stage: online_dpo`), or the local path of an
+ *   uploaded dataset file
  * @param evalDataset the rows of an uploaded eval dataset, if any (given to the data phase as a file)
  * @throws DataError / ConfigError (`max_length`: nothing fits) from the data phase; TokenizerError
  */
@@ -126,7 +134,7 @@ export async function planJob(opts: {
   communityId: string;
   method: TrainingMethod;
   config: TrainConfig;
-  dataset: PreferenceExample[] | string;
+  dataset: DatasetRow[] | string;
   evalDataset?: PreferenceExample[];
   redis: Redis;
   prefix: string;
@@ -158,7 +166,11 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
   const { config: modelConfig, tokenizer } = await modelShape(cfg.model.name_or_path, cfg.model.tokenizer_name_or_path ?? null);
   const { prepareData } = await import('../training/pipeline/data.js');
   const { stagePlan } = await import('../training/trainer/stage.js');
-  const data = await prepareData(cfg, tokenizer, pino({ level: 'silent' }), opts.dataset);
+  const silent = pino({ level: 'silent' });
+  const online = cfg.stage === 'online_dpo';
+  const data = online
+    ? await (await import('../training/online/data.js')).prepareOnlineData(cfg, tokenizer, silent, opts.dataset)
+    : await prepareData(cfg, tokenizer, silent, opts.dataset as PreferenceExample[] | string);
   const n = data.train.length;
   let sftTokens = 0;
   let dpoTokens = 0;
@@ -166,11 +178,12 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
     sftTokens += p.promptIds.length + p.sftIds.length;
     dpoTokens += 2 * p.promptIds.length + p.chosenIds.length + p.rejectedIds.length;
   }
+  const prompts = online ? (data as OnlinePreparedData).prompts : null;
   const tps = await opts.redis.hmget(statsKey(opts.prefix), 'tps:sft', 'tps:dpo').catch(() => [null, null]);
   const stages: StagePlan[] = [];
-  const add = (stage: 'sft' | 'dpo', settings: ReturnType<typeof sftStage>, perPair: number, measured: string | null | undefined): void => {
-    const sp = stagePlan(n, settings);
-    const tokens = Math.round(sp.totalSteps * Math.min(sp.perStep, n) * perPair);
+  const add = (stage: 'sft' | 'dpo', settings: ReturnType<typeof sftStage>, perPair: number, measured: string | null | undefined, units = n): void => {
+    const sp = stagePlan(units, settings);
+    const tokens = Math.round(sp.totalSteps * Math.min(sp.perStep, units) * perPair);
     const rate = measured ? Number(measured) : Number.NaN;
     stages.push({
       stage,
@@ -181,9 +194,33 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
       estimatedSeconds: Number.isFinite(rate) && rate > 0 ? Number((tokens / rate).toFixed(1)) : null,
     });
   };
-  if (cfg.sft.enabled) add('sft', sftStage(cfg), sftTokens / n, tps[0]);
-  if (cfg.dpo.enabled) add('dpo', dpoStage(cfg), dpoTokens / n, tps[1]);
   const notes: string[] = [];
+  // runTraining skips SFT when no row has an SFT target (online DPO from bare prompts)
+  if (cfg.sft.enabled && n > 0) add('sft', sftStage(cfg), sftTokens / n, tps[0]);
+  if (prompts) {
+    // online DPO (src/training/online/task.ts): a step takes batch_size x gradient_accumulation_steps prompts,
+    // samples num_samples_per_step completions of each (at most max_new_tokens, within max_length), and the
+    // policy scores the judged best and worst: 2 x (prompt + completion) tokens per prompt, counted at the
+    // longest completion (an upper bound: sampling stops at EOS)
+    const o = cfg.online_dpo;
+    const completion = (p: { ids: number[] }) => Math.max(1, Math.min(o.max_new_tokens, cfg.max_length - p.ids.length));
+    const m = prompts.train.length;
+    let perPrompt = 0;
+    let generated = 0;
+    for (const p of prompts.train) {
+      perPrompt += 2 * (p.ids.length + completion(p));
+      generated += o.num_samples_per_step * completion(p);
+    }
+    if (m > 0) {
+      add('dpo', dpoStage(cfg), perPrompt / m, tps[1], m);
+      const st = stages.at(-1)!;
+      const gen = Math.round(st.steps * Math.min(st.pairsPerStep, m) * (generated / m));
+      notes.push(
+        `online_dpo: ${m} train prompts, ${o.num_samples_per_step} completions of at most ${o.max_new_tokens} new tokens sampled per prompt and step (up to ${gen} generated tokens); DPO tokens count the longest completions (an upper bound), and generation time is not in estimatedSeconds`,
+      );
+    }
+    if (n === 0 && cfg.sft.enabled) notes.push('no row has an SFT target (chosen / completion): the SFT stage is skipped');
+  } else if (cfg.dpo.enabled) add('dpo', dpoStage(cfg), dpoTokens / n, tps[1]);
   const ref = cfg.dpo.enabled && needsReference(lossOptions(cfg));
   const est = estimateMemory(modelConfig, cfg, ref);
   const available = availableMemory();
@@ -209,6 +246,7 @@ async function planWith(opts: Parameters<typeof planJob>[0], cfg: TrainConfig): 
       eval: data.stats.eval_pairs,
       dropped: data.stats.dropped,
       truncated: data.stats.truncated,
+      ...(prompts ? { prompts: { train: prompts.train.length, eval: prompts.eval.length } } : {}),
     },
     stages,
     tokens: stages.reduce((a, s) => a + s.tokens, 0),

@@ -231,3 +231,55 @@ test('a config that cannot fit: the dry run answers fits=false, the trigger queu
   assert.equal(failed?.data.code, 'INSUFFICIENT_MEMORY');
   assert.equal((await getJson<{ data: unknown[] }>(`/jobs/${jobId}/metrics`)).data.length, 0);
 });
+
+test('dry run of method online_dpo: SFT on the rows with a chosen, then online DPO steps over the prompts; nothing queued', async () => {
+  const online = { num_samples_per_step: 2, max_new_tokens: 12, judge: { type: 'rule', rules: [{ type: 'keywords', words: ['happy'], weight: 1 }] } };
+  const config = { ...TINY, max_length: 64, max_prompt_length: 32, online_dpo: online };
+  const before = await app.queueService.queue.getJobCounts();
+  const plan = async (dataset: unknown[]) => {
+    const res = await fetch(`${base}/trigger-finetune?dryRun=true`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ communityId: 'methods-online', method: 'online_dpo', dataset, config }),
+    });
+    const body = (await res.json()) as {
+      method: string;
+      data: { train: number; eval: number; prompts?: { train: number; eval: number } };
+      stages: Array<{ stage: string; steps: number; pairsPerStep: number; tokens: number }>;
+      notes: string[];
+    };
+    assert.equal(res.status, 200, JSON.stringify(body));
+    return body;
+  };
+  const withChosen = await plan(toy.slice(0, 8));
+  assert.equal(withChosen.method, 'online_dpo');
+  assert.ok(withChosen.data.prompts, JSON.stringify(withChosen.data));
+  assert.equal(withChosen.data.prompts.train + withChosen.data.prompts.eval, 8);
+  // every toy row has a chosen: the SFT pairs are the train prompts
+  assert.equal(withChosen.data.train, withChosen.data.prompts.train);
+  assert.deepEqual(
+    withChosen.stages.map((s) => [s.stage, s.steps, s.pairsPerStep]),
+    [
+      ['sft', TINY.sft.max_steps, TINY.batch_size],
+      ['dpo', TINY.max_steps, TINY.batch_size],
+    ],
+  );
+  const dpo = withChosen.stages[1]!;
+  // 2 x (prompt + completion) per prompt, completions at most max_new_tokens: within the max_length bound
+  assert.ok(dpo.tokens > 0 && dpo.tokens <= dpo.steps * dpo.pairsPerStep * 2 * 64, `dpo tokens ${dpo.tokens}`);
+  assert.ok(
+    withChosen.notes.some((n) => n.includes('2 completions of at most 12 new tokens')),
+    JSON.stringify(withChosen.notes),
+  );
+
+  // bare prompts: no SFT target, SFT is skipped
+  const bare = await plan(toy.slice(0, 8).map((r) => ({ prompt: r.prompt })));
+  assert.equal(bare.data.train, 0);
+  assert.deepEqual(
+    bare.stages.map((s) => s.stage),
+    ['dpo'],
+  );
+  assert.equal(bare.stages[0]!.tokens, dpo.tokens, 'the DPO plan depends on the prompts only');
+  assert.ok(bare.notes.some((n) => /SFT stage is skipped/.test(n)));
+  assert.deepEqual(await app.queueService.queue.getJobCounts(), before, 'a dry run queues nothing');
+});

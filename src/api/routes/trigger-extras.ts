@@ -112,11 +112,10 @@ export async function dryRunPlan(
   config: TrainConfig,
   deps: Pick<TriggerExtrasDeps, 'redis' | 'prefix' | 'datasets'>,
 ): Promise<DryRunPlan> {
-  if (body.method === 'online_dpo')
-    throw new ValidationError([{ path: '/method', message: 'dryRun does not plan online_dpo jobs yet; send the request without dryRun' }]);
-  const dataset = body.datasetId
-    ? ((await deps.datasets.get(body.communityId, body.datasetId)) as PreferenceExample[])
-    : (preferenceRowsOnly(body.dataset) ?? []);
+  // online DPO plans from the prompt rows as they are (the online data phase reads them); DPO from preference rows
+  const online = config.stage === 'online_dpo';
+  const stored = body.datasetId ? ((await deps.datasets.get(body.communityId, body.datasetId)) as DatasetRow[]) : null;
+  const dataset = stored ?? (online ? (body.dataset ?? []) : (preferenceRowsOnly(body.dataset) ?? []));
   const evalDataset = body.evalDatasetId ? ((await deps.datasets.get(body.communityId, body.evalDatasetId)) as PreferenceExample[]) : undefined;
   try {
     return await planJob({
