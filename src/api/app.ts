@@ -29,6 +29,7 @@ import { jobsRoutes } from './routes/jobs.js';
 import { triggerRoutes, type RowValidator } from './routes/trigger.js';
 import { apiSchemas, compileOn, createRequestAjv } from './schemas.js';
 import { resolveRequestConfig } from '../config/index.js';
+import { memoizeConfigResolution } from './config-memo.js';
 import { loadRowValidator } from './row-validator.js';
 import { registerJobSurface, surfaceDeps, type SurfaceOptions } from './surface.js';
 
@@ -156,7 +157,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   await app.register(triggerRoutes, {
     queue,
     validateRows,
-    resolveConfig: resolveRequestConfig,
+    resolveConfig: memoizeConfigResolution(resolveRequestConfig),
     extras: surface.triggerExtras,
     models,
     maxTrainTokens: env.MAX_TRAIN_TOKENS,

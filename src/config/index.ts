@@ -8,7 +8,7 @@
  *
  * Source of the scheme: eric-mitchell/direct-preference-optimization `config/config.yaml` + Hydra overrides.
  */
-import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
 import YAML from 'yaml';
@@ -42,7 +42,25 @@ const validateInput: ValidateFunction = new Ajv({ allErrors: true, strict: true,
 /** The keys every resolved config has. */
 const RESOLVED_KEYS = Object.keys(TrainConfigSchema.properties);
 
+// Parsed YAML files by path, with the mtime and size they had: loadConfig runs per webhook request, and parsing
+// config.yaml + the model and loss groups each time was most of the trigger's CPU. A changed file is re-read.
+const yamlCache = new Map<string, { mtimeMs: number; size: number; value: Obj }>();
+
+/**
+ * A YAML file's mapping (an empty file is `{}`), from the cache while the file's mtime and size are unchanged.
+ * Each call returns its own copy (callers may merge into it).
+ * @throws ConfigError (key `key`) when the file cannot be read, is not YAML, or is not a mapping.
+ */
 function readYamlFile(path: string, key: string): Obj {
+  const st = statSync(path, { throwIfNoEntry: false });
+  const hit = st ? yamlCache.get(path) : undefined;
+  if (st && hit && hit.mtimeMs === st.mtimeMs && hit.size === st.size) return structuredClone(hit.value);
+  const value = parseYamlFile(path, key);
+  if (st) yamlCache.set(path, { mtimeMs: st.mtimeMs, size: st.size, value: structuredClone(value) });
+  return value;
+}
+
+function parseYamlFile(path: string, key: string): Obj {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

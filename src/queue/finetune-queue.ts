@@ -6,7 +6,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { DatasetRef, DatasetStore } from '../storage/datasets.js';
+import { prepareDataset, type DatasetRef, type DatasetStore, type PreparedDataset } from '../storage/datasets.js';
+import { reserve } from './reserve.js';
 import { cancelKey, createRedis, idempotencyKey as idemRedisKey, liveJobsKey } from './connection.js';
 import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
 import { settlesWithin, withTimeout } from '../util/timeout.js';
@@ -115,10 +116,14 @@ export interface EnqueueOptions {
   fields?: JobRequestFields;
 }
 
-function safeParse(raw: string): { jobId: string; requestHash: string } | null {
+/** How long an idempotency record whose job is not in the queue yet counts as "being created" (ms). */
+const CLAIM_GRACE_MS = 60_000;
+
+function safeParse(raw: string): { jobId: string; requestHash: string; at?: number } | null {
   try {
-    const v = JSON.parse(raw) as { jobId?: unknown; requestHash?: unknown };
-    return typeof v.jobId === 'string' && typeof v.requestHash === 'string' ? { jobId: v.jobId, requestHash: v.requestHash } : null;
+    const v = JSON.parse(raw) as { jobId?: unknown; requestHash?: unknown; at?: unknown };
+    if (typeof v.jobId !== 'string' || typeof v.requestHash !== 'string') return null;
+    return { jobId: v.jobId, requestHash: v.requestHash, ...(typeof v.at === 'number' ? { at: v.at } : {}) };
   } catch {
     return null;
   }
@@ -197,13 +202,13 @@ export class FinetuneQueueService {
 
   private async enqueueNow(req: EnqueueRequest, opts: EnqueueOptions): Promise<EnqueueResult> {
     const q = QueueNames.finetune;
-    let rowsText: string | null = null;
+    let prepared: PreparedDataset | null = null;
     let ref: DatasetRef;
     if (isRef(req.dataset)) ref = req.dataset;
     else {
-      rowsText = canonicalJson(req.dataset);
-      const sha256 = createHash('sha256').update(rowsText).digest('hex');
-      ref = { datasetId: `ds-${sha256}`, sha256, rows: req.dataset.length };
+      // canonical JSON and sha256 once: the store writes this text without hashing it again
+      prepared = prepareDataset(req.dataset);
+      ref = prepared.ref;
     }
     // the request fields are part of the request (same rows, another callbackUrl = another job)
     const fields = Object.fromEntries(Object.entries(opts.fields ?? {}).filter(([, v]) => v !== undefined)) as JobRequestFields;
@@ -212,90 +217,92 @@ export class FinetuneQueueService {
       ? `key:${createHash('sha256').update(opts.idempotencyKey).digest('hex').slice(0, 32)}`
       : `body:${requestHash.slice(0, 32)}`;
     const idemKey = idemRedisKey(this.prefix, q, opts.principalId ?? 'open', req.communityId, scope);
-    const prior = await this.redis.get(idemKey);
-    if (prior) {
-      const rec = safeParse(prior);
+    const jobId = newJobId();
+    const now = Date.now();
+    const record = JSON.stringify({ jobId, requestHash, at: now });
+    const k = this.queue.keys;
+    const keys = {
+      idem: idemKey,
+      live: liveJobsKey(this.prefix, q, req.communityId),
+      wait: k.wait!,
+      paused: k.paused!,
+      active: k.active!,
+      delayed: k.delayed!,
+      prioritized: k.prioritized!,
+    };
+    // one round trip (src/queue/reserve.ts); again only when a record must be replaced or the live set pruned
+    let expected: string | null = null;
+    let pruned = false;
+    for (let attempt = 0; ; attempt++) {
+      if (attempt >= 4) throw new QueueUnavailableError('the idempotency record kept changing under concurrent requests; retry');
+      const r = await reserve(this.redis, keys, {
+        record,
+        ttlSeconds: this.retentionSeconds,
+        expected,
+        maxQueued: this.maxQueued,
+        maxPerCommunity: this.maxPerCommunity,
+        jobId,
+        nowMs: now,
+      });
+      if (r.kind === 'ok') break;
+      if (r.kind === 'queue') {
+        throw new JobLimitError(
+          `the queue holds ${r.count} waiting or active jobs (MAX_QUEUED_JOBS=${this.maxQueued}); retry later`,
+          JOB_LIMIT_RETRY_AFTER_SECONDS,
+        );
+      }
+      if (r.kind === 'community') {
+        if (!pruned) {
+          pruned = true;
+          await this.pruneLive(req.communityId);
+          continue;
+        }
+        throw new JobLimitError(
+          `community ${req.communityId} has ${r.count} waiting or active jobs (MAX_JOBS_PER_COMMUNITY=${this.maxPerCommunity}); wait for one to finish or cancel one`,
+          JOB_LIMIT_RETRY_AFTER_SECONDS,
+        );
+      }
+      const rec = safeParse(r.record);
       if (rec && rec.requestHash !== requestHash) throw new IdempotencyKeyReusedError(rec.jobId);
       if (rec) {
         const existing = await this.statusNow(rec.jobId);
         if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') return { jobId: rec.jobId, created: false, status: existing };
+        // a concurrent equal request claimed the key a moment ago and is adding its job: that job is the answer
+        if (!existing && rec.at !== undefined && now - rec.at < CLAIM_GRACE_MS) {
+          return { jobId: rec.jobId, created: false, status: this.queuedStatus(rec.jobId, req.communityId, rec.at) };
+        }
       }
-    }
-    const jobId = newJobId();
-    const record = JSON.stringify({ jobId, requestHash });
-    // claim the key first: of two concurrent equal requests one makes the job, the other returns it
-    const claimed = prior
-      ? await this.redis.set(idemKey, record, 'EX', this.retentionSeconds)
-      : await this.redis.set(idemKey, record, 'EX', this.retentionSeconds, 'NX');
-    if (claimed !== 'OK') {
-      const rec = safeParse((await this.redis.get(idemKey)) ?? '');
-      if (rec && rec.requestHash !== requestHash) throw new IdempotencyKeyReusedError(rec.jobId);
-      if (rec) {
-        const st = (await this.statusNow(rec.jobId)) ?? this.queuedStatus(rec.jobId, req.communityId, Date.now());
-        return { jobId: rec.jobId, created: false, status: st };
-      }
+      // the earlier job failed, was cancelled or expired (or the record is unreadable): replace exactly that record
+      expected = r.record;
     }
     try {
-      await this.reserveSlot(req.communityId, jobId);
-    } catch (err) {
-      await this.redis.del(idemKey);
-      throw err;
-    }
-    try {
-      if (rowsText !== null) {
+      if (prepared !== null) {
         if (!this.datasets) throw new Error('no dataset store configured: inline rows cannot be queued');
-        await this.datasets.putCanonical(req.communityId, rowsText, ref);
+        await this.datasets.putPrepared(req.communityId, prepared);
       }
       const payload: FinetunePayload = {
         communityId: req.communityId,
         dataset: ref,
         config: req.config,
         requestHash,
-        requestedAt: new Date().toISOString(),
+        requestedAt: new Date(now).toISOString(),
         ...fields,
       };
       const job = await this.queue.add('finetune', payload, { jobId });
       return { jobId, created: true, status: this.queuedStatus(jobId, req.communityId, job.timestamp) };
     } catch (err) {
-      await this.redis.zrem(liveJobsKey(this.prefix, q, req.communityId), jobId).catch(() => {});
-      await this.redis.del(idemKey).catch(() => {});
+      await this.redis
+        .multi()
+        .zrem(keys.live, jobId)
+        .del(idemKey)
+        .exec()
+        .catch(() => {});
       throw err;
     }
   }
 
   private queuedStatus(jobId: string, communityId: string, timestamp: number): JobStatus {
     return toJobStatus({ id: jobId, data: { communityId }, progress: 0, returnvalue: null, timestamp }, 'waiting');
-  }
-
-  /**
-   * Count the job against MAX_QUEUED_JOBS and MAX_JOBS_PER_COMMUNITY. The community's live set is added to
-   * first and counted after (so concurrent triggers cannot all pass); when over the cap, entries of jobs
-   * that are no longer waiting or active are pruned and it is counted again.
-   * @throws JobLimitError naming the variable.
-   */
-  private async reserveSlot(communityId: string, jobId: string): Promise<void> {
-    if (this.maxQueued > 0) {
-      const c = await this.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
-      const n = Object.values(c).reduce((a, b) => a + b, 0);
-      if (n >= this.maxQueued) {
-        throw new JobLimitError(`the queue holds ${n} waiting or active jobs (MAX_QUEUED_JOBS=${this.maxQueued}); retry later`, JOB_LIMIT_RETRY_AFTER_SECONDS);
-      }
-    }
-    const key = liveJobsKey(this.prefix, QueueNames.finetune, communityId);
-    if (this.maxPerCommunity <= 0) {
-      await this.redis.zadd(key, Date.now(), jobId);
-      return;
-    }
-    const [, [, n]] = (await this.redis.multi().zadd(key, Date.now(), jobId).zcard(key).exec()) as [[null, number], [null, number]];
-    if (n <= this.maxPerCommunity) return;
-    await this.pruneLive(communityId);
-    const again = await this.redis.zcard(key);
-    if (again <= this.maxPerCommunity) return;
-    await this.redis.zrem(key, jobId);
-    throw new JobLimitError(
-      `community ${communityId} has ${again - 1} waiting or active jobs (MAX_JOBS_PER_COMMUNITY=${this.maxPerCommunity}); wait for one to finish or cancel one`,
-      JOB_LIMIT_RETRY_AFTER_SECONDS,
-    );
   }
 
   /** Drop ids of jobs that are no longer waiting or active from a community's live set. */

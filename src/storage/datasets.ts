@@ -57,6 +57,29 @@ function sanitize(communityId: string, datasetId: string): string {
   return `.datasets/${communityId}/${datasetId.slice(3)}.json`;
 }
 
+/** Rows already turned into canonical JSON and hashed (by prepareDataset, once per request). */
+export interface PreparedDataset {
+  readonly text: string;
+  readonly ref: DatasetRef;
+}
+
+// prepared by this module: their text is known to hash to their ref (no second sha256 on write)
+const prepared = new WeakSet<PreparedDataset>();
+
+/**
+ * Canonical JSON and sha256 of in-memory rows, once: the queue needs the hash for idempotency before it
+ * stores the rows, and the store then writes the same text without hashing it again.
+ * @throws DatasetError INVALID_DATASET for an empty or non-array value.
+ */
+export function prepareDataset(rows: unknown[]): PreparedDataset {
+  if (!Array.isArray(rows) || rows.length === 0) throw new DatasetError('INVALID_DATASET', 'a dataset is a non-empty array of rows');
+  const text = canonicalJson(rows);
+  const sha256 = sha256Hex(text);
+  const p: PreparedDataset = Object.freeze({ text, ref: Object.freeze({ datasetId: `ds-${sha256}`, sha256, rows: rows.length }) });
+  prepared.add(p);
+  return p;
+}
+
 /** put/get/has/delete of content-addressed datasets per community, over an ObjectStorage. */
 export class DatasetStore {
   constructor(readonly objects: ObjectStorage) {}
@@ -72,12 +95,21 @@ export class DatasetStore {
    * @throws DatasetError INVALID_DATASET for an empty or non-array value; StorageError from the backend.
    */
   async put(communityId: string, rows: unknown[]): Promise<DatasetRef & { bytes: number }> {
-    if (!Array.isArray(rows) || rows.length === 0) throw new DatasetError('INVALID_DATASET', 'a dataset is a non-empty array of rows');
-    const text = canonicalJson(rows);
-    const sha256 = sha256Hex(text);
-    const ref = { datasetId: `ds-${sha256}`, sha256, rows: rows.length };
-    await this.putCanonical(communityId, text, ref);
-    return { ...ref, bytes: Buffer.byteLength(text) };
+    const p = prepareDataset(rows);
+    await this.putPrepared(communityId, p);
+    return { ...p.ref, bytes: Buffer.byteLength(p.text) };
+  }
+
+  /**
+   * Store rows made by prepareDataset (hashed there, not again). One write of the rows and one of the small
+   * `.meta.json`, each to a temporary name renamed into place (no fsync: the object is content-addressed and
+   * every reader checks its sha256, so a write torn by a crash reads as CORRUPT_DATASET, never as other rows).
+   * Storing the same rows twice writes once.
+   * @throws DatasetError INVALID_DATASET for a value not made by prepareDataset; StorageError from the backend.
+   */
+  async putPrepared(communityId: string, p: PreparedDataset): Promise<void> {
+    if (!prepared.has(p)) throw new DatasetError('INVALID_DATASET', 'putPrepared takes the value prepareDataset returned');
+    await this.write(communityId, p.text, p.ref);
   }
 
   /**
@@ -87,6 +119,10 @@ export class DatasetStore {
   async putCanonical(communityId: string, text: string, ref: DatasetRef): Promise<void> {
     if (sha256Hex(text) !== ref.sha256 || ref.datasetId !== `ds-${ref.sha256}`)
       throw new DatasetError('INVALID_DATASET', 'the dataset text does not match its reference');
+    await this.write(communityId, text, ref);
+  }
+
+  private async write(communityId: string, text: string, ref: DatasetRef): Promise<void> {
     const key = this.key(communityId, ref.datasetId);
     if (!(await this.objects.hasObject(key))) {
       await this.objects.putObject(key, text);

@@ -31,6 +31,8 @@ export function insideRoot(root: string, parts: string[], code: 'INVALID_ARTIFAC
 export class LocalStorage implements Storage, ObjectStorage {
   readonly kind = 'local';
   readonly root: string;
+  // directories putObject made (or found) in this process: one mkdir per directory, not per object
+  private readonly madeDirs = new Set<string>();
 
   /** @param root the STORAGE_DIR (created on first use). */
   constructor(root: string) {
@@ -103,9 +105,20 @@ export class LocalStorage implements Storage, ObjectStorage {
   async putObject(key: string, data: Buffer | string): Promise<void> {
     const target = this.objectPath(key);
     const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const dir = dirname(target);
     try {
-      await mkdir(dirname(target), { recursive: true });
-      await writeFile(tmp, data);
+      if (!this.madeDirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.madeDirs.add(dir);
+      }
+      try {
+        await writeFile(tmp, data);
+      } catch (err) {
+        // the directory was removed since: make it again, once
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        await mkdir(dir, { recursive: true });
+        await writeFile(tmp, data);
+      }
       await rename(tmp, target);
     } catch (err) {
       await rm(tmp, { force: true }).catch(() => {});
