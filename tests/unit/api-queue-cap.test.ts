@@ -42,7 +42,7 @@ async function trigger(communityId: string, key: string): Promise<Response> {
 }
 
 async function queued(): Promise<number> {
-  const c = await app.queueService.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'paused');
+  const c = await app.queueService.queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
   return Object.values(c).reduce((a, b) => a + b, 0);
 }
 
