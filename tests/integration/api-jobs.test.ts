@@ -7,7 +7,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,9 +14,10 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
+import { startWorker, type WorkerHandle } from './worker-harness.js';
 import type { JobEvent } from '../../src/queue/events.js';
 import type { JobStatus } from '../../src/queue/types.js';
-import { closedPort, dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
+import { dropPrefix, testEnv, uniquePrefix } from '../unit/api-helpers.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const prefix = uniquePrefix('api-jobs');
@@ -36,8 +36,8 @@ const TINY = {
 
 let app: FastifyInstance;
 let base = '';
-let worker: ChildProcess;
-let workerLog = '';
+let worker: WorkerHandle | undefined;
+const workerLog = (): string => worker?.log() ?? '';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function status(jobId: string): Promise<JobStatus> {
@@ -52,7 +52,7 @@ async function waitTerminal(jobId: string): Promise<JobStatus> {
     if (['completed', 'failed', 'cancelled'].includes(s.state)) return s;
     await sleep(50);
   }
-  throw new Error(`job ${jobId} did not finish; worker log:\n${workerLog.slice(-3000)}`);
+  throw new Error(`job ${jobId} did not finish; worker log:\n${workerLog().slice(-3000)}`);
 }
 
 async function trigger(payload: Record<string, unknown>): Promise<string> {
@@ -106,35 +106,11 @@ before(async () => {
   app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir }), surface: { eventsPollMs: 50 } });
   await app.listen({ port: 0, host: '127.0.0.1' });
   base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
-  worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
-    cwd: root,
-    env: {
-      ...process.env,
-      REDIS_URL,
-      QUEUE_PREFIX: prefix,
-      STORAGE_DIR: storageDir,
-      LOG_LEVEL: 'info',
-      TFJS_BACKEND: 'wasm',
-      WORKER_BACKEND_CHECK: 'false',
-      WORKER_METRICS_PORT: String(await closedPort()),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  worker.stdout!.on('data', (d: Buffer) => (workerLog += d.toString()));
-  worker.stderr!.on('data', (d: Buffer) => (workerLog += d.toString()));
-  for (let i = 0; i < 600 && (await app.queueService.queue.getWorkersCount()) === 0; i++) {
-    assert.equal(worker.exitCode, null, `the worker exited:\n${workerLog}`);
-    await sleep(100);
-  }
+  worker = await startWorker(app.queueService.queue, prefix, storageDir);
 });
 
 after(async () => {
-  if (worker && worker.exitCode === null) {
-    worker.kill('SIGTERM');
-    const kill = setTimeout(() => worker.kill('SIGKILL'), 20_000);
-    await new Promise((r) => worker.once('exit', r));
-    clearTimeout(kill);
-  }
+  await worker?.stop();
   await app?.close();
   await dropPrefix(prefix);
   rmSync(storageDir, { recursive: true, force: true });
@@ -151,7 +127,7 @@ test('a toy job: SSE streams its events live in order; paged events, metrics, ch
   // live: from the start until the job's outcome
   const live = await readSse(`${base}/jobs/${jobId}/events`, {}, (e) => e.type === 'job.succeeded' || e.type === 'job.failed');
   const final = await waitTerminal(jobId);
-  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog().slice(-3000)}`);
   assert.equal(final.suffix, 'toy-run');
   assert.equal(final.method, 'sft+dpo');
   assert.ok(final.trainedTokens > 0, `trainedTokens ${final.trainedTokens}`);

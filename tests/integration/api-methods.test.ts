@@ -8,17 +8,17 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/api/app.js';
+import { startWorker, type WorkerHandle } from './worker-harness.js';
 import { progressPercent } from '../../src/queue/status.js';
 import type { JobEvent } from '../../src/queue/events.js';
 import type { JobStatus } from '../../src/queue/types.js';
-import { closedPort, dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
+import { dropPrefix, testEnv, uniquePrefix } from '../unit/api-helpers.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const prefix = uniquePrefix('api-methods');
@@ -28,8 +28,8 @@ const TINY = { max_steps: 3, sft: { max_steps: 2 }, batch_size: 2, eval_split_fr
 
 let app: FastifyInstance;
 let base = '';
-let worker: ChildProcess;
-let workerLog = '';
+let worker: WorkerHandle | undefined;
+const workerLog = (): string => worker?.log() ?? '';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function getJson<T>(path: string): Promise<T> {
@@ -51,7 +51,7 @@ async function waitTerminal(jobId: string): Promise<JobStatus> {
     if (['completed', 'failed', 'cancelled'].includes(s.state)) return s;
     await sleep(50);
   }
-  throw new Error(`job ${jobId} did not finish; worker log:\n${workerLog.slice(-3000)}`);
+  throw new Error(`job ${jobId} did not finish; worker log:\n${workerLog().slice(-3000)}`);
 }
 
 async function events(jobId: string): Promise<JobEvent[]> {
@@ -64,35 +64,11 @@ before(async () => {
   app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, ADMIN_API_KEYS: ADMIN }), surface: { eventsPollMs: 50 } });
   await app.listen({ port: 0, host: '127.0.0.1' });
   base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
-  worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
-    cwd: root,
-    env: {
-      ...process.env,
-      REDIS_URL,
-      QUEUE_PREFIX: prefix,
-      STORAGE_DIR: storageDir,
-      LOG_LEVEL: 'info',
-      TFJS_BACKEND: 'wasm',
-      WORKER_BACKEND_CHECK: 'false',
-      WORKER_METRICS_PORT: String(await closedPort()),
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  worker.stdout!.on('data', (d: Buffer) => (workerLog += d.toString()));
-  worker.stderr!.on('data', (d: Buffer) => (workerLog += d.toString()));
-  for (let i = 0; i < 600 && (await app.queueService.queue.getWorkersCount()) === 0; i++) {
-    assert.equal(worker.exitCode, null, `the worker exited:\n${workerLog}`);
-    await sleep(100);
-  }
+  worker = await startWorker(app.queueService.queue, prefix, storageDir);
 });
 
 after(async () => {
-  if (worker && worker.exitCode === null) {
-    worker.kill('SIGTERM');
-    const kill = setTimeout(() => worker.kill('SIGKILL'), 20_000);
-    await new Promise((r) => worker.once('exit', r));
-    clearTimeout(kill);
-  }
+  await worker?.stop();
   await app?.close();
   await dropPrefix(prefix);
   rmSync(storageDir, { recursive: true, force: true });
@@ -101,7 +77,7 @@ after(async () => {
 test('method "sft": the job trains SFT only (no DPO step in its metrics, no DPO stage) and completes with an artifact', async () => {
   const jobId = await trigger({ communityId: 'methods-sft', dataset: toy.slice(0, 8), config: TINY, method: 'sft' });
   const final = await waitTerminal(jobId);
-  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog().slice(-3000)}`);
   assert.equal(final.method, 'sft');
 
   const metrics = (await getJson<{ data: Array<Record<string, unknown>> }>(`/jobs/${jobId}/metrics`)).data;
@@ -132,7 +108,7 @@ test('more than 10% of the pairs truncated: data.ready carries the counts, a war
 
   const jobId = await trigger(payload);
   const final = await waitTerminal(jobId);
-  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog().slice(-3000)}`);
   const log = await events(jobId);
   const ready = log.find((e) => e.type === 'data.ready');
   assert.ok(ready, log.map((e) => e.type).join(', '));
@@ -173,7 +149,7 @@ test('Bull Board shows the job progress as a number 0-100; BullMQ keeps the rich
     else await sleep(50);
   }
   assert.ok(final, `job ${jobId} did not finish`);
-  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog.slice(-3000)}`);
+  assert.equal(final.state, 'completed', `${JSON.stringify(final.error)}\n${workerLog().slice(-3000)}`);
   assert.ok(seen.length > 0);
   for (const p of seen) assert.ok(typeof p === 'number' && p >= 0 && p <= 100, `board progress ${JSON.stringify(p)}`);
   const numbers = seen as number[];
