@@ -8,7 +8,6 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
@@ -18,10 +17,11 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { Webhook } from 'standardwebhooks';
 import { buildApp } from '../../src/api/app.js';
+import { startWorker, type WorkerHandle } from './worker-harness.js';
 import type { JobEvent } from '../../src/queue/events.js';
 import { isNonPublicAddress } from '../../src/webhooks/targets.js';
 import { retryDelays } from '../../src/webhooks/delivery.js';
-import { closedPort, dropPrefix, REDIS_URL, testEnv, uniquePrefix } from '../unit/api-helpers.js';
+import { dropPrefix, testEnv, uniquePrefix } from '../unit/api-helpers.js';
 
 const root = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const prefix = uniquePrefix('api-hooks');
@@ -35,8 +35,8 @@ const KEYS = { API_KEYS: 'hk:*' };
 const auth = { authorization: 'Bearer hk' };
 
 let app: FastifyInstance;
-let worker: ChildProcess;
-let workerLog = '';
+let worker: WorkerHandle | undefined;
+const workerLog = (): string => worker?.log() ?? '';
 let receiver: Server;
 let receiverUrl = '';
 const received: Array<{ path: string; headers: IncomingHttpHeaders; body: string; at: number }> = [];
@@ -59,38 +59,11 @@ before(async () => {
   receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
   app = await buildApp({ env: testEnv(prefix, { STORAGE_DIR: storageDir, ...hookEnv, ...KEYS }) });
   await app.ready();
-  worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/worker/main.ts')], {
-    cwd: root,
-    env: {
-      ...process.env,
-      REDIS_URL,
-      QUEUE_PREFIX: prefix,
-      STORAGE_DIR: storageDir,
-      LOG_LEVEL: 'info',
-      TFJS_BACKEND: 'wasm',
-      WORKER_BACKEND_CHECK: 'false',
-      WORKER_METRICS_PORT: String(await closedPort()),
-      WEBHOOK_BACKOFF_MS: '300',
-      WEBHOOK_ATTEMPTS: '5',
-      ...hookEnv,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  worker.stdout!.on('data', (d: Buffer) => (workerLog += d.toString()));
-  worker.stderr!.on('data', (d: Buffer) => (workerLog += d.toString()));
-  for (let i = 0; i < 600 && (await app.queueService.queue.getWorkersCount()) === 0; i++) {
-    assert.equal(worker.exitCode, null, `the worker exited:\n${workerLog}`);
-    await sleep(100);
-  }
+  worker = await startWorker(app.queueService.queue, prefix, storageDir, { WEBHOOK_BACKOFF_MS: '300', WEBHOOK_ATTEMPTS: '5', ...hookEnv });
 });
 
 after(async () => {
-  if (worker && worker.exitCode === null) {
-    worker.kill('SIGTERM');
-    const kill = setTimeout(() => worker.kill('SIGKILL'), 20_000);
-    await new Promise((r) => worker.once('exit', r));
-    clearTimeout(kill);
-  }
+  await worker?.stop();
   await app?.close();
   await new Promise((r) => receiver?.close(r));
   await dropPrefix(prefix);
@@ -121,7 +94,7 @@ test('job.succeeded reaches the receiver signed (standardwebhooks verifies it); 
   }
   assert.ok(
     evs.some((e) => e.type === 'webhook.delivered'),
-    `${evs.map((e) => `${e.type}: ${e.message}`).join('\n')}\n${workerLog.slice(-2000)}`,
+    `${evs.map((e) => `${e.type}: ${e.message}`).join('\n')}\n${workerLog().slice(-2000)}`,
   );
   // three requests, all to the callback path (the redirect was not followed), one webhook-id
   assert.deepEqual(
