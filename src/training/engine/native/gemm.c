@@ -19,11 +19,12 @@
 
 /*
  * Micro-kernel shape per vector width: with AVX-512 (32 registers of 16 floats) an 8 x 32 block in 16
- * accumulators; with AVX2 (16 registers of 8 floats) the 6 x 16 block of 12 accumulators (BLIS's Haswell
- * kernel shape): an 8 x 32 block of 16-lane vectors would need 32 of AVX2's 16 registers, and GCC then
- * spills every accumulator to the stack (measured 2.4 GFLOP/s instead of ~60 per core).
+ * accumulators; otherwise the 6 x 16 block of 8-lane vectors, 12 accumulators (BLIS's Haswell kernel shape):
+ * on AVX2 (16 registers of 8 floats) an 8 x 32 block of 16-lane vectors would need 32 registers, and GCC then
+ * spills every accumulator to the stack (measured 2.4 GFLOP/s instead of ~60 per core); on arm64 NEON
+ * (32 registers of 4 floats) the 6 x 16 block takes 24 accumulator registers where 8 x 32 would take 64.
  */
-#if defined(__AVX512F__) || !(defined(__x86_64__) || defined(__i386__))
+#if defined(__AVX512F__)
 #define MR 8
 #define NR 32
 typedef v16 vnr;
