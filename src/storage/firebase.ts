@@ -532,7 +532,7 @@ export class FirebaseStorage implements Storage, ObjectStorage {
     try {
       const [url] = await this.bucket()
         .file(name)
-        .getSignedUrl({ version: 'v4', action: 'read', expires: Date.now() + this.opts.signedUrlTtlSeconds * 1000 });
+        .getSignedUrl({ version: 'v4', action: 'read', ...this.signingWindow() });
       return url;
     } catch (err) {
       if (err instanceof StorageError) throw err;
@@ -544,13 +544,23 @@ export class FirebaseStorage implements Storage, ObjectStorage {
     }
   }
 
+  /**
+   * The validity window of V4 signed URLs: `accessibleAt` is now, truncated to the whole second, and `expires`
+   * exactly `signedUrlTtlSeconds` later. Passing both fixes `X-Goog-Expires` at the TTL; with `expires` alone the
+   * library measures it from its own clock at signing, one second short whenever a second boundary passes between.
+   */
+  private signingWindow(): { accessibleAt: Date; expires: number } {
+    const start = Math.floor(Date.now() / 1000) * 1000;
+    return { accessibleAt: new Date(start), expires: start + this.opts.signedUrlTtlSeconds * 1000 };
+  }
+
   /** V4 signed read URLs; on a signing failure logs why and returns undefined (the upload itself succeeded). */
   private async signAll(bucket: GcsBucket, prefix: string, paths: string[]): Promise<Record<string, string> | undefined> {
-    const expires = Date.now() + this.opts.signedUrlTtlSeconds * 1000;
+    const window = this.signingWindow();
     const out: Record<string, string> = {};
     try {
       for (const p of paths) {
-        const [url] = await bucket.file(prefix + p).getSignedUrl({ version: 'v4', action: 'read', expires });
+        const [url] = await bucket.file(prefix + p).getSignedUrl({ version: 'v4', action: 'read', ...window });
         out[p] = url;
       }
       return out;
