@@ -17,8 +17,12 @@
  * rope^T(g) = g cos + rotate_half^T(g sin), rotate_half^T([u1, u2]) = [u2, -u1].
  *
  * Work is split over (batch, key/value head) pairs, so the rep = H / KV query heads that share a key/value
- * head accumulate dK and dV in one task without atomics. Inner loops run over 16 key positions at a time
- * (v16), with the task's keys and values held transposed ([hd, T], rows padded to 16) in its own buffers.
+ * head accumulate dK and dV in one task without atomics. Within a task, queries go in blocks of QB = 8 and
+ * keys in vectors of AW (the machine's vector width): a block's scores are an [8, AW] tile of 8 accumulators
+ * (each key load feeds 8 multiply-adds), its outputs [8, AW] tiles over the head dimension, and dK, dV get a
+ * rank-8 update per key vector (one load and store per 8 multiply-adds, where query-at-a-time loops did one
+ * per multiply-add). Key vectors no query of the block sees (causal or segment mask) are skipped. The task's
+ * keys and values are held transposed ([hd, Tp]) and row-major ([Tp, hdp]) in its own zero-padded buffers.
  */
 #include "common.h"
 
@@ -27,7 +31,7 @@ typedef struct {
   float *O, *Qr, *Kr, *L;
   const float *dO;
   float *dQ, *dK, *dV;
-  int B, T, H, KV, hd, Tp, hdp; /* Tp: T rounded up to 16; hdp: hd rounded up to 16 */
+  int B, T, H, KV, hd, Tp, hdp; /* Tp: T rounded up to the vector width AW; hdp: hd rounded up to AW */
   float scale;
   /* Optional segment mask (packed sequences), per query row r = b*T + i: key j is visible iff
      c[r] <= j <= i or a[r] <= j < bnd[r] (0 <= a <= bnd <= c <= i). NULL: plain causal (j <= i). */
@@ -68,24 +72,154 @@ static inline void rope_row_t(const float *g, float *dx, const float *c, const f
 }
 
 
-/* lanes j0 .. j0 + 15 that are valid keys for query i (j <= i) */
-static inline v16i causal_lanes(int j0, int i) {
-  const v16i iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  return (iota + j0) <= ((v16i){0} + i);
+/*
+ * Vector width of the attention loops: the machine's own (16 lanes with AVX-512, else 8: AVX2's registers,
+ * or two NEON registers), never wider, so blocks of accumulators stay in registers (16-lane vectors on AVX2
+ * made GCC spill and run these loops at 3 GFLOP/s per core).
+ */
+#if defined(__AVX512F__)
+#define AW 16
+#else
+#define AW 8
+#endif
+typedef float va __attribute__((vector_size(AW * 4), aligned(AW * 4)));
+typedef int vai __attribute__((vector_size(AW * 4)));
+DEFINE_VEXP(va_exp, va, vai)
+#define va_sel(m, a, b) VSEL_(va, vai, m, a, b)
+/* queries per block: 8 accumulators of AW keys (scores) or AW dimensions (outputs) share each load */
+#define QB 8
+
+static inline float va_hmax(va x) {
+  float m = x[0];
+  for (int l = 1; l < AW; l++) m = x[l] > m ? x[l] : m;
+  return m;
+}
+static inline float va_hsum(va x) {
+  float s = 0.f;
+  for (int l = 0; l < AW; l++) s += x[l];
+  return s;
+}
+
+/* A block of up to QB consecutive queries of one sequence and the key ranges they see. */
+typedef struct {
+  int n;                            /* queries in the block; rows n .. QB - 1 are padding (see nothing) */
+  int i[QB], ka[QB], kb[QB], kc[QB]; /* query position; visible keys j: kc <= j <= i, or ka <= j < kb */
+} qblock_t;
+
+/* lanes j0 .. j0 + AW - 1 that query q of the block sees */
+static inline vai visible_lanes(const qblock_t *blk, int q, int j0) {
+  vai j, z = {0};
+  for (int l = 0; l < AW; l++) j[l] = j0 + l;
+  return (j <= z + blk->i[q]) & ((j >= z + blk->kc[q]) | ((j >= z + blk->ka[q]) & (j < z + blk->kb[q])));
+}
+
+/*
+ * Fills the block of queries i0 .. i0 + n - 1 of sequence b and lists in vl the key vectors (AW keys each)
+ * that any of them sees, in increasing order; returns how many. Without a segment mask the keys are 0 .. i.
+ */
+static int block_setup(const attn_t *a, int b, int i0, qblock_t *blk, int *vl) {
+  const int T = a->T, n = T - i0 < QB ? T - i0 : QB;
+  int lo = i0;
+  blk->n = n;
+  for (int q = 0; q < QB; q++) {
+    if (q >= n) {
+      blk->i[q] = -1; /* no lane satisfies j <= -1 */
+      blk->ka[q] = blk->kb[q] = blk->kc[q] = 0;
+      continue;
+    }
+    const size_t row = (size_t)b * T + i0 + q;
+    blk->i[q] = i0 + q;
+    if (a->ma) {
+      blk->ka[q] = a->ma[row];
+      blk->kb[q] = a->mb[row];
+      blk->kc[q] = a->mc[row];
+    } else {
+      blk->ka[q] = blk->kb[q] = blk->kc[q] = 0;
+    }
+    const int first = blk->ka[q] < blk->kb[q] ? blk->ka[q] : blk->kc[q];
+    if (first < lo) lo = first;
+  }
+  int nv = 0;
+  for (int v = lo / AW; v <= (i0 + n - 1) / AW; v++) {
+    const int j0 = v * AW, j1 = j0 + AW - 1;
+    for (int q = 0; q < n; q++) {
+      if ((j0 <= blk->i[q] && j1 >= blk->kc[q]) || (blk->ka[q] < blk->kb[q] && j0 < blk->kb[q] && j1 >= blk->ka[q])) {
+        vl[nv++] = v;
+        break;
+      }
+    }
+  }
+  return nv;
+}
+
+/* out[q] (AW lanes) = sum_d x[q * hd + d] colT[d * ld + lane] for the QB rows of x [QB, hd] */
+static inline void block_dots(const float *x, int hd, const float *colT, int ld, va *out) {
+  va s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, s4 = {0}, s5 = {0}, s6 = {0}, s7 = {0};
+  for (int d = 0; d < hd; d++) {
+    const va k = *(const va *)(colT + (size_t)d * ld);
+    const float *xd = x + d;
+    s0 += xd[0] * k;
+    s1 += xd[hd] * k;
+    s2 += xd[2 * hd] * k;
+    s3 += xd[3 * hd] * k;
+    s4 += xd[4 * hd] * k;
+    s5 += xd[5 * hd] * k;
+    s6 += xd[6 * hd] * k;
+    s7 += xd[7 * hd] * k;
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
+}
+
+/* colT[d * ld + lane] += sum_q W[q * ldw + v * AW + lane] x[q * hd + d]: the rank-QB update of AW columns */
+static inline void block_outer(float *colT, int ld, int hd, const float *W, int ldw, int v, const float *x) {
+  const va w0 = ((const va *)W)[v], w1 = ((const va *)(W + ldw))[v], w2 = ((const va *)(W + 2 * ldw))[v],
+           w3 = ((const va *)(W + 3 * ldw))[v], w4 = ((const va *)(W + 4 * ldw))[v], w5 = ((const va *)(W + 5 * ldw))[v],
+           w6 = ((const va *)(W + 6 * ldw))[v], w7 = ((const va *)(W + 7 * ldw))[v];
+  for (int d = 0; d < hd; d++) {
+    va *c = (va *)(colT + (size_t)d * ld);
+    const float *xd = x + d;
+    const va u0 = w0 * xd[0] + w2 * xd[2 * hd] + w4 * xd[4 * hd] + w6 * xd[6 * hd];
+    const va u1 = w1 * xd[hd] + w3 * xd[3 * hd] + w5 * xd[5 * hd] + w7 * xd[7 * hd];
+    *c += u0 + u1;
+  }
+}
+
+/* acc[q * hdp + e] = sum over the listed key vectors' keys j of W[q * ldw + j] rows[j * hdp + e] (rows [Tp, hdp]) */
+static inline void block_rows(const float *W, int ldw, const int *vl, int nv, const float *rows, int hdp, float *acc) {
+  for (int c = 0; c < hdp; c += AW) {
+    va o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0}, o4 = {0}, o5 = {0}, o6 = {0}, o7 = {0};
+    for (int t = 0; t < nv; t++) {
+      const int jend = vl[t] * AW + AW;
+      for (int j = vl[t] * AW; j < jend; j++) {
+        const va r = *(const va *)(rows + (size_t)j * hdp + c);
+        const float *w = W + j;
+        o0 += w[0] * r;
+        o1 += w[ldw] * r;
+        o2 += w[2 * ldw] * r;
+        o3 += w[3 * ldw] * r;
+        o4 += w[4 * ldw] * r;
+        o5 += w[5 * ldw] * r;
+        o6 += w[6 * ldw] * r;
+        o7 += w[7 * ldw] * r;
+      }
+    }
+    *(va *)(acc + c) = o0, *(va *)(acc + hdp + c) = o1, *(va *)(acc + 2 * hdp + c) = o2, *(va *)(acc + 3 * hdp + c) = o3;
+    *(va *)(acc + 4 * hdp + c) = o4, *(va *)(acc + 5 * hdp + c) = o5, *(va *)(acc + 6 * hdp + c) = o6, *(va *)(acc + 7 * hdp + c) = o7;
+  }
 }
 
 /*
  * This task's keys (rotated; written to Kr as well when Ksrc is the raw K) and values, in the layouts the
- * loops want: transposed KrT, VT [hd, Tp] (score and dP rows as vectors over 16 keys) and row-major Krow,
- * Vrow [T, hdp] (O and dQ rows as sums over keys of 16-lane rows; no horizontal sums). NULL skips one.
+ * loops want: transposed KrT, VT [hd, Tp] (score and dP blocks as vectors over AW keys) and row-major Krow,
+ * Vrow [Tp, hdp] (O and dQ blocks as sums over keys of AW-lane rows). Padding is zero. NULL skips one.
  */
 static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, float *KrT, float *VT, float *Krow, float *Vrow) {
   const int T = a->T, hd = a->hd, Tp = a->Tp, hdp = a->hdp, ld = a->KV * hd;
   float kr[hd];
   if (KrT) memset(KrT, 0, (size_t)hd * Tp * sizeof(float));
   if (VT) memset(VT, 0, (size_t)hd * Tp * sizeof(float));
-  if (Krow) memset(Krow, 0, (size_t)T * hdp * sizeof(float));
-  if (Vrow) memset(Vrow, 0, (size_t)T * hdp * sizeof(float));
+  if (Krow) memset(Krow, 0, (size_t)Tp * hdp * sizeof(float));
+  if (Vrow) memset(Vrow, 0, (size_t)Tp * hdp * sizeof(float));
   for (int t = 0; t < T; t++) {
     size_t off = ((size_t)b * T + t) * ld + (size_t)g * hd;
     const float *k = Ksrc + off;
@@ -104,208 +238,127 @@ static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, 
   }
 }
 
-/* acc[0 .. hdp) = sum_{j <= i} w[j] rows[j][0 .. hdp)  (rows [T, hdp], hdp a multiple of 16). Four
-   independent partial sums over j, so the fused multiply-adds do not wait on each other's latency. */
-static inline void weighted_rows(const float *w, const float *rows, int i, int hdp, v16 *acc) {
-  const int nh = hdp / 16;
-  for (int c = 0; c < nh; c++) {
-    v16 a0 = (v16){0}, a1 = (v16){0}, a2 = (v16){0}, a3 = (v16){0};
-    const float *r = rows + (size_t)c * 16;
-    int j = 0;
-    for (; j + 3 <= i; j += 4) {
-      a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
-      a1 += w[j + 1] * *(const v16 *)(r + (size_t)(j + 1) * hdp);
-      a2 += w[j + 2] * *(const v16 *)(r + (size_t)(j + 2) * hdp);
-      a3 += w[j + 3] * *(const v16 *)(r + (size_t)(j + 3) * hdp);
-    }
-    for (; j <= i; j++) a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
-    acc[c] = (a0 + a1) + (a2 + a3);
-  }
-}
-
-/* scores (or dP) for 16 keys: sum_d x[d] colsT[d][v], two partial sums over d */
-static inline v16 col_dot(const float *x, const v16 *colsT, int v, int nvT, int hd) {
-  v16 s0 = (v16){0}, s1 = (v16){0};
-  int d = 0;
-  for (; d + 1 < hd; d += 2) {
-    s0 += x[d] * colsT[(size_t)d * nvT + v];
-    s1 += x[d + 1] * colsT[(size_t)(d + 1) * nvT + v];
-  }
-  if (d < hd) s0 += x[d] * colsT[(size_t)d * nvT + v];
-  return s0 + s1;
-}
-
-/* lanes j0 .. j0 + 15 that are valid keys for query i under a segment mask (see attn_t: ma, mb, mc) */
-static inline v16i segment_lanes(int j0, int i, int ka, int kb, int kc) {
-  const v16i iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const v16i j = iota + j0, z = {0};
-  return ((j >= (z + kc)) & (j <= (z + i))) | ((j >= (z + ka)) & (j < (z + kb)));
-}
-
-/* acc[0 .. hdp) += sum_{j0 <= j <= j1} w[j] rows[j][0 .. hdp)  (nothing when j1 < j0) */
-static inline void weighted_rows_range(const float *w, const float *rows, int j0, int j1, int hdp, v16 *acc) {
-  const int nh = hdp / 16;
-  for (int c = 0; c < nh; c++) {
-    v16 a0 = (v16){0}, a1 = (v16){0};
-    const float *r = rows + (size_t)c * 16;
-    int j = j0;
-    for (; j + 1 <= j1; j += 2) {
-      a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
-      a1 += w[j + 1] * *(const v16 *)(r + (size_t)(j + 1) * hdp);
-    }
-    for (; j <= j1; j++) a0 += w[j] * *(const v16 *)(r + (size_t)j * hdp);
-    acc[c] += a0 + a1;
-  }
-}
-
-/* The first 16-key vector a masked query reads, and the gap [gap0, gap1) of vectors it skips. */
-static inline void segment_vectors(int ka, int kb, int kc, int *first, int *gap0, int *gap1) {
-  if (ka < kb) {
-    *first = ka / 16;
-    *gap0 = (kb + 15) / 16;
-  } else {
-    *first = kc / 16;
-    *gap0 = *first;
-  }
-  *gap1 = kc / 16;
-}
+/* floats rounded up to whole vectors, so every part of a task's scratch stays aligned */
+static inline size_t vround(size_t n) { return (n + AW - 1) / AW * AW; }
 
 static void attn_fwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
-  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
+  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV;
   const int b = task / KV, g = task % KV, ldq = H * hd;
-  float *buf = scratch(SCRATCH_ATTENTION, ((size_t)hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
+  const size_t nKT = (size_t)hd * Tp, nV = (size_t)Tp * hdp, nP = (size_t)QB * Tp, nX = vround((size_t)QB * hd), nA = (size_t)QB * hdp;
+  float *buf = scratch(SCRATCH_ATTENTION, (nKT + nV + nP + nX + nA + Tp / AW + 1) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
   }
-  float *KrT = buf, *Vrow = buf + (size_t)hd * Tp, *p = Vrow + (size_t)T * hdp;
-  v16 *acc = (v16 *)(p + Tp);
+  float *KrT = buf, *Vrow = KrT + nKT, *P = Vrow + nV, *qx = P + nP, *acc = qx + nX;
+  int *vl = (int *)(acc + nA);
   load_kv(a, b, g, a->K, 1, KrT, NULL, NULL, Vrow);
-  const v16 *kt = (const v16 *)KrT;
+  const va neg = (va){0} - 3.0e38f;
+  float inv[QB];
   for (int r = 0; r < rep; r++) {
     const int h = g * rep + r;
-    for (int i = 0; i < T; i++) {
-      size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
-      float *q = a->Qr + off;
-      rope_row(a->Q + off, q, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
-      if (a->ma) {
-        const size_t row = (size_t)b * T + i;
-        const int ka = a->ma[row], kb = a->mb[row], kc = a->mc[row], nv = i / 16 + 1;
-        int first, gap0, gap1;
-        segment_vectors(ka, kb, kc, &first, &gap0, &gap1);
-        v16 vmax = (v16){0} - 3.0e38f;
-        for (int v = first; v < nv; v++) {
-          if (v >= gap0 && v < gap1) continue;
-          v16 s = vsel(segment_lanes(v * 16, i, ka, kb, kc), col_dot(q, kt, v, nvT, hd), (v16){0} - 3.0e38f);
-          ((v16 *)p)[v] = s;
-          vmax = vsel(s > vmax, s, vmax);
+    for (int i0 = 0; i0 < T; i0 += QB) {
+      qblock_t blk;
+      const int nv = block_setup(a, b, i0, &blk, vl);
+      memset(qx, 0, (size_t)QB * hd * sizeof(float));
+      for (int q = 0; q < blk.n; q++) {
+        const int i = i0 + q;
+        const size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
+        rope_row(a->Q + off, a->Qr + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
+        memcpy(qx + (size_t)q * hd, a->Qr + off, (size_t)hd * sizeof(float));
+      }
+      for (int t = 0; t < nv; t++) {
+        va s[QB];
+        block_dots(qx, hd, KrT + (size_t)vl[t] * AW, Tp, s);
+        for (int q = 0; q < QB; q++) ((va *)(P + (size_t)q * Tp))[vl[t]] = s[q];
+      }
+      for (int q = 0; q < QB; q++) {
+        va *pq = (va *)(P + (size_t)q * Tp);
+        if (q >= blk.n) {
+          for (int t = 0; t < nv; t++) pq[vl[t]] = (va){0};
+          continue;
         }
-        float m = hmax16(vmax);
-        v16 vs = (v16){0}, mv = (v16){0} + m;
-        for (int v = first; v < nv; v++) {
-          if (v >= gap0 && v < gap1) continue;
-          v16 e = vsel(segment_lanes(v * 16, i, ka, kb, kc), vexp(((v16 *)p)[v] - mv), (v16){0});
-          ((v16 *)p)[v] = e;
+        va vmax = neg;
+        for (int t = 0; t < nv; t++) {
+          const va x = va_sel(visible_lanes(&blk, q, vl[t] * AW), pq[vl[t]], neg);
+          pq[vl[t]] = x;
+          vmax = va_sel(x > vmax, x, vmax);
+        }
+        const float m = va_hmax(vmax);
+        va vs = {0};
+        for (int t = 0; t < nv; t++) {
+          const va e = va_sel(visible_lanes(&blk, q, vl[t] * AW), va_exp(pq[vl[t]] - m), (va){0});
+          pq[vl[t]] = e;
           vs += e;
         }
-        float sum = hsum16(vs), inv = 1.f / sum;
-        a->L[((size_t)b * H + h) * T + i] = m + logf(sum);
-        for (int c = 0; c < hdp / 16; c++) acc[c] = (v16){0};
-        weighted_rows_range(p, Vrow, ka, kb - 1, hdp, acc);
-        weighted_rows_range(p, Vrow, kc, i, hdp, acc);
-        const float *av = (const float *)acc;
-        float *o = a->O + off;
-        for (int d = 0; d < hd; d++) o[d] = av[d] * inv;
-        continue;
+        const float sum = va_hsum(vs);
+        inv[q] = 1.f / sum;
+        a->L[((size_t)b * H + h) * T + i0 + q] = m + logf(sum);
       }
-      const int nv = (i + 16) / 16; /* vectors covering keys 0..i */
-      v16 vmax = (v16){0} - 3.0e38f;
-      for (int v = 0; v < nv; v++) {
-        v16 s = col_dot(q, kt, v, nvT, hd);
-        if (v == nv - 1) s = vsel(causal_lanes(v * 16, i), s, (v16){0} - 3.0e38f);
-        ((v16 *)p)[v] = s;
-        vmax = vsel(s > vmax, s, vmax);
+      block_rows(P, Tp, vl, nv, Vrow, hdp, acc);
+      for (int q = 0; q < blk.n; q++) {
+        float *o = a->O + ((size_t)b * T + i0 + q) * ldq + (size_t)h * hd;
+        const float *aq = acc + (size_t)q * hdp;
+        for (int d = 0; d < hd; d++) o[d] = aq[d] * inv[q];
       }
-      float m = hmax16(vmax);
-      v16 vs = (v16){0}, mv = (v16){0} + m;
-      for (int v = 0; v < nv; v++) {
-        v16 e = vexp(((v16 *)p)[v] - mv);
-        if (v == nv - 1) e = vsel(causal_lanes(v * 16, i), e, (v16){0});
-        ((v16 *)p)[v] = e;
-        vs += e;
-      }
-      float sum = hsum16(vs), inv = 1.f / sum;
-      a->L[((size_t)b * H + h) * T + i] = m + logf(sum);
-      weighted_rows(p, Vrow, i, hdp, acc);
-      const float *av = (const float *)acc;
-      float *o = a->O + off;
-      for (int d = 0; d < hd; d++) o[d] = av[d] * inv;
     }
   }
 }
 
 static void attn_bwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
-  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV, nvT = Tp / 16;
+  const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV;
   const int b = task / KV, g = task % KV, ldq = H * hd, ldk = KV * hd;
-  float *buf = scratch(SCRATCH_ATTENTION, ((size_t)4 * hd * Tp + (size_t)T * hdp + Tp + hdp) * sizeof(float));
+  const size_t nKT = (size_t)hd * Tp, nV = (size_t)Tp * hdp, nP = (size_t)QB * Tp, nX = vround((size_t)QB * hd), nA = (size_t)QB * hdp;
+  float *buf = scratch(SCRATCH_ATTENTION, (4 * nKT + nV + 2 * nP + 2 * nX + nA + Tp / AW + 1) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
   }
-  float *KrT = buf, *VT = buf + (size_t)hd * Tp, *dKT = buf + (size_t)2 * hd * Tp, *dVT = buf + (size_t)3 * hd * Tp;
-  float *Krow = buf + (size_t)4 * hd * Tp, *ds = Krow + (size_t)T * hdp;
-  v16 *acc = (v16 *)(ds + Tp);
+  float *KrT = buf, *VT = KrT + nKT, *dKT = VT + nKT, *dVT = dKT + nKT, *Krow = dVT + nKT;
+  float *Pb = Krow + nV, *dSb = Pb + nP, *qx = dSb + nP, *gx = qx + nX, *acc = gx + nX;
+  int *vl = (int *)(acc + nA);
   load_kv(a, b, g, a->Kr, 0, KrT, VT, Krow, NULL);
-  memset(dKT, 0, (size_t)2 * hd * Tp * sizeof(float));
-  const v16 *kt = (const v16 *)KrT, *vt = (const v16 *)VT;
-  v16 *dkt = (v16 *)dKT, *dvt = (v16 *)dVT;
-  float tmp[hd];
+  memset(dKT, 0, 2 * nKT * sizeof(float));
+  float tmp[hd], Dq[QB], lse[QB];
   for (int r = 0; r < rep; r++) {
     const int h = g * rep + r;
-    for (int i = 0; i < T; i++) {
-      size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
-      const float *q = a->Qr + off, *go = a->dO + off, *o = a->O + off;
-      float Di = 0.f;
-      for (int d = 0; d < hd; d++) Di += go[d] * o[d];
-      const v16 lse = (v16){0} + a->L[((size_t)b * H + h) * T + i], Dv = (v16){0} + Di;
-      if (a->ma) {
-        const size_t row = (size_t)b * T + i;
-        const int ka = a->ma[row], kb = a->mb[row], kc = a->mc[row], nv = i / 16 + 1;
-        int first, gap0, gap1;
-        segment_vectors(ka, kb, kc, &first, &gap0, &gap1);
-        for (int v = first; v < nv; v++) {
-          if (v >= gap0 && v < gap1) continue;
-          v16 s = col_dot(q, kt, v, nvT, hd), dp = col_dot(go, vt, v, nvT, hd);
-          v16 p = vsel(segment_lanes(v * 16, i, ka, kb, kc), vexp(s - lse), (v16){0});
-          v16 dsv = p * (dp - Dv);
-          ((v16 *)ds)[v] = dsv;
-          for (int d = 0; d < hd; d++) {
-            dkt[(size_t)d * nvT + v] += dsv * q[d];
-            dvt[(size_t)d * nvT + v] += p * go[d];
-          }
-        }
-        for (int c = 0; c < hdp / 16; c++) acc[c] = (v16){0};
-        weighted_rows_range(ds, Krow, ka, kb - 1, hdp, acc);
-        weighted_rows_range(ds, Krow, kc, i, hdp, acc);
-        rope_row_t((const float *)acc, a->dQ + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
-        continue;
+    for (int i0 = 0; i0 < T; i0 += QB) {
+      qblock_t blk;
+      const int nv = block_setup(a, b, i0, &blk, vl);
+      memset(qx, 0, 2 * nX * sizeof(float)); /* qx and gx */
+      for (int q = 0; q < QB; q++) {
+        Dq[q] = lse[q] = 0.f;
+        if (q >= blk.n) continue;
+        const size_t off = ((size_t)b * T + i0 + q) * ldq + (size_t)h * hd;
+        const float *go = a->dO + off, *o = a->O + off;
+        float D = 0.f;
+        for (int d = 0; d < hd; d++) D += go[d] * o[d];
+        Dq[q] = D;
+        lse[q] = a->L[((size_t)b * H + h) * T + i0 + q];
+        memcpy(qx + (size_t)q * hd, a->Qr + off, (size_t)hd * sizeof(float));
+        memcpy(gx + (size_t)q * hd, go, (size_t)hd * sizeof(float));
       }
-      const int nv = (i + 16) / 16;
-      for (int v = 0; v < nv; v++) {
-        v16 s = col_dot(q, kt, v, nvT, hd), dp = col_dot(go, vt, v, nvT, hd);
-        v16 p = vexp(s - lse);
-        if (v == nv - 1) p = vsel(causal_lanes(v * 16, i), p, (v16){0});
-        v16 dsv = p * (dp - Dv);
-        ((v16 *)ds)[v] = dsv;
-        for (int d = 0; d < hd; d++) {
-          dkt[(size_t)d * nvT + v] += dsv * q[d];
-          dvt[(size_t)d * nvT + v] += p * go[d];
+      for (int t = 0; t < nv; t++) {
+        const int v = vl[t];
+        va s[QB], dp[QB];
+        block_dots(qx, hd, KrT + (size_t)v * AW, Tp, s);
+        block_dots(gx, hd, VT + (size_t)v * AW, Tp, dp);
+        for (int q = 0; q < QB; q++) {
+          const va p = va_sel(visible_lanes(&blk, q, v * AW), va_exp(s[q] - lse[q]), (va){0});
+          ((va *)(Pb + (size_t)q * Tp))[v] = p;
+          ((va *)(dSb + (size_t)q * Tp))[v] = p * (dp[q] - Dq[q]);
         }
+        block_outer(dKT + (size_t)v * AW, Tp, hd, dSb, Tp, v, qx);
+        block_outer(dVT + (size_t)v * AW, Tp, hd, Pb, Tp, v, gx);
       }
-      weighted_rows(ds, Krow, i, hdp, acc);
-      rope_row_t((const float *)acc, a->dQ + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
+      block_rows(dSb, Tp, vl, nv, Krow, hdp, acc);
+      for (int q = 0; q < blk.n; q++) {
+        const int i = i0 + q;
+        const size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
+        rope_row_t(acc + (size_t)q * hdp, a->dQ + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
+      }
     }
   }
   for (int t = 0; t < T; t++) {
@@ -331,8 +384,8 @@ static int attn_dims(napi_env env, napi_value *argv, attn_t *a, int64_t *threads
   a->H = (int)H;
   a->KV = (int)KV;
   a->hd = (int)hd;
-  a->Tp = (int)((T + 15) / 16 * 16);
-  a->hdp = (int)((hd + 15) / 16 * 16);
+  a->Tp = (int)((T + AW - 1) / AW * AW);
+  a->hdp = (int)((hd + AW - 1) / AW * AW);
   a->scale = (float)scale;
   return 1;
 }

@@ -43,27 +43,33 @@ static inline float hmax16(v16 x) {
   return x[0];
 }
 
-static inline v16 vexp(v16 x) {
-  const v16 hi = (v16){0} + 88.7f, lo = (v16){0} - 87.3f;
-  x = vsel(x > hi, hi, x);
-  x = vsel(x < lo, lo, x);
-  v16 t = x * 1.44269504088896341f;
-  v16 half = vsel(t >= 0, (v16){0} + 0.5f, (v16){0} - 0.5f);
-  v16 kf = __builtin_convertvector(__builtin_convertvector(t + half, v16i), v16);
-  v16 r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
-  v16 p = (v16){0} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  v16i k = __builtin_convertvector(kf, v16i);
-  v16i bits = (k + 127) << 23;
-  v16 scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+/* m ? a : b lane-wise for any vector type VF_ and its integer type VI_ */
+#define VSEL_(VF_, VI_, m, a, b) ((VF_)((((VI_)(a)) & (m)) | (((VI_)(b)) & ~(m))))
+/* one definition of the vector exp for each vector type it is instantiated with (v16 here; attention.c adds its
+   native-width type) */
+#define DEFINE_VEXP(NAME, VF_, VI_)            \
+  static inline VF_ NAME(VF_ x) {            \
+  const VF_ hi = (VF_){0} + 88.7f, lo = (VF_){0} - 87.3f; \
+  x = VSEL_(VF_, VI_, x > hi, hi, x); \
+  x = VSEL_(VF_, VI_, x < lo, lo, x); \
+  VF_ t = x * 1.44269504088896341f; \
+  VF_ half = VSEL_(VF_, VI_, t >= 0, (VF_){0} + 0.5f, (VF_){0} - 0.5f); \
+  VF_ kf = __builtin_convertvector(__builtin_convertvector(t + half, VI_), VF_); \
+  VF_ r = x - kf * 0.693359375f + kf * 2.12194440e-4f; \
+  VF_ p = (VF_){0} + 1.9875691500e-4f; \
+  p = p * r + 1.3981999507e-3f; \
+  p = p * r + 8.3334519073e-3f; \
+  p = p * r + 4.1665795894e-2f; \
+  p = p * r + 1.6666665459e-1f; \
+  p = p * r + 5.0000001201e-1f; \
+  p = p * r * r + r + 1.0f; \
+  VI_ k = __builtin_convertvector(kf, VI_); \
+  VI_ bits = (k + 127) << 23; \
+  VF_ scale; \
+  memcpy(&scale, &bits, sizeof scale); \
+  return p * scale; \
+  }
+DEFINE_VEXP(vexp, v16, v16i)
 
 static int get_f32(napi_env env, napi_value v, float **data, size_t *len) {
   napi_typedarray_type type;
