@@ -59,7 +59,7 @@ export interface NativeAddon {
     threads: number,
     btype: number,
   ): void;
-  /** Fused AdamW, out of place (see optim.c). */
+  /** Fused AdamW, out of place, over `threads` of the pool (see optim.c). */
   adamw(
     p: Float32Array,
     g: Float32Array,
@@ -74,6 +74,7 @@ export interface NativeAddon {
     eps: number,
     weightDecay: number,
     step: number,
+    threads?: number,
   ): void;
   /** Row softmax P of X `[n, V]` and row log-sum-exp L `[n]` in one pass pair (see softmax.c). */
   softmaxLse(X: Float32Array, P: Float32Array, L: Float32Array, n: number, V: number, threads: number): void;

@@ -272,6 +272,7 @@ function registerFused(g: NativeAddon, backendName: string): void {
       a.eps,
       a.weightDecay,
       a.step,
+      threads,
     );
     return [...outs];
   });

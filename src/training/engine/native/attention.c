@@ -72,33 +72,8 @@ static inline void rope_row_t(const float *g, float *dx, const float *c, const f
 }
 
 
-/*
- * Vector width of the attention loops: the machine's own (16 lanes with AVX-512, else 8: AVX2's registers,
- * or two NEON registers), never wider, so blocks of accumulators stay in registers (16-lane vectors on AVX2
- * made GCC spill and run these loops at 3 GFLOP/s per core).
- */
-#if defined(__AVX512F__)
-#define AW 16
-#else
-#define AW 8
-#endif
-typedef float va __attribute__((vector_size(AW * 4), aligned(AW * 4)));
-typedef int vai __attribute__((vector_size(AW * 4)));
-DEFINE_VEXP(va_exp, va, vai)
-#define va_sel(m, a, b) VSEL_(va, vai, m, a, b)
 /* queries per block: 8 accumulators of AW keys (scores) or AW dimensions (outputs) share each load */
 #define QB 8
-
-static inline float va_hmax(va x) {
-  float m = x[0];
-  for (int l = 1; l < AW; l++) m = x[l] > m ? x[l] : m;
-  return m;
-}
-static inline float va_hsum(va x) {
-  float s = 0.f;
-  for (int l = 0; l < AW; l++) s += x[l];
-  return s;
-}
 
 /* A block of up to QB consecutive queries of one sequence and the key ranges they see. */
 typedef struct {

@@ -71,6 +71,33 @@ static inline float hmax16(v16 x) {
   }
 DEFINE_VEXP(vexp, v16, v16i)
 
+/*
+ * The machine's own vector width AW, for the loops that keep several vectors live (attention, softmax,
+ * element-wise, optimizer): AW lanes are the machine's own (16 lanes with AVX-512, else 8: AVX2's registers,
+ * or two NEON registers), never wider, so blocks of accumulators and the exp polynomial stay in registers
+ * (16-lane v16 code on AVX2 made GCC spill: the attention loops ran at 3 GFLOP/s per core).
+ */
+#if defined(__AVX512F__)
+#define AW 16
+#else
+#define AW 8
+#endif
+typedef float va __attribute__((vector_size(AW * 4), aligned(AW * 4)));
+typedef int vai __attribute__((vector_size(AW * 4)));
+typedef float vau __attribute__((vector_size(AW * 4), aligned(4))); /* unaligned loads and stores */
+DEFINE_VEXP(va_exp, va, vai)
+#define va_sel(m, a, b) VSEL_(va, vai, m, a, b)
+static inline float va_hmax(va x) {
+  float m = x[0];
+  for (int l = 1; l < AW; l++) m = x[l] > m ? x[l] : m;
+  return m;
+}
+static inline float va_hsum(va x) {
+  float s = 0.f;
+  for (int l = 0; l < AW; l++) s += x[l];
+  return s;
+}
+
 static int get_f32(napi_env env, napi_value v, float **data, size_t *len) {
   napi_typedarray_type type;
   size_t length, offset;

@@ -119,21 +119,21 @@ typedef struct {
   size_t n, chunk;
 } swiglu_t;
 
-/* sigmoid of 16 lanes with common.h's vector exp */
-static inline v16 vsigmoid(v16 a) { return 1.f / (1.f + vexp(-a)); }
+/* sigmoid of AW lanes with common.h's vector exp */
+static inline va vsigmoid(va a) { return 1.f / (1.f + va_exp(-a)); }
 
-/* lanes [i, i + n) of x as a v16 (n <= 16; the rest zero) */
-static inline v16 vload_n(const float *x, size_t n) {
-  if (n == 16) return *(const v16u *)x;
-  v16 v = (v16){0};
+/* lanes [i, i + n) of x as a va (n <= AW; the rest zero) */
+static inline va vload_n(const float *x, size_t n) {
+  if (n == AW) return *(const vau *)x;
+  va v = (va){0};
   for (size_t l = 0; l < n; l++) v[l] = x[l];
   return v;
 }
 
 /* store the first n lanes of v at x */
-static inline void vstore_n(float *x, v16 v, size_t n) {
-  if (n == 16) {
-    *(v16u *)x = v;
+static inline void vstore_n(float *x, va v, size_t n) {
+  if (n == AW) {
+    *(vau *)x = v;
     return;
   }
   for (size_t l = 0; l < n; l++) x[l] = v[l];
@@ -142,10 +142,10 @@ static inline void vstore_n(float *x, v16 v, size_t n) {
 static void swiglu_fwd_task(void *ctx, int task) {
   swiglu_t *t = (swiglu_t *)ctx;
   size_t i0 = (size_t)task * t->chunk, i1 = i0 + t->chunk < t->n ? i0 + t->chunk : t->n;
-  for (size_t i = i0; i < i1; i += 16) {
-    size_t n = i1 - i < 16 ? i1 - i : 16;
-    v16 a = vload_n(t->a + i, n), b = vload_n(t->b + i, n);
-    v16 y = a * vsigmoid(a) * b;
+  for (size_t i = i0; i < i1; i += AW) {
+    size_t n = i1 - i < AW ? i1 - i : AW;
+    va a = vload_n(t->a + i, n), b = vload_n(t->b + i, n);
+    va y = a * vsigmoid(a) * b;
     vstore_n(t->y + i, y, n);
   }
 }
@@ -153,11 +153,11 @@ static void swiglu_fwd_task(void *ctx, int task) {
 static void swiglu_bwd_task(void *ctx, int task) {
   swiglu_t *t = (swiglu_t *)ctx;
   size_t i0 = (size_t)task * t->chunk, i1 = i0 + t->chunk < t->n ? i0 + t->chunk : t->n;
-  for (size_t i = i0; i < i1; i += 16) {
-    size_t n = i1 - i < 16 ? i1 - i : 16;
-    v16 a = vload_n(t->a + i, n), b = vload_n(t->b + i, n), g = vload_n(t->g + i, n);
-    v16 s = vsigmoid(a), gs = g * s;
-    v16 da = gs * b * (1.f + a * (1.f - s)), db = gs * a;
+  for (size_t i = i0; i < i1; i += AW) {
+    size_t n = i1 - i < AW ? i1 - i : AW;
+    va a = vload_n(t->a + i, n), b = vload_n(t->b + i, n), g = vload_n(t->g + i, n);
+    va s = vsigmoid(a), gs = g * s;
+    va da = gs * b * (1.f + a * (1.f - s)), db = gs * a;
     vstore_n(t->da + i, da, n);
     vstore_n(t->db + i, db, n);
   }

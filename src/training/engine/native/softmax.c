@@ -9,40 +9,31 @@ typedef struct {
 
 static void softmax_row(const float *x, float *p, float *lse, int V) {
   int j = 0;
-  v16 vm = (v16){0} - 3.0e38f;
-  for (; j + 16 <= V; j += 16) {
-    v16 v;
-    memcpy(&v, x + j, sizeof v);
-    vm = vsel(v > vm, v, vm);
+  va vm = (va){0} - 3.0e38f;
+  for (; j + AW <= V; j += AW) {
+    const va v = *(const vau *)(x + j);
+    vm = va_sel(v > vm, v, vm);
   }
-  float m = -3.0e38f;
-  for (int q = 0; q < 16; q++) m = vm[q] > m ? vm[q] : m;
+  float m = va_hmax(vm);
   for (; j < V; j++) m = x[j] > m ? x[j] : m;
-  v16 vs = (v16){0};
-  v16 mv = (v16){0} + m;
-  for (j = 0; j + 16 <= V; j += 16) {
-    v16 v;
-    memcpy(&v, x + j, sizeof v);
-    v16 e = vexp(v - mv);
-    memcpy(p + j, &e, sizeof e);
-    vs += e;
+  va vs0 = (va){0}, vs1 = (va){0};
+  const va mv = (va){0} + m;
+  for (j = 0; j + 2 * AW <= V; j += 2 * AW) {
+    const va e0 = va_exp(*(const vau *)(x + j) - mv), e1 = va_exp(*(const vau *)(x + j + AW) - mv);
+    *(vau *)(p + j) = e0;
+    *(vau *)(p + j + AW) = e1;
+    vs0 += e0;
+    vs1 += e1;
   }
-  double s = 0;
-  for (int q = 0; q < 16; q++) s += vs[q];
+  double s = (double)va_hsum(vs0) + (double)va_hsum(vs1);
   for (; j < V; j++) {
-    v16 v = (v16){0} + (x[j] - m);
-    float e = vexp(v)[0];
+    const float e = va_exp((va){0} + (x[j] - m))[0];
     p[j] = e;
     s += e;
   }
-  v16 inv = (v16){0} + (float)(1.0 / s);
-  for (j = 0; j + 16 <= V; j += 16) {
-    v16 v;
-    memcpy(&v, p + j, sizeof v);
-    v *= inv;
-    memcpy(p + j, &v, sizeof v);
-  }
-  for (; j < V; j++) p[j] *= (float)(1.0 / s);
+  const float invf = (float)(1.0 / s);
+  for (j = 0; j + AW <= V; j += AW) *(vau *)(p + j) *= invf;
+  for (; j < V; j++) p[j] *= invf;
   *lse = m + (float)__builtin_log(s);
 }
 

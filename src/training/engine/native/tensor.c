@@ -175,11 +175,11 @@ static void un_task(void *ctx, int task) {
   switch (t->op) {
     case UN_NEG: for (int64_t i = i0; i < i1; i++) y[i] = -x[i]; break;
     case UN_EXP:
-      for (int64_t i = i0; i < i1; i += 16) {
-        int64_t m = i1 - i < 16 ? i1 - i : 16;
-        v16 v = (v16){0};
+      for (int64_t i = i0; i < i1; i += AW) {
+        int64_t m = i1 - i < AW ? i1 - i : AW;
+        va v = (va){0};
         memcpy(&v, x + i, (size_t)m * sizeof(float));
-        v = vexp(v);
+        v = va_exp(v);
         memcpy(y + i, &v, (size_t)m * sizeof(float));
       }
       break;
