@@ -93,7 +93,16 @@ static void pack_a(const gemm_args *g, int i0, int mc, int k0, int kc, float *Ap
   for (int p = 0; p < mc; p += MR) {
     int mr = mc - p < MR ? mc - p : MR;
     float *dst = Ap + (size_t)(p / MR) * kc * MR;
-    if (!g->transA) {
+    if (!g->transA && mr == MR) {
+      /* MR source rows read side by side, the panel written in order (k-major): one pass of sequential
+         stores instead of MR passes of stores MR floats apart */
+      const float *src[MR];
+      for (int r = 0; r < MR; r++) src[r] = g->A + (size_t)(i0 + p + r) * g->lda + k0;
+      for (int k = 0; k < kc; k++) {
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) dst[k * MR + r] = src[r][k];
+      }
+    } else if (!g->transA) {
       for (int r = 0; r < MR; r++) {
         if (r < mr) {
           const float *src = g->A + (size_t)(i0 + p + r) * g->lda + k0;
