@@ -17,6 +17,8 @@ import { gunzipSync } from 'node:zlib';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { initBackend } from '../src/training/engine/backend.js';
+import { nativeProfile } from '../src/training/engine/addon.js';
+import { engineSettings } from '../src/training/engine/settings.js';
 import { cloneModel, createModel, loadPretrained, saveModelHF } from '../src/training/models/index.js';
 import { loadTokenizer } from '../src/training/tokenizers/index.js';
 import { tokenizePreference, type BatchLayout, type TokenizedPair } from '../src/training/data/index.js';
@@ -170,6 +172,13 @@ async function runChild(layout: BatchLayout): Promise<void> {
     { log: (r) => void (typeof r.step_seconds === 'number' && steps.push(r.step_seconds)) },
   );
   const epoch = (performance.now() - t0) / 1000;
+  if (engineSettings().profile) {
+    // DPO_NATIVE_PROFILE=1: where the epoch's native time went, per native function (sgemm by shape), on stderr
+    const rows = [...nativeProfile()].sort((x, y) => y[1].ms - x[1].ms);
+    const total = rows.reduce((sum, [, e]) => sum + e.ms, 0);
+    process.stderr.write(`epoch ${(epoch * 1000).toFixed(0)} ms; native ${total.toFixed(0)} ms\n`);
+    for (const [k, e] of rows.slice(0, 25)) process.stderr.write(`${e.ms.toFixed(0).padStart(8)} ms ${String(e.calls).padStart(6)} calls  ${k}\n`);
+  }
   const sorted = steps.slice(1).sort((a, b) => a - b);
   console.log(
     JSON.stringify({

@@ -20,6 +20,7 @@ test('engine settings: defaults, and every variable parsed into its typed field'
   assert.equal(d.spinUs, 300);
   assert.equal(d.ops, 'fast');
   assert.equal(d.fusedAttention, true);
+  assert.equal(d.poolMb, 1024);
   assert.ok(d.nativeThreads >= 1);
   const s = readEngineSettings({
     TFJS_BACKEND: 'wasm',
@@ -33,6 +34,7 @@ test('engine settings: defaults, and every variable parsed into its typed field'
     DPO_NATIVE_PROFILE: '1',
     DPO_ENGINE_OPS: 'reference',
     DPO_FUSED_ATTENTION: '0',
+    DPO_NATIVE_POOL_MB: '0',
   });
   assert.deepEqual(s, {
     backend: 'wasm',
@@ -46,6 +48,7 @@ test('engine settings: defaults, and every variable parsed into its typed field'
     profile: true,
     ops: 'reference',
     fusedAttention: false,
+    poolMb: 0,
   });
   // blank means unset (docker-compose passes VAR=)
   assert.equal(readEngineSettings({ DPO_NATIVE_THREADS: '' }).nativeThreads, d.nativeThreads);

@@ -41,6 +41,8 @@ export interface TypedArrayBackendLike {
   data: { get(dataId: tf.DataId): { values?: unknown } | undefined };
   makeTensorInfo(shape: number[], dtype: tf.DataType, values?: Float32Array | Int32Array | Uint8Array): tf.TensorInfo;
   incRef(dataId: tf.DataId): void;
+  /** A float32 output buffer of `n` elements, contents unspecified (the native backend's pool); absent: a new array. */
+  allocFloat32?(n: number): Float32Array;
 }
 
 const EMPTY_F32 = new Float32Array(0);
@@ -102,7 +104,7 @@ export function tensorMemory(backend: unknown, backendName: string): TensorMemor
     },
     out: (shape, dtype = 'float32') => {
       const n = shape.reduce((a, c) => a * c, 1);
-      const buf = dtype === 'int32' ? new Int32Array(n) : dtype === 'bool' ? new Uint8Array(n) : new Float32Array(n);
+      const buf = dtype === 'int32' ? new Int32Array(n) : dtype === 'bool' ? new Uint8Array(n) : (b.allocFloat32?.(n) ?? new Float32Array(n));
       return b.makeTensorInfo(shape, dtype, buf);
     },
     share: (t, shape) => {

@@ -61,6 +61,10 @@ export function registerNativeMatmul(backendName = 'wasm'): boolean {
     const batch = Math.max(nA, nB);
     const out = mem.out([...outBatch, M, N]);
     if (M * N === 0) return out;
+    if (K === 0) {
+      mem.f32(out).fill(0); // an empty sum (outputs come with unspecified contents)
+      return out;
+    }
     const lowB = mem.lowp(b);
     if (lowB && nB === 1 && nA === 1) {
       // a frozen weight in bfloat16 / int8: widened while packed (lowp.ts)

@@ -17,6 +17,8 @@
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadNativeAddon } from './addon.js';
+import { BufferPool } from './buffer-pool.js';
+import { engineSettings } from './settings.js';
 import { type LowPrecision, LowPrecisionWeights, quantizeInt8, toBfloat16 } from './lowp.js';
 import { registerFusedKernels } from './kernels.js';
 import { registerNativeMatmul } from './matmul.js';
@@ -31,19 +33,44 @@ export const NATIVE_BACKEND = 'native';
  * weights held in low precision ({@link storeInLowPrecision}): reads of those return widened float32 copies.
  */
 export class NativeBackend extends MathBackendCPU {
+  /** Recycled kernel output buffers (buffer-pool.ts; `DPO_NATIVE_POOL_MB`). */
+  readonly pool = new BufferPool(engineSettings().poolMb * 1024 * 1024);
+
   /** The low-precision storage of `dataId`, or null when it is a plain TypedArray. */
   lowPrecision(dataId: tf.DataId): LowPrecisionWeights | null {
     const v = this.data.get(dataId)?.values;
     return v instanceof LowPrecisionWeights ? v : null;
   }
 
+  /** A float32 kernel output of `n` elements (contents unspecified), from the pool when it can. */
+  allocFloat32(n: number): Float32Array {
+    return this.pool.take(n);
+  }
+
+  override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): tf.DataId {
+    this.pool.stored(values);
+    return super.write(values, shape, dtype);
+  }
+
+  override move(dataId: tf.DataId, values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType, refCount: number): void {
+    this.pool.stored(values);
+    super.move(dataId, values, shape, dtype, refCount);
+  }
+
   override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
-    return this.lowPrecision(dataId)?.decode() ?? super.readSync(dataId);
+    return this.lowPrecision(dataId)?.decode() ?? this.pool.exposed(super.readSync(dataId));
   }
 
   override read(dataId: tf.DataId): Promise<tf.backend_util.BackendValues> {
     const lp = this.lowPrecision(dataId);
-    return lp ? Promise.resolve(lp.decode()) : super.read(dataId);
+    return lp ? Promise.resolve(lp.decode()) : Promise.resolve(this.readSync(dataId));
+  }
+
+  override disposeData(dataId: tf.DataId, force = false): boolean {
+    const values = this.data.get(dataId)?.values;
+    const disposed = super.disposeData(dataId, force);
+    if (disposed && values !== undefined) this.pool.release(values);
+    return disposed;
   }
 
   /** A float32 tensor stored as `w` (shape `shape`, row-major). */

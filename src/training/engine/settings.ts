@@ -16,6 +16,7 @@
  * | `DPO_NATIVE_PROFILE` | profile | 0 or 1: time every native call (0) |
  * | `DPO_ENGINE_OPS` | ops | fast or reference: plain tfjs ops and autodiff everywhere (fast) |
  * | `DPO_FUSED_ATTENTION` | fusedAttention | 0 or 1: the fused native attention kernel (1) |
+ * | `DPO_NATIVE_POOL_MB` | poolMb | integer >= 0: MB of disposed kernel outputs the native backend keeps for reuse, 0 off (1024) |
  *
  * Empty strings count as unset (docker-compose passes `VAR=` for blank entries).
  */
@@ -38,6 +39,7 @@ export interface EngineSettings {
   cc: string;
   profile: boolean;
   ops: 'fast' | 'reference';
+  poolMb: number;
   fusedAttention: boolean;
 }
 
@@ -108,6 +110,7 @@ export function readEngineSettings(env: Env = process.env): EngineSettings {
     profile: flag(env, 'DPO_NATIVE_PROFILE', false),
     ops: oneOf(env, 'DPO_ENGINE_OPS', ['fast', 'reference'] as const, 'fast'),
     fusedAttention: flag(env, 'DPO_FUSED_ATTENTION', true),
+    poolMb: int(env, 'DPO_NATIVE_POOL_MB', 1024, 0),
   };
 }
 

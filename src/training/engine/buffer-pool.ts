@@ -1,0 +1,136 @@
+/**
+ * Recycled float32 output buffers for the native backend.
+ *
+ * Every kernel output used to be a fresh `Float32Array`. V8 backs large ones with freshly mapped, zeroed pages,
+ * so a kernel writing a 100 MB output (the logits of one batch, a 50k-row embedding gradient, AdamW's three
+ * outputs per weight) first page-faults through all of it, and the disposed tensor's memory only returns when
+ * the garbage collector runs. The pool keeps the `ArrayBuffer`s of disposed outputs (up to `maxBytes`, the
+ * least recently freed dropped first) and hands them to the next output of a size that fits.
+ *
+ * Safety: a buffer is recycled only while exactly one tensor owns it and no code outside the kernels has seen
+ * it. The backend reports every store ({@link BufferPool.stored}); a buffer stored under a second tensor, or as
+ * a view (tfjs-backend-cpu's contiguous Slice shares a subarray), escapes the pool for good. Reading a tensor
+ * (`dataSync`, `data`) goes through {@link BufferPool.exposed}: a whole buffer escapes; a view is copied.
+ * Outputs come with unspecified contents (as on the wasm backend): kernels write every element.
+ */
+
+/** Hit and miss counts and the bytes held free (tests, benchmarks). */
+export interface BufferPoolStats {
+  hits: number;
+  misses: number;
+  freeBytes: number;
+}
+
+type Lent = { view: Float32Array; stored: boolean };
+
+export class BufferPool {
+  /** free buffers by capacity in floats, the most recently freed last */
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  /** every free buffer, the least recently freed first (eviction order) */
+  private readonly order = new Set<ArrayBuffer>();
+  /** buffers out of the pool, each with the view it was lent as */
+  private readonly lent = new WeakMap<ArrayBuffer, Lent>();
+  private freeBytes = 0;
+  private hits = 0;
+  private misses = 0;
+
+  /**
+   * @param maxBytes the most bytes held free (0 turns the pool off: every take is a new array)
+   * @param minFloats smaller outputs are plain new arrays (V8 allocates those cheaply)
+   */
+  constructor(
+    readonly maxBytes: number,
+    readonly minFloats = 16384,
+  ) {}
+
+  /** The capacity (floats) a request of `n` floats gets: `n` rounded up to 1/8 of its power of two (≤ 12.5% more). */
+  static capacity(n: number): number {
+    if (n <= 8) return n;
+    const step = 2 ** (Math.floor(Math.log2(n)) - 3);
+    return Math.ceil(n / step) * step;
+  }
+
+  /** A float32 array of length `n` (contents unspecified), from a free buffer when one of its capacity is held. */
+  take(n: number): Float32Array {
+    if (this.maxBytes === 0 || n < this.minFloats) return new Float32Array(n);
+    const cap = BufferPool.capacity(n);
+    let buf = this.free.get(cap)?.pop() ?? this.bestFit(cap);
+    if (buf) {
+      this.order.delete(buf);
+      this.freeBytes -= buf.byteLength;
+      this.hits++;
+    } else {
+      buf = new ArrayBuffer(cap * 4);
+      this.misses++;
+    }
+    const view = new Float32Array(buf, 0, n);
+    this.lent.set(buf, { view, stored: false });
+    return view;
+  }
+
+  /** The smallest free buffer of capacity in (cap, 1.5 cap], taken off its stack (batches of varying length). */
+  private bestFit(cap: number): ArrayBuffer | undefined {
+    let best = 0;
+    for (const [c, stack] of this.free) if (c > cap && c <= cap * 1.5 && stack.length > 0 && (best === 0 || c < best)) best = c;
+    return best ? this.free.get(best)!.pop() : undefined;
+  }
+
+  /** `values` was stored as a tensor's data: the first store of a lent view is its owner; any other use of the buffer escapes. */
+  stored(values: unknown): void {
+    if (!(values instanceof Float32Array)) return;
+    const l = this.lent.get(values.buffer as ArrayBuffer);
+    if (!l) return;
+    if (l.view === values && !l.stored) l.stored = true;
+    else this.lent.delete(values.buffer as ArrayBuffer);
+  }
+
+  /**
+   * `values` is about to be handed to code outside the kernels (a tensor read).
+   * @returns the array to hand out: `values` itself (its buffer escapes the pool) or, for a view shorter than
+   *   its buffer, a copy (the buffer stays recyclable)
+   */
+  exposed<T>(values: T): T {
+    if (!(values instanceof Float32Array)) return values;
+    const buf = values.buffer as ArrayBuffer;
+    if (!this.lent.has(buf)) return values;
+    if (values.byteLength === buf.byteLength) {
+      this.lent.delete(buf);
+      return values;
+    }
+    return values.slice() as T;
+  }
+
+  /** The tensor owning `values` was disposed: its buffer returns to the pool (if it is the pool's, unshared). */
+  release(values: unknown): void {
+    if (!(values instanceof Float32Array)) return;
+    const buf = values.buffer as ArrayBuffer;
+    const l = this.lent.get(buf);
+    if (!l || l.view !== values) return;
+    this.lent.delete(buf);
+    if (buf.byteLength > this.maxBytes) return;
+    while (this.freeBytes + buf.byteLength > this.maxBytes) {
+      const oldest = this.order.values().next().value as ArrayBuffer;
+      this.order.delete(oldest);
+      const stack = this.free.get(oldest.byteLength / 4)!;
+      stack.splice(stack.indexOf(oldest), 1);
+      this.freeBytes -= oldest.byteLength;
+    }
+    const cap = buf.byteLength / 4;
+    const stack = this.free.get(cap);
+    if (stack) stack.push(buf);
+    else this.free.set(cap, [buf]);
+    this.order.add(buf);
+    this.freeBytes += buf.byteLength;
+  }
+
+  /** Drop every free buffer (they go to the garbage collector). */
+  clear(): void {
+    this.free.clear();
+    this.order.clear();
+    this.freeBytes = 0;
+  }
+
+  stats(): BufferPoolStats {
+    return { hits: this.hits, misses: this.misses, freeBytes: this.freeBytes };
+  }
+}

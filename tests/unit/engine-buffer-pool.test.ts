@@ -1,0 +1,89 @@
+/**
+ * The native backend's pool of kernel output buffers (engine/buffer-pool.ts): disposed outputs are reused, and
+ * nothing a caller can still see is ever overwritten (read data, shared buffers, slice views).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../../src/training/engine/backend.js';
+import { BufferPool } from '../../src/training/engine/buffer-pool.js';
+import { NativeBackend } from '../../src/training/engine/native-backend.js';
+
+const N = 1 << 16; // above the pool's minimum size
+
+function nativeBackend(): NativeBackend | null {
+  const b = tf.backend();
+  return b instanceof NativeBackend ? b : null;
+}
+
+test('BufferPool: capacities, reuse after release, eviction beyond maxBytes, and escapes', () => {
+  assert.equal(BufferPool.capacity(8), 8);
+  assert.equal(BufferPool.capacity(1 << 20), 1 << 20);
+  assert.equal(BufferPool.capacity((1 << 20) + 1), (1 << 20) + (1 << 17));
+  for (const n of [9, 1000, 12345, 999_999]) {
+    const c = BufferPool.capacity(n);
+    assert.ok(c >= n && c <= n * 1.125 + 1, `${n} -> ${c}`);
+  }
+  const pool = new BufferPool(3 * N * 4, 1);
+  const a = pool.take(N);
+  pool.stored(a);
+  pool.release(a);
+  const b = pool.take(N - 5); // same capacity class
+  assert.equal(b.buffer, a.buffer, 'the released buffer is reused');
+  assert.equal(b.length, N - 5);
+  pool.stored(b);
+  // a second store of the buffer (a shared view) makes it escape: never released
+  pool.stored(b.subarray(1));
+  pool.release(b);
+  assert.notEqual(pool.take(N).buffer, b.buffer);
+  // a read of a whole buffer makes it escape; a view shorter than its buffer is copied instead
+  const c = pool.take(N);
+  pool.stored(c);
+  assert.equal(pool.exposed(c), c);
+  pool.release(c);
+  assert.equal(pool.stats().freeBytes, 0);
+  const d = pool.take(N - 3);
+  pool.stored(d);
+  const seen = pool.exposed(d);
+  assert.notEqual(seen.buffer, d.buffer);
+  pool.release(d);
+  assert.equal(pool.stats().freeBytes, BufferPool.capacity(N - 3) * 4);
+  // at most maxBytes are kept: the least recently freed go first
+  const xs = [1, 2, 3, 4].map((i) => pool.take(N * 0 + (i === 4 ? 2 * N : N)));
+  for (const x of xs) pool.stored(x);
+  for (const x of xs) pool.release(x);
+  assert.ok(pool.stats().freeBytes <= 3 * N * 4);
+  assert.equal(pool.take(2 * N).buffer, xs[3]!.buffer, 'the most recent release is still held');
+});
+
+test('native backend: a disposed output is reused by the next kernel, and read data stays intact', async (t) => {
+  await initBackend('auto');
+  const backend = nativeBackend();
+  if (!backend) {
+    t.skip('the native backend is not available here');
+    return;
+  }
+  const x = tf.randomNormal([N]);
+  const y = tf.randomNormal([N]);
+  const before = backend.pool.stats().hits;
+  const s1 = tf.add(x, y);
+  const kept = s1.dataSync(); // escapes: must never change
+  const copy = Float32Array.from(kept);
+  s1.dispose();
+  const p1 = tf.mul(x, y);
+  p1.dispose();
+  const p2 = tf.sub(x, y); // reuses p1's buffer
+  assert.ok(backend.pool.stats().hits > before, 'a disposed output buffer was reused');
+  assert.deepEqual(kept, copy, 'data read before the dispose is unchanged');
+  const expect = tf.sub(x, y).dataSync();
+  assert.deepEqual(p2.dataSync(), expect);
+  // a contiguous slice of a pooled output keeps its values when the source is disposed and its buffer reused
+  const big = tf.add(x, 1);
+  const sl = tf.slice(big, [0], [N / 2]);
+  const slValues = Float32Array.from(sl.dataSync());
+  big.dispose();
+  for (let i = 0; i < 3; i++) tf.mul(x, 7).dispose();
+  const later = tf.mul(y, 3);
+  assert.deepEqual(sl.dataSync(), slValues);
+  tf.dispose([x, y, p2, sl, later]);
+});
