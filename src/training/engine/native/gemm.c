@@ -143,11 +143,20 @@ static void pack_b(const gemm_args *g, int k0, int kc, int j0, int nc, float *Bp
           for (; c < NR; c++) dst[k * NR + c] = 0.f;
         }
       } else {
+        /* op(B) = B^T (a frozen linear layer's forward, y = x W^T): column c of the panel is stored row j0+q+c,
+           read contiguously and widened in one pass */
         for (int c = 0; c < NR; c++) {
-          if (c < nr)
-            for (int k = 0; k < kc; k++) dst[k * NR + c] = b_stored(g, (size_t)(j0 + q + c), (size_t)(k0 + k));
-          else
+          if (c >= nr) {
             for (int k = 0; k < kc; k++) dst[k * NR + c] = 0.f;
+          } else if (g->btype == B_BF16) {
+            const uint16_t *src = g->Bh + (size_t)(j0 + q + c) * g->ldb + k0;
+            uint32_t *d = (uint32_t *)dst;
+            for (int k = 0; k < kc; k++) d[k * NR + c] = (uint32_t)src[k] << 16;
+          } else {
+            const int8_t *src = g->Bq + (size_t)(j0 + q + c) * g->ldb + k0;
+            const float *sc = g->bscale + k0;
+            for (int k = 0; k < kc; k++) dst[k * NR + c] = (float)src[k] * sc[k];
+          }
         }
       }
       continue;
