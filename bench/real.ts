@@ -2,7 +2,7 @@
  * One DPO epoch on real preference pairs, padded vs padding_free vs shared_prompt, optionally raced against TRL's
  * DPOTrainer on the same model directory and the same pairs (bench/README.md "Real data").
  *
- *   npm run bench:real -- --model <hf dir | stories260K | stories15M-gpt2 | smollm2-135m-gpt2> --data hh|<jsonl>
+ *   npm run bench:real -- --model <hf dir | stories260K | stories15M-gpt2 | smollm2-135m-gpt2> --data hh|sharegpt|<jsonl>
  *     --pairs N --max-length L [--batch 4] [--runs 1] [--layouts padded,padding_free,shared_prompt] [--peer trl]
  *
  * Each layout (and each run) trains in its own process (peak RSS per row): policy + frozen reference copy, sigmoid
@@ -92,6 +92,7 @@ async function modelDir(): Promise<string> {
 
 /** The first N HH-RLHF pairs as the peer selects them (harmless-base test split, shared "Assistant:" prompt). */
 function rows(): PreferenceExample[] {
+  if (data === 'sharegpt') return sharegptRows();
   const src = data === 'hh' ? join(SHARED, 'data/hh-rlhf/harmless-base-test.jsonl.gz') : data;
   const buf = readFileSync(src);
   const text = (src.endsWith('.gz') ? gunzipSync(buf) : buf).toString('utf8');
@@ -109,6 +110,24 @@ function rows(): PreferenceExample[] {
     if (out.length >= nPairs) break;
   }
   return out;
+}
+
+/**
+ * The first N pairs of LLaMA-Factory's ShareGPT DPO demo (long, multi-turn), the conversation rendered in the
+ * HH-RLHF style (`\n\nHuman: ...\n\nAssistant: ...`, ending in `\n\nAssistant:`), answers after a space.
+ */
+function sharegptRows(): PreferenceExample[] {
+  type Turn = { from: string; value: string };
+  const demo = JSON.parse(readFileSync(join(SHARED, 'data/llamafactory/dpo_en_demo.json'), 'utf8')) as Array<{
+    conversations: Turn[];
+    chosen: Turn;
+    rejected: Turn;
+  }>;
+  return demo.slice(0, nPairs).map((r) => ({
+    prompt: `${r.conversations.map((t) => `\n\n${t.from === 'human' ? 'Human' : 'Assistant'}: ${t.value}`).join('')}\n\nAssistant:`,
+    chosen: ` ${r.chosen.value}`,
+    rejected: ` ${r.rejected.value}`,
+  }));
 }
 
 async function runChild(layout: BatchLayout): Promise<void> {
