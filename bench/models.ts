@@ -18,17 +18,17 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { toHFConfig } from '../src/training/models/config.js';
 import { llamaShapes } from '../src/training/models/llama.js';
 import { writeSafetensors } from '../src/training/models/safetensors.js';
 import type { ModelConfig } from '../src/training/types.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** `../<name>` beside the checkout (or beside its worktree folder). */
-const beside = (name: string): string =>
+export const beside = (name: string): string =>
   [path.resolve(root, '..', name), path.resolve(root, '..', '..', name)].find((p) => fs.existsSync(p)) ?? path.resolve(root, '..', name);
-const shared = beside('shared');
+export const shared = beside('shared');
 const peerPython = path.join(beside('peer-venv'), 'bin', 'python');
 
 const llama = (o: Partial<ModelConfig>): ModelConfig => ({
@@ -54,7 +54,7 @@ const llama = (o: Partial<ModelConfig>): ModelConfig => ({
   ...o,
 });
 
-interface Row {
+export interface Row {
   name: string;
   model: ModelConfig;
   /** our overrides (memory settings, LoRA) */
@@ -63,8 +63,9 @@ interface Row {
   peer: string[];
 }
 
-const LORA = ['lora.enabled=true', 'lora.r=16', 'lora.alpha=32', 'lora.target_modules=all-linear'];
-const ROWS: Row[] = [
+export const LORA = ['lora.enabled=true', 'lora.r=16', 'lora.alpha=32', 'lora.target_modules=all-linear'];
+/** The rows of the issue (`--rows` names), shared with bench/webhook-models.ts. */
+export const ROWS: Row[] = [
   { name: 'smollm2-135m', model: llama({}), overrides: ['gradient_checkpointing=true', 'frozen_weights_dtype=bfloat16'], peer: [] },
   {
     name: 'qwen2.5-0.5b-lora',
@@ -103,8 +104,11 @@ const ROWS: Row[] = [
   },
 ];
 
-/** Write a random-weight checkpoint of `c` (BF16, normal-ish values of std 0.02 from an LCG) unless present. */
-function buildCheckpoint(name: string, c: ModelConfig): string {
+/**
+ * Write a random-weight checkpoint of `c` (BF16, normal-ish values of std 0.02 from an LCG) unless present.
+ * @returns the Hugging Face directory `<tmpdir>/dpo-bench-models/<name>` (config.json, model.safetensors, GPT-2 tokenizer)
+ */
+export function buildCheckpoint(name: string, c: ModelConfig): string {
   const dir = path.join(os.tmpdir(), 'dpo-bench-models', name);
   const weights = path.join(dir, 'model.safetensors');
   if (fs.existsSync(weights) && fs.existsSync(path.join(dir, 'config.json'))) return dir;
@@ -227,35 +231,40 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-const a = parseArgs(process.argv.slice(2));
-const peerReady = a.trl && fs.existsSync(peerPython) && spawnSync(peerPython, ['-c', 'import trl, peft'], { encoding: 'utf8' }).status === 0;
-if (a.trl && !peerReady) process.stderr.write(`TRL peer not available (${peerPython} with trl + peft; see ../shared/bench/README.md): ours only\n`);
-for (const name of a.rows) {
-  const row = ROWS.find((r) => r.name === name)!;
-  const dir = buildCheckpoint(row.name, row.model);
-  const ours = runOurs(row, dir, a);
-  const o = stats(ours.dpo);
-  const peer = peerReady ? runTrl(row, dir, a) : null;
-  const result = {
-    row: row.name,
-    pairs: a.pairs,
-    max_length: a.maxLength,
-    ok: ours.ok,
-    ours: { dpo_s_per_step: o, sft_s: ours.sft, peak_rss_mb: ours.peakRssMb, settings: row.overrides },
-    trl: peer,
-    ratio_s_per_step: peer && 'median' in peer ? { median: o.median / peer.median, min: o.min / peer.min } : null,
-    ratio_rss: peer && 'median' in peer ? ours.peakRssMb / peer.peakRssMb : null,
-    ...(ours.error ? { error: ours.error } : {}),
-  };
-  if (a.json) process.stdout.write(`${JSON.stringify(result)}\n`);
-  else {
-    const p =
-      peer && 'median' in peer
-        ? ` | TRL ${peer.median.toFixed(1)} s/step, ${peer.peakRssMb} MB | ratio ${result.ratio_s_per_step!.median.toFixed(2)} s, ${result.ratio_rss!.toFixed(2)} RSS`
-        : '';
-    process.stdout.write(
-      `${row.name}: ours ${o.median.toFixed(1)} s/step (min ${o.min.toFixed(1)}), peak RSS ${ours.peakRssMb} MB${ours.ok ? '' : ' FAILED'}${p}\n`,
-    );
-    if (ours.error) process.stdout.write(`${ours.error}\n`);
+function main(): void {
+  const a = parseArgs(process.argv.slice(2));
+  const peerReady = a.trl && fs.existsSync(peerPython) && spawnSync(peerPython, ['-c', 'import trl, peft'], { encoding: 'utf8' }).status === 0;
+  if (a.trl && !peerReady) process.stderr.write(`TRL peer not available (${peerPython} with trl + peft; see ../shared/bench/README.md): ours only\n`);
+  for (const name of a.rows) {
+    const row = ROWS.find((r) => r.name === name)!;
+    const dir = buildCheckpoint(row.name, row.model);
+    const ours = runOurs(row, dir, a);
+    const o = stats(ours.dpo);
+    const peer = peerReady ? runTrl(row, dir, a) : null;
+    const result = {
+      row: row.name,
+      pairs: a.pairs,
+      max_length: a.maxLength,
+      ok: ours.ok,
+      ours: { dpo_s_per_step: o, sft_s: ours.sft, peak_rss_mb: ours.peakRssMb, settings: row.overrides },
+      trl: peer,
+      ratio_s_per_step: peer && 'median' in peer ? { median: o.median / peer.median, min: o.min / peer.min } : null,
+      ratio_rss: peer && 'median' in peer ? ours.peakRssMb / peer.peakRssMb : null,
+      ...(ours.error ? { error: ours.error } : {}),
+    };
+    if (a.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+    else {
+      const p =
+        peer && 'median' in peer
+          ? ` | TRL ${peer.median.toFixed(1)} s/step, ${peer.peakRssMb} MB | ratio ${result.ratio_s_per_step!.median.toFixed(2)} s, ${result.ratio_rss!.toFixed(2)} RSS`
+          : '';
+      process.stdout.write(
+        `${row.name}: ours ${o.median.toFixed(1)} s/step (min ${o.min.toFixed(1)}), peak RSS ${ours.peakRssMb} MB${ours.ok ? '' : ' FAILED'}${p}\n`,
+      );
+      if (ours.error) process.stdout.write(`${ours.error}\n`);
+    }
   }
 }
+
+// run only as the entry script (bench/webhook-models.ts imports the rows and the checkpoint builder)
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) main();
