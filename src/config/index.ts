@@ -99,6 +99,21 @@ export function listGroup(group: 'model' | 'loss'): string[] {
 const GROUP_NAME = /^[A-Za-z0-9_.-]+$/;
 
 /**
+ * The model and tokenizer sources the registered model files declare: every string `name_or_path` and
+ * `tokenizer_name_or_path` of `config/model/*.yaml` (a file without `name_or_path` declares its own name).
+ * A config resolved from a registered name carries these values, so the worker accepts them when it checks the
+ * queued config again; they are the operator's, and never listed to a client.
+ */
+export function registeredModelSources(): string[] {
+  const out = new Set<string>();
+  for (const name of listGroup('model')) {
+    const m = modelGroup(name);
+    for (const v of [m.name_or_path, m.tokenizer_name_or_path]) if (typeof v === 'string') out.add(v);
+  }
+  return [...out].sort();
+}
+
+/**
  * Expand a `model` group name: `config/model/<name>.yaml`, else a model name or path for loadModel
  * (`{name: basename, name_or_path: value}`).
  */

@@ -164,16 +164,24 @@ export function budgetProblems(cfg: BudgetConfig, rows: number, maxTokens: numbe
 
 /**
  * Problems of a *resolved* config (the job payload's, src/config TrainConfig) under the same policy: the
- * file-system settings are unset (the service sets them), and the model and tokenizer are registered names.
+ * file-system settings are unset (the service sets them), and the model and tokenizer are registered names or
+ * sources a registered model file declares (`sources`, {@link modelSourceRegistry}: a model file may point at a
+ * checkpoint directory by path; problems list the names only, never those paths).
  */
-export function resolvedConfigProblems(cfg: Obj, models: Readonly<Record<string, true>>, root = '/data/config'): Problem[] {
+export function resolvedConfigProblems(
+  cfg: Obj,
+  models: Readonly<Record<string, true>>,
+  root = '/data/config',
+  sources: Readonly<Record<string, true>> = Object.create(null),
+): Problem[] {
   const out: Problem[] = [];
   for (const k of ['output_dir', 'eval_dataset', 'resume_from_checkpoint'] as const) {
     if (cfg[k] !== null && cfg[k] !== undefined) out.push({ path: `${root}/${k}`, message: 'must be null: it is set by the service' });
   }
   const names = Object.keys(models).join(', ');
   const model = cfg.model as Obj | undefined;
-  const registered = (v: unknown): boolean => typeof v === 'string' && Object.hasOwn(models, v);
+  // a registered name, or a source a registered model file declares (the messages list names only)
+  const registered = (v: unknown): boolean => typeof v === 'string' && (Object.hasOwn(models, v) || Object.hasOwn(sources, v));
   if (!isObj(model) || !registered(model.name_or_path))
     out.push({ path: `${root}/model/name_or_path`, message: `must be a registered model name (one of: ${names})` });
   else if (model.tokenizer_name_or_path !== null && model.tokenizer_name_or_path !== undefined && !registered(model.tokenizer_name_or_path)) {
@@ -181,6 +189,19 @@ export function resolvedConfigProblems(cfg: Obj, models: Readonly<Record<string,
   }
   out.push(...judgePolicyProblems(cfg, root));
   return out;
+}
+
+let sourcesRegistry: Readonly<Record<string, true>> | null = null;
+
+/** {@link registeredModelSources} of the config directory as a lookup (read once per process). */
+export async function modelSourceRegistry(): Promise<Readonly<Record<string, true>>> {
+  if (!sourcesRegistry) {
+    const mod = await import('../config/index.js');
+    const r = Object.create(null) as Record<string, true>;
+    for (const v of mod.registeredModelSources()) r[v] = true;
+    sourcesRegistry = Object.freeze(r);
+  }
+  return sourcesRegistry;
 }
 
 let payloadValidator: ValidateFunction | null = null;

@@ -12,6 +12,7 @@ import {
   COMMUNITY_ID,
   JOB_ID,
   modelRegistry,
+  modelSourceRegistry,
   payloadShapeProblems,
   resolvedConfigProblems,
   rowShapeProblems,
@@ -58,6 +59,7 @@ function fail(problems: Problem[]): never {
  */
 export async function createJobValidator(opts: JobValidatorOptions): Promise<(job: { id?: string | null; data: unknown }) => Promise<ValidJob>> {
   const models = await modelRegistry();
+  const sources = await modelSourceRegistry();
   // compile the payload and row validators now, not inside the first job (where a slow compile on a loaded
   // machine would delay the BullMQ lock renewal)
   payloadShapeProblems({});
@@ -72,7 +74,7 @@ export async function createJobValidator(opts: JobValidatorOptions): Promise<(jo
     if (!COMMUNITY_ID.test(data.communityId)) fail([{ path: '/data/communityId', message: 'is not a community id' }]);
     // the job's config has the payload's shape but nothing of it is trusted yet: check it as plain data
     const rawConfig: Record<string, unknown> = { ...data.config };
-    const policy = resolvedConfigProblems(rawConfig, models);
+    const policy = resolvedConfigProblems(rawConfig, models, '/data/config', sources);
     if (policy.length > 0) fail(policy);
     const resolved = resolveRequestConfig(rawConfig, '/data/config');
     if (!resolved.config) fail(resolved.problems);
