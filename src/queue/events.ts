@@ -110,6 +110,26 @@ export interface EventPage {
   nextCursor: string | null;
 }
 
+/** The stored form of an event (the stream entry's `e` field); non-finite numbers become null. */
+function encodeEvent(e: NewJobEvent): string {
+  return JSON.stringify({ level: e.level ?? 'info', type: e.type, message: e.message, data: e.data ?? {} }, (_k, v) =>
+    typeof v === 'number' && !Number.isFinite(v) ? null : v,
+  );
+}
+
+/** KEYS: marker, stream; ARGV: marker value, marker TTL, event body, MAXLEN, stream TTL. */
+const APPEND_ONCE = `
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  return {1, id}
+end
+return {0, redis.call('GET', KEYS[1]) or ''}
+`;
+
+/** What {@link JobEventLog.appendOnce} did. */
+export type AppendOnceResult = { first: true; id: string } | { first: false; existing: string };
+
 /** Read and append job events on one Redis connection. */
 export class JobEventLog {
   private readonly maxLen: number;
@@ -131,13 +151,34 @@ export class JobEventLog {
    */
   async append(jobId: string, e: NewJobEvent): Promise<string> {
     const key = eventsKey(this.prefix, jobId);
-    const body = JSON.stringify({ level: e.level ?? 'info', type: e.type, message: e.message, data: e.data ?? {} }, (_k, v) =>
-      typeof v === 'number' && !Number.isFinite(v) ? null : v,
-    );
+    const body = encodeEvent(e);
     const res = await this.redis.multi().xadd(key, 'MAXLEN', '~', String(this.maxLen), '*', 'e', body).expire(key, this.ttl).exec();
     const err = res?.find(([e]) => e)?.[0];
     if (err) throw err;
     return res![0]![1] as string;
+  }
+
+  /**
+   * Append `e` only if `markerKey` does not exist yet, setting it to `markerValue` (TTL `markerTtlSeconds`) in the
+   * same atomic step (a Lua script: SET NX, then XADD): of several writers racing with the same marker, exactly one
+   * appends. Used for a job's terminal event with its final-state record (src/queue/final-state.ts).
+   * @returns `{first: true, id}` when this call set the marker and appended; `{first: false, existing}` (the
+   *   marker's current value, unchecked) when it was already set and nothing was written.
+   * @throws the Redis error when Redis is unreachable.
+   */
+  async appendOnce(jobId: string, markerKey: string, markerValue: string, markerTtlSeconds: number, e: NewJobEvent): Promise<AppendOnceResult> {
+    const r = this.redis as unknown as Redis & { dpoAppendOnce?: (...a: Array<string | number>) => Promise<[number, string]> };
+    if (typeof r.dpoAppendOnce !== 'function') this.redis.defineCommand('dpoAppendOnce', { numberOfKeys: 2, lua: APPEND_ONCE });
+    const [first, value] = await r.dpoAppendOnce!(
+      markerKey,
+      eventsKey(this.prefix, jobId),
+      markerValue,
+      markerTtlSeconds,
+      encodeEvent(e),
+      this.maxLen,
+      this.ttl,
+    );
+    return first === 1 ? { first: true, id: value } : { first: false, existing: value };
   }
 
   /**

@@ -29,7 +29,7 @@ import { CRC32C } from '@google-cloud/storage';
 import { contentType as mimeContentType, lookup as mimeLookup } from 'mime-types';
 import pRetry, { AbortError } from 'p-retry';
 import { pino, type Logger } from 'pino';
-import { MANIFEST_NAME, readManifest, type Manifest } from './manifest.js';
+import { MANIFEST_NAME, parseManifest, readManifest, type Manifest } from './manifest.js';
 import { StorageError } from './errors.js';
 import { checkObjectKey, type ObjectStorage, type Storage, type StoredFile, type UploadResult } from './storage.js';
 
@@ -352,6 +352,46 @@ export class FirebaseStorage implements Storage, ObjectStorage {
       this.log.info({ localDir }, 'local artifact deleted after verified upload');
     }
     return result;
+  }
+
+  /**
+   * The stored artifact under `<prefix><communityId>/<jobId>/` when its manifest.json object hashes to
+   * `manifestSha256` and every listed object is stored with the manifest's size and sha256 (the `sha256`
+   * custom metadata putArtifact sets, read with getMetadata: nothing is downloaded but the manifest); else null.
+   * A re-upload of the same artifact writes the same object names with the same bytes, so it is harmless.
+   * @returns `uri` = the artifact's gs:// URI and the stored manifest's files (no signed URLs).
+   * @throws StorageError STORAGE_UPLOAD_FAILED for unsafe ids; the client's error other than a 404.
+   */
+  async verifyArtifact(communityId: string, jobId: string, manifestSha256: string): Promise<UploadResult | null> {
+    const prefix = this.objectPrefix(communityId, jobId);
+    const bucket = this.bucket();
+    let bytes: Buffer;
+    try {
+      [bytes] = await bucket.file(prefix + MANIFEST_NAME).download();
+    } catch (err) {
+      if ((err as { code?: number }).code === 404) return null;
+      throw err;
+    }
+    if (createHash('sha256').update(bytes).digest('hex') !== manifestSha256) return null;
+    let manifest: Manifest;
+    try {
+      manifest = parseManifest(bytes.toString('utf8'));
+    } catch {
+      return null;
+    }
+    let ok = true;
+    await this.pool(manifest.files, async (f) => {
+      if (!ok) return;
+      try {
+        const [meta] = await bucket.file(prefix + f.path).getMetadata();
+        const sha = (meta.metadata as Record<string, unknown> | undefined)?.sha256;
+        if (Number(meta.size) !== f.size || sha !== f.sha256) ok = false;
+      } catch (err) {
+        if ((err as { code?: number }).code === 404) ok = false;
+        else throw err;
+      }
+    });
+    return ok ? { uri: this.artifactUri(communityId, jobId), files: manifest.files } : null;
   }
 
   /** Run `fn` over `items` with at most `parallelUploads` at once; after a failure start no more, then rethrow it. */

@@ -4,10 +4,10 @@
  * renamed into place, so a reader never sees a half-written artifact or object. Every path is built from
  * checked ids and checked to stay under the root.
  */
-import { randomBytes } from 'node:crypto';
 import { cp, mkdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
-import { readManifest, verifyManifest } from './manifest.js';
+import { createHash, randomBytes } from 'node:crypto';
+import { MANIFEST_NAME, type Manifest, parseManifest, readManifest, verifyManifest } from './manifest.js';
 import { StorageError } from './errors.js';
 import { checkObjectKey, type ObjectStorage, type Storage, type UploadResult } from './storage.js';
 
@@ -95,6 +95,30 @@ export class LocalStorage implements Storage, ObjectStorage {
       }
     }
     return { uri, files: manifest.files };
+  }
+
+  /**
+   * The stored artifact `<root>/<communityId>/<jobId>/` when its manifest.json hashes to `manifestSha256` and
+   * every listed file verifies (size and sha256 read from disk); else null.
+   * @throws StorageError INVALID_ARTIFACT for unsafe ids.
+   */
+  async verifyArtifact(communityId: string, jobId: string, manifestSha256: string): Promise<UploadResult | null> {
+    const target = this.artifactDir(communityId, jobId);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(insideRoot(target, [MANIFEST_NAME]));
+    } catch {
+      return null;
+    }
+    if (createHash('sha256').update(bytes).digest('hex') !== manifestSha256) return null;
+    let manifest: Manifest;
+    try {
+      manifest = parseManifest(bytes.toString('utf8'));
+    } catch {
+      return null;
+    }
+    if ((await verifyManifest(target, manifest)).length > 0) return null;
+    return { uri: `${communityId}/${jobId}`, files: manifest.files };
   }
 
   /** Absolute path of object `key`. @throws StorageError INVALID_OBJECT_KEY */

@@ -48,6 +48,42 @@ export async function writeManifest(dir: string): Promise<Manifest> {
   return manifest;
 }
 
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/**
+ * Parse manifest.json text read from somewhere not trusted (storage read back, another process): `files` must be
+ * an array of `{path, size, sha256}` with relative '/'-separated paths (no empty, `.` or `..` segment, no
+ * backslash), integer sizes >= 0 and lowercase hex sha256, each path once.
+ * @throws Error naming what is wrong.
+ */
+export function parseManifest(text: string): Manifest {
+  const v = JSON.parse(text) as { files?: unknown };
+  if (!v || typeof v !== 'object' || !Array.isArray(v.files)) throw new Error('manifest.json has no "files" array');
+  const seen = new Set<string>();
+  const files: StoredFile[] = [];
+  for (const f of v.files as Array<Record<string, unknown>>) {
+    const path = f?.path;
+    if (
+      typeof path !== 'string' ||
+      path === '' ||
+      path.length > 1000 ||
+      path.startsWith('/') ||
+      path.includes('\\') ||
+      path.split('/').some((s) => s === '' || s === '.' || s === '..') ||
+      path === MANIFEST_NAME ||
+      seen.has(path)
+    ) {
+      throw new Error(`manifest.json lists an unsafe or repeated path ${JSON.stringify(String(path).slice(0, 200))}`);
+    }
+    if (!Number.isSafeInteger(f.size) || (f.size as number) < 0 || typeof f.sha256 !== 'string' || !SHA256_HEX.test(f.sha256)) {
+      throw new Error(`manifest.json entry ${JSON.stringify(path)} needs an integer size and a hex sha256`);
+    }
+    seen.add(path);
+    files.push({ path, size: f.size as number, sha256: f.sha256 });
+  }
+  return { files };
+}
+
 /** Read `<dir>/manifest.json`. */
 export async function readManifest(dir: string): Promise<Manifest> {
   return JSON.parse(await readFile(join(dir, MANIFEST_NAME), 'utf8')) as Manifest;

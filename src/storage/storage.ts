@@ -29,6 +29,15 @@ export interface Storage {
    * @throws StorageError (code STORAGE_UPLOAD_FAILED) when a file cannot be stored or verified.
    */
   putArtifact(localDir: string, communityId: string, jobId: string): Promise<UploadResult>;
+  /**
+   * Check the stored artifact of `<communityId>/<jobId>/` against a manifest digest recorded elsewhere (Redis,
+   * which is not trusted): its stored manifest.json must hash to `manifestSha256` (sha256 hex of the file's
+   * bytes) and every file it lists must be stored with that size and sha256.
+   * @returns what {@link putArtifact} returned for it (`uri` and the stored manifest's files), or null when
+   *   there is no such artifact or it does not match.
+   * @throws StorageError for unsafe ids; the backend's error when it cannot be read (network, permissions).
+   */
+  verifyArtifact(communityId: string, jobId: string, manifestSha256: string): Promise<UploadResult | null>;
 }
 
 /**

@@ -106,6 +106,8 @@ export async function startWorker(opts: StartWorkerOptions): Promise<WorkerHandl
     train: opts.train,
     webhooks,
     eventTtlSeconds: env.JOB_RETENTION_SECONDS,
+    // a fault-test hook, off by default: die like a killed process right after an artifact is stored
+    afterArtifactStored: process.env.DPO_TEST_KILL_AFTER_UPLOAD === '1' ? () => process.kill(process.pid, 'SIGKILL') : undefined,
   });
   const workerConnection = createRedis(env.REDIS_URL, 'worker');
   const worker = new Worker<FT['data'], FT['result'], FT['name']>(QueueNames.finetune, processor, {

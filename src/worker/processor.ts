@@ -3,6 +3,11 @@
  * upload (Storage.putArtifact), reporting stage, step, fraction and the latest metrics to the job as it
  * goes. Cancellation (DELETE /jobs/:id sets a Redis flag; BullMQ's own abort signal too) and the job
  * timeout abort training; the job then fails with JOB_CANCELLED / JOB_TIMEOUT.
+ *
+ * At least once, finished once (src/queue/final-state.ts): a stored artifact is recorded in Redis at once, so a
+ * run of a job whose earlier run stored its artifact and then lost the lock completes with that artifact (verified
+ * in storage) instead of training and uploading again; the terminal event, statistics and webhook are written
+ * only by the run that records the job's final state first.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
@@ -16,9 +21,10 @@ import { recordJobOutcome } from '../queue/stats.js';
 import { QueueNames, type FinetuneResult, type QueueJobTypes, type Stage, type StageSpan } from '../queue/types.js';
 import { JOB_ID } from '../queue/payload.js';
 import { insideRoot, LocalStorage } from '../storage/local.js';
-import type { Storage } from '../storage/storage.js';
-import { JobEventLog } from '../queue/events.js';
-import { writeManifest } from '../storage/manifest.js';
+import type { Storage, UploadResult } from '../storage/storage.js';
+import { JobEventLog, type NewJobEvent } from '../queue/events.js';
+import { MANIFEST_NAME, sha256File, writeManifest } from '../storage/manifest.js';
+import { finalStateKey, readArtifactRecord, readFinalState, writeArtifactRecord, type FinalState } from '../queue/final-state.js';
 import type { WebhookPayload, WebhookQueue } from '../webhooks/delivery.js';
 import { ChildFailure, trainInChild } from './child-process.js';
 import type { TrainResult } from './ipc.js';
@@ -57,6 +63,11 @@ export interface ProcessorDeps {
   webhooks?: WebhookQueue;
   /** Seconds a job's event log lives (the job retention; default 7 days). */
   eventTtlSeconds?: number;
+  /**
+   * Test hook (off unless set): called right after the job's artifact is stored, before the job's final state
+   * is recorded. The fault test uses it to SIGKILL the worker there (DPO_TEST_KILL_AFTER_UPLOAD=1 in main.ts).
+   */
+  afterArtifactStored?: () => void;
 }
 
 /** True when `<outputDir>/checkpoints/` holds at least one checkpoint (a `state.json`). */
@@ -181,10 +192,89 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       };
       await deps.webhooks.enqueue(url, payload).catch((err: Error) => log.warn({ err: err.message }, 'could not queue the webhook'));
     };
+    const retention = deps.eventTtlSeconds ?? 7 * 24 * 3600;
+    /**
+     * The result of an earlier run of this job whose artifact is recorded and verified in storage, or null.
+     * Nothing from Redis is used unless the record is well-formed and storage holds exactly that artifact.
+     */
+    const storedResult = async (): Promise<{ result: FinetuneResult; trainedTokens: number } | null> => {
+      const rec = await readArtifactRecord(deps.redis, deps.prefix, jobId, communityId);
+      if (rec.kind === 'none') return null;
+      if (rec.kind === 'invalid') {
+        log.warn({ why: rec.why }, 'ignoring a malformed artifact record in Redis');
+        return null;
+      }
+      let verified: UploadResult | null;
+      try {
+        verified = await deps.storage.verifyArtifact(communityId, jobId, rec.value.manifestSha256);
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'could not check the recorded artifact in storage; the job runs again');
+        return null;
+      }
+      if (!verified) {
+        log.warn('the recorded artifact is missing from storage or differs from its record; the job runs again');
+        return null;
+      }
+      const { metrics, stages, durations, trainedTokens } = rec.value;
+      return { result: { artifact: verified, metrics, stages, durations }, trainedTokens };
+    };
+    /**
+     * Record the job's final state with its terminal event, atomically and once (JobEventLog.appendOnce).
+     * @returns true when this run recorded it (it then also records statistics and sends the webhook).
+     */
+    const recordFinal = async (state: Omit<FinalState, 'at'>, e: NewJobEvent): Promise<boolean> => {
+      const value: FinalState = { ...state, at: new Date().toISOString() };
+      try {
+        const r = await eventLog.appendOnce(jobId, finalStateKey(deps.prefix, jobId), JSON.stringify(value), retention, e);
+        if (!r.first) log.info({ outcome: state.outcome }, 'the final state of this job was already recorded by another run; not recording it again');
+        return r.first;
+      } catch (err) {
+        // Redis is gone: BullMQ cannot record the state either; the job will run again and record it then
+        log.warn({ err: (err as Error).message }, 'could not record the final state of the job');
+        return false;
+      }
+    };
+    /** Complete with the result of a stored artifact (the final state, event, statistics and webhook once). */
+    const completeWith = async (result: FinetuneResult, trainedTokens: number, tps: Partial<Record<'sft' | 'dpo', number>>): Promise<FinetuneResult> => {
+      const { durations, metrics } = result;
+      const first = await recordFinal(
+        { outcome: 'completed', code: null, message: null },
+        { type: 'job.succeeded', message: 'the job completed', data: { durations, trainedTokens, metrics } },
+      );
+      if (first) {
+        await recordJobOutcome(deps.redis, deps.prefix, { durations, tokensPerSecond: tps, failureCode: null }).catch(() => {});
+        await outcome('job.succeeded', 'completed', { artifact: { uri: result.artifact.uri, files: result.artifact.files.length }, metrics });
+      }
+      log.info({ uri: result.artifact.uri, files: result.artifact.files.length, durations }, 'finetune job completed');
+      return result;
+    };
     let lastTps: Partial<Record<'sft' | 'dpo', number>> = {};
     let handedBack = false;
     try {
       if ((await deps.redis.exists(flag)) === 1) throw new JobFailure(FailureCodes.cancelled, 'cancelled by request before it started');
+      // an earlier run of this job may have finished it and lost the lock before BullMQ recorded it
+      const final = await readFinalState(deps.redis, deps.prefix, jobId);
+      if (final.kind === 'invalid') log.warn({ why: final.why }, 'ignoring a malformed final-state record in Redis');
+      if (final.kind === 'ok' && final.value.outcome !== 'completed') {
+        log.info({ code: final.value.code }, 'an earlier run of this job already failed it; failing it the same way');
+        throw new JobFailure(final.value.code!, final.value.message!);
+      }
+      const earlier = await storedResult();
+      if (earlier) {
+        log.info(
+          { attempt: job.attemptsStarted },
+          'the artifact of an earlier run of this job is stored and verified: completing with it (no training, no upload)',
+        );
+        events.emit({
+          type: 'job.started',
+          message: 'the artifact of an earlier run is stored: completing the job with it',
+          data: { attempt: job.attemptsStarted ?? 1, resume: false, storedArtifact: true },
+        });
+        await events.flush();
+        const done = await completeWith(earlier.result, earlier.trainedTokens, {});
+        await rm(outputDir, { recursive: true, force: true }).catch(() => {});
+        return done;
+      }
       // A re-run of this job (a worker died or handed it back) resumes from its last checkpoint, if any;
       // a first run starts from an empty directory.
       const resume = (job.attemptsStarted ?? 1) > 1 && (await hasCheckpoint(outputDir));
@@ -244,11 +334,23 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       events.endTraining();
       reporter.startStage('upload');
       events.emit({ type: 'stage.started', message: 'upload started', data: { stage: 'upload', storage: deps.storage.kind } });
+      // a run that lost its lock while training may have stored this job's artifact meanwhile: keep that one
+      const racer = await storedResult();
+      if (racer) {
+        log.info('another run of this job stored its artifact meanwhile: completing with it (not uploading again)');
+        reporter.endStage();
+        await reporter.flush();
+        await events.flush();
+        await rm(outputDir, { recursive: true, force: true }).catch(() => {});
+        return await completeWith(racer.result, racer.trainedTokens, lastTps);
+      }
       if (valid.config.keep_checkpoints !== true && (await dropCheckpoints(trained.artifactDir))) {
         log.info('intermediate checkpoints left out of the artifact (keep_checkpoints is not true)');
       }
       let uploaded;
+      let manifestSha256: string;
       try {
+        manifestSha256 = await sha256File(join(trained.artifactDir, MANIFEST_NAME));
         uploaded = await deps.storage.putArtifact(trained.artifactDir, communityId, jobId);
       } catch (err) {
         const e = err as { code?: string; message: string };
@@ -259,6 +361,36 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       }
       reporter.endStage();
       await reporter.flush();
+      const metrics = {
+        sft: { ...reporter.state.metrics.sft, ...trained.metrics.sft },
+        dpo: { ...reporter.state.metrics.dpo, ...trained.metrics.dpo },
+      };
+      const durations = spanSeconds(reporter.state.stages);
+      const result: FinetuneResult = { artifact: uploaded, metrics, stages: reporter.state.stages, durations };
+      for (const s of ['sft', 'dpo'] as const) {
+        const t = tokensPerSecond(metrics[s]);
+        if (t !== undefined) lastTps[s] = t;
+      }
+      const trainedTokens = reporter.state.trainedTokens ?? 0;
+      // record the stored artifact first: a run after a lost lock completes with it instead of training again
+      await writeArtifactRecord(
+        deps.redis,
+        deps.prefix,
+        {
+          v: 1,
+          jobId,
+          communityId,
+          manifestSha256,
+          uri: uploaded.uri,
+          metrics,
+          stages: reporter.state.stages,
+          durations,
+          trainedTokens,
+          recordedAt: new Date().toISOString(),
+        },
+        retention,
+      ).catch((err: Error) => log.warn({ err: err.message }, 'could not record the stored artifact in Redis'));
+      deps.afterArtifactStored?.();
       const bytes = uploaded.files.reduce((a, f) => a + f.size, 0);
       events.emit({
         type: 'upload.completed',
@@ -270,22 +402,8 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       // themselves (firebase: FIREBASE_DELETE_LOCAL).
       const storedPath = deps.storage instanceof LocalStorage ? deps.storage.artifactDir(communityId, jobId) : null;
       if (deps.storage.kind === 'local' && storedPath !== outputDir) await rm(outputDir, { recursive: true, force: true });
-      const metrics = {
-        sft: { ...reporter.state.metrics.sft, ...trained.metrics.sft },
-        dpo: { ...reporter.state.metrics.dpo, ...trained.metrics.dpo },
-      };
-      const durations = spanSeconds(reporter.state.stages);
-      const result: FinetuneResult = { artifact: uploaded, metrics, stages: reporter.state.stages, durations };
-      for (const s of ['sft', 'dpo'] as const) {
-        const t = tokensPerSecond(metrics[s]);
-        if (t !== undefined) lastTps[s] = t;
-      }
-      await recordJobOutcome(deps.redis, deps.prefix, { durations, tokensPerSecond: lastTps, failureCode: null }).catch(() => {});
-      log.info({ uri: uploaded.uri, files: uploaded.files.length, durations }, 'finetune job completed');
-      events.emit({ type: 'job.succeeded', message: 'the job completed', data: { durations, trainedTokens: reporter.state.trainedTokens ?? 0, metrics } });
       await events.flush();
-      await outcome('job.succeeded', 'completed', { artifact: { uri: uploaded.uri, files: uploaded.files.length }, metrics });
-      return result;
+      return await completeWith(result, trainedTokens, lastTps);
     } catch (err) {
       if (err instanceof WaitingError) throw err;
       reporter.endStage();
@@ -293,22 +411,25 @@ export function createFinetuneProcessor(deps: ProcessorDeps) {
       const raw = err instanceof JobFailure ? err : new JobFailure(FailureCodes.training, (err as Error).message ?? String(err));
       // the message reaches clients (GET /jobs): no server path in it
       const failure = new JobFailure(raw.code, redactPaths(raw.message.slice(raw.code.length + 2), [deps.workDir, storageRoot(deps.storage)]));
-      await recordJobOutcome(deps.redis, deps.prefix, {
-        durations: spanSeconds(reporter.state.stages),
-        tokensPerSecond: lastTps,
-        failureCode: failure.code,
-      }).catch(() => {});
       log.warn({ code: failure.code }, `finetune job failed: ${failure.message}`);
       const message = failure.message.replace(/^[A-Z][A-Z0-9_]{2,63}: /, '');
       events.scan();
-      if (failure.code === FailureCodes.cancelled) {
-        events.emit({ type: 'job.cancelled', level: 'warn', message, data: { code: failure.code } });
-      } else {
-        events.emit({ type: 'job.failed', level: 'error', message, data: { code: failure.code, stage: reporter.state.stage } });
-      }
       await events.flush();
       const cancelled = failure.code === FailureCodes.cancelled;
-      await outcome(cancelled ? 'job.cancelled' : 'job.failed', cancelled ? 'cancelled' : 'failed', { error: { code: failure.code, message } });
+      const first = await recordFinal(
+        { outcome: cancelled ? 'cancelled' : 'failed', code: failure.code, message },
+        cancelled
+          ? { type: 'job.cancelled', level: 'warn', message, data: { code: failure.code } }
+          : { type: 'job.failed', level: 'error', message, data: { code: failure.code, stage: reporter.state.stage } },
+      );
+      if (first) {
+        await recordJobOutcome(deps.redis, deps.prefix, {
+          durations: spanSeconds(reporter.state.stages),
+          tokensPerSecond: lastTps,
+          failureCode: failure.code,
+        }).catch(() => {});
+        await outcome(cancelled ? 'job.cancelled' : 'job.failed', cancelled ? 'cancelled' : 'failed', { error: { code: failure.code, message } });
+      }
       if (failure.code === FailureCodes.cancelled) await rm(outputDir, { recursive: true, force: true }).catch(() => {});
       throw failure;
     } finally {

@@ -68,6 +68,7 @@ const storage: Storage = {
     }
     return local.putArtifact(localDir, communityId, jobId);
   },
+  verifyArtifact: (communityId, jobId, sha) => local.verifyArtifact(communityId, jobId, sha),
 };
 
 async function runJob(communityId: string, fake: string): Promise<JobStatus> {
