@@ -117,6 +117,13 @@ function encodeEvent(e: NewJobEvent): string {
   );
 }
 
+/** KEYS: stream; ARGV: event body, MAXLEN, stream TTL. */
+const APPEND = `
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return id
+`;
+
 /** KEYS: marker, stream; ARGV: marker value, marker TTL, event body, MAXLEN, stream TTL. */
 const APPEND_ONCE = `
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
@@ -150,12 +157,18 @@ export class JobEventLog {
    * @throws the Redis error when Redis is unreachable.
    */
   async append(jobId: string, e: NewJobEvent): Promise<string> {
-    const key = eventsKey(this.prefix, jobId);
-    const body = encodeEvent(e);
-    const res = await this.redis.multi().xadd(key, 'MAXLEN', '~', String(this.maxLen), '*', 'e', body).expire(key, this.ttl).exec();
-    const err = res?.find(([e]) => e)?.[0];
-    if (err) throw err;
-    return res![0]![1] as string;
+    // one command (XADD + EXPIRE in a Lua script), not a MULTI: see JobIndex.add for why
+    const r = this.redis as unknown as Redis & { dpoAppendEvent?: (...a: Array<string | number>) => Promise<string> };
+    if (typeof r.dpoAppendEvent !== 'function') this.redis.defineCommand('dpoAppendEvent', { numberOfKeys: 1, lua: APPEND });
+    return r.dpoAppendEvent!(eventsKey(this.prefix, jobId), encodeEvent(e), this.maxLen, this.ttl);
+  }
+
+  /**
+   * What an append of `e` to `jobId`'s log writes, for a script that appends it together with other writes
+   * (JobIndex.addWithEvent): the stream key, the stored body, the MAXLEN cap and the stream TTL (seconds).
+   */
+  appendArgs(jobId: string, e: NewJobEvent): { key: string; body: string; maxLen: number; ttlSeconds: number } {
+    return { key: eventsKey(this.prefix, jobId), body: encodeEvent(e), maxLen: this.maxLen, ttlSeconds: this.ttl };
   }
 
   /**

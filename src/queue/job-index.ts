@@ -8,6 +8,7 @@
  * descending (Redis' reverse order for equal scores), so pages never repeat or skip a job.
  */
 import type { Redis } from 'ioredis';
+import type { JobEventLog, NewJobEvent } from './events.js';
 import { QueueNames } from './types.js';
 
 /** A `after` cursor that does not decode: the message says to pass back `nextCursor` unchanged. */
@@ -45,6 +46,26 @@ function before(a: Entry, b: Entry): boolean {
   return a.score > b.score || (a.score === b.score && a.id > b.id);
 }
 
+/** KEYS: the all-jobs index, the community's index; ARGV: score (ms), job id, exclusive cutoff `(<ms>`. */
+const INDEX_ADD = `
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+return 1
+`;
+
+/** INDEX_ADD, then XADD + EXPIRE of the event (KEYS[3] the stream; ARGV[4..6] body, MAXLEN, TTL). */
+const INDEX_ADD_EVENT = `
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return id
+`;
+
 export class JobIndex {
   constructor(
     private readonly redis: Redis,
@@ -52,18 +73,40 @@ export class JobIndex {
     private readonly retentionSeconds: number,
   ) {}
 
-  /** Record a new job (idempotent). */
+  /**
+   * Record a new job (idempotent) and trim entries older than the retention, atomically in one command (a Lua
+   * script sent as EVALSHA). Not a MULTI: ioredis builds a MULTI as a Pipeline that copies every script defined on
+   * the connection (BullMQ defines dozens on the API's), which cost more CPU than the commands themselves.
+   * @throws the Redis error.
+   */
   async add(jobId: string, communityId: string, createdAtMs: number): Promise<void> {
     const cutoff = Date.now() - this.retentionSeconds * 1000;
-    const all = indexKey(this.prefix);
-    const own = indexKey(this.prefix, communityId);
-    await this.redis
-      .multi()
-      .zadd(all, createdAtMs, jobId)
-      .zadd(own, createdAtMs, jobId)
-      .zremrangebyscore(all, '-inf', `(${cutoff}`)
-      .zremrangebyscore(own, '-inf', `(${cutoff}`)
-      .exec();
+    const r = this.redis as unknown as Redis & { dpoIndexAdd?: (...a: Array<string | number>) => Promise<number> };
+    if (typeof r.dpoIndexAdd !== 'function') this.redis.defineCommand('dpoIndexAdd', { numberOfKeys: 2, lua: INDEX_ADD });
+    await r.dpoIndexAdd!(indexKey(this.prefix), indexKey(this.prefix, communityId), createdAtMs, jobId, `(${cutoff}`);
+  }
+
+  /**
+   * {@link add}, and append the job's first event `e` to its log, in one command (one Redis round trip and one
+   * socket write for what the trigger records after creating a job).
+   * @returns the event's stream id. @throws the Redis error.
+   */
+  async addWithEvent(jobId: string, communityId: string, createdAtMs: number, log: JobEventLog, e: NewJobEvent): Promise<string> {
+    const cutoff = Date.now() - this.retentionSeconds * 1000;
+    const ev = log.appendArgs(jobId, e);
+    const r = this.redis as unknown as Redis & { dpoIndexAddEvent?: (...a: Array<string | number>) => Promise<string> };
+    if (typeof r.dpoIndexAddEvent !== 'function') this.redis.defineCommand('dpoIndexAddEvent', { numberOfKeys: 3, lua: INDEX_ADD_EVENT });
+    return r.dpoIndexAddEvent!(
+      indexKey(this.prefix),
+      indexKey(this.prefix, communityId),
+      ev.key,
+      createdAtMs,
+      jobId,
+      `(${cutoff}`,
+      ev.body,
+      ev.maxLen,
+      ev.ttlSeconds,
+    );
   }
 
   /** Drop a job from the index (its data expired). */

@@ -150,6 +150,48 @@ export class LocalStorage implements Storage, ObjectStorage {
     }
   }
 
+  /**
+   * Store `entries` unless the first key exists: the existence check and the writes of every entry to its
+   * temporary name run at once, then the temporary files are renamed into place in order (so entry i is visible
+   * only after 0..i-1). About half the sequential file-system round trips of hasObject + putObject each.
+   * @returns false (and nothing stored, the temporary files removed) when the first key existed.
+   * @throws StorageError STORAGE_UPLOAD_FAILED, INVALID_OBJECT_KEY
+   */
+  async putObjectsIfAbsent(entries: Array<{ key: string; data: Buffer | string }>): Promise<boolean> {
+    const targets = entries.map((e) => this.objectPath(e.key));
+    if (targets.length === 0) return false;
+    const tmps = targets.map((t) => `${t}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      for (const dir of new Set(targets.map((t) => dirname(t)))) {
+        if (!this.madeDirs.has(dir)) {
+          await mkdir(dir, { recursive: true });
+          this.madeDirs.add(dir);
+        }
+      }
+      const write = async (tmp: string, data: Buffer | string): Promise<void> => {
+        try {
+          await writeFile(tmp, data);
+        } catch (err) {
+          // the directory was removed since: make it again, once
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+          await mkdir(dirname(tmp), { recursive: true });
+          await writeFile(tmp, data);
+        }
+      };
+      const [present] = await Promise.all([exists(targets[0]!), ...entries.map((e, i) => write(tmps[i]!, e.data))]);
+      if (present) {
+        await Promise.all(tmps.map((t) => rm(t, { force: true })));
+        return false;
+      }
+      for (let i = 0; i < targets.length; i++) await rename(tmps[i]!, targets[i]!);
+      return true;
+    } catch (err) {
+      await Promise.all(tmps.map((t) => rm(t, { force: true }).catch(() => {})));
+      const key = entries[0]!.key;
+      throw new StorageError('STORAGE_UPLOAD_FAILED', `could not store object ${key}: ${(err as NodeJS.ErrnoException).code ?? 'write failed'}`);
+    }
+  }
+
   async putObjectFile(key: string, localPath: string): Promise<void> {
     const target = this.objectPath(key);
     const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;

@@ -56,6 +56,14 @@ export interface ObjectStorage {
   hasObject(key: string): Promise<boolean>;
   /** Delete `key`; false when it did not exist. */
   deleteObject(key: string): Promise<boolean>;
+  /**
+   * Optional: store `entries` only when the first entry's key does not exist yet, each becoming visible only
+   * after the ones before it (a reader that sees entry i sees entries 0..i-1). Callers without it do
+   * `hasObject` then `putObject` in order.
+   * @returns false when the first key existed (nothing written).
+   * @throws StorageError STORAGE_UPLOAD_FAILED, INVALID_OBJECT_KEY
+   */
+  putObjectsIfAbsent?(entries: Array<{ key: string; data: Buffer | string }>): Promise<boolean>;
 }
 
 const OBJECT_KEY = /^[A-Za-z0-9_.-]{1,128}(\/[A-Za-z0-9_.-]{1,128}){0,7}$/;

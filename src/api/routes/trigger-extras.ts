@@ -73,22 +73,19 @@ export async function recordQueued(
   deps: { queue: FinetuneQueueService; index: JobIndex; events: JobEventLog },
   job: { jobId: string; communityId: string; createdAt: string; rows: number | null; fields: JobRequestFields },
 ): Promise<void> {
-  // both in flight at once: one round trip's wait, not two
-  await Promise.all([
-    deps.index.add(job.jobId, job.communityId, Date.parse(job.createdAt)),
-    deps.events.append(job.jobId, {
-      type: 'job.queued',
-      message: 'queued',
-      data: {
-        communityId: job.communityId,
-        rows: job.rows,
-        method: job.fields.method ?? 'sft+dpo',
-        ...(job.fields.suffix ? { suffix: job.fields.suffix } : {}),
-        ...(job.fields.datasetId ? { datasetId: job.fields.datasetId } : {}),
-        callback: job.fields.callbackUrl ? new URL(job.fields.callbackUrl).host : null,
-      },
-    }),
-  ]);
+  // the index entry and the first event in one script: one round trip and one socket write
+  await deps.index.addWithEvent(job.jobId, job.communityId, Date.parse(job.createdAt), deps.events, {
+    type: 'job.queued',
+    message: 'queued',
+    data: {
+      communityId: job.communityId,
+      rows: job.rows,
+      method: job.fields.method ?? 'sft+dpo',
+      ...(job.fields.suffix ? { suffix: job.fields.suffix } : {}),
+      ...(job.fields.datasetId ? { datasetId: job.fields.datasetId } : {}),
+      callback: job.fields.callbackUrl ? new URL(job.fields.callbackUrl).host : null,
+    },
+  });
 }
 
 /**
