@@ -29,7 +29,7 @@ import { CRC32C } from '@google-cloud/storage';
 import { contentType as mimeContentType, lookup as mimeLookup } from 'mime-types';
 import pRetry, { AbortError } from 'p-retry';
 import { pino, type Logger } from 'pino';
-import { MANIFEST_NAME, parseManifest, readManifest, type Manifest } from './manifest.js';
+import { MANIFEST_NAME, manifestIfDigest, readManifest, type Manifest } from './manifest.js';
 import { StorageError } from './errors.js';
 import { checkObjectKey, type ObjectStorage, type Storage, type StoredFile, type UploadResult } from './storage.js';
 
@@ -372,13 +372,8 @@ export class FirebaseStorage implements Storage, ObjectStorage {
       if ((err as { code?: number }).code === 404) return null;
       throw err;
     }
-    if (createHash('sha256').update(bytes).digest('hex') !== manifestSha256) return null;
-    let manifest: Manifest;
-    try {
-      manifest = parseManifest(bytes.toString('utf8'));
-    } catch {
-      return null;
-    }
+    const manifest = manifestIfDigest(bytes, manifestSha256);
+    if (!manifest) return null;
     let ok = true;
     await this.pool(manifest.files, async (f) => {
       if (!ok) return;

@@ -6,8 +6,8 @@
  */
 import { cp, mkdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
-import { createHash, randomBytes } from 'node:crypto';
-import { MANIFEST_NAME, type Manifest, parseManifest, readManifest, verifyManifest } from './manifest.js';
+import { randomBytes } from 'node:crypto';
+import { MANIFEST_NAME, type Manifest, manifestIfDigest, readManifest, verifyManifest } from './manifest.js';
 import { StorageError } from './errors.js';
 import { checkObjectKey, type ObjectStorage, type Storage, type UploadResult } from './storage.js';
 
@@ -65,7 +65,7 @@ export class LocalStorage implements Storage, ObjectStorage {
     const target = this.artifactDir(communityId, jobId);
     const uri = `${communityId}/${jobId}`;
     const source = resolve(localDir);
-    let manifest;
+    let manifest: Manifest;
     try {
       manifest = await readManifest(source);
     } catch {
@@ -110,13 +110,8 @@ export class LocalStorage implements Storage, ObjectStorage {
     } catch {
       return null;
     }
-    if (createHash('sha256').update(bytes).digest('hex') !== manifestSha256) return null;
-    let manifest: Manifest;
-    try {
-      manifest = parseManifest(bytes.toString('utf8'));
-    } catch {
-      return null;
-    }
+    const manifest = manifestIfDigest(bytes, manifestSha256);
+    if (!manifest) return null;
     if ((await verifyManifest(target, manifest)).length > 0) return null;
     return { uri: `${communityId}/${jobId}`, files: manifest.files };
   }

@@ -51,6 +51,19 @@ export async function writeManifest(dir: string): Promise<Manifest> {
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 /**
+ * The manifest stored as `bytes` when they hash (sha256, hex) to `sha256` and parse as a manifest; else null
+ * (a record that no longer matches its artifact, or a damaged file). Used to verify a recorded artifact.
+ */
+export function manifestIfDigest(bytes: Buffer, sha256: string): Manifest | null {
+  if (createHash('sha256').update(bytes).digest('hex') !== sha256) return null;
+  try {
+    return parseManifest(bytes.toString('utf8'));
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Parse manifest.json text read from somewhere not trusted (storage read back, another process): `files` must be
  * an array of `{path, size, sha256}` with relative '/'-separated paths (no empty, `.` or `..` segment, no
  * backslash), integer sizes >= 0 and lowercase hex sha256, each path once.
