@@ -198,37 +198,66 @@ function runTrl(row: Row, dir: string, a: Args): { median: number; min: number; 
   return { ...stats(d.steps.slice(1)), peakRssMb: d.peak_rss_mb };
 }
 
-interface Args {
+/** The row selection and step counts both row benchmarks take (this one and bench/webhook-models.ts). */
+export interface RowArgs {
   rows: string[];
   sftSteps: number;
   dpoSteps: number;
   pairs: number;
   maxLength: number;
+}
+
+/**
+ * `--rows a,b --sft-steps N --dpo-steps N --pairs N --max-length N` over `defaults`, plus the value-less
+ * `flags` a script adds (each a callback).
+ * @throws Error naming an unknown argument (and `script`), a value that is not a positive integer, or an unknown row
+ */
+export function parseRowArgs(argv: string[], defaults: RowArgs, flags: Record<string, () => void> = {}, script = 'bench/models.ts'): RowArgs {
+  const a: RowArgs = { ...defaults, rows: [...defaults.rows] };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]!;
+    const int = (): number => {
+      const x = argv[++i];
+      const n = Number(x);
+      if (x === undefined || !Number.isInteger(n) || n < 1) throw new Error(`${k} needs a positive integer`);
+      return n;
+    };
+    if (k === '--rows') {
+      const x = argv[++i];
+      if (x === undefined) throw new Error('--rows needs a value');
+      a.rows = x.split(',');
+    } else if (k === '--sft-steps') a.sftSteps = int();
+    else if (k === '--dpo-steps') a.dpoSteps = int();
+    else if (k === '--pairs') a.pairs = int();
+    else if (k === '--max-length') a.maxLength = int();
+    else if (Object.hasOwn(flags, k)) flags[k]!();
+    else throw new Error(`unknown argument ${k}; see ${script}`);
+  }
+  for (const r of a.rows) if (!ROWS.some((x) => x.name === r)) throw new Error(`--rows: unknown row ${r}; rows: ${ROWS.map((x) => x.name).join(', ')}`);
+  return a;
+}
+
+interface Args extends RowArgs {
   trl: boolean;
   json: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { rows: ROWS.map((r) => r.name), sftSteps: 1, dpoSteps: 3, pairs: 4, maxLength: 512, trl: true, json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    if (k === '--rows') a.rows = v().split(',');
-    else if (k === '--sft-steps') a.sftSteps = Number(v());
-    else if (k === '--dpo-steps') a.dpoSteps = Number(v());
-    else if (k === '--pairs') a.pairs = Number(v());
-    else if (k === '--max-length') a.maxLength = Number(v());
-    else if (k === '--no-trl') a.trl = false;
-    else if (k === '--json') a.json = true;
-    else throw new Error(`unknown argument ${k}; see bench/models.ts`);
-  }
-  for (const r of a.rows) if (!ROWS.some((x) => x.name === r)) throw new Error(`--rows: unknown row ${r}; rows: ${ROWS.map((x) => x.name).join(', ')}`);
-  if (a.dpoSteps < 2) throw new Error('--dpo-steps must be >= 2 (the first step is a warm-up)');
-  return a;
+  const extra = { trl: true, json: false };
+  const rows = parseRowArgs(
+    argv,
+    { rows: ROWS.map((r) => r.name), sftSteps: 1, dpoSteps: 3, pairs: 4, maxLength: 512 },
+    {
+      '--no-trl': () => {
+        extra.trl = false;
+      },
+      '--json': () => {
+        extra.json = true;
+      },
+    },
+  );
+  if (rows.dpoSteps < 2) throw new Error('--dpo-steps must be >= 2 (the first step is a warm-up)');
+  return { ...rows, ...extra };
 }
 
 function main(): void {

@@ -33,39 +33,12 @@ import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseOverride } from '../src/config/index.js';
 import { loadPreferenceExamples } from '../src/training/data/index.js';
-import { buildCheckpoint, ROWS, type Row, root, shared } from './models.js';
+import { buildCheckpoint, parseRowArgs, ROWS, type Row, type RowArgs, root, shared } from './models.js';
 
-interface Args {
-  rows: string[];
-  sftSteps: number;
-  dpoSteps: number;
-  pairs: number;
-  maxLength: number;
-}
+type Args = RowArgs;
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { rows: ROWS.map((r) => r.name), sftSteps: 1, dpoSteps: 2, pairs: 4, maxLength: 512 };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    const int = (): number => {
-      const n = Number(v());
-      if (!Number.isInteger(n) || n < 1) throw new Error(`${k} must be a positive integer`);
-      return n;
-    };
-    if (k === '--rows') a.rows = v().split(',');
-    else if (k === '--sft-steps') a.sftSteps = int();
-    else if (k === '--dpo-steps') a.dpoSteps = int();
-    else if (k === '--pairs') a.pairs = int();
-    else if (k === '--max-length') a.maxLength = int();
-    else throw new Error(`unknown argument ${k}; see bench/webhook-models.ts`);
-  }
-  for (const r of a.rows) if (!ROWS.some((x) => x.name === r)) throw new Error(`--rows: unknown row ${r}; rows: ${ROWS.map((x) => x.name).join(', ')}`);
-  return a;
+  return parseRowArgs(argv, { rows: ROWS.map((r) => r.name), sftSteps: 1, dpoSteps: 2, pairs: 4, maxLength: 512 }, {}, 'bench/webhook-models.ts');
 }
 
 type Obj = Record<string, unknown>;
