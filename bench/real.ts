@@ -12,6 +12,7 @@
  * checkpoints of that shape with the GPT-2 tokenizer (../shared/tokenizers/gpt2), written once to $TMPDIR.
  */
 import { spawnSync } from 'node:child_process';
+import * as tf from '@tensorflow/tfjs-core';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { join, resolve } from 'node:path';
@@ -196,7 +197,17 @@ async function runChild(layout: BatchLayout): Promise<void> {
     const rows = [...nativeProfile()].sort((x, y) => y[1].ms - x[1].ms);
     const total = rows.reduce((sum, [, e]) => sum + e.ms, 0);
     process.stderr.write(`epoch ${(epoch * 1000).toFixed(0)} ms; native ${total.toFixed(0)} ms\n`);
-    for (const [k, e] of rows.slice(0, 25)) process.stderr.write(`${e.ms.toFixed(0).padStart(8)} ms ${String(e.calls).padStart(6)} calls  ${k}\n`);
+    const groups = new Map<string, { ms: number; calls: number }>();
+    for (const [k, e] of rows) {
+      const g = groups.get(k.split(' ')[0]!) ?? { ms: 0, calls: 0 };
+      groups.set(k.split(' ')[0]!, { ms: g.ms + e.ms, calls: g.calls + e.calls });
+    }
+    const byGroup = [...groups].sort((x, y) => y[1].ms - x[1].ms);
+    const backend = tf.backend() as { pool?: { stats(): unknown } };
+    if (backend.pool) process.stderr.write(`buffer pool: ${JSON.stringify(backend.pool.stats())}\n`);
+    process.stderr.write(`by function: ${byGroup.map(([k, e]) => `${k} ${e.ms.toFixed(0)} ms/${e.calls}`).join(', ')}\n`);
+    for (const [k, e] of rows.slice(0, Number(process.env.BENCH_PROFILE_ROWS ?? 25)))
+      process.stderr.write(`${e.ms.toFixed(0).padStart(8)} ms ${String(e.calls).padStart(6)} calls  ${k}\n`);
   }
   const sorted = steps.slice(1).sort((a, b) => a - b);
   console.log(
