@@ -140,3 +140,71 @@ test('the shared-prompt mask: rejected sees prompt + rejected, never chosen', ()
   // the first rejected label is scored by the prompt's last token
   assert.deepEqual(Array.from(b.predRows), [1, 2, 1, 4]);
 });
+
+/** A random valid segment mask: for each query row i, 0 <= a <= b <= c <= i (some rows with b = c, one range). */
+function randomSegments(T: number, seed: number): Int32Array {
+  let s = seed >>> 0;
+  const next = (n: number): number => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s % (n + 1);
+  };
+  const m = new Int32Array(3 * T);
+  for (let i = 0; i < T; i++) {
+    const c = next(i);
+    const b = i % 5 === 0 ? c : next(c);
+    m[i] = next(b);
+    m[T + i] = b;
+    m[2 * T + i] = c;
+  }
+  return m;
+}
+
+test('long packed segments (key vectors seen whole, and cut by the mask), random masks, head dims 8 and 64, threaded', async () => {
+  await initBackend('auto');
+  const batches = [
+    { name: 'shared_prompt long, 1-token answers', batch: packSharedPrompt([pair(70, 1, 45), pair(33, 40, 1), pair(1, 1, 1), pair(24, 17, 9)]) },
+    {
+      name: 'padding_free long',
+      batch: packSequences([100, 1, 64, 9, 57].map((n) => ({ prompt: toks(Math.ceil(n / 2), 1), completion: toks(Math.floor(n / 2), 50) }))),
+    },
+  ];
+  for (const { name, batch } of batches) {
+    for (const [H, KV, hd] of [
+      [8, 4, 8],
+      [4, 2, 64],
+    ] as const) {
+      const N = batch.seqLen;
+      const dims = { B: 1, T: N, H, KV, hd };
+      const rope = ropeAt(batch.positionIds, hd);
+      const segments = { mask: batch.segments };
+      checkOp(
+        `${name} (T ${N}) H${H} KV${KV} hd${hd}`,
+        (q, k, v) => selfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope, undefined, segments),
+        (q, k, v) => maskedSelfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope, undefined, segments),
+        [randn([N, H * hd]), randn([N, KV * hd]), randn([N, KV * hd])],
+        2e-5,
+      );
+      rope.cos.dispose();
+      rope.sin.dispose();
+    }
+  }
+  for (const [T, hd, seed] of [
+    [61, 8, 7],
+    [150, 8, 8],
+    [97, 64, 9],
+  ] as const) {
+    const dims = { B: 1, T, H: 2, KV: 1, hd };
+    const segments = { mask: randomSegments(T, seed) };
+    const pos = Int32Array.from({ length: T }, (_, i) => i);
+    const rope = ropeAt(pos, hd);
+    checkOp(
+      `random mask T${T} hd${hd}`,
+      (q, k, v) => selfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope, undefined, segments),
+      (q, k, v) => maskedSelfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope, undefined, segments),
+      [randn([T, 2 * hd]), randn([T, hd]), randn([T, hd])],
+      2e-5,
+    );
+    rope.cos.dispose();
+    rope.sin.dispose();
+  }
+});

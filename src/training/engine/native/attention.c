@@ -21,7 +21,9 @@
  * keys in vectors of AW (the machine's vector width): a block's scores are an [8, AW] tile of 8 accumulators
  * (each key load feeds 8 multiply-adds), its outputs [8, AW] tiles over the head dimension, and dK, dV get a
  * rank-8 update per key vector (one load and store per 8 multiply-adds, where query-at-a-time loops did one
- * per multiply-add). Key vectors no query of the block sees (causal or segment mask) are skipped. The task's
+ * per multiply-add). Key vectors no query of the block sees (causal or segment mask) are skipped, and the mask
+ * is applied only to the few vectors some query of the block sees in part (a block's diagonal vector, segment
+ * edges); every other vector is visible whole, with no per-lane test. The task's
  * keys and values are held transposed ([hd, Tp]) and row-major ([Tp, hdp]) in its own zero-padded buffers.
  */
 #include "common.h"
@@ -84,15 +86,51 @@ typedef struct {
 /* lanes j0 .. j0 + AW - 1 that query q of the block sees */
 static inline vai visible_lanes(const qblock_t *blk, int q, int j0) {
   vai j, z = {0};
-  for (int l = 0; l < AW; l++) j[l] = j0 + l;
+  for (int l = 0; l < AW; l++) j[l] = l; /* a constant: j0 is added as a vector (per lane it was AW inserts) */
+  j += j0;
   return (j <= z + blk->i[q]) & ((j >= z + blk->kc[q]) | ((j >= z + blk->ka[q]) & (j < z + blk->kb[q])));
 }
 
 /*
- * Fills the block of queries i0 .. i0 + n - 1 of sequence b and lists in vl the key vectors (AW keys each)
- * that any of them sees, in increasing order; returns how many. Without a segment mask the keys are 0 .. i.
+ * e^x for the softmax of the attention (x = score - row max or - row log-sum-exp, so x <= 0 up to rounding on
+ * every visible lane): va_exp's polynomial, with the round-to-nearest of x log2(e) by the 1.5 * 2^23 shifter
+ * (its low bits are the integer, so no conversions) and, instead of clamping, exactly 0 wherever x < -87.3
+ * (masked scores, -3e38, and underflow); lanes above 88 are not clamped (never visible ones).
  */
-static int block_setup(const attn_t *a, int b, int i0, qblock_t *blk, int *vl) {
+static inline va att_exp(va x) {
+  const vai keep = x > ((va){0} - 87.3f);
+  const va shifter = (va){0} + 12582912.0f; /* 1.5 * 2^23 */
+  const va tk = x * 1.44269504088896341f + shifter;
+  const va kf = tk - shifter;
+  const va r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
+  va p = (va){0} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  vai bits;
+  memcpy(&bits, &tk, sizeof bits);
+  bits = (bits + 127) << 23; /* tk's bits are those of 1.5 * 2^23 plus k; the shift drops all but k + 127 */
+  va scale;
+  memcpy(&scale, &bits, sizeof scale);
+  const va e = p * scale;
+  vai eb;
+  memcpy(&eb, &e, sizeof eb);
+  eb &= keep;
+  va out;
+  memcpy(&out, &eb, sizeof out);
+  return out;
+}
+
+/*
+ * Fills the block of queries i0 .. i0 + n - 1 of sequence b and lists in vl the key vectors (AW keys each)
+ * that any of them sees, in increasing order; returns how many. part[t] is 1 when some lane of vector vl[t]
+ * is hidden from some query of the block (the mask is applied there), 0 when all n queries see all AW keys
+ * (no mask: most vectors of a long sequence). Without a segment mask the keys are 0 .. i.
+ */
+static int block_setup(const attn_t *a, int b, int i0, qblock_t *blk, int *vl, unsigned char *part) {
   const int T = a->T, n = T - i0 < QB ? T - i0 : QB;
   int lo = i0;
   blk->n = n;
@@ -117,11 +155,16 @@ static int block_setup(const attn_t *a, int b, int i0, qblock_t *blk, int *vl) {
   int nv = 0;
   for (int v = lo / AW; v <= (i0 + n - 1) / AW; v++) {
     const int j0 = v * AW, j1 = j0 + AW - 1;
+    int seen = 0, all = 1;
     for (int q = 0; q < n; q++) {
-      if ((j0 <= blk->i[q] && j1 >= blk->kc[q]) || (blk->ka[q] < blk->kb[q] && j0 < blk->kb[q] && j1 >= blk->ka[q])) {
-        vl[nv++] = v;
-        break;
-      }
+      const int i = blk->i[q], ka = blk->ka[q], kb = blk->kb[q], kc = blk->kc[q];
+      seen |= (j0 <= i && j1 >= kc) || (ka < kb && j0 < kb && j1 >= ka);
+      /* every lane in [kc, i], in [ka, kb), or in their union when it is one range (kb >= kc) */
+      all &= (j0 >= kc && j1 <= i) || (j0 >= ka && j1 < kb) || (ka < kb && kb >= kc && j0 >= ka && j1 <= i);
+    }
+    if (seen) {
+      part[nv] = (unsigned char)!all;
+      vl[nv++] = v;
     }
   }
   return nv;
@@ -221,13 +264,15 @@ static void attn_fwd_task(void *ctx, int task) {
   const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV;
   const int b = task / KV, g = task % KV, ldq = H * hd;
   const size_t nKT = (size_t)hd * Tp, nV = (size_t)Tp * hdp, nP = (size_t)QB * Tp, nX = vround((size_t)QB * hd), nA = (size_t)QB * hdp;
-  float *buf = scratch(SCRATCH_ATTENTION, (nKT + nV + nP + nX + nA + Tp / AW + 1) * sizeof(float));
+  const size_t nVl = Tp / AW + 1;
+  float *buf = scratch(SCRATCH_ATTENTION, (nKT + nV + nP + nX + nA + 2 * nVl) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
   }
   float *KrT = buf, *Vrow = KrT + nKT, *P = Vrow + nV, *qx = P + nP, *acc = qx + nX;
   int *vl = (int *)(acc + nA);
+  unsigned char *part = (unsigned char *)(vl + nVl);
   load_kv(a, b, g, a->K, 1, KrT, NULL, NULL, Vrow);
   const va neg = (va){0} - 3.0e38f;
   float inv[QB];
@@ -235,7 +280,7 @@ static void attn_fwd_task(void *ctx, int task) {
     const int h = g * rep + r;
     for (int i0 = 0; i0 < T; i0 += QB) {
       qblock_t blk;
-      const int nv = block_setup(a, b, i0, &blk, vl);
+      const int nv = block_setup(a, b, i0, &blk, vl, part);
       memset(qx, 0, (size_t)QB * hd * sizeof(float));
       for (int q = 0; q < blk.n; q++) {
         const int i = i0 + q;
@@ -243,9 +288,12 @@ static void attn_fwd_task(void *ctx, int task) {
         rope_row(a->Q + off, a->Qr + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
         memcpy(qx + (size_t)q * hd, a->Qr + off, (size_t)hd * sizeof(float));
       }
+      /* scores, masked (-3e38) only in the vectors some query does not fully see */
       for (int t = 0; t < nv; t++) {
         va s[QB];
         block_dots(qx, hd, KrT + (size_t)vl[t] * AW, Tp, s);
+        if (part[t])
+          for (int q = 0; q < QB; q++) s[q] = va_sel(visible_lanes(&blk, q, vl[t] * AW), s[q], neg);
         for (int q = 0; q < QB; q++) ((va *)(P + (size_t)q * Tp))[vl[t]] = s[q];
       }
       for (int q = 0; q < QB; q++) {
@@ -255,15 +303,11 @@ static void attn_fwd_task(void *ctx, int task) {
           continue;
         }
         va vmax = neg;
-        for (int t = 0; t < nv; t++) {
-          const va x = va_sel(visible_lanes(&blk, q, vl[t] * AW), pq[vl[t]], neg);
-          pq[vl[t]] = x;
-          vmax = va_sel(x > vmax, x, vmax);
-        }
+        for (int t = 0; t < nv; t++) vmax = va_sel(pq[vl[t]] > vmax, pq[vl[t]], vmax);
         const float m = va_hmax(vmax);
         va vs = {0};
         for (int t = 0; t < nv; t++) {
-          const va e = va_sel(visible_lanes(&blk, q, vl[t] * AW), va_exp(pq[vl[t]] - m), (va){0});
+          const va e = att_exp(pq[vl[t]] - m); /* 0 on masked lanes */
           pq[vl[t]] = e;
           vs += e;
         }
@@ -286,7 +330,8 @@ static void attn_bwd_task(void *ctx, int task) {
   const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV;
   const int b = task / KV, g = task % KV, ldq = H * hd, ldk = KV * hd;
   const size_t nKT = (size_t)hd * Tp, nV = (size_t)Tp * hdp, nP = (size_t)QB * Tp, nX = vround((size_t)QB * hd), nA = (size_t)QB * hdp;
-  float *buf = scratch(SCRATCH_ATTENTION, (4 * nKT + nV + 2 * nP + 2 * nX + nA + Tp / AW + 1) * sizeof(float));
+  const size_t nVl = Tp / AW + 1;
+  float *buf = scratch(SCRATCH_ATTENTION, (4 * nKT + nV + 2 * nP + 2 * nX + nA + 2 * nVl) * sizeof(float));
   if (!buf) {
     atomic_store(&a->failed, 1);
     return;
@@ -294,6 +339,7 @@ static void attn_bwd_task(void *ctx, int task) {
   float *KrT = buf, *VT = KrT + nKT, *dKT = VT + nKT, *dVT = dKT + nKT, *Krow = dVT + nKT;
   float *Pb = Krow + nV, *dSb = Pb + nP, *qx = dSb + nP, *gx = qx + nX, *acc = gx + nX;
   int *vl = (int *)(acc + nA);
+  unsigned char *part = (unsigned char *)(vl + nVl);
   load_kv(a, b, g, a->Kr, 0, KrT, VT, Krow, NULL);
   memset(dKT, 0, 2 * nKT * sizeof(float));
   float tmp[hd], Dq[QB], lse[QB];
@@ -301,7 +347,7 @@ static void attn_bwd_task(void *ctx, int task) {
     const int h = g * rep + r;
     for (int i0 = 0; i0 < T; i0 += QB) {
       qblock_t blk;
-      const int nv = block_setup(a, b, i0, &blk, vl);
+      const int nv = block_setup(a, b, i0, &blk, vl, part);
       memset(qx, 0, 2 * nX * sizeof(float)); /* qx and gx */
       for (int q = 0; q < QB; q++) {
         Dq[q] = lse[q] = 0.f;
@@ -320,8 +366,10 @@ static void attn_bwd_task(void *ctx, int task) {
         va s[QB], dp[QB];
         block_dots(qx, hd, KrT + (size_t)v * AW, Tp, s);
         block_dots(gx, hd, VT + (size_t)v * AW, Tp, dp);
+        /* P from the row log-sum-exp (masked only in the vectors some query does not fully see) */
         for (int q = 0; q < QB; q++) {
-          const va p = va_sel(visible_lanes(&blk, q, v * AW), va_exp(s[q] - lse[q]), (va){0});
+          va p = att_exp(s[q] - lse[q]);
+          if (part[t]) p = va_sel(visible_lanes(&blk, q, v * AW), p, (va){0});
           ((va *)(Pb + (size_t)q * Tp))[v] = p;
           ((va *)(dSb + (size_t)q * Tp))[v] = p * (dp[q] - Dq[q]);
         }
