@@ -124,10 +124,12 @@ export class DatasetStore {
   }
 
   /**
-   * Store rows made by prepareDataset (hashed there, not again). One write of the rows and one of the small
-   * `.meta.json`, each to a temporary name renamed into place (no fsync: the object is content-addressed and
-   * every reader checks its sha256, so a write torn by a crash reads as CORRUPT_DATASET, never as other rows).
-   * Storing the same rows twice writes once.
+   * Store rows made by prepareDataset (hashed there, not again): one write of the rows, to a temporary name
+   * renamed into place (no fsync: the object is content-addressed and every reader checks its sha256, so a
+   * write torn by a crash reads as CORRUPT_DATASET, never as other rows). The small `.meta.json` that
+   * {@link info} reads is not written here: info makes it from the rows the first time it is asked (a
+   * webhook's inline rows are rarely looked up by id, and a second file per trigger cost as much as the rows'
+   * own). Storing the same rows twice writes once.
    * @throws DatasetError INVALID_DATASET for a value not made by prepareDataset; StorageError from the backend.
    */
   async putPrepared(communityId: string, p: PreparedDataset): Promise<void> {
@@ -148,21 +150,15 @@ export class DatasetStore {
   private async write(communityId: string, text: string, ref: DatasetRef): Promise<void> {
     const key = this.key(communityId, ref.datasetId);
     if (this.objects.putObjectsIfAbsent) {
-      // the rows, then their meta (visible only after the rows); nothing when the rows are already stored
-      await this.objects.putObjectsIfAbsent([
-        { key, data: text },
-        { key: this.metaKey(communityId, ref.datasetId), data: this.metaJson(ref, Buffer.byteLength(text)) },
-      ]);
+      // nothing when the rows are already stored
+      await this.objects.putObjectsIfAbsent([{ key, data: text }]);
       return;
     }
-    if (!(await this.objects.hasObject(key))) {
-      await this.objects.putObject(key, text);
-      await this.putMeta(communityId, ref, Buffer.byteLength(text));
-    }
+    if (!(await this.objects.hasObject(key))) await this.objects.putObject(key, text);
   }
 
-  private metaJson(ref: DatasetRef, bytes: number): string {
-    return JSON.stringify({ ...ref, bytes, createdAt: new Date().toISOString() });
+  private metaJson(ref: DatasetRef, bytes: number, createdAt = new Date().toISOString()): string {
+    return JSON.stringify({ ...ref, bytes, createdAt });
   }
 
   private metaKey(communityId: string, datasetId: string): string {
@@ -174,14 +170,38 @@ export class DatasetStore {
   }
 
   /**
-   * The reference and size of a stored dataset without reading its rows (a small `.meta.json` beside it).
+   * The reference and size of a stored dataset: from the small `.meta.json` beside the rows (an upload writes
+   * it), or, when there is none yet (rows stored by {@link putPrepared}), from the rows themselves, read and
+   * checked once (sha256, JSON array), after which the meta is written so the next call reads only it.
+   * `createdAt` is when the rows were stored (the backend's object time; now when it has none).
    * @returns null when the community has no such dataset.
+   * @throws DatasetError CORRUPT_DATASET when rows without a meta do not match their id; the backend's error
+   *   when it cannot be read.
    */
   async info(communityId: string, datasetId: string): Promise<(DatasetRef & { bytes: number; createdAt: string }) | null> {
-    const buf = await this.objects.getObject(this.metaKey(communityId, datasetId));
-    if (!buf) return null;
-    const m = JSON.parse(buf.toString('utf8')) as DatasetRef & { bytes: number; createdAt: string };
-    return m.datasetId === datasetId && Number.isInteger(m.rows) ? m : null;
+    const metaKey = this.metaKey(communityId, datasetId);
+    const buf = await this.objects.getObject(metaKey);
+    if (buf) {
+      const m = JSON.parse(buf.toString('utf8')) as DatasetRef & { bytes: number; createdAt: string };
+      return m.datasetId === datasetId && Number.isInteger(m.rows) ? m : null;
+    }
+    const key = this.key(communityId, datasetId);
+    const stored = (await this.objects.statObject?.(key)) ?? null;
+    if (this.objects.statObject && stored === null) return null;
+    let rows: unknown[];
+    try {
+      rows = await this.get(communityId, datasetId);
+    } catch (err) {
+      if (err instanceof DatasetError && err.code === 'UNKNOWN_DATASET') return null;
+      throw err;
+    }
+    const sha256 = datasetId.slice(3);
+    const ref = { datasetId, sha256, rows: rows.length };
+    const bytes = stored?.bytes ?? Buffer.byteLength(canonicalJson(rows));
+    const json = this.metaJson(ref, bytes, stored?.storedAt);
+    // a cache of what the rows say: when it cannot be written, the next call reads the rows again
+    await this.objects.putObject(metaKey, json).catch(() => {});
+    return JSON.parse(json) as DatasetRef & { bytes: number; createdAt: string };
   }
 
   /**

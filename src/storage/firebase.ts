@@ -433,6 +433,16 @@ export class FirebaseStorage implements Storage, ObjectStorage {
     return ok;
   }
 
+  async statObject(key: string): Promise<{ bytes: number; storedAt: string } | null> {
+    try {
+      const [meta] = await this.bucket().file(this.objectName(key)).getMetadata();
+      return { bytes: Number(meta.size ?? 0), storedAt: String(meta.timeCreated ?? new Date().toISOString()) };
+    } catch (err) {
+      if ((err as { code?: number }).code === 404) return null;
+      throw err;
+    }
+  }
+
   async deleteObject(key: string): Promise<boolean> {
     const file = this.bucket().file(this.objectName(key));
     const [ok] = await file.exists();

@@ -57,6 +57,11 @@ export interface ObjectStorage {
   /** Delete `key`; false when it did not exist. */
   deleteObject(key: string): Promise<boolean>;
   /**
+   * Optional: the size (bytes) and the time the object was stored (ISO 8601), without reading it; null when
+   * there is no such object. @throws StorageError INVALID_OBJECT_KEY
+   */
+  statObject?(key: string): Promise<{ bytes: number; storedAt: string } | null>;
+  /**
    * Optional: store `entries` only when the first entry's key does not exist yet, each becoming visible only
    * after the ones before it (a reader that sees entry i sees entries 0..i-1). Callers without it do
    * `hasObject` then `putObject` in order.
