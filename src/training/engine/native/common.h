@@ -143,11 +143,20 @@ static void *scratch(int slot, size_t bytes) {
 /*
  * A persistent pool of worker threads (created on first use, never joined: they live as long as the
  * process). parallel_for(fn, ctx, n, threads) runs fn(ctx, task) for task in [0, n) on the caller plus up
- * to threads - 1 workers; tasks are taken dynamically from an atomic counter, so a busy core does not hold
- * the others back. Workers spin (with pause) for a while after each job before sleeping on a condition
- * variable, so the back-to-back kernels of a training step find them awake: creating and joining threads
- * per call cost 60-300 us in the training process, more than a small product itself.
- * Jobs are serialised (one at a time per process; the engine calls from the JS thread only).
+ * to threads - 1 workers; tasks are claimed one at a time from a shared counter, and the caller returns as
+ * soon as every task has completed: it never waits for a worker to wake up or to arrive (a worker that
+ * comes late finds no task left, and a job nobody joins runs on the caller alone). Tasks must therefore be
+ * independent of each other and of which thread runs them (no barriers between tasks of one job).
+ * Workers spin (with pause) for a while after each job before sleeping on a condition variable, so the
+ * back-to-back kernels of a training step find them awake: creating and joining threads per call cost
+ * 60-300 us in the training process, more than a small product itself. Jobs are serialised (one at a time
+ * per process; the engine calls from the JS thread only).
+ *
+ * The claim counter `next` holds (job id << 32 | next task). A thread reads it, reads that job's slot (fn,
+ * ctx, n, threads: two slots, alternating by job id), and claims the task with a compare-and-swap of the
+ * counter: the swap succeeds only while the counter still belongs to that job, and a job's slot is written
+ * again only two jobs later (after the counter has moved on), so a successful claim always ran against the
+ * right slot. The caller resets `completed` before it publishes a job and waits until it reaches n.
  */
 typedef void (*task_fn)(void *ctx, int task);
 
@@ -161,19 +170,24 @@ static inline double now_us(void) {
   return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
 }
 
+typedef struct {
+  _Atomic(task_fn) fn;
+  _Atomic(void *) ctx;
+  atomic_int n;
+  atomic_int nthreads; /* threads taking part (caller included): worker i joins when i < nthreads */
+} pool_job_t;
+
 static struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  atomic_uint gen;     /* bumped once per job */
-  atomic_int sleeping; /* workers blocked on cv */
-  atomic_int done;     /* participating workers finished with the current job */
-  atomic_int next;     /* next task of the current job */
-  task_fn fn;
-  void *ctx;
-  int n, nthreads;     /* tasks, and threads taking part (caller included) */
-  int workers;         /* started so far */
-  unsigned gen0[POOL_MAX]; /* gen when worker i was created: its first job is the next one */
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 0, 0, {0}};
+  atomic_uint gen;           /* id of the latest job (workers wait for it to change) */
+  atomic_int sleeping;       /* workers blocked on cv */
+  _Atomic uint64_t next;     /* (job id << 32) | next task of that job */
+  atomic_int completed;      /* tasks of the current job completed */
+  pool_job_t job[2];         /* job id & 1 */
+  int workers;               /* started so far */
+  unsigned gen0[POOL_MAX];   /* gen when worker i was created */
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -191,6 +205,23 @@ static inline void cpu_relax(void) {
 static inline void relax_or_yield(int spins) {
   if (spins < 2048) cpu_relax();
   else sched_yield();
+}
+
+/* Claim and run tasks of the current job as thread `id` (0: the caller) until none is left. */
+static void pool_work(int id) {
+  for (;;) {
+    uint64_t v = atomic_load(&pool.next);
+    pool_job_t *j = &pool.job[(v >> 32) & 1];
+    const int idx = (int)(uint32_t)v;
+    const int n = atomic_load_explicit(&j->n, memory_order_relaxed);
+    const int nth = atomic_load_explicit(&j->nthreads, memory_order_relaxed);
+    task_fn fn = atomic_load_explicit(&j->fn, memory_order_relaxed);
+    void *ctx = atomic_load_explicit(&j->ctx, memory_order_relaxed);
+    if (id >= nth || idx >= n) return;
+    if (!atomic_compare_exchange_weak(&pool.next, &v, v + 1)) continue;
+    fn(ctx, idx);
+    atomic_fetch_add(&pool.completed, 1);
+  }
 }
 
 static void *pool_main(void *arg) {
@@ -214,10 +245,7 @@ static void *pool_main(void *arg) {
       t0 = now_us();
     }
     seen = g;
-    if (id < pool.nthreads) {
-      for (int t; (t = atomic_fetch_add(&pool.next, 1)) < pool.n;) pool.fn(pool.ctx, t);
-      atomic_fetch_add(&pool.done, 1);
-    }
+    pool_work(id);
   }
   return NULL;
 }
@@ -253,20 +281,22 @@ static void parallel_for(task_fn fn, void *ctx, int n, int threads) {
     for (int t = 0; t < n; t++) fn(ctx, t);
     return;
   }
-  pool.fn = fn;
-  pool.ctx = ctx;
-  pool.n = n;
-  pool.nthreads = threads;
-  atomic_store(&pool.next, 0);
-  atomic_store(&pool.done, 0);
-  atomic_fetch_add(&pool.gen, 1); /* publishes the job (sequentially consistent) */
+  const unsigned id = atomic_load(&pool.gen) + 1;
+  pool_job_t *j = &pool.job[id & 1];
+  atomic_store_explicit(&j->fn, fn, memory_order_relaxed);
+  atomic_store_explicit(&j->ctx, ctx, memory_order_relaxed);
+  atomic_store_explicit(&j->n, n, memory_order_relaxed);
+  atomic_store_explicit(&j->nthreads, threads, memory_order_relaxed);
+  atomic_store(&pool.completed, 0);
+  atomic_store(&pool.next, (uint64_t)id << 32); /* publishes the job (sequentially consistent) */
+  atomic_store(&pool.gen, id);                   /* and wakes the spinning workers */
   if (atomic_load(&pool.sleeping) > 0) {
     pthread_mutex_lock(&pool.mu);
     pthread_cond_broadcast(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
   }
-  for (int t; (t = atomic_fetch_add(&pool.next, 1)) < n;) fn(ctx, t);
-  for (int spins = 0; atomic_load(&pool.done) < threads - 1; spins++) relax_or_yield(spins);
+  pool_work(0);
+  for (int spins = 0; atomic_load(&pool.completed) < n; spins++) relax_or_yield(spins);
 }
 
 /*
@@ -288,27 +318,4 @@ static napi_value configure(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* A spinning barrier for the threads of one parallel_for job (sense-reversing; n participants). */
-typedef struct {
-  atomic_int count;
-  atomic_int sense;
-  int n;
-} spin_barrier_t;
-
-static void spin_barrier_init(spin_barrier_t *b, int n) {
-  atomic_store(&b->count, 0);
-  atomic_store(&b->sense, 0);
-  b->n = n;
-}
-
-static void spin_barrier_wait(spin_barrier_t *b) {
-  if (b->n <= 1) return;
-  int s = atomic_load(&b->sense);
-  if (atomic_fetch_add(&b->count, 1) == b->n - 1) {
-    atomic_store(&b->count, 0);
-    atomic_store(&b->sense, !s);
-  } else {
-    for (int spins = 0; atomic_load(&b->sense) == s; spins++) relax_or_yield(spins);
-  }
-}
 #endif

@@ -230,69 +230,88 @@ static void micro(int kc, const float *Ap, const float *Bp, float *C, int ldc, i
 }
 
 /*
- * Threads share each packed KC x NC block of op(B) (packed cooperatively, panel by panel), then take row
- * units of MU rows of op(A) dynamically (an atomic counter), packing their own A panels. Dynamic
- * assignment keeps both cores busy when one of them is also running something else (a static split would
- * wait for the slower half). Three barriers per (jc, pc) block. The threads are common.h's pool: each
- * of the T tasks of one parallel_for job is one thread (they meet at spinning barriers).
+ * Threads: for each KC x NC block of op(B), the block is packed (by the caller, or as one pool job of NR-column
+ * panels when it is large), then one pool job computes it in units of MU rows of op(A) x a range of B panels,
+ * claimed dynamically; each unit packs its own A panels. Units are independent (pool tasks never wait for
+ * each other), so the caller starts at once and a worker that is slow to wake only takes fewer units: with
+ * the threads meeting at barriers instead, every product waited for the other thread to arrive (measured on
+ * the stories260K epoch: the second thread brought the in-step products from 544-594 ms to 510-548 ms).
+ * When op(A) has few row units (weight gradients, M = hidden size) the B panels are split into column
+ * ranges too, so there are enough units for the threads.
  */
-/* rows of op(A) per dynamically assigned unit: a whole number of MR-row panels */
+/* rows of op(A) per unit: a whole number of MR-row panels */
 #define MU (MR * 8)
 
 typedef struct {
   const gemm_args *g;
-  int T;
-  spin_barrier_t bar;
-  atomic_int next_b, next_a;
   float *Bp;
-} shared_t;
+  int jc, nc, pc, kc;
+  int colChunks, chunkPanels; /* B panels per unit: chunkPanels (the last chunk fewer) */
+  atomic_int failed;
+} gemm_job_t;
 
-static inline void sync_all(shared_t *sh) {
-  spin_barrier_wait(&sh->bar);
+static void gemm_packb_task(void *ctx, int q) {
+  gemm_job_t *j = (gemm_job_t *)ctx;
+  const int jr = q * NR;
+  pack_b(j->g, j->pc, j->kc, j->jc + jr, j->nc - jr < NR ? j->nc - jr : NR, j->Bp + (size_t)q * j->kc * NR);
 }
 
-/* One of the T threads of a product; task 0 resets the shared counters. */
-static void gemm_task(void *ctx, int t) {
-  shared_t *sh = (shared_t *)ctx;
-  const gemm_args *g = sh->g;
+static void gemm_unit_task(void *ctx, int u) {
+  gemm_job_t *j = (gemm_job_t *)ctx;
+  const gemm_args *g = j->g;
   float *Ap = scratch(SCRATCH_GEMM_A, (size_t)MU * KC * sizeof(float));
-  int ok = Ap != NULL;
-  for (int jc = 0; jc < g->N; jc += NC) {
-    int nc = g->N - jc < NC ? g->N - jc : NC;
-    int nPanels = (nc + NR - 1) / NR;
-    /* K in equal blocks of at most KC (K = 288 as one block, not 256 + 32: each block re-reads and
-       re-writes C, so a short tail block costs nearly as much C traffic as a full one) */
-    int kblk = (g->K + KC - 1) / KC, kcb = (g->K + kblk - 1) / kblk;
-    for (int pc = 0; pc < g->K; pc += kcb) {
-      int kc = g->K - pc < kcb ? g->K - pc : kcb;
-      sync_all(sh); /* everyone is done with the previous block of Bp */
-      if (t == 0) {
-        atomic_store(&sh->next_b, 0);
-        atomic_store(&sh->next_a, 0);
-      }
-      sync_all(sh);
-      for (int q; (q = atomic_fetch_add(&sh->next_b, 1)) < nPanels;) {
-        int j = q * NR;
-        pack_b(g, pc, kc, jc + j, nc - j < NR ? nc - j : NR, sh->Bp + (size_t)q * kc * NR);
-      }
-      sync_all(sh); /* Bp is complete */
-      if (!ok) continue;
-      int nUnits = (g->M + MU - 1) / MU;
-      for (int u; (u = atomic_fetch_add(&sh->next_a, 1)) < nUnits;) {
-        int ic = u * MU;
-        int mc = g->M - ic < MU ? g->M - ic : MU;
-        pack_a(g, ic, mc, pc, kc, Ap);
-        for (int jr = 0; jr < nc; jr += NR) {
-          int nr = nc - jr < NR ? nc - jr : NR;
-          for (int ir = 0; ir < mc; ir += MR) {
-            int mr = mc - ir < MR ? mc - ir : MR;
-            micro(kc, Ap + (size_t)(ir / MR) * kc * MR, sh->Bp + (size_t)(jr / NR) * kc * NR,
-                  g->C + (size_t)(ic + ir) * g->ldc + jc + jr, g->ldc, mr, nr, pc == 0);
-          }
-        }
-      }
+  if (!Ap) {
+    atomic_store(&j->failed, 1);
+    return;
+  }
+  const int ic = (u / j->colChunks) * MU, mc = g->M - ic < MU ? g->M - ic : MU;
+  const int j0 = (u % j->colChunks) * j->chunkPanels * NR;
+  const int j1 = j0 + j->chunkPanels * NR < j->nc ? j0 + j->chunkPanels * NR : j->nc;
+  pack_a(g, ic, mc, j->pc, j->kc, Ap);
+  for (int jr = j0; jr < j1; jr += NR) {
+    const int nr = j->nc - jr < NR ? j->nc - jr : NR;
+    for (int ir = 0; ir < mc; ir += MR) {
+      const int mr = mc - ir < MR ? mc - ir : MR;
+      micro(j->kc, Ap + (size_t)(ir / MR) * j->kc * MR, j->Bp + (size_t)(jr / NR) * j->kc * NR,
+            g->C + (size_t)(ic + ir) * g->ldc + j->jc + jr, g->ldc, mr, nr, j->pc == 0);
     }
   }
+}
+
+/* The blocked product on up to `threads` threads; 0 when out of memory. */
+static int gemm_blocked(const gemm_args *g, int threads) {
+  const size_t kcMax = g->K < KC ? g->K : KC, ncMax = g->N < NC ? g->N : NC;
+  float *Bp = scratch(SCRATCH_GEMM_B, kcMax * ((ncMax + NR - 1) / NR * NR) * sizeof(float));
+  if (!Bp) return 0;
+  gemm_job_t j;
+  j.g = g;
+  j.Bp = Bp;
+  atomic_store(&j.failed, 0);
+  const int rowUnits = (g->M + MU - 1) / MU;
+  for (int jc = 0; jc < g->N; jc += NC) {
+    const int nc = g->N - jc < NC ? g->N - jc : NC, nPanels = (nc + NR - 1) / NR;
+    /* at least 4 units per thread when the rows alone give fewer (a dynamic split balances then) */
+    int chunks = 1;
+    if (threads > 1 && rowUnits < 4 * threads) chunks = (4 * threads + rowUnits - 1) / rowUnits;
+    if (chunks > nPanels) chunks = nPanels;
+    j.chunkPanels = (nPanels + chunks - 1) / chunks;
+    j.colChunks = (nPanels + j.chunkPanels - 1) / j.chunkPanels;
+    j.jc = jc;
+    j.nc = nc;
+    /* K in equal blocks of at most KC (K = 288 as one block, not 256 + 32: each block re-reads and
+       re-writes C, so a short tail block costs nearly as much C traffic as a full one) */
+    const int kblk = (g->K + KC - 1) / KC, kcb = (g->K + kblk - 1) / kblk;
+    for (int pc = 0; pc < g->K; pc += kcb) {
+      j.pc = pc;
+      j.kc = g->K - pc < kcb ? g->K - pc : kcb;
+      /* a large block of B packed by the threads (a job of its own), a small one by the caller */
+      if (threads > 1 && (size_t)j.kc * nc >= 131072) parallel_for(gemm_packb_task, &j, nPanels, threads);
+      else for (int q = 0; q < nPanels; q++) gemm_packb_task(&j, q);
+      parallel_for(gemm_unit_task, &j, rowUnits * j.colChunks, threads);
+      if (atomic_load(&j.failed)) return 0;
+    }
+  }
+  return 1;
 }
 
 /*
@@ -357,36 +376,25 @@ static int gemm_narrow(const gemm_args *g) {
   return 1;
 }
 
-static void gemm(const gemm_args *g, int threads) {
-  if (g->M == 0 || g->N == 0) return;
+/* C = op(A) op(B); 0 when out of memory. */
+static int gemm(const gemm_args *g, int threads) {
+  if (g->M == 0 || g->N == 0) return 1;
   if (g->K == 0) {
     for (int i = 0; i < g->M; i++) memset(g->C + (size_t)i * g->ldc, 0, (size_t)g->N * sizeof(float));
-    return;
+    return 1;
   }
   double flops = 2.0 * g->M * (double)g->K * g->N;
-  if (g->K <= 32 && g->N >= 32 && flops < 4e6 && gemm_small(g)) return;
-  if (g->N <= 16 && flops < 4e6 && gemm_narrow(g)) return;
+  if (g->K <= 32 && g->N >= 32 && flops < 4e6 && gemm_small(g)) return 1;
+  if (g->N <= 16 && flops < 4e6 && gemm_narrow(g)) return 1;
   if (threads > 8) threads = 8;
-  threads = mt_threads(flops, threads);
-  int units = (g->M + MU - 1) / MU;
-  if (threads > units) threads = units;
-  threads = pool_threads(threads);
-  shared_t sh;
-  sh.g = g;
-  sh.T = threads;
-  spin_barrier_init(&sh.bar, threads);
-  {
-    size_t kc = g->K < KC ? g->K : KC, nc = g->N < NC ? g->N : NC;
-    sh.Bp = scratch(SCRATCH_GEMM_B, kc * ((nc + NR - 1) / NR * NR) * sizeof(float));
-  }
-  if (!sh.Bp) return;
-  parallel_for(gemm_task, &sh, threads, threads);
+  return gemm_blocked(g, mt_threads(flops, threads));
 }
 
 typedef struct {
   const gemm_args *g0;
   int batch;
   int64_t sA, sB, sC;
+  atomic_int failed;
 } batch_t;
 
 static void batch_task(void *ctx, int b) {
@@ -395,7 +403,7 @@ static void batch_task(void *ctx, int b) {
   g.A += b * bt->sA;
   g.B += b * bt->sB;
   g.C += b * bt->sC;
-  gemm(&g, 1);
+  if (!gemm(&g, 1)) atomic_store(&bt->failed, 1);
 }
 
 static napi_value sgemm(napi_env env, napi_callback_info info) {
@@ -425,8 +433,9 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
   gemm_args g0 = {A, B, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N, B_F32, NULL, NULL, NULL};
   if (batch > 1 && 2.0 * M * K * N < 4e6 && mt_threads(2.0 * M * K * N * batch, threads) > 1) {
     /* many small products: spread the batch over the threads, one single-threaded product at a time */
-    batch_t bt = {&g0, (int)batch, sA, sB, sC};
+    batch_t bt = {&g0, (int)batch, sA, sB, sC, 0};
     parallel_for(batch_task, &bt, (int)batch, (int)threads);
+    if (atomic_load(&bt.failed)) napi_throw_error(env, "GEMM_OOM", "sgemm: out of memory");
     return NULL;
   }
   for (int64_t b = 0; b < batch; b++) {
@@ -434,7 +443,10 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     g.A = A + b * sA;
     g.B = B + b * sB;
     g.C = C + b * sC;
-    gemm(&g, (int)threads);
+    if (!gemm(&g, (int)threads)) {
+      napi_throw_error(env, "GEMM_OOM", "sgemm: out of memory");
+      return NULL;
+    }
   }
   return NULL;
 }
@@ -469,6 +481,6 @@ static napi_value sgemm_lowp(napi_env env, napi_callback_info info) {
   }
   gemm_args g = {A, NULL, C, (int)M, (int)K, (int)N, (int)tA, (int)tB, (int)(tA ? M : K), (int)(tB ? K : N), (int)N, (int)btype,
                  btype == B_BF16 ? (const uint16_t *)bp : NULL, btype == B_INT8 ? (const int8_t *)bp : NULL, S};
-  gemm(&g, (int)threads);
+  if (!gemm(&g, (int)threads)) napi_throw_error(env, "GEMM_OOM", "sgemmLowp: out of memory");
   return NULL;
 }
