@@ -12,7 +12,7 @@
  * servers' event loop: in one process it took CPU from whichever server was measured, and most from the cheaper
  * one. Reports req/s, p50 and p99 latency (ms) per run, min/median over runs, full/bare ratios, and Redis bytes
  * per job (MEMORY USAGE of the job hash plus the service's own keys, sampled). Env: BENCH_DURATION (s, default
- * 5), BENCH_RUNS (3), BENCH_CONNECTIONS (10), BENCH_ONLY (`bare` or `full`: measure one server, e.g. under
+ * 5), BENCH_RUNS (3), BENCH_CONNECTIONS (10), BENCH_WARMUP (s of load on each server first, 5), BENCH_ONLY (`bare` or `full`: measure one server, e.g. under
  * `node --cpu-prof`).
  */
 import { fork } from 'node:child_process';
@@ -31,6 +31,7 @@ const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const DURATION = Number(process.env.BENCH_DURATION ?? 5);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 10);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 5);
 const ONLY = process.env.BENCH_ONLY;
 const KEY = 'bench-key';
 
@@ -57,7 +58,7 @@ async function bare(prefix: string): Promise<{ app: FastifyInstance; queue: Queu
   return { app, queue, redis };
 }
 
-type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; n: number };
+type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; n: number; serverUs?: number; redisUs?: number };
 /** What the parent asks the load-generator child to do. */
 type ClientTask = { url: string; headers: Record<string, string>; connections: number; duration?: number; amount?: number };
 
@@ -83,15 +84,33 @@ async function load(t: ClientTask): Promise<RunResult> {
 }
 
 /** Run one load in a fresh child process (this file with --client) and return its figures. */
-function run(url: string, headers: Record<string, string>, opts: { amount?: number; connections?: number } = {}): Promise<RunResult> {
+function run(url: string, headers: Record<string, string>, opts: { amount?: number; connections?: number; duration?: number } = {}): Promise<RunResult> {
   const child = fork(fileURLToPath(import.meta.url), ['--client'], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   return new Promise((resolve, reject) => {
     child.once('message', (m) => resolve(m as RunResult));
     child.once('error', reject);
     child.once('exit', (code) => code !== 0 && reject(new Error(`the load generator exited with ${code}`)));
-    const task: ClientTask = { url, headers, connections: opts.connections ?? CONNECTIONS, duration: DURATION, amount: opts.amount };
+    const task: ClientTask = { url, headers, connections: opts.connections ?? CONNECTIONS, duration: opts.duration ?? DURATION, amount: opts.amount };
     child.send(task);
   });
+}
+
+/** Redis's own CPU time so far (INFO cpu: used_cpu_user + used_cpu_sys), microseconds. */
+async function redisCpuUs(redis: Redis): Promise<number> {
+  const info = await redis.info('cpu');
+  const num = (k: string) => Number(new RegExp(`${k}:([0-9.]+)`).exec(info)?.[1] ?? 0);
+  return (num('used_cpu_user') + num('used_cpu_sys')) * 1e6;
+}
+
+/** One load run with the CPU time it cost this process (the servers) and Redis, per request. */
+async function measured(redis: Redis, url: string, headers: Record<string, string>): Promise<RunResult> {
+  const c0 = process.cpuUsage();
+  const r0 = await redisCpuUs(redis);
+  const r = await run(url, headers);
+  const c = process.cpuUsage(c0);
+  const r1 = await redisCpuUs(redis);
+  const n = Math.max(1, r.n);
+  return { ...r, serverUs: (c.user + c.system) / n, redisUs: (r1 - r0) / n };
 }
 
 async function bytesPerJob(redis: Redis, prefix: string): Promise<number> {
@@ -151,12 +170,14 @@ async function main(): Promise<void> {
   const urlOf = (a: FastifyInstance) => `http://127.0.0.1:${(a.server.address() as { port: number }).port}`;
   const results: Record<'bare' | 'full', Array<Awaited<ReturnType<typeof run>>>> = { bare: [], full: [] };
   try {
-    // warm-up of both (JIT, schema compile, first dataset directory)
-    await run(urlOf(full), { authorization: `Bearer ${KEY}` }, { amount: 200, connections: 2 });
-    await run(urlOf(b.app), {}, { amount: 200, connections: 2 });
+    // warm-up of both (JIT, schema compile, first dataset directory): the full path's code takes a few
+    // thousand requests to reach its steady state (in-process, its CPU per request fell by a third between
+    // the first 300 and the next 2,000), so both get WARMUP seconds of the same load first
+    if (ONLY !== 'bare') await run(urlOf(full), { authorization: `Bearer ${KEY}` }, { duration: WARMUP });
+    if (ONLY !== 'full') await run(urlOf(b.app), {}, { duration: WARMUP });
     for (let i = 0; i < RUNS; i++) {
-      if (ONLY !== 'full') results.bare.push(await run(urlOf(b.app), {}));
-      if (ONLY !== 'bare') results.full.push(await run(urlOf(full), { authorization: `Bearer ${KEY}` }));
+      if (ONLY !== 'full') results.bare.push(await measured(redis, urlOf(b.app), {}));
+      if (ONLY !== 'bare') results.full.push(await measured(redis, urlOf(full), { authorization: `Bearer ${KEY}` }));
     }
     const bareBytes = await bytesPerJob(redis, bp);
     const fullBytes = await bytesPerJob(redis, fp);
@@ -164,7 +185,7 @@ async function main(): Promise<void> {
     const show = (name: string, rs: typeof results.bare) => {
       for (const [i, r] of rs.entries())
         console.log(
-          `${name} run ${i + 1}: ${r.rps.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms (${r.n} requests, ${r.non2xx} non-2xx, ${r.errors} errors)`,
+          `${name} run ${i + 1}: ${r.rps.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms (${r.n} requests, ${r.non2xx} non-2xx, ${r.errors} errors); CPU per request: server ${r.serverUs?.toFixed(0)} us, Redis ${r.redisUs?.toFixed(0)} us`,
         );
       const rps = rs.map((r) => r.rps);
       const p99 = rs.map((r) => r.p99);

@@ -64,7 +64,8 @@ export function canonicalStringRows(rows: readonly unknown[]): string | null {
     for (const k of own) if (!keys.has(k) || typeof (r as Record<string, unknown>)[k] !== 'string') return null;
   }
   if (keys === null) return null;
-  // with a replacer array JSON.stringify writes exactly these keys, in this order (every row has all of them)
+  // with a replacer array JSON.stringify writes exactly these keys, in this order (every row has all of them);
+  // measured faster than building the text from JSON.stringify of each value
   return JSON.stringify(rows, [...keys].sort());
 }
 
