@@ -1,8 +1,10 @@
 /**
  * Redis connections for BullMQ. BullMQ 6 needs ioredis installed by the app; workers need
  * `maxRetriesPerRequest: null`, while the API's producer connection fails fast when Redis is down
- * (`enableOfflineQueue: false`, bullmq docs/gitbook/guide/going-to-production.md) and batches the commands
- * of one event-loop turn (`enableAutoPipelining`).
+ * (`enableOfflineQueue: false`, bullmq docs/gitbook/guide/going-to-production.md). No `enableAutoPipelining`:
+ * it cut the trigger's CPU per request by 14-27 % in an A/B, but under load in bench:api ioredis 6.0.0 threw
+ * an uncaught `results[i] is not iterable` from its auto-pipeline callback (redis/ioredis#1931), which would
+ * take the API down.
  */
 import { Redis, type RedisOptions } from 'ioredis';
 
@@ -16,11 +18,6 @@ export function createRedis(url: string, role: 'producer' | 'worker', extra: Red
     role === 'producer'
       ? {
           enableOfflineQueue: false,
-          // commands issued in one event-loop turn leave in one write (ioredis autopipelining): a trigger's
-          // three EVALSHAs across concurrent requests no longer cost a socket write each (in-process A/B,
-          // 4 interleaved pairs: CPU per request -14 to -27 %). Producer only: workers keep one command per
-          // write (BullMQ's worker commands are blocking and lock-sensitive; no claim is made for them).
-          enableAutoPipelining: true,
           maxRetriesPerRequest: 1,
           connectTimeout: 2000,
           // keep retrying in the background so the API recovers when Redis comes back
