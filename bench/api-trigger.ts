@@ -12,8 +12,15 @@
  * servers' event loop: in one process it took CPU from whichever server was measured, and most from the cheaper
  * one. Reports req/s, p50 and p99 latency (ms) per run, min/median over runs, full/bare ratios, and Redis bytes
  * per job (MEMORY USAGE of the job hash plus the service's own keys, sampled). Env: BENCH_DURATION (s, default
- * 5), BENCH_RUNS (3), BENCH_CONNECTIONS (10), BENCH_WARMUP (s of load on each server first, 5), BENCH_ONLY (`bare` or `full`: measure one server, e.g. under
+ * 5), BENCH_RUNS (3), BENCH_CONNECTIONS (10), BENCH_WARMUP (s of load on each server first, 5), BENCH_STORAGE_DIR (where the full server's STORAGE_DIR is made; the OS temporary directory by
+ * default: see below), BENCH_ONLY (`bare` or `full`: measure one server, e.g. under
  * `node --cpu-prof`).
+ *
+ * The full server writes one file per request (the rows). On ext4, creating a file in a block group where
+ * many files were deleted in the last minutes is slow: the inode allocator skips recently deleted inodes one
+ * by one (`recently_deleted` in perf), ~1-1.5 ms per file instead of ~60 us. A temporary directory that tests
+ * and earlier bench runs have just emptied is such a place, so the figure depends on what ran before; a
+ * STORAGE_DIR in production (a volume that datasets are added to, rarely deleted from) is not.
  */
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -150,7 +157,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 async function main(): Promise<void> {
   const redis = new Redis(REDIS_URL);
-  const dir = mkdtempSync(join(tmpdir(), 'dpo-bench-api-'));
+  const dir = mkdtempSync(join(process.env.BENCH_STORAGE_DIR ?? tmpdir(), 'dpo-bench-api-'));
   const bp = `bench-bare-${process.pid}`;
   const fp = `bench-full-${process.pid}`;
   const b = await bare(bp);

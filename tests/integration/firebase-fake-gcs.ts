@@ -26,6 +26,8 @@ export interface FakeObject {
   md5Hash: string;
   crc32c: string;
   generation: number;
+  /** RFC 3339 time the object was stored (GCS's `timeCreated`) */
+  timeCreated: string;
 }
 
 export interface LoggedRequest {
@@ -145,6 +147,7 @@ export class FakeGcs {
       md5Hash: bad ? md5b64(Buffer.from('not the data')) : o.md5Hash,
       crc32c: bad ? crcb64(Buffer.from('not the data')) : o.crc32c,
       metadata: o.metadata,
+      timeCreated: o.timeCreated,
     };
   }
 
@@ -190,6 +193,7 @@ export class FakeGcs {
       md5Hash,
       crc32c,
       generation: this.generation++,
+      timeCreated: new Date().toISOString(),
     };
     this.objects.set(this.key(bucket, name), obj);
     return { status: 200, body: this.resource(obj) };

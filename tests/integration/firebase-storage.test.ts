@@ -2,7 +2,9 @@
  * FirebaseStorage over real HTTP: firebase-admin 13 → @google-cloud/storage 7 → a fake GCS JSON API on
  * 127.0.0.1 (FIREBASE_STORAGE_EMULATOR_HOST). Covers multipart and resumable (chunked) uploads, hashes,
  * transient 503s retried to success, permanent failures with the local artifact kept, hash mismatches,
- * local deletion after a verified upload, and V4 signed URLs from a service-account key.
+ * local deletion after a verified upload, V4 signed URLs from a service-account key, verifyArtifact (the
+ * check of a stored artifact against a manifest digest from Redis, after a lost lock) and the dataset
+ * objects' statObject.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -208,5 +210,58 @@ describe('FirebaseStorage against a fake GCS JSON API', () => {
     }
     assert.ok(u.searchParams.get('X-Goog-Credential')?.startsWith(`${CLIENT_EMAIL}/`));
     assert.match(u.searchParams.get('X-Goog-Signature') ?? '', /^[0-9a-f]{512}$/);
+  });
+
+  it('verifyArtifact: the stored artifact when its manifest matches the digest and every object matches it; else null', async () => {
+    const dir = await makeArtifact('verify', 1000);
+    const s = storage();
+    const put = await s.putArtifact(dir, 'c8', 'job-verify');
+    const digest = createHash('sha256').update(await readFile(join(dir, 'manifest.json'))).digest('hex');
+    const before = fake.log.length;
+    const got = await s.verifyArtifact('c8', 'job-verify', digest);
+    assert.deepEqual(got, { uri: put.uri, files: put.files });
+    // only the manifest is downloaded; every other object is checked by its metadata
+    const reads = fake.log.slice(before);
+    assert.deepEqual(
+      reads.filter((r) => r.kind === 'media').map((r) => r.object),
+      ['c8/job-verify/manifest.json'],
+    );
+    assert.deepEqual(
+      reads
+        .filter((r) => r.kind === 'metadata')
+        .map((r) => r.object)
+        .sort(),
+      put.files.map((f) => `c8/job-verify/${f.path}`).sort(),
+    );
+    assert.ok(!reads.some((r) => r.kind === 'multipart' || r.kind.startsWith('resumable')), 'nothing is written');
+
+    // another digest (Redis recorded another manifest), no such artifact: null
+    assert.equal(await s.verifyArtifact('c8', 'job-verify', 'f'.repeat(64)), null);
+    assert.equal(await s.verifyArtifact('c8', 'job-none', digest), null);
+    // an object whose stored sha256 differs from the manifest's, then one that is gone: null
+    const weights = obj('c8/job-verify/model/model.safetensors')!;
+    const sha = weights.metadata.sha256!;
+    weights.metadata.sha256 = '0'.repeat(64);
+    assert.equal(await s.verifyArtifact('c8', 'job-verify', digest), null);
+    weights.metadata.sha256 = sha;
+    assert.deepEqual(await s.verifyArtifact('c8', 'job-verify', digest), { uri: put.uri, files: put.files });
+    fake.objects.delete(`${BUCKET}/c8/job-verify/metrics.jsonl`);
+    assert.equal(await s.verifyArtifact('c8', 'job-verify', digest), null);
+    // unsafe ids are refused before any request
+    const n = fake.log.length;
+    await assert.rejects(s.verifyArtifact('../c8', 'job-verify', digest), (err: unknown) => err instanceof StorageError);
+    await assert.rejects(s.verifyArtifact('c8', 'job/../x', digest), (err: unknown) => err instanceof StorageError);
+    assert.equal(fake.log.length, n);
+  });
+
+  it('statObject: size and stored time of a dataset object without downloading it; null when absent', async () => {
+    const s = storage();
+    await s.putObject('.datasets/c9/abc.json', '[{"a":"b"}]');
+    const before = fake.log.length;
+    const st = await s.statObject('.datasets/c9/abc.json');
+    assert.equal(st?.bytes, 11);
+    assert.equal(st?.storedAt, obj('.datasets/c9/abc.json')!.timeCreated);
+    assert.equal(await s.statObject('.datasets/c9/none.json'), null);
+    assert.ok(!fake.log.slice(before).some((r) => r.kind === 'media'), 'no download');
   });
 });
