@@ -5,12 +5,13 @@
  * policy and reference, the backward once, times the model's layers), min over --reps repetitions.
  *
  *   npx tsx bench/attention-real.ts [--model stories260K] [--pairs 32] [--max-length 512] [--layout shared_prompt]
- *     [--heads 8 --kv-heads 4 --head-dim 8 --layers 5] [--reps 5]
+ *     [--heads 8 --kv-heads 4 --head-dim 8 --layers 5] [--reps 5] [--addon F (a compiled addon file: A/B)]
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { join, resolve } from 'node:path';
-import { loadNativeAddon } from '../src/training/engine/addon.js';
+import { createRequire } from 'node:module';
+import { type NativeAddon, loadNativeAddon } from '../src/training/engine/addon.js';
 import { engineSettings } from '../src/training/engine/settings.js';
 import { initBackend } from '../src/training/engine/backend.js';
 import { loadPretrained } from '../src/training/models/index.js';
@@ -35,7 +36,9 @@ const layers = Number(opt('layers', '5'));
 const reps = Number(opt('reps', '5'));
 
 await initBackend('auto');
-const g = loadNativeAddon();
+const addonFile = args.includes('--addon') ? opt('addon', '') : '';
+const g = addonFile ? (createRequire(import.meta.url)(resolve(addonFile)) as NativeAddon) : loadNativeAddon();
+if (addonFile) g?.configure(engineSettings().mtMflop, engineSettings().spinUs);
 if (!g) throw new Error('native addon not available');
 const { tokenizer } = await loadPretrained(opt('model', 'stories260K'));
 const text = gunzipSync(readFileSync(join(SHARED, 'data/hh-rlhf/harmless-base-test.jsonl.gz'))).toString('utf8');

@@ -141,20 +141,27 @@ test('the shared-prompt mask: rejected sees prompt + rejected, never chosen', ()
   assert.deepEqual(Array.from(b.predRows), [1, 2, 1, 4]);
 });
 
-/** A random valid segment mask: for each query row i, 0 <= a <= b <= c <= i (some rows with b = c, one range). */
-function randomSegments(T: number, seed: number): Int32Array {
+/**
+ * A random valid segment mask: for each query row i, 0 <= a <= b <= c <= i (some rows with b = c, one range);
+ * `rows` > 1 draws one (a, b, c) per run of that many rows (valid for the run's first row), so whole query
+ * blocks share their ranges (the kernel's per-block fast path), e.g. with b = c: one range [a, i].
+ */
+function randomSegments(T: number, seed: number, rows = 1): Int32Array {
   let s = seed >>> 0;
   const next = (n: number): number => {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return s % (n + 1);
   };
   const m = new Int32Array(3 * T);
-  for (let i = 0; i < T; i++) {
-    const c = next(i);
-    const b = i % 5 === 0 ? c : next(c);
-    m[i] = next(b);
-    m[T + i] = b;
-    m[2 * T + i] = c;
+  for (let i0 = 0; i0 < T; i0 += rows) {
+    const c = next(i0);
+    const b = (i0 / rows) % 5 === 0 ? c : next(c);
+    const a = next(b);
+    for (let i = i0; i < Math.min(T, i0 + rows); i++) {
+      m[i] = a;
+      m[T + i] = b;
+      m[2 * T + i] = c;
+    }
   }
   return m;
 }
@@ -188,17 +195,20 @@ test('long packed segments (key vectors seen whole, and cut by the mask), random
       rope.sin.dispose();
     }
   }
-  for (const [T, hd, seed] of [
-    [61, 8, 7],
-    [150, 8, 8],
-    [97, 64, 9],
+  for (const [T, hd, seed, rows] of [
+    [61, 8, 7, 1],
+    [150, 8, 8, 1],
+    [97, 64, 9, 1],
+    [203, 8, 10, 8], // ranges shared by whole query blocks (8 queries; runs of 16: two blocks)
+    [203, 8, 11, 16],
+    [130, 64, 12, 16],
   ] as const) {
     const dims = { B: 1, T, H: 2, KV: 1, hd };
-    const segments = { mask: randomSegments(T, seed) };
+    const segments = { mask: randomSegments(T, seed, rows) };
     const pos = Int32Array.from({ length: T }, (_, i) => i);
     const rope = ropeAt(pos, hd);
     checkOp(
-      `random mask T${T} hd${hd}`,
+      `random mask T${T} hd${hd} rows ${rows}`,
       (q, k, v) => selfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope, undefined, segments),
       (q, k, v) => maskedSelfAttention(q as tf.Tensor2D, k as tf.Tensor2D, v as tf.Tensor2D, dims, rope, undefined, segments),
       [randn([T, 2 * hd]), randn([T, hd]), randn([T, hd])],

@@ -23,6 +23,17 @@ export interface BufferPoolStats {
 
 type Lent = { view: Float32Array; stored: boolean };
 
+/**
+ * A new ArrayBuffer of `bytes` without zero-filling (Node's Buffer.allocUnsafeSlow: malloc, where
+ * `new ArrayBuffer` is calloc, which clears recycled heap memory page by page before the kernel overwrites
+ * it; outputs come with unspecified contents anyway). A plain ArrayBuffer where Buffer is absent.
+ */
+function uninitialized(bytes: number): ArrayBuffer {
+  const B = (globalThis as { Buffer?: { allocUnsafeSlow(n: number): { buffer: ArrayBufferLike; byteOffset: number; byteLength: number } } }).Buffer;
+  const b = B?.allocUnsafeSlow(bytes);
+  return b && b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer ? b.buffer : new ArrayBuffer(bytes);
+}
+
 export class BufferPool {
   /** free buffers by capacity in floats, the most recently freed last */
   private readonly free = new Map<number, ArrayBuffer[]>();
@@ -60,7 +71,7 @@ export class BufferPool {
       this.freeBytes -= buf.byteLength;
       this.hits++;
     } else {
-      buf = new ArrayBuffer(cap * 4);
+      buf = uninitialized(cap * 4);
       this.misses++;
     }
     const view = new Float32Array(buf, 0, n);

@@ -153,6 +153,20 @@ static int block_setup(const attn_t *a, int b, int i0, qblock_t *blk, int *vl, u
     if (first < lo) lo = first;
   }
   int nv = 0;
+  int uniform = 1; /* every query of the block has the same ranges (inside one segment): O(1) per vector */
+  for (int q = 1; q < n; q++) uniform &= blk->ka[q] == blk->ka[0] && blk->kb[q] == blk->kb[0] && blk->kc[q] == blk->kc[0];
+  if (uniform) {
+    /* seen by some query iff by the last (largest i); seen whole by all iff by the first (smallest i) */
+    const int ka = blk->ka[0], kb = blk->kb[0], kc = blk->kc[0], iF = i0, iL = i0 + n - 1;
+    for (int v = lo / AW; v <= iL / AW; v++) {
+      const int j0 = v * AW, j1 = j0 + AW - 1;
+      if (!((j0 <= iL && j1 >= kc) || (ka < kb && j0 < kb && j1 >= ka))) continue;
+      const int all = (j0 >= kc && j1 <= iF) || (j0 >= ka && j1 < kb) || (ka < kb && kb >= kc && j0 >= ka && j1 <= iF);
+      part[nv] = (unsigned char)!all;
+      vl[nv++] = v;
+    }
+    return nv;
+  }
   for (int v = lo / AW; v <= (i0 + n - 1) / AW; v++) {
     const int j0 = v * AW, j1 = j0 + AW - 1;
     int seen = 0, all = 1;
@@ -226,12 +240,20 @@ static inline void block_rows(const float *W, int ldw, const int *vl, int nv, co
   }
 }
 
+/* copy / clear a few floats (a head's row) inline: as libc calls of 32 bytes they cost more than the copy */
+static inline void copy_f(float *restrict dst, const float *restrict src, int n) {
+  for (int d = 0; d < n; d++) dst[d] = src[d];
+}
+static inline void zero_f(float *dst, int n) {
+  for (int d = 0; d < n; d++) dst[d] = 0.f;
+}
+
 /*
- * This task's keys (rotated; written to Kr as well when Ksrc is the raw K) and values, in the layouts the
+ * This task's keys (rotated; written to Kr as well when Ksrc is the raw K and write_kr) and values, in the layouts the
  * loops want: transposed KrT, VT [hd, Tp] (score and dP blocks as vectors over AW keys) and row-major Krow,
  * Vrow [Tp, hdp] (O and dQ blocks as sums over keys of AW-lane rows). Padding is zero. NULL skips one.
  */
-static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, float *KrT, float *VT, float *Krow, float *Vrow) {
+static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, int write_kr, float *KrT, float *VT, float *Krow, float *Vrow) {
   const int T = a->T, hd = a->hd, Tp = a->Tp, hdp = a->hdp, ld = a->KV * hd;
   float kr[hd];
   if (KrT) memset(KrT, 0, (size_t)hd * Tp * sizeof(float));
@@ -243,7 +265,7 @@ static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, 
     const float *k = Ksrc + off;
     if (rope) {
       rope_row(k, kr, ROPE_C(a, b, t), ROPE_S(a, b, t), hd, 1.f);
-      memcpy(a->Kr + off, kr, (size_t)hd * sizeof(float));
+      if (write_kr) copy_f(a->Kr + off, kr, hd);
       k = kr;
     }
     const float *v = a->V + off;
@@ -251,18 +273,20 @@ static void load_kv(const attn_t *a, int b, int g, const float *Ksrc, int rope, 
       if (KrT) KrT[(size_t)d * Tp + t] = k[d];
       if (VT) VT[(size_t)d * Tp + t] = v[d];
     }
-    if (Krow) memcpy(Krow + (size_t)t * hdp, k, (size_t)hd * sizeof(float));
-    if (Vrow) memcpy(Vrow + (size_t)t * hdp, v, (size_t)hd * sizeof(float));
+    if (Krow) copy_f(Krow + (size_t)t * hdp, k, hd);
+    if (Vrow) copy_f(Vrow + (size_t)t * hdp, v, hd);
   }
 }
 
 /* floats rounded up to whole vectors, so every part of a task's scratch stays aligned */
 static inline size_t vround(size_t n) { return (n + AW - 1) / AW * AW; }
 
+/* One task per (sequence, query head): tasks of one key/value group each load its keys (the first of them
+   writes the rotated keys Kr), so the threads balance over B*H tasks rather than B*KV. */
 static void attn_fwd_task(void *ctx, int task) {
   attn_t *a = (attn_t *)ctx;
   const int T = a->T, H = a->H, KV = a->KV, hd = a->hd, Tp = a->Tp, hdp = a->hdp, rep = H / KV;
-  const int b = task / KV, g = task % KV, ldq = H * hd;
+  const int b = task / H, h = task % H, g = h / rep, ldq = H * hd;
   const size_t nKT = (size_t)hd * Tp, nV = (size_t)Tp * hdp, nP = (size_t)QB * Tp, nX = vround((size_t)QB * hd), nA = (size_t)QB * hdp;
   const size_t nVl = Tp / AW + 1;
   float *buf = scratch(SCRATCH_ATTENTION, (nKT + nV + nP + nX + nA + 2 * nVl) * sizeof(float));
@@ -273,54 +297,51 @@ static void attn_fwd_task(void *ctx, int task) {
   float *KrT = buf, *Vrow = KrT + nKT, *P = Vrow + nV, *qx = P + nP, *acc = qx + nX;
   int *vl = (int *)(acc + nA);
   unsigned char *part = (unsigned char *)(vl + nVl);
-  load_kv(a, b, g, a->K, 1, KrT, NULL, NULL, Vrow);
+  load_kv(a, b, g, a->K, 1, h % rep == 0, KrT, NULL, NULL, Vrow);
   const va neg = (va){0} - 3.0e38f;
   float inv[QB];
-  for (int r = 0; r < rep; r++) {
-    const int h = g * rep + r;
-    for (int i0 = 0; i0 < T; i0 += QB) {
-      qblock_t blk;
-      const int nv = block_setup(a, b, i0, &blk, vl, part);
-      memset(qx, 0, (size_t)QB * hd * sizeof(float));
-      for (int q = 0; q < blk.n; q++) {
-        const int i = i0 + q;
-        const size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
-        rope_row(a->Q + off, a->Qr + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
-        memcpy(qx + (size_t)q * hd, a->Qr + off, (size_t)hd * sizeof(float));
+  for (int i0 = 0; i0 < T; i0 += QB) {
+    qblock_t blk;
+    const int nv = block_setup(a, b, i0, &blk, vl, part);
+    zero_f(qx, QB * hd);
+    for (int q = 0; q < blk.n; q++) {
+      const int i = i0 + q;
+      const size_t off = ((size_t)b * T + i) * ldq + (size_t)h * hd;
+      rope_row(a->Q + off, a->Qr + off, ROPE_C(a, b, i), ROPE_S(a, b, i), hd, a->scale);
+      copy_f(qx + (size_t)q * hd, a->Qr + off, hd);
+    }
+    /* scores, masked (-3e38) only in the vectors some query does not fully see */
+    for (int t = 0; t < nv; t++) {
+      va s[QB];
+      block_dots(qx, hd, KrT + (size_t)vl[t] * AW, Tp, s);
+      if (part[t])
+        for (int q = 0; q < QB; q++) s[q] = va_sel(visible_lanes(&blk, q, vl[t] * AW), s[q], neg);
+      for (int q = 0; q < QB; q++) ((va *)(P + (size_t)q * Tp))[vl[t]] = s[q];
+    }
+    for (int q = 0; q < QB; q++) {
+      va *pq = (va *)(P + (size_t)q * Tp);
+      if (q >= blk.n) {
+        for (int t = 0; t < nv; t++) pq[vl[t]] = (va){0};
+        continue;
       }
-      /* scores, masked (-3e38) only in the vectors some query does not fully see */
+      va vmax = neg;
+      for (int t = 0; t < nv; t++) vmax = va_sel(pq[vl[t]] > vmax, pq[vl[t]], vmax);
+      const float m = va_hmax(vmax);
+      va vs = {0};
       for (int t = 0; t < nv; t++) {
-        va s[QB];
-        block_dots(qx, hd, KrT + (size_t)vl[t] * AW, Tp, s);
-        if (part[t])
-          for (int q = 0; q < QB; q++) s[q] = va_sel(visible_lanes(&blk, q, vl[t] * AW), s[q], neg);
-        for (int q = 0; q < QB; q++) ((va *)(P + (size_t)q * Tp))[vl[t]] = s[q];
+        const va e = att_exp(pq[vl[t]] - m); /* 0 on masked lanes */
+        pq[vl[t]] = e;
+        vs += e;
       }
-      for (int q = 0; q < QB; q++) {
-        va *pq = (va *)(P + (size_t)q * Tp);
-        if (q >= blk.n) {
-          for (int t = 0; t < nv; t++) pq[vl[t]] = (va){0};
-          continue;
-        }
-        va vmax = neg;
-        for (int t = 0; t < nv; t++) vmax = va_sel(pq[vl[t]] > vmax, pq[vl[t]], vmax);
-        const float m = va_hmax(vmax);
-        va vs = {0};
-        for (int t = 0; t < nv; t++) {
-          const va e = att_exp(pq[vl[t]] - m); /* 0 on masked lanes */
-          pq[vl[t]] = e;
-          vs += e;
-        }
-        const float sum = va_hsum(vs);
-        inv[q] = 1.f / sum;
-        a->L[((size_t)b * H + h) * T + i0 + q] = m + logf(sum);
-      }
-      block_rows(P, Tp, vl, nv, Vrow, hdp, acc);
-      for (int q = 0; q < blk.n; q++) {
-        float *o = a->O + ((size_t)b * T + i0 + q) * ldq + (size_t)h * hd;
-        const float *aq = acc + (size_t)q * hdp;
-        for (int d = 0; d < hd; d++) o[d] = aq[d] * inv[q];
-      }
+      const float sum = va_hsum(vs);
+      inv[q] = 1.f / sum;
+      a->L[((size_t)b * H + h) * T + i0 + q] = m + logf(sum);
+    }
+    block_rows(P, Tp, vl, nv, Vrow, hdp, acc);
+    for (int q = 0; q < blk.n; q++) {
+      float *o = a->O + ((size_t)b * T + i0 + q) * ldq + (size_t)h * hd;
+      const float *aq = acc + (size_t)q * hdp;
+      for (int d = 0; d < hd; d++) o[d] = aq[d] * inv[q];
     }
   }
 }
@@ -340,15 +361,15 @@ static void attn_bwd_task(void *ctx, int task) {
   float *Pb = Krow + nV, *dSb = Pb + nP, *qx = dSb + nP, *gx = qx + nX, *acc = gx + nX;
   int *vl = (int *)(acc + nA);
   unsigned char *part = (unsigned char *)(vl + nVl);
-  load_kv(a, b, g, a->Kr, 0, KrT, VT, Krow, NULL);
+  load_kv(a, b, g, a->Kr, 0, 0, KrT, VT, Krow, NULL);
   memset(dKT, 0, 2 * nKT * sizeof(float));
   float tmp[hd], Dq[QB], lse[QB];
-  for (int r = 0; r < rep; r++) {
-    const int h = g * rep + r;
-    for (int i0 = 0; i0 < T; i0 += QB) {
-      qblock_t blk;
-      const int nv = block_setup(a, b, i0, &blk, vl, part);
-      memset(qx, 0, 2 * nX * sizeof(float)); /* qx and gx */
+  for (int i0 = 0; i0 < T; i0 += QB) {
+    qblock_t blk;
+    const int nv = block_setup(a, b, i0, &blk, vl, part); /* the same for the rep heads of the group */
+    for (int r = 0; r < rep; r++) {
+      const int h = g * rep + r;
+      zero_f(qx, 2 * (int)nX); /* qx and gx */
       for (int q = 0; q < QB; q++) {
         Dq[q] = lse[q] = 0.f;
         if (q >= blk.n) continue;
@@ -358,8 +379,8 @@ static void attn_bwd_task(void *ctx, int task) {
         for (int d = 0; d < hd; d++) D += go[d] * o[d];
         Dq[q] = D;
         lse[q] = a->L[((size_t)b * H + h) * T + i0 + q];
-        memcpy(qx + (size_t)q * hd, a->Qr + off, (size_t)hd * sizeof(float));
-        memcpy(gx + (size_t)q * hd, go, (size_t)hd * sizeof(float));
+        copy_f(qx + (size_t)q * hd, a->Qr + off, hd);
+        copy_f(gx + (size_t)q * hd, go, hd);
       }
       for (int t = 0; t < nv; t++) {
         const int v = vl[t];
@@ -498,7 +519,7 @@ static napi_value attention_fwd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   a.Q = Q; a.K = K; a.V = V; a.O = O; a.Qr = Qr; a.Kr = Kr; a.L = L;
-  parallel_for(attn_fwd_task, &a, a.B * a.KV, mt_threads(2.0 * a.B * a.H * a.T * a.T * a.hd, threads));
+  parallel_for(attn_fwd_task, &a, a.B * a.H, mt_threads(2.0 * a.B * a.H * a.T * a.T * a.hd, threads));
   if (atomic_load(&a.failed)) napi_throw_error(env, "ATTENTION_OOM", "attentionFwd: out of memory");
   return NULL;
 }
