@@ -6,13 +6,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { prepareDataset, type DatasetRef, type DatasetStore, type PreparedDataset } from '../storage/datasets.js';
+import { prepareDataset, sha256Hex, type DatasetRef, type DatasetStore, type PreparedDataset } from '../storage/datasets.js';
 import { reserve } from './reserve.js';
 import { cancelKey, createRedis, idempotencyKey as idemRedisKey, liveJobsKey } from './connection.js';
 import { cancelledStatus, toJobStatus, type CancelRecord } from './status.js';
 import { settlesWithin, withTimeout } from '../util/timeout.js';
 import type { TrainConfig } from '../config/schema.js';
-import { canonicalJson, canonicalSha256 } from '../training/data/hash.js';
+import { canonicalJson, canonicalJsonOf, canonicalSha256 } from '../training/data/hash.js';
 import type { DatasetRow } from '../training/types.js';
 import { QueueNames, type FinetunePayload, type JobStatus, type QueueJobTypes } from './types.js';
 
@@ -60,6 +60,17 @@ export class JobFinishedError extends Error {
 /** sha256 hex of the canonical JSON (src/training/data/hash.ts) of `{dataset, config}`. */
 export function datasetHash(dataset: unknown, config?: Record<string, unknown>): string {
   return canonicalSha256({ dataset, config: config ?? null });
+}
+
+/**
+ * The request hash of idempotency: `canonicalSha256({ communityId, config, dataset, fields })` (sha256 hex of
+ * the canonical JSON, keys sorted), written out in that key order so that the config's canonical JSON comes
+ * from `canonicalJsonOf` (computed once per memoised config, not per request).
+ */
+export function requestHashOf(communityId: string, datasetSha256: string, config: unknown, fields: Record<string, unknown>): string {
+  return sha256Hex(
+    `{"communityId":${canonicalJson(communityId)},"config":${canonicalJsonOf(config ?? null)},"dataset":${canonicalJson(datasetSha256)},"fields":${canonicalJson(fields)}}`,
+  );
 }
 
 /** A fresh job id: `ft-` + 24 hex digits from crypto.randomBytes (96 bits; never ':' and never all digits,
@@ -212,7 +223,7 @@ export class FinetuneQueueService {
     }
     // the request fields are part of the request (same rows, another callbackUrl = another job)
     const fields = Object.fromEntries(Object.entries(opts.fields ?? {}).filter(([, v]) => v !== undefined)) as JobRequestFields;
-    const requestHash = canonicalSha256({ communityId: req.communityId, dataset: ref.sha256, config: req.config ?? null, fields });
+    const requestHash = requestHashOf(req.communityId, ref.sha256, req.config ?? null, fields);
     const scope = opts.idempotencyKey
       ? `key:${createHash('sha256').update(opts.idempotencyKey).digest('hex').slice(0, 32)}`
       : `body:${requestHash.slice(0, 32)}`;

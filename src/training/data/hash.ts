@@ -21,3 +21,27 @@ export function canonicalSha256(v: unknown): string {
 export function datasetSha256(rows: readonly unknown[]): string {
   return canonicalSha256(rows);
 }
+
+const frozenText = new WeakMap<object, string>();
+
+/**
+ * Deep-freeze `v` (every nested object and array) and remember its canonical JSON, so that
+ * {@link canonicalJsonOf} of it is a lookup. For values computed once and shared by many callers (the API's
+ * memo of resolved request configs).
+ * @returns `v`, frozen.
+ */
+export function freezeCanonical<T extends object>(v: T): T {
+  const freeze = (o: unknown): void => {
+    if (o === null || typeof o !== 'object' || Object.isFrozen(o)) return;
+    Object.freeze(o);
+    for (const x of Object.values(o)) freeze(x);
+  };
+  freeze(v);
+  frozenText.set(v, canonicalJson(v));
+  return v;
+}
+
+/** {@link canonicalJson} of `v`, from the text {@link freezeCanonical} remembered when `v` is such a value. */
+export function canonicalJsonOf(v: unknown): string {
+  return (v !== null && typeof v === 'object' && frozenText.get(v)) || canonicalJson(v);
+}
