@@ -216,7 +216,9 @@ describe('FirebaseStorage against a fake GCS JSON API', () => {
     const dir = await makeArtifact('verify', 1000);
     const s = storage();
     const put = await s.putArtifact(dir, 'c8', 'job-verify');
-    const digest = createHash('sha256').update(await readFile(join(dir, 'manifest.json'))).digest('hex');
+    const digest = createHash('sha256')
+      .update(await readFile(join(dir, 'manifest.json')))
+      .digest('hex');
     const before = fake.log.length;
     const got = await s.verifyArtifact('c8', 'job-verify', digest);
     assert.deepEqual(got, { uri: put.uri, files: put.files });

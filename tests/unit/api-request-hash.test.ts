@@ -32,7 +32,10 @@ test('requestHashOf equals canonicalSha256 of {communityId, config, dataset, fie
   );
   // undefined members are dropped, as canonicalJson drops them
   const withUndefined = { beta: 0.1, loss: undefined };
-  assert.equal(requestHashOf('a', '0'.repeat(64), withUndefined, {}), canonicalSha256({ communityId: 'a', dataset: '0'.repeat(64), config: { beta: 0.1 }, fields: {} }));
+  assert.equal(
+    requestHashOf('a', '0'.repeat(64), withUndefined, {}),
+    canonicalSha256({ communityId: 'a', dataset: '0'.repeat(64), config: { beta: 0.1 }, fields: {} }),
+  );
 });
 
 test('memoizeConfigResolution: one deep-frozen result per input within the TTL, resolved again after it', async () => {
