@@ -1,8 +1,8 @@
 /**
  * The native kernels' thread pool (common.h: tasks claimed from a shared counter, the caller returning when
  * every task has completed, never waiting for a worker to arrive) and the GEMM's independent units on it
- * (gemm.c: B block packed by the caller or as a job of panels, units of rows x column ranges): every product
- * form, multi-block K and N, few row units (column ranges), on 2 and 3 threads with every kernel threaded
+ * (gemm.c: B block packed by the caller or as a job of panels, units of rows x column ranges; a long
+ * reduction split into slices): every product form, multi-block K and N, few row units (column ranges), on 2 and 3 threads with every kernel threaded
  * (configure(0, ...)), with workers spinning and with workers asleep between jobs (spin 0: the wake-up path),
  * against a plain float64 product; and thousands of back-to-back small jobs, each checked.
  */
@@ -52,7 +52,9 @@ test('threaded GEMM on the claim-based pool equals a float64 product (every form
   try {
     for (const [M, K, N] of [
       [1400, 64, 172], // the stories260K MLP
-      [64, 1400, 172], // a weight gradient: 2 row units, split into column ranges
+      [64, 1400, 172], // a weight gradient: the reduction split into slices (partial products summed)
+      [100, 2500, 300], // slices of K on 8 tasks (stories15M-like weight gradient, smaller)
+      [33, 777, 17], // slices with a short last one, N not a multiple of the panel width
       [50, 700, 2100], // K in 3 blocks, N in 2 blocks (NC 2048), the last block 52 columns
       [333, 320, 500], // a B block packed by a job of panels (kc x nc >= 131072)
       [7, 33, 5], // fewer rows than one unit

@@ -123,7 +123,7 @@ static int get_f64(napi_env env, napi_value v, double *out) {
  * use). malloc/free of the GEMM's 2 MB packing block on every call went through mmap/munmap, whose page
  * faults and TLB shootdowns cost more than a small product.
  */
-enum { SCRATCH_GEMM_A, SCRATCH_GEMM_B, SCRATCH_SMALL_B, SCRATCH_SMALL_ACC, SCRATCH_ATTENTION, SCRATCH_SLOTS };
+enum { SCRATCH_GEMM_A, SCRATCH_GEMM_B, SCRATCH_GEMM_PART, SCRATCH_SMALL_B, SCRATCH_SMALL_ACC, SCRATCH_ATTENTION, SCRATCH_SLOTS };
 static __thread struct {
   void *p;
   size_t n;

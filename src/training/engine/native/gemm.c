@@ -315,6 +315,80 @@ static int gemm_blocked(const gemm_args *g, int threads) {
 }
 
 /*
+ * Products with a long reduction and a small C (weight gradients: dW = X^T dY, K = tokens, M x N = a weight):
+ * the reduction is split into S slices, one pool task each (slice s packs its own panels of op(A) and op(B)
+ * for k in its range and writes C itself for s = 0, else a partial product), and the caller adds the partials.
+ * The blocked split instead had 2 row units for M = 64 (stories260K), and ran 5 jobs of K blocks, repacking
+ * op(A) for every range of columns.
+ */
+#define KS_MAX 16
+typedef struct {
+  const gemm_args *g;
+  float *part; /* S - 1 partial products [M, N] */
+  int kper;
+  atomic_int failed;
+} ksplit_t;
+
+static void ksplit_task(void *ctx, int s) {
+  ksplit_t *j = (ksplit_t *)ctx;
+  gemm_args gs = *j->g;
+  const int M = gs.M, N = gs.N, nPanels = (N + NR - 1) / NR;
+  const int k0 = s * j->kper, k1 = gs.K - k0 < j->kper ? gs.K : k0 + j->kper;
+  if (s > 0) {
+    gs.C = j->part + (size_t)(s - 1) * M * N;
+    gs.ldc = N;
+  }
+  float *Ap = scratch(SCRATCH_GEMM_A, (size_t)MU * KC * sizeof(float));
+  float *Bp = scratch(SCRATCH_GEMM_B, (size_t)KC * nPanels * NR * sizeof(float));
+  if (!Ap || !Bp) {
+    atomic_store(&j->failed, 1);
+    return;
+  }
+  const int kblk = (k1 - k0 + KC - 1) / KC, kcb = (k1 - k0 + kblk - 1) / kblk;
+  for (int pc = k0; pc < k1; pc += kcb) {
+    const int kc = k1 - pc < kcb ? k1 - pc : kcb;
+    for (int q = 0; q < nPanels; q++) pack_b(&gs, pc, kc, q * NR, N - q * NR < NR ? N - q * NR : NR, Bp + (size_t)q * kc * NR);
+    for (int ic = 0; ic < M; ic += MU) {
+      const int mc = M - ic < MU ? M - ic : MU;
+      pack_a(&gs, ic, mc, pc, kc, Ap);
+      for (int jr = 0; jr < N; jr += NR) {
+        const int nr = N - jr < NR ? N - jr : NR;
+        for (int ir = 0; ir < mc; ir += MR) {
+          const int mr = mc - ir < MR ? mc - ir : MR;
+          micro(kc, Ap + (size_t)(ir / MR) * kc * MR, Bp + (size_t)(jr / NR) * kc * NR, gs.C + (size_t)(ic + ir) * gs.ldc + jr, gs.ldc,
+                mr, nr, pc == k0);
+        }
+      }
+    }
+  }
+}
+
+/* The split product when it applies (threads > 1, K long against M and N, C small); 1 done, 0 not applicable, -1 out of memory. */
+static int gemm_ksplit(const gemm_args *g, int threads) {
+  const int M = g->M, K = g->K, N = g->N, mn = M > N ? M : N;
+  if (threads < 2 || N > NC || K < 512 || K < 2 * mn || (size_t)M * N > 262144 || g->ldc != N) return 0;
+  int S = (K + KC - 1) / KC; /* slices of at most KC: one packed block each */
+  if (S < 2 * threads) S = 2 * threads;
+  if (S > KS_MAX) S = KS_MAX;
+  ksplit_t j;
+  j.g = g;
+  j.kper = (K + S - 1) / S;
+  S = (K + j.kper - 1) / j.kper;
+  j.part = scratch(SCRATCH_GEMM_PART, (size_t)(S - 1) * M * N * sizeof(float));
+  if (!j.part) return -1;
+  atomic_store(&j.failed, 0);
+  parallel_for(ksplit_task, &j, S, threads);
+  if (atomic_load(&j.failed)) return -1;
+  const size_t n = (size_t)M * N;
+  for (int s = 1; s < S; s++) {
+    const float *restrict p = j.part + (size_t)(s - 1) * n;
+    float *restrict c = g->C;
+    for (size_t i = 0; i < n; i++) c[i] += p[i];
+  }
+  return 1;
+}
+
+/*
  * Small products with a short reduction (K <= 32, N >= 32), e.g. attention's per-head
  * q k^T (K = head dim): the 8x32 panel kernel loads and stores its C block for only
  * a few k steps there (for few columns, N < 32, this loop measured slower than the panels). Instead op(B) is packed once into a contiguous
@@ -387,7 +461,10 @@ static int gemm(const gemm_args *g, int threads) {
   if (g->K <= 32 && g->N >= 32 && flops < 4e6 && gemm_small(g)) return 1;
   if (g->N <= 16 && flops < 4e6 && gemm_narrow(g)) return 1;
   if (threads > 8) threads = 8;
-  return gemm_blocked(g, mt_threads(flops, threads));
+  threads = mt_threads(flops, threads);
+  const int ks = gemm_ksplit(g, threads);
+  if (ks != 0) return ks > 0;
+  return gemm_blocked(g, threads);
 }
 
 typedef struct {
