@@ -240,12 +240,31 @@ static inline void block_rows(const float *W, int ldw, const int *vl, int nv, co
   }
 }
 
-/* copy / clear a few floats (a head's row) inline: as libc calls of 32 bytes they cost more than the copy */
+/*
+ * Copy / clear a few floats (a head's row) inline, a vector at a time: as libc calls of 32 bytes they cost more
+ * than the copy. The empty asm on the counter keeps GCC from turning the loops back into memcpy / memset calls.
+ */
 static inline void copy_f(float *restrict dst, const float *restrict src, int n) {
-  for (int d = 0; d < n; d++) dst[d] = src[d];
+  int d = 0;
+  for (; d + AW <= n; d += AW) {
+    *(vau *)(dst + d) = *(const vau *)(src + d);
+    __asm__("" : "+r"(d));
+  }
+  for (; d < n; d++) {
+    dst[d] = src[d];
+    __asm__("" : "+r"(d));
+  }
 }
 static inline void zero_f(float *dst, int n) {
-  for (int d = 0; d < n; d++) dst[d] = 0.f;
+  int d = 0;
+  for (; d + AW <= n; d += AW) {
+    *(vau *)(dst + d) = (vau){0};
+    __asm__("" : "+r"(d));
+  }
+  for (; d < n; d++) {
+    dst[d] = 0.f;
+    __asm__("" : "+r"(d));
+  }
 }
 
 /*
