@@ -246,10 +246,18 @@ async function main(): Promise<void> {
   if (child) return runChild(child);
   const dir = await modelDir();
   const results = new Map<string, Array<Record<string, number>>>();
+  const failed = new Map<string, string>();
   for (let r = 0; r < runs; r++) {
     for (const layout of layouts) {
       const p = spawnSync(process.execPath, ['--import', 'tsx', import.meta.filename, ...args, '--child', layout], { encoding: 'utf8', maxBuffer: 1 << 26 });
       const j = lastJson(p.stdout);
+      if (!j && p.signal) {
+        // e.g. SIGKILL from the kernel's OOM killer: say so and go on with the other layouts
+        const why = `killed by ${p.signal}${p.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`;
+        console.log(JSON.stringify({ engine: 'ours', layout, failed: why }));
+        failed.set(layout, why);
+        continue;
+      }
       if (!j) throw new Error(`bench:real ${layout} failed:\n${p.stderr.slice(-3000)}`);
       console.log(JSON.stringify(j));
       results.set(layout, [...(results.get(layout) ?? []), j as Record<string, number>]);
@@ -308,6 +316,7 @@ async function main(): Promise<void> {
       `${layout.padEnd(15)} ${stat(ep).padEnd(18)} ${stat(rs.map((x) => x.median_step_s!)).padEnd(18)} ${String(Math.max(...rs.map((x) => x.tokens_per_s ?? 0))).padEnd(14)} ${String(rs[0]!.padding_fraction ?? '').padEnd(8)} ${String(Math.max(...rs.map((x) => x.peak_rss_mb!))).padEnd(12)} ${ratio}`,
     );
   }
+  for (const [layout, why] of failed) console.log(`${layout.padEnd(15)} failed: ${why}`);
 }
 
 await main();
