@@ -4,12 +4,14 @@
  *
  *   npm run bench:real -- --model <hf dir | stories260K | stories15M-gpt2 | smollm2-135m-gpt2> --data hh|sharegpt|<jsonl>
  *     --pairs N --max-length L [--batch 4] [--runs 1] [--layouts padded,padding_free,shared_prompt] [--peer trl]
+ *     [--mode dpo|sft]
  *
  * Each layout (and each run) trains in its own process (peak RSS per row): policy + frozen reference copy, sigmoid
  * DPO beta 0.1, AdamW lr 1e-6, batch --batch pairs, one epoch over the first N pairs. Rows: wall time of the epoch,
  * median step (first step left out, as the peer), non-padding tokens/s (prompt+chosen and prompt+rejected tokens,
  * the same count for every layout), the padded layout's padding fraction, peak RSS. Presets `*-gpt2` are random
  * checkpoints of that shape with the GPT-2 tokenizer (../shared/tokenizers/gpt2), written once to $TMPDIR.
+ * `--mode sft`: one SFT epoch on prompt + chosen instead (padded vs padding_free; no reference, no peer).
  */
 import { spawnSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs-core';
@@ -25,7 +27,7 @@ import { loadTokenizer } from '../src/training/tokenizers/index.js';
 import { tokenizePreference, type BatchLayout, type TokenizedPair } from '../src/training/data/index.js';
 import { resolveLossOptions } from '../src/training/losses/index.js';
 import { runStage } from '../src/training/trainer/stage.js';
-import { dpoTask } from '../src/training/trainer/tasks.js';
+import { dpoTask, sftTask } from '../src/training/trainer/tasks.js';
 import type { ModelConfig, PreferenceExample } from '../src/training/types.js';
 
 // ../shared beside the checkout (a worktree under wt/ has it two levels up); BENCH_SHARED_DIR overrides
@@ -46,6 +48,11 @@ const batch = Number(opt('batch', '4'));
 const runs = Number(opt('runs', '1'));
 const layouts = (opt('layouts', 'padded,padding_free,shared_prompt')!.split(',') as BatchLayout[]).filter(Boolean);
 const peer = opt('peer');
+// --mode sft: one SFT epoch on prompt + chosen (layouts padded, padding_free; no peer), instead of DPO
+const mode = opt('mode', 'dpo') as 'dpo' | 'sft';
+if (mode !== 'dpo' && mode !== 'sft') throw new Error(`--mode must be dpo or sft, not ${mode}`);
+if (mode === 'sft' && layouts.includes('shared_prompt')) layouts.splice(layouts.indexOf('shared_prompt'), 1);
+if (mode === 'sft' && peer) throw new Error("--peer runs TRL's DPOTrainer: use it with --mode dpo");
 const child = opt('child') as BatchLayout | undefined;
 
 const SHAPES: Record<string, Partial<ModelConfig>> = {
@@ -135,7 +142,7 @@ async function runChild(layout: BatchLayout): Promise<void> {
   await initBackend('auto');
   const dir = await modelDir();
   const { model: policy, tokenizer } = await loadPretrained(dir, { trainable: true });
-  const reference = cloneModel(policy, { trainable: false });
+  const reference = mode === 'dpo' ? cloneModel(policy, { trainable: false }) : null;
   const pairs = rows()
     .map((r) => tokenizePreference(r, tokenizer, { maxLength, maxPromptLength: Math.floor(maxLength / 2), truncationMode: 'keep_end' }))
     .filter((p): p is TokenizedPair => p !== null);
@@ -144,24 +151,29 @@ async function runChild(layout: BatchLayout): Promise<void> {
   for (let i = 0; i < pairs.length; i += batch) {
     let L = 0;
     for (const p of pairs.slice(i, i + batch)) {
-      nonPad += 2 * p.promptIds.length + p.chosenIds.length + p.rejectedIds.length;
-      L = Math.max(L, p.promptIds.length + Math.max(p.chosenIds.length, p.rejectedIds.length));
+      // DPO: prompt+chosen and prompt+rejected; SFT: prompt+chosen
+      nonPad += mode === 'dpo' ? 2 * p.promptIds.length + p.chosenIds.length + p.rejectedIds.length : p.promptIds.length + p.chosenIds.length;
+      L = Math.max(L, p.promptIds.length + (mode === 'dpo' ? Math.max(p.chosenIds.length, p.rejectedIds.length) : p.chosenIds.length));
     }
-    paddedSlots += 2 * Math.min(batch, pairs.length - i) * L;
+    paddedSlots += (mode === 'dpo' ? 2 : 1) * Math.min(batch, pairs.length - i) * L;
   }
   const params = new Map([...policy.params].filter(([, v]) => v.trainable));
-  const task = dpoTask({
-    policy,
-    reference: { kind: 'model', model: reference },
-    train: pairs,
-    eval: [],
-    padId: tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0,
-    loss: resolveLossOptions({ name: 'dpo', beta: 0.1 }),
-    params,
-    evalBatchSize: batch,
-    logitStats: false,
-    layout,
-  });
+  const padId = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
+  const task =
+    reference === null
+      ? sftTask({ model: policy, train: pairs, eval: [], padId, params, evalBatchSize: batch, layout })
+      : dpoTask({
+          policy,
+          reference: { kind: 'model', model: reference },
+          train: pairs,
+          eval: [],
+          padId: tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0,
+          loss: resolveLossOptions({ name: 'dpo', beta: 0.1 }),
+          params,
+          evalBatchSize: batch,
+          logitStats: false,
+          layout,
+        });
   const steps: number[] = [];
   const t0 = performance.now();
   await runStage(
@@ -213,6 +225,7 @@ async function runChild(layout: BatchLayout): Promise<void> {
   console.log(
     JSON.stringify({
       engine: 'ours',
+      mode,
       layout,
       model,
       pairs: pairs.length,
@@ -306,7 +319,9 @@ async function main(): Promise<void> {
     }
   }
   mkdirSync(join(tmpdir()), { recursive: true });
-  console.log(`\n${model}, ${nPairs} pairs, max_length ${maxLength}, batch ${batch}: min/median/max over ${runs} run(s) (a shared, loaded machine: noisy)`);
+  console.log(
+    `\n${mode.toUpperCase()} ${model}, ${nPairs} pairs, max_length ${maxLength}, batch ${batch}: min/median/max over ${runs} run(s) (a shared, loaded machine: noisy)`,
+  );
   console.log('layout          epoch s            median step s      tokens/s       padding  peak RSS MB  vs TRL epoch');
   const trl = results.get('trl');
   for (const [layout, rs] of results) {
