@@ -46,13 +46,18 @@ export class LowPrecisionWeights {
   }
 }
 
-/** float32 -> bfloat16 bits, round to nearest even (NaN stays NaN). */
+/**
+ * float32 -> bfloat16 bits, round to nearest even, as torch's `.to(torch.bfloat16)`: every NaN becomes the
+ * canonical quiet NaN 0x7fc0 (c10::BFloat16's round_to_nearest_even), infinities stay infinities. The one
+ * conversion of the repo: frozen BF16 weights here and BF16 checkpoints (models/safetensors.ts).
+ * @param src float32 values; @returns their bfloat16 bit patterns, `[src.length]`.
+ */
 export function toBfloat16(src: Float32Array): Uint16Array {
   const u = new Uint32Array(src.buffer, src.byteOffset, src.length);
   const out = new Uint16Array(src.length);
   for (let i = 0; i < u.length; i++) {
     const x = u[i]!;
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) out[i] = (x >>> 16) | 0x40;
+    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) out[i] = 0x7fc0;
     else out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
   }
   return out;

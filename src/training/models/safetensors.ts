@@ -12,6 +12,7 @@ import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { WeightsError } from './errors.js';
 import type { HostTensor } from './llama2c.js';
+import { toBfloat16 } from '../engine/lowp.js';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16';
 const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -126,17 +127,8 @@ export function decodeToF32(bytes: Uint8Array, dtype: SafetensorsDtype): Float32
   return out;
 }
 
-/** float32 → bfloat16 bits, round to nearest even (NaN stays NaN), as torch's `.to(torch.bfloat16)`. */
-export function f32ToBf16Bits(src: Float32Array): Uint16Array {
-  const u32 = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < src.length; i++) {
-    const x = u32[i]!;
-    if ((x & 0x7f800000) === 0x7f800000 && (x & 0x7fffff) !== 0) out[i] = 0x7fc0;
-    else out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
-  }
-  return out;
-}
+/** float32 → bfloat16 bits (engine/lowp.ts `toBfloat16`: round to nearest even, NaN → 0x7fc0, as torch). */
+export const f32ToBf16Bits = toBfloat16;
 
 /**
  * The tensor index of a checkpoint directory or file: a single `model.safetensors`, or the shards listed in
