@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
+import { pino } from 'pino';
 import addFormatsModule from 'ajv-formats';
 import { schemasDir } from '../config/paths.js';
 
@@ -39,13 +40,15 @@ export function apiSchemas(): ApiSchemas {
   return cached;
 }
 
-// ajv's console logger, without its start-up notice that the `unicode` option is deprecated (it is honoured)
+// ajv's messages as pino JSON on stderr (never console), without its start-up notice that the `unicode`
+// option is deprecated (it is honoured)
+const ajvLog = pino({ name: 'ajv', level: process.env.LOG_LEVEL ?? 'info' }, pino.destination(2));
 const AJV_LOGGER = {
-  log: (...args: unknown[]) => console.log(...args),
+  log: (...args: unknown[]) => ajvLog.debug(args.map(String).join(' ')),
   warn: (...args: unknown[]) => {
-    if (!(typeof args[0] === 'string' && args[0].startsWith('DEPRECATED: option unicode'))) console.warn(...args);
+    if (!(typeof args[0] === 'string' && args[0].startsWith('DEPRECATED: option unicode'))) ajvLog.warn(args.map(String).join(' '));
   },
-  error: (...args: unknown[]) => console.error(...args),
+  error: (...args: unknown[]) => ajvLog.error(args.map(String).join(' ')),
 };
 
 /**
