@@ -16,6 +16,7 @@ import { engineSettings } from '../src/training/engine/settings.js';
 import { initBackend } from '../src/training/engine/backend.js';
 import { loadPretrained } from '../src/training/models/index.js';
 import { packPreference, tokenizePreference, type TokenizedPair } from '../src/training/data/index.js';
+import { Rng } from '../src/util/rng.js';
 
 const SHARED =
   process.env.BENCH_SHARED_DIR ??
@@ -57,14 +58,10 @@ for (const line of text.split('\n')) {
   });
   if (p) pairs.push(p);
 }
+/** `n` seeded uniform values in [-1, 1) (src/util/rng.ts). */
 const rand = (n: number, seed: number): Float32Array => {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
+  const r = new Rng(seed);
+  return Float32Array.from({ length: n }, () => 2 * r.next() - 1);
 };
 const threads = engineSettings().nativeThreads;
 const batches = [];

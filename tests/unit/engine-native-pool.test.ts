@@ -6,19 +6,34 @@
  * (configure(0, ...)), with workers spinning and with workers asleep between jobs (spin 0: the wake-up path),
  * against a plain float64 product; and thousands of back-to-back small jobs, each checked.
  */
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loadNativeAddon } from '../../src/training/engine/addon.js';
+import { type NativeAddon, loadNativeAddon } from '../../src/training/engine/addon.js';
+import { Rng } from '../../src/util/rng.js';
 import { engineSettings } from '../../src/training/engine/settings.js';
 
+/** `n` seeded uniform values in [-1, 1) (src/util/rng.ts). */
 function filled(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
+  const r = new Rng(seed);
+  return Float32Array.from({ length: n }, () => 2 * r.next() - 1);
+}
+
+/**
+ * Run `body` with the addon (skip without one), the engine's thread cut-off and spin restored afterwards
+ * (bodies call `configure` to thread every kernel).
+ */
+function withAddon(t: TestContext, body: (g: NativeAddon) => void): void {
+  const g = loadNativeAddon();
+  if (!g) {
+    t.skip('native addon not available');
+    return;
   }
-  return out;
+  const s = engineSettings();
+  try {
+    body(g);
+  } finally {
+    g.configure(s.mtMflop, s.spinUs);
+  }
 }
 
 /** C = op(A) op(B) in float64, op(X) = X^T when t. */
@@ -43,13 +58,7 @@ function maxRelErr(got: Float32Array, want: Float64Array): number {
 }
 
 test('threaded GEMM on the claim-based pool equals a float64 product (every form, block edges, few row units)', (t) => {
-  const g = loadNativeAddon();
-  if (!g) {
-    t.skip('native addon not available');
-    return;
-  }
-  const s = engineSettings();
-  try {
+  withAddon(t, (g) => {
     for (const [M, K, N] of [
       [1400, 64, 172], // the stories260K MLP
       [64, 1400, 172], // a weight gradient: the reduction split into slices (partial products summed)
@@ -79,19 +88,11 @@ test('threaded GEMM on the claim-based pool equals a float64 product (every form
         }
       }
     }
-  } finally {
-    g.configure(s.mtMflop, s.spinUs);
-  }
+  });
 });
 
 test('thousands of back-to-back small threaded jobs each compute their own result', (t) => {
-  const g = loadNativeAddon();
-  if (!g) {
-    t.skip('native addon not available');
-    return;
-  }
-  const s = engineSettings();
-  try {
+  withAddon(t, (g) => {
     for (const spin of [300, 0]) {
       g.configure(0, spin);
       const M = 96;
@@ -118,7 +119,5 @@ test('thousands of back-to-back small threaded jobs each compute their own resul
         for (const i of [0, r * 37, Y.length - 1]) assert.equal(Y[i], Math.fround(X[i]! * X[i]!), `unary job ${r} element ${i}`);
       }
     }
-  } finally {
-    g.configure(s.mtMflop, s.spinUs);
-  }
+  });
 });
