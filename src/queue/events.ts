@@ -165,7 +165,7 @@ export class JobEventLog {
 
   /**
    * What an append of `e` to `jobId`'s log writes, for a script that appends it together with other writes
-   * (JobIndex.addWithEvent): the stream key, the stored body, the MAXLEN cap and the stream TTL (seconds).
+   * (the trigger's reservation script, JobIndex.queuedRecordArgs): the stream key, the stored body, the MAXLEN cap and the stream TTL (seconds).
    */
   appendArgs(jobId: string, e: NewJobEvent): { key: string; body: string; maxLen: number; ttlSeconds: number } {
     return { key: eventsKey(this.prefix, jobId), body: encodeEvent(e), maxLen: this.maxLen, ttlSeconds: this.ttl };

@@ -10,6 +10,7 @@
 import type { Redis } from 'ioredis';
 import type { JobEventLog, NewJobEvent } from './events.js';
 import { QueueNames } from './types.js';
+import type { QueuedRecordArgs } from './reserve.js';
 
 /** A `after` cursor that does not decode: the message says to pass back `nextCursor` unchanged. */
 export class InvalidCursorError extends Error {
@@ -55,17 +56,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 return 1
 `;
 
-/** INDEX_ADD, then XADD + EXPIRE of the event (KEYS[3] the stream; ARGV[4..6] body, MAXLEN, TTL). */
-const INDEX_ADD_EVENT = `
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-return id
-`;
-
 export class JobIndex {
   constructor(
     private readonly redis: Redis,
@@ -87,26 +77,21 @@ export class JobIndex {
   }
 
   /**
-   * {@link add}, and append the job's first event `e` to its log, in one command (one Redis round trip and one
-   * socket write for what the trigger records after creating a job).
-   * @returns the event's stream id. @throws the Redis error.
+   * The keys and values with which the trigger's reservation script (src/queue/reserve.ts) records a new job
+   * in this index and appends its first event `e` to `log`, in the same round trip as the reservation.
    */
-  async addWithEvent(jobId: string, communityId: string, createdAtMs: number, log: JobEventLog, e: NewJobEvent): Promise<string> {
-    const cutoff = Date.now() - this.retentionSeconds * 1000;
+  queuedRecordArgs(jobId: string, communityId: string, createdAtMs: number, log: JobEventLog, e: NewJobEvent): QueuedRecordArgs {
     const ev = log.appendArgs(jobId, e);
-    const r = this.redis as unknown as Redis & { dpoIndexAddEvent?: (...a: Array<string | number>) => Promise<string> };
-    if (typeof r.dpoIndexAddEvent !== 'function') this.redis.defineCommand('dpoIndexAddEvent', { numberOfKeys: 3, lua: INDEX_ADD_EVENT });
-    return r.dpoIndexAddEvent!(
-      indexKey(this.prefix),
-      indexKey(this.prefix, communityId),
-      ev.key,
-      createdAtMs,
-      jobId,
-      `(${cutoff}`,
-      ev.body,
-      ev.maxLen,
-      ev.ttlSeconds,
-    );
+    return {
+      indexAll: indexKey(this.prefix),
+      indexCommunity: indexKey(this.prefix, communityId),
+      score: createdAtMs,
+      cutoff: `(${Date.now() - this.retentionSeconds * 1000}`,
+      stream: ev.key,
+      body: ev.body,
+      maxLen: ev.maxLen,
+      ttlSeconds: ev.ttlSeconds,
+    };
   }
 
   /** Drop a job from the index (its data expired). */

@@ -8,7 +8,12 @@
  *    same lists and sets BullMQ's getJobCounts reads);
  * 3. adds the new job id to the community's live set and counts it against MAX_JOBS_PER_COMMUNITY (removing
  *    it again when over);
- * 4. writes the idempotency record with its TTL.
+ * 4. writes the idempotency record with its TTL;
+ * 5. optionally, records the job in the job index (all jobs and the community's, trimmed to the retention) and
+ *    appends its first event (`job.queued`) to the job's event stream: what the route did in a round trip of
+ *    its own after the job was added. The index and the event therefore exist a moment before the job does
+ *    (the job lister keeps young index entries without a job, src/api/routes/jobs-list.ts), and the caller
+ *    removes them again when the job cannot be added.
  *
  * Before, these were five to six round trips (GET, SET NX, getJobCounts, MULTI ZADD+ZCARD, and on a race
  * another GET); being one script also closes the window in which two concurrent equal requests could both
@@ -35,6 +40,14 @@ if maxC > 0 then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[10] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[8], ARGV[6])
+  redis.call('ZADD', KEYS[9], ARGV[8], ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', ARGV[9])
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', ARGV[9])
+  redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[11], '*', 'e', ARGV[10])
+  redis.call('EXPIRE', KEYS[10], ARGV[12])
+end
 return {'ok', ''}
 `;
 
@@ -73,6 +86,24 @@ export interface ReserveArgs {
   maxPerCommunity: number;
   jobId: string;
   nowMs: number;
+  /** Step 5, on success only: the job index entry and the first event (absent: neither is written). */
+  queued?: QueuedRecordArgs;
+}
+
+/** The keys and values of step 5 (JobIndex.entryArgs + JobEventLog.appendArgs). */
+export interface QueuedRecordArgs {
+  /** the index of all jobs and the community's (sorted sets scored by creation time, ms) */
+  indexAll: string;
+  indexCommunity: string;
+  /** the index entry's score (ms) */
+  score: number;
+  /** entries scored before this are trimmed (a ZRANGEBYSCORE bound, e.g. `(1700000000000`) */
+  cutoff: string;
+  /** the event stream's key, the event's stored body, the stream's approximate MAXLEN and TTL (seconds) */
+  stream: string;
+  body: string;
+  maxLen: number;
+  ttlSeconds: number;
 }
 
 type ReserveCommand = (...args: Array<string | number>) => Promise<[string, string]>;
@@ -84,7 +115,9 @@ type ReserveCommand = (...args: Array<string | number>) => Promise<[string, stri
  */
 export async function reserve(redis: Redis, k: ReserveKeys, a: ReserveArgs): Promise<Reservation> {
   const r = redis as unknown as Redis & { dpoReserve?: ReserveCommand };
-  if (typeof r.dpoReserve !== 'function') redis.defineCommand('dpoReserve', { numberOfKeys: 7, lua: SCRIPT });
+  if (typeof r.dpoReserve !== 'function') redis.defineCommand('dpoReserve', { numberOfKeys: 10, lua: SCRIPT });
+  const q = a.queued;
+  // without step 5 its keys are the idempotency key again (a script must declare every key it may touch)
   const [kind, value] = await r.dpoReserve!(
     k.idem,
     k.live,
@@ -93,6 +126,9 @@ export async function reserve(redis: Redis, k: ReserveKeys, a: ReserveArgs): Pro
     k.active,
     k.delayed,
     k.prioritized,
+    q?.indexAll ?? k.idem,
+    q?.indexCommunity ?? k.idem,
+    q?.stream ?? k.idem,
     a.record,
     a.ttlSeconds,
     a.expected ?? '',
@@ -100,6 +136,11 @@ export async function reserve(redis: Redis, k: ReserveKeys, a: ReserveArgs): Pro
     a.maxPerCommunity,
     a.jobId,
     a.nowMs,
+    q?.score ?? 0,
+    q?.cutoff ?? '',
+    q?.body ?? '',
+    q?.maxLen ?? 0,
+    q?.ttlSeconds ?? 0,
   );
   if (kind === 'ok') return { kind };
   if (kind === 'prior') return { kind, record: value };

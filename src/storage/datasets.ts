@@ -53,20 +53,31 @@ export function canonicalJson(v: unknown): string {
  * a replacer key a row lacks would be looked up on its prototype, e.g. `__proto__`).
  */
 export function canonicalStringRows(rows: readonly unknown[]): string | null {
-  let keys: Set<string> | null = null;
-  for (const r of rows) {
-    if (r === null || typeof r !== 'object' || Array.isArray(r)) return null;
-    const proto = Object.getPrototypeOf(r);
-    if (proto !== Object.prototype && proto !== null) return null;
-    const own = Object.keys(r);
-    keys ??= new Set(own);
-    if (own.length !== keys.size) return null;
-    for (const k of own) if (!keys.has(k) || typeof (r as Record<string, unknown>)[k] !== 'string') return null;
+  const first = rows[0];
+  if (!isPlainRecord(first)) return null;
+  const keys = Object.keys(first);
+  const keySet = new Set(keys);
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    if (!isPlainRecord(r)) return null;
+    // for-in walks own keys here (a plain object's prototype, Object.prototype or null, has no enumerable
+    // keys): no key array per row
+    let n = 0;
+    for (const k in r) {
+      if (!keySet.has(k) || typeof r[k] !== 'string') return null;
+      n++;
+    }
+    if (n !== keys.length) return null;
   }
-  if (keys === null) return null;
   // with a replacer array JSON.stringify writes exactly these keys, in this order (every row has all of them);
   // measured faster than building the text from JSON.stringify of each value
-  return JSON.stringify(rows, [...keys].sort());
+  return JSON.stringify(rows, keys.sort());
+}
+
+function isPlainRecord(r: unknown): r is Record<string, unknown> {
+  if (r === null || typeof r !== 'object' || Array.isArray(r)) return false;
+  const proto = Object.getPrototypeOf(r);
+  return proto === Object.prototype || proto === null;
 }
 
 /** sha256 hex of a string or bytes. */

@@ -31,6 +31,16 @@ export function insideRoot(root: string, parts: string[], code: 'INVALID_ARTIFAC
   return p;
 }
 
+// temporary names: this process's random token and a counter (unique across processes and hosts sharing
+// the directory, without a randomBytes call per write)
+const TMP_TOKEN = randomBytes(6).toString('hex');
+let tmpCounter = 0;
+
+/** A temporary name beside `target`, unique to this call. */
+function tmpName(target: string): string {
+  return `${target}.tmp-${TMP_TOKEN}-${(tmpCounter++).toString(36)}`;
+}
+
 /** Stores artifacts and objects under a root directory. */
 export class LocalStorage implements Storage, ObjectStorage {
   readonly kind = 'local';
@@ -79,7 +89,7 @@ export class LocalStorage implements Storage, ObjectStorage {
       if ((await exists(target)) && (await verifyManifest(target, manifest)).length === 0) {
         return { uri, files: manifest.files };
       }
-      const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+      const tmp = tmpName(target);
       try {
         await mkdir(dirname(target), { recursive: true });
         await cp(source, tmp, { recursive: true, errorOnExist: false, force: true });
@@ -127,7 +137,7 @@ export class LocalStorage implements Storage, ObjectStorage {
 
   async putObject(key: string, data: Buffer | string): Promise<void> {
     const target = this.objectPath(key);
-    const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const tmp = tmpName(target);
     const dir = dirname(target);
     try {
       if (!this.madeDirs.has(dir)) {
@@ -165,7 +175,7 @@ export class LocalStorage implements Storage, ObjectStorage {
   async putObjectsIfAbsent(entries: Array<{ key: string; data: Buffer | string }>): Promise<boolean> {
     const targets = entries.map((e) => this.objectPath(e.key));
     if (targets.length === 0) return false;
-    const tmps = targets.map((t) => `${t}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    const tmps = targets.map(tmpName);
     const fail = (err: unknown): StorageError =>
       new StorageError('STORAGE_UPLOAD_FAILED', `could not store object ${entries[0]!.key}: ${(err as NodeJS.ErrnoException).code ?? 'write failed'}`);
     let bytes = 0;
@@ -239,7 +249,7 @@ export class LocalStorage implements Storage, ObjectStorage {
 
   async putObjectFile(key: string, localPath: string): Promise<void> {
     const target = this.objectPath(key);
-    const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const tmp = tmpName(target);
     try {
       await mkdir(dirname(target), { recursive: true });
       await cp(localPath, tmp, { force: true });

@@ -11,6 +11,9 @@ import { ValidationError } from '../errors.js';
 import { errorResponses } from './common.js';
 import { redisRead } from './job-access.js';
 
+/** How long an index entry without a job is kept (ms): a trigger records the entry before it adds the job. */
+export const PENDING_ENTRY_GRACE_MS = 60_000;
+
 export interface JobsListOptions {
   queue: FinetuneQueueService;
   index: JobIndex;
@@ -87,7 +90,9 @@ export async function jobsListRoutes(app: FastifyInstance, opts: JobsListOptions
           const st = statuses[i];
           const e = batch[i]!;
           if (!st) {
-            void opts.index.remove(e.id, null).catch(() => {});
+            // gone (its data expired), unless young: the trigger's reservation writes the entry a moment
+            // before the job is added (src/queue/reserve.ts)
+            if (Date.now() - e.score >= PENDING_ENTRY_GRACE_MS) void opts.index.remove(e.id, null).catch(() => {});
             last = e;
             continue;
           }

@@ -5,7 +5,7 @@
  * index and its event log starts with `job.queued`.
  */
 import type { FinetuneQueueService, JobRequestFields } from '../../queue/finetune-queue.js';
-import type { JobEventLog } from '../../queue/events.js';
+import type { JobEventLog, NewJobEvent } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
 import type { TrainingMethod } from '../../queue/types.js';
 import type { TrainConfig } from '../../config/index.js';
@@ -68,13 +68,12 @@ export async function checkTriggerExtras(
   return { problems, fields };
 }
 
-/** Record a created job: list index and `job.queued`. Failures are logged by the caller, never fatal. */
-export async function recordQueued(
-  deps: { queue: FinetuneQueueService; index: JobIndex; events: JobEventLog },
-  job: { jobId: string; communityId: string; createdAt: string; rows: number | null; fields: JobRequestFields },
-): Promise<void> {
-  // the index entry and the first event in one script: one round trip and one socket write
-  await deps.index.addWithEvent(job.jobId, job.communityId, Date.parse(job.createdAt), deps.events, {
+/**
+ * The first event of a created job (`job.queued`), which the queue's reservation appends together with the
+ * job index entry (FinetuneQueueService.enqueue, `queued`).
+ */
+export function queuedEvent(job: { communityId: string; rows: number | null; fields: JobRequestFields }): NewJobEvent {
+  return {
     type: 'job.queued',
     message: 'queued',
     data: {
@@ -85,7 +84,7 @@ export async function recordQueued(
       ...(job.fields.datasetId ? { datasetId: job.fields.datasetId } : {}),
       callback: job.fields.callbackUrl ? new URL(job.fields.callbackUrl).host : null,
     },
-  });
+  };
 }
 
 /**

@@ -15,7 +15,7 @@ import { validatePromptRows } from '../../training/online/validate-prompts.js';
 import { errorResponses } from './common.js';
 import type { JobEventLog } from '../../queue/events.js';
 import type { JobIndex } from '../../queue/job-index.js';
-import { checkTriggerExtras, configForMethod, dryRunPlan, recordQueued, type TriggerExtrasDeps } from './trigger-extras.js';
+import { checkTriggerExtras, configForMethod, dryRunPlan, queuedEvent, type TriggerExtrasDeps } from './trigger-extras.js';
 
 /** Semantic row checks: `{index, field, code, message}` per problem (the contract of src/training/data/validate-rows.ts). */
 export type RowValidator = (rows: unknown[]) => Array<{ index: number; field: string; code?: string; message: string; detail?: string }>;
@@ -138,7 +138,13 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
       try {
         res = await opts.queue.enqueue(
           { communityId, dataset: stored ?? dataset, config: resolved.config },
-          { idempotencyKey: typeof idem === 'string' ? idem : undefined, principalId: principalOf(request).id, fields: extras.fields },
+          {
+            idempotencyKey: typeof idem === 'string' ? idem : undefined,
+            principalId: principalOf(request).id,
+            fields: extras.fields,
+            // the list index entry and job.queued, written by the reservation itself (no extra round trip)
+            queued: { index: opts.extras.index, events: opts.extras.events, event: queuedEvent({ communityId, rows: rowCount, fields: extras.fields }) },
+          },
         );
       } catch (err) {
         if (err instanceof ApiError) throw err;
@@ -151,12 +157,6 @@ export async function triggerRoutes(app: FastifyInstance, opts: TriggerRouteOpti
         throw new ServiceUnavailableError();
       }
       request.log.info({ jobId: res.jobId, communityId, rows: rowCount, created: res.created }, 'finetune job');
-      if (res.created) {
-        await recordQueued(
-          { queue: opts.queue, ...opts.extras },
-          { jobId: res.jobId, communityId, createdAt: res.status.createdAt, rows: rowCount, fields: extras.fields },
-        ).catch((err: Error) => request.log.warn({ err: err.message }, 'could not record the queued job'));
-      }
       return reply.code(res.created ? 202 : 200).send({
         jobId: res.jobId,
         communityId,
