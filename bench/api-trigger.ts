@@ -10,8 +10,10 @@
  * Every request has its own ~36 KB body (120 rows, a per-request tag), like distinct webhooks. The load
  * generator (autocannon, and the making of those bodies) runs in a child process, so it does not share the
  * servers' event loop: in one process it took CPU from whichever server was measured, and most from the cheaper
- * one. Reports req/s, p50 and p99 latency (ms) per run, min/median over runs, full/bare ratios, and Redis bytes
- * per job (MEMORY USAGE of the job hash plus the service's own keys, sampled). Env: BENCH_DURATION (s, default
+ * one. Reports req/s, p50 and p99 latency (ms) per run, min/median over runs, full/bare ratios, the CPU time
+ * per request of the servers' process, of Redis and of the load generator (on a machine that runs all three,
+ * their sum bounds req/s: cores / CPU per request), and Redis bytes per job (MEMORY USAGE of the job hash plus
+ * the service's own keys, sampled). Env: BENCH_DURATION (s, default
  * 5), BENCH_RUNS (3), BENCH_CONNECTIONS (10), BENCH_WARMUP (s of load on each server first, 5), BENCH_STORAGE_DIR (where the full server's STORAGE_DIR is made; the OS temporary directory by
  * default: see below), BENCH_ONLY (`bare` or `full`: measure one server, e.g. under
  * `node --cpu-prof`).
@@ -65,12 +67,13 @@ async function bare(prefix: string): Promise<{ app: FastifyInstance; queue: Queu
   return { app, queue, redis };
 }
 
-type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; n: number; serverUs?: number; redisUs?: number };
+type RunResult = { rps: number; p50: number; p99: number; non2xx: number; errors: number; n: number; serverUs?: number; redisUs?: number; clientUs?: number };
 /** What the parent asks the load-generator child to do. */
 type ClientTask = { url: string; headers: Record<string, string>; connections: number; duration?: number; amount?: number };
 
 /** The load generator (in the child process): autocannon with a fresh body and Idempotency-Key per request. */
 async function load(t: ClientTask): Promise<RunResult> {
+  const c0 = process.cpuUsage();
   const r = await autocannon({
     url: `${t.url}/trigger-finetune`,
     method: 'POST',
@@ -87,7 +90,17 @@ async function load(t: ClientTask): Promise<RunResult> {
       },
     ],
   });
-  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors, n: r.requests.total };
+  const c = process.cpuUsage(c0);
+  const n = Math.max(1, r.requests.total);
+  return {
+    rps: r.requests.average,
+    p50: r.latency.p50,
+    p99: r.latency.p99,
+    non2xx: r.non2xx,
+    errors: r.errors,
+    n: r.requests.total,
+    clientUs: (c.user + c.system) / n,
+  };
 }
 
 /** Run one load in a fresh child process (this file with --client) and return its figures. */
@@ -192,7 +205,7 @@ async function main(): Promise<void> {
     const show = (name: string, rs: typeof results.bare) => {
       for (const [i, r] of rs.entries())
         console.log(
-          `${name} run ${i + 1}: ${r.rps.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms (${r.n} requests, ${r.non2xx} non-2xx, ${r.errors} errors); CPU per request: server ${r.serverUs?.toFixed(0)} us, Redis ${r.redisUs?.toFixed(0)} us`,
+          `${name} run ${i + 1}: ${r.rps.toFixed(0)} req/s, p50 ${r.p50} ms, p99 ${r.p99} ms (${r.n} requests, ${r.non2xx} non-2xx, ${r.errors} errors); CPU per request: server ${r.serverUs?.toFixed(0)} us, Redis ${r.redisUs?.toFixed(0)} us, load generator ${r.clientUs?.toFixed(0)} us`,
         );
       const rps = rs.map((r) => r.rps);
       const p99 = rs.map((r) => r.p99);

@@ -85,7 +85,7 @@ test('a job that cannot be added leaves no index entry, no event, no idempotency
   const res = await trigger('rec-broken', 'broken-1', 'broken');
   assert.equal(res.status, 503, await res.text());
   assert.equal(await redis.zcard(indexKey(prefix, 'rec-broken')), 0, 'no community index entry');
-  const all = await redis.zrange(indexKey(prefix), 0, -1);
+  const all = await redis.zrange(indexKey(prefix), '0', '-1');
   const streams = await keysOf(`${prefix}:*dpo-events:*`);
   for (const id of all) assert.ok((await app.queueService.queue.getJob(id)) !== undefined, `index entry ${id} has a job`);
   assert.equal(streams.length, all.length, `one event stream per indexed job: ${streams.join(', ')}`);
