@@ -32,16 +32,19 @@ export interface PairLengths {
   rejected: number;
 }
 
-/** FLOPs of one epoch (units: FLOP) per layout, and the padded trainer's. */
+/** FLOPs of one epoch (units: FLOP) per layout of ours, and the padded full-vocabulary trainer's (TRL). */
 export interface EpochFlops {
+  /** ours, padded: every slot through the decoder, only completion positions projected */
   padded: number;
   padding_free: number;
   shared_prompt: number;
+  /** the peer: every slot through the decoder and projected onto the vocabulary */
+  padded_full_vocab: number;
 }
 
 /**
  * The FLOPs of one DPO epoch over `pairs` in batches of `batch` (see the module comment for the model).
- * `padded` is the full-vocabulary padded trainer (every slot projected), the peer's layout.
+ * `padded_full_vocab` is the peer's padded trainer (every slot projected); `padded` is ours.
  * @throws Error when `batch` is not a positive integer.
  */
 export function dpoEpochFlops(shape: FlopShape, pairs: readonly PairLengths[], batch: number): EpochFlops {
@@ -53,13 +56,15 @@ export function dpoEpochFlops(shape: FlopShape, pairs: readonly PairLengths[], b
   const causal = (n: number) => 2 * n * (n + 1) * H * hd * L;
   // queries a+1..a+n, each over a + its own position keys
   const continued = (a: number, n: number) => causal(a + n) - causal(a);
-  const out: EpochFlops = { padded: 0, padding_free: 0, shared_prompt: 0 };
+  const out: EpochFlops = { padded: 0, padding_free: 0, shared_prompt: 0, padded_full_vocab: 0 };
   for (let i = 0; i < pairs.length; i += batch) {
     const b = pairs.slice(i, i + batch);
     const longest = Math.max(...b.map((p) => p.prompt + Math.max(p.chosen, p.rejected)));
-    out.padded += 4 * 2 * b.length * (longest * (linear + head) + causal(longest));
+    out.padded_full_vocab += 4 * 2 * b.length * (longest * (linear + head) + causal(longest));
+    out.padded += 4 * 2 * b.length * (longest * linear + causal(longest));
     for (const p of b) {
       const answers = p.chosen + p.rejected;
+      out.padded += 4 * answers * head;
       out.padding_free += 4 * ((2 * p.prompt + answers) * linear + answers * head + causal(p.prompt + p.chosen) + causal(p.prompt + p.rejected));
       // rejected continues from the prompt's end: its queries see the prompt and the rejected tokens before them
       out.shared_prompt += 4 * ((p.prompt + answers) * linear + answers * head + causal(p.prompt + p.chosen) + continued(p.prompt, p.rejected));

@@ -29,6 +29,7 @@ import { resolveLossOptions } from '../src/training/losses/index.js';
 import { runStage } from '../src/training/trainer/stage.js';
 import { dpoTask, sftTask } from '../src/training/trainer/tasks.js';
 import type { ModelConfig, PreferenceExample } from '../src/training/types.js';
+import { dpoEpochFlops } from './dpo-flops.js';
 
 // ../shared beside the checkout (a worktree under wt/ has it two levels up); BENCH_SHARED_DIR overrides
 const SHARED =
@@ -157,6 +158,15 @@ async function runChild(layout: BatchLayout): Promise<void> {
     }
     paddedSlots += (mode === 'dpo' ? 2 : 1) * Math.min(batch, pairs.length - i) * L;
   }
+  // the FLOP model of this epoch (bench/dpo-flops.ts; Llama-shaped models): GFLOP per layout
+  const flops =
+    mode === 'dpo' && policy.config.architecture === 'llama'
+      ? dpoEpochFlops(
+          policy.config,
+          pairs.map((p) => ({ prompt: p.promptIds.length, chosen: p.chosenIds.length, rejected: p.rejectedIds.length })),
+          batch,
+        )
+      : null;
   const params = new Map([...policy.params].filter(([, v]) => v.trainable));
   const padId = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
   const task =
@@ -237,6 +247,11 @@ async function runChild(layout: BatchLayout): Promise<void> {
       tokens_per_s: Math.round(nonPad / epoch),
       padding_fraction: layout === 'padded' ? +(1 - nonPad / paddedSlots).toFixed(3) : 0,
       peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+      ...(flops
+        ? {
+            model_gflop: Object.fromEntries(Object.entries(flops).map(([k, v]) => [k, +(v / 1e9).toFixed(1)])),
+          }
+        : {}),
     }),
   );
 }
@@ -322,16 +337,28 @@ async function main(): Promise<void> {
   console.log(
     `\n${mode.toUpperCase()} ${model}, ${nPairs} pairs, max_length ${maxLength}, batch ${batch}: min/median/max over ${runs} run(s) (a shared, loaded machine: noisy)`,
   );
-  console.log('layout          epoch s            median step s      tokens/s       padding  peak RSS MB  vs TRL epoch');
+  console.log('layout          epoch s            median step s      tokens/s       padding  peak RSS MB  GFLOP/s  vs TRL epoch');
   const trl = results.get('trl');
+  // the FLOP model's GFLOP per layout (any child's: the pairs are the same); TRL's work is the padded layout's
+  const gflop = [...results.values()].flat().find((x) => x.model_gflop)?.model_gflop as unknown as Record<string, number> | undefined;
   for (const [layout, rs] of results) {
     const ep = rs.map((x) => x.epoch_s!);
     const ratio = trl && layout !== 'trl' ? `${(Math.min(...ep) / Math.min(...trl.map((x) => x.epoch_s!))).toFixed(2)}x` : '';
+    const g = gflop?.[layout === 'trl' ? 'padded_full_vocab' : layout];
+    const rate = g ? (g / Math.min(...ep)).toFixed(0) : '';
     console.log(
-      `${layout.padEnd(15)} ${stat(ep).padEnd(18)} ${stat(rs.map((x) => x.median_step_s!)).padEnd(18)} ${String(Math.max(...rs.map((x) => x.tokens_per_s ?? 0))).padEnd(14)} ${String(rs[0]!.padding_fraction ?? '').padEnd(8)} ${String(Math.max(...rs.map((x) => x.peak_rss_mb!))).padEnd(12)} ${ratio}`,
+      `${layout.padEnd(15)} ${stat(ep).padEnd(18)} ${stat(rs.map((x) => x.median_step_s!)).padEnd(18)} ${String(Math.max(...rs.map((x) => x.tokens_per_s ?? 0))).padEnd(14)} ${String(rs[0]!.padding_fraction ?? '').padEnd(8)} ${String(Math.max(...rs.map((x) => x.peak_rss_mb!))).padEnd(12)} ${rate.padEnd(8)} ${ratio}`,
     );
   }
   for (const [layout, why] of failed) console.log(`${layout.padEnd(15)} failed: ${why}`);
+  if (gflop) {
+    const ours = ['padded', 'padding_free', 'shared_prompt'] as const;
+    const parts = ours.map((l) => `${l} ${gflop[l]}`).join(', ');
+    const eq = ours.map((l) => `${l} ${(gflop[l]! / gflop.padded_full_vocab!).toFixed(2)}x`).join(', ');
+    console.log(
+      `FLOP model (bench/dpo-flops.ts): ours ${parts} GFLOP, TRL ${gflop.padded_full_vocab} (padded, full-vocabulary logits, on our tokenization); at equal FLOP rates ours / TRL would be ${eq}`,
+    );
+  }
 }
 
 await main();

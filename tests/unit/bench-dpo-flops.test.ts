@@ -28,21 +28,27 @@ function tokenFlops(s: FlopShape, keys: number, projected: boolean): number {
 
 test('the closed forms equal a token-by-token count for every layout, with a partial last batch', () => {
   const batch = 2;
+  let full = 0;
   let padded = 0;
   let free = 0;
   let shared = 0;
   for (let i = 0; i < pairs.length; i += batch) {
     const b = pairs.slice(i, i + batch);
     const longest = Math.max(...b.map((p) => p.prompt + Math.max(p.chosen, p.rejected)));
-    for (let row = 0; row < 2 * b.length; row++) for (let t = 1; t <= longest; t++) padded += 4 * tokenFlops(shape, t, true);
     for (const p of b) {
+      // ours padded: each answer's row padded to the batch's longest; its completion positions projected
+      for (const answer of [p.chosen, p.rejected])
+        for (let t = 1; t <= longest; t++) {
+          full += 4 * tokenFlops(shape, t, true);
+          padded += 4 * tokenFlops(shape, t, t > p.prompt && t <= p.prompt + answer);
+        }
       for (const answer of [p.chosen, p.rejected]) for (let t = 1; t <= p.prompt + answer; t++) free += 4 * tokenFlops(shape, t, t > p.prompt);
       for (let t = 1; t <= p.prompt + p.chosen; t++) shared += 4 * tokenFlops(shape, t, t > p.prompt);
       for (let t = p.prompt + 1; t <= p.prompt + p.rejected; t++) shared += 4 * tokenFlops(shape, t, true);
     }
   }
   const got = dpoEpochFlops(shape, pairs, batch);
-  assert.deepEqual(got, { padded, padding_free: free, shared_prompt: shared });
-  assert.ok(got.shared_prompt < got.padding_free && got.padding_free < got.padded);
+  assert.deepEqual(got, { padded, padding_free: free, shared_prompt: shared, padded_full_vocab: full });
+  assert.ok(got.shared_prompt < got.padding_free && got.padding_free < got.padded && got.padded < got.padded_full_vocab);
   assert.throws(() => dpoEpochFlops(shape, pairs, 0), /batch must be a positive integer/);
 });
