@@ -145,8 +145,12 @@ export interface EnqueueOptions {
   queued?: { index: JobIndex; events: JobEventLog; event: NewJobEvent };
 }
 
-/** How long an idempotency record whose job is not in the queue yet counts as "being created" (ms). */
-const CLAIM_GRACE_MS = 60_000;
+/**
+ * How long a reservation whose job is not in the queue yet counts as "being created" (ms): its idempotency
+ * record answers equal requests with its job id, its live-set entry is not pruned, and its job-list index
+ * entry is kept (src/api/routes/jobs-list.ts).
+ */
+export const RESERVATION_GRACE_MS = 60_000;
 
 function safeParse(raw: string): { jobId: string; requestHash: string; at?: number } | null {
   try {
@@ -299,7 +303,7 @@ export class FinetuneQueueService {
         const existing = await this.statusNow(rec.jobId);
         if (existing && existing.state !== 'failed' && existing.state !== 'cancelled') return { jobId: rec.jobId, created: false, status: existing };
         // a concurrent equal request claimed the key a moment ago and is adding its job: that job is the answer
-        if (!existing && rec.at !== undefined && now - rec.at < CLAIM_GRACE_MS) {
+        if (!existing && rec.at !== undefined && now - rec.at < RESERVATION_GRACE_MS) {
           return { jobId: rec.jobId, created: false, status: this.queuedStatus(rec.jobId, req.communityId, rec.at) };
         }
       }
@@ -343,7 +347,7 @@ export class FinetuneQueueService {
       const id = flat[i]!;
       const st = await this.queue.getJobState(id);
       // an id reserved a moment ago may not be added yet (unknown): kept for a minute
-      const young = now - Number(flat[i + 1]) < 60_000;
+      const young = now - Number(flat[i + 1]) < RESERVATION_GRACE_MS;
       if (st === 'completed' || st === 'failed' || (st === 'unknown' && !young)) await this.redis.zrem(key, id);
     }
   }

@@ -19,7 +19,7 @@ import { Redis } from 'ioredis';
 import { buildApp } from '../../src/api/app.js';
 import { eventsKey } from '../../src/queue/events.js';
 import { indexKey } from '../../src/queue/job-index.js';
-import { PENDING_ENTRY_GRACE_MS } from '../../src/api/routes/jobs-list.js';
+import { RESERVATION_GRACE_MS } from '../../src/queue/finetune-queue.js';
 import { dropPrefix, REDIS_URL, testEnv, toyRows, uniquePrefix } from './api-helpers.js';
 
 const prefix = uniquePrefix('trec');
@@ -107,7 +107,7 @@ test('the job list keeps a young index entry without a job and drops an old one'
   const old = 'ft-0000000000000000000old';
   for (const k of [indexKey(prefix), indexKey(prefix, 'rec-pending')]) {
     await redis.zadd(k, now - 1000, young);
-    await redis.zadd(k, now - PENDING_ENTRY_GRACE_MS - 5000, old);
+    await redis.zadd(k, now - RESERVATION_GRACE_MS - 5000, old);
   }
   const res = await fetch(`${base}/jobs?communityId=rec-pending`, { headers: AUTH });
   assert.equal(res.status, 200);

@@ -5,14 +5,11 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { decodeCursor, encodeCursor, InvalidCursorError, type JobIndex } from '../../queue/job-index.js';
-import type { FinetuneQueueService } from '../../queue/finetune-queue.js';
+import { RESERVATION_GRACE_MS, type FinetuneQueueService } from '../../queue/finetune-queue.js';
 import type { JobState, JobStatus } from '../../queue/types.js';
 import { ValidationError } from '../errors.js';
 import { errorResponses } from './common.js';
 import { redisRead } from './job-access.js';
-
-/** How long an index entry without a job is kept (ms): a trigger records the entry before it adds the job. */
-export const PENDING_ENTRY_GRACE_MS = 60_000;
 
 export interface JobsListOptions {
   queue: FinetuneQueueService;
@@ -92,7 +89,7 @@ export async function jobsListRoutes(app: FastifyInstance, opts: JobsListOptions
           if (!st) {
             // gone (its data expired), unless young: the trigger's reservation writes the entry a moment
             // before the job is added (src/queue/reserve.ts)
-            if (Date.now() - e.score >= PENDING_ENTRY_GRACE_MS) void opts.index.remove(e.id, null).catch(() => {});
+            if (Date.now() - e.score >= RESERVATION_GRACE_MS) void opts.index.remove(e.id, null).catch(() => {});
             last = e;
             continue;
           }
