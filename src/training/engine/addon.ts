@@ -3,8 +3,8 @@
  * first use, cached, loaded once per process, optionally profiled. The kernels themselves are registered
  * for tfjs backends by kernels.ts; this module only owns the shared library.
  *
- * Build: `cc -O3 -march=native -shared -fPIC -pthread -I<node include> addon.c` into the cache directory
- * (settings `cacheDir`, env `DPO_NATIVE_CACHE`), keyed by a hash of the sources, the Node version and the
+ * Build: `cc -O3 -march=native -ffp-contract=fast -fno-math-errno -shared -fPIC -pthread -I<node include> addon.c` into the cache directory
+ * (settings `cacheDir`, env `DPO_NATIVE_CACHE`), keyed by a hash of the sources, the flags, the Node version and the
  * CPU model; concurrent processes build to temporary names and rename atomically.
  *
  * Optional by design: with no C compiler, no Node headers, or `DPO_NATIVE=0`, {@link loadNativeAddon}
@@ -202,7 +202,10 @@ export function loadNativeAddon(): NativeAddon | null {
       .filter((n) => /\.[ch]$/.test(n))
       .sort())
       hash.update(f).update(fs.readFileSync(path.join(srcDir, f)));
+    // -fno-math-errno: sqrtf without its errno branch, so loops calling it vectorise (AdamW); values unchanged
+    const flags = ['-O3', '-march=native', '-ffp-contract=fast', '-fno-math-errno', '-shared', '-fPIC', '-pthread', '-DNODE_GYP_MODULE_NAME=gemm'];
     const key = hash
+      .update(flags.join(' '))
       .update(process.version)
       .update(os.cpus()[0]?.model ?? '')
       .update(process.arch)
@@ -214,11 +217,7 @@ export function loadNativeAddon(): NativeAddon | null {
     if (!fs.existsSync(out)) {
       const cc = settings.cc;
       const tmp = `${out}.${process.pid}.${Date.now()}.tmp`;
-      const r = spawnSync(
-        cc,
-        ['-O3', '-march=native', '-ffp-contract=fast', '-shared', '-fPIC', '-pthread', '-DNODE_GYP_MODULE_NAME=gemm', `-I${include}`, src, '-o', tmp],
-        { encoding: 'utf8' },
-      );
+      const r = spawnSync(cc, [...flags, `-I${include}`, src, '-o', tmp], { encoding: 'utf8' });
       if (r.error || r.status !== 0) {
         try {
           fs.rmSync(tmp, { force: true });

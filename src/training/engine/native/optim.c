@@ -8,11 +8,15 @@ typedef struct {
   float decay, b1, b2, c1, c2, step, isb2, eps;
 } adamw_t;
 
+/* vectorised only with -fno-math-errno (addon.ts builds with it): else GCC keeps sqrtf's errno branch inside the
+   loop and runs it one element at a time */
 static void adamw_task(void *ctx, int task) {
   const adamw_t *a = (const adamw_t *)ctx;
   const size_t i0 = (size_t)task * a->chunk, i1 = i0 + a->chunk < a->n ? i0 + a->chunk : a->n;
-  const float *restrict p = a->p, *restrict g = a->g, *restrict m = a->m, *restrict v = a->v;
-  float *restrict po = a->po, *restrict mo = a->mo, *restrict vo = a->vo;
+  const float *p = a->p, *g = a->g, *m = a->m, *v = a->v;
+  float *po = a->po, *mo = a->mo, *vo = a->vo;
+  /* ivdep: no element depends on another's output (GCC did not vectorise this loop with restrict pointers) */
+#pragma GCC ivdep
   for (size_t i = i0; i < i1; i++) {
     float gi = g[i];
     float mi = a->b1 * m[i] + a->c1 * gi;
