@@ -5,7 +5,8 @@
  * --gap-us U spins U microseconds in JS before each call (the JS work between kernels of a training step, during
  * which the pool's workers may go to sleep).
  *
- * --rotate R cycles through R distinct A and C arrays (inputs and outputs not in cache, as inside a step).
+ * --rotate R cycles through R distinct A and C arrays (inputs and outputs not in cache, as inside a step); with
+ * --rotate-b also R distinct B arrays (a step's weights come from memory, not from the cache).
  * --addon F loads a compiled addon file instead of this tree's (A/B against another build).
  *
  *   npx tsx bench/gemm-shapes.ts 1400x64x172NN 64x1400x172TN ... [--reps 50] [--fresh] [--threads 2] [--gap-us 0] [--addon F]
@@ -24,6 +25,7 @@ const reps = Number(opt('reps', '50'));
 const fresh = args.includes('--fresh');
 const gapUs = Number(opt('gap-us', '0'));
 const rotate = Number(opt('rotate', '1'));
+const rotateB = args.includes('--rotate-b');
 const threads = Number(opt('threads', String(engineSettings().nativeThreads)));
 const addonFile = args.includes('--addon') ? opt('addon', '') : '';
 const g = addonFile ? (createRequire(import.meta.url)(resolve(addonFile)) as NativeAddon) : loadNativeAddon();
@@ -34,12 +36,13 @@ for (const spec of args.filter((a) => /^\d+x\d+x\d+[NT][NT]$/.test(a))) {
   const [M, K, N] = [Number(m[1]), Number(m[2]), Number(m[3])];
   const As = Array.from({ length: rotate }, () => Float32Array.from({ length: M * K }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5));
   const Cs = Array.from({ length: rotate }, () => new Float32Array(M * N).fill(1));
-  const B = Float32Array.from({ length: K * N }, (_, i) => ((i * 104729) % 1000) / 1000 - 0.5);
+  const Bs = Array.from({ length: rotateB ? rotate : 1 }, (_, r) => Float32Array.from({ length: K * N }, (_, i) => (((i + r) * 104729) % 1000) / 1000 - 0.5));
   let C = Cs[0]!;
   let A = As[0]!;
   const ts: number[] = [];
   for (let r = 0; r < reps; r++) {
     A = As[r % rotate]!;
+    const B = Bs[r % Bs.length]!;
     C = fresh ? new Float32Array(M * N) : Cs[r % rotate]!;
     for (const end = performance.now() + gapUs / 1000; performance.now() < end; );
     const t0 = performance.now();
