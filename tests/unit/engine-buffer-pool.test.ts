@@ -1,11 +1,13 @@
 /**
  * The native backend's pool of kernel output buffers (engine/buffer-pool.ts): disposed outputs are reused, and
- * nothing a caller can still see is ever overwritten (read data, shared buffers, slice views).
+ * nothing a caller can still see is ever overwritten (read data, shared buffers, slice views); with the addon's
+ * buffers (native/memory.c) the pool frees what it drops, and never what escaped it.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
+import { loadNativeAddon } from '../../src/training/engine/addon.js';
 import { BufferPool } from '../../src/training/engine/buffer-pool.js';
 import { NativeBackend } from '../../src/training/engine/native-backend.js';
 
@@ -86,4 +88,53 @@ test('native backend: a disposed output is reused by the next kernel, and read d
   const later = tf.mul(y, 3);
   assert.deepEqual(sl.dataSync(), slValues);
   tf.dispose([x, y, p2, sl, later]);
+});
+
+test("the addon's buffers: written and read like any ArrayBuffer, freed (detached) only when the pool drops them", (t) => {
+  const addon = loadNativeAddon();
+  if (!addon) {
+    t.skip('native addon not available');
+    return;
+  }
+  const made: ArrayBuffer[] = [];
+  const escaped = new Set<ArrayBuffer>();
+  const pool = new BufferPool(2 * N * 4, 1, {
+    alloc: (bytes) => {
+      const b = addon.bufferAlloc(bytes);
+      made.push(b);
+      return b;
+    },
+    free: (b) => addon.bufferFree(b),
+    escape: (b) => {
+      escaped.add(b);
+      addon.bufferEscape(b);
+    },
+  });
+  const a = pool.take(N);
+  assert.equal(a.buffer.byteLength, N * 4);
+  assert.equal(a.byteOffset % 64, 0);
+  a.fill(3);
+  pool.stored(a);
+  const read = pool.exposed(a); // a whole buffer read: it escapes, and must stay intact whatever the pool does
+  assert.ok(escaped.has(a.buffer as ArrayBuffer));
+  pool.release(a);
+  const xs = [0, 1, 2].map(() => pool.take(N));
+  for (const x of xs) pool.stored(x);
+  for (const x of xs) pool.release(x); // 3 x N floats into a pool of 2 x N: the first one released is dropped
+  assert.equal(xs[0]!.buffer.byteLength, 0, 'the dropped buffer was freed (detached)');
+  assert.equal(xs[1]!.buffer.byteLength, N * 4, 'the buffers still held are intact');
+  assert.equal(read.length, N);
+  assert.ok(
+    read.every((e) => e === 3),
+    'an escaped buffer is never freed by the pool',
+  );
+  // freeing twice, or freeing an escaped buffer, throws instead of touching memory
+  assert.throws(() => addon.bufferFree(xs[0]!.buffer as ArrayBuffer));
+  assert.throws(() => addon.bufferFree(a.buffer as ArrayBuffer), 'an escaped buffer cannot be freed');
+  pool.clear();
+  assert.equal(xs[1]!.buffer.byteLength, 0);
+  assert.equal(xs[2]!.buffer.byteLength, 0);
+  const fresh = pool.take(N);
+  assert.equal(fresh.buffer, made[made.length - 1], 'a miss after clear allocates anew');
+  assert.equal(fresh.buffer.byteLength, N * 4);
 });

@@ -126,6 +126,12 @@ export interface NativeAddon {
   /** Y = X with axes permuted (output axis d is input axis perm[d]). */
   transpose(X: Float32Array, Y: Float32Array, shape: number[], perm: number[], threads: number): void;
   /** out = 0, then slices of upd added at the flat offsets sum_d idx[i, d] strides[d] (ScatterNd). */
+  /** An uninitialised, 64-byte aligned ArrayBuffer of `bytes` outside V8's external-memory count (memory.c). */
+  bufferAlloc(bytes: number): ArrayBuffer;
+  /** Detach and free a bufferAlloc buffer now; only for one nothing else can still see (not escaped). */
+  bufferFree(buf: ArrayBuffer): void;
+  /** A bufferAlloc buffer escaped its owner: back into V8's count (the garbage collector frees it). */
+  bufferEscape(buf: ArrayBuffer): void;
   scatterAdd(idx: Int32Array, upd: Float32Array, out: Float32Array, n: number, depth: number, slice: number, strides: number[]): void;
   /** Its backward pass (see attention.c). */
   attentionBwd(

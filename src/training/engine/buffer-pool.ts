@@ -24,6 +24,20 @@ export interface BufferPoolStats {
 type Lent = { view: Float32Array; stored: boolean };
 
 /**
+ * Where the pool's buffers come from when not from V8 (the native addon's bufferAlloc/bufferFree/bufferEscape,
+ * native/memory.c): buffers outside V8's external-memory count, so making them never starts a garbage
+ * collection, and the pool frees them itself (at once, back to malloc) when it drops them.
+ */
+export interface BufferAllocator {
+  /** A new buffer of `bytes` (contents unspecified). */
+  alloc(bytes: number): ArrayBuffer;
+  /** Free a buffer from `alloc` that nothing else can see (it is detached: stale views read as empty). */
+  free(buf: ArrayBuffer): void;
+  /** A buffer from `alloc` escaped the pool (read, shared): the garbage collector frees it from now on. */
+  escape(buf: ArrayBuffer): void;
+}
+
+/**
  * A new ArrayBuffer of `bytes` without zero-filling (Node's Buffer.allocUnsafeSlow: malloc, where
  * `new ArrayBuffer` is calloc, which clears recycled heap memory page by page before the kernel overwrites
  * it; outputs come with unspecified contents anyway). A plain ArrayBuffer where Buffer is absent.
@@ -48,10 +62,12 @@ export class BufferPool {
   /**
    * @param maxBytes the most bytes held free (0 turns the pool off: every take is a new array)
    * @param minFloats smaller outputs are plain new arrays (V8 allocates those cheaply)
+   * @param allocator where new buffers come from and go to (default: V8's ArrayBuffers, left to the collector)
    */
   constructor(
     readonly maxBytes: number,
     readonly minFloats = 16384,
+    private readonly allocator?: BufferAllocator,
   ) {}
 
   /** The capacity (floats) a request of `n` floats gets: `n` rounded up to 1/8 of its power of two (≤ 12.5% more). */
@@ -71,7 +87,7 @@ export class BufferPool {
       this.freeBytes -= buf.byteLength;
       this.hits++;
     } else {
-      buf = uninitialized(cap * 4);
+      buf = this.allocator ? this.allocator.alloc(cap * 4) : uninitialized(cap * 4);
       this.misses++;
     }
     const view = new Float32Array(buf, 0, n);
@@ -92,7 +108,13 @@ export class BufferPool {
     const l = this.lent.get(values.buffer as ArrayBuffer);
     if (!l) return;
     if (l.view === values && !l.stored) l.stored = true;
-    else this.lent.delete(values.buffer as ArrayBuffer);
+    else this.escape(values.buffer as ArrayBuffer);
+  }
+
+  /** `buf` leaves the pool for good: the garbage collector owns it from now on. */
+  private escape(buf: ArrayBuffer): void {
+    this.lent.delete(buf);
+    this.allocator?.escape(buf);
   }
 
   /**
@@ -105,7 +127,7 @@ export class BufferPool {
     const buf = values.buffer as ArrayBuffer;
     if (!this.lent.has(buf)) return values;
     if (values.byteLength === buf.byteLength) {
-      this.lent.delete(buf);
+      this.escape(buf);
       return values;
     }
     return values.slice() as T;
@@ -118,13 +140,17 @@ export class BufferPool {
     const l = this.lent.get(buf);
     if (!l || l.view !== values) return;
     this.lent.delete(buf);
-    if (buf.byteLength > this.maxBytes) return;
+    if (buf.byteLength > this.maxBytes) {
+      this.allocator?.free(buf);
+      return;
+    }
     while (this.freeBytes + buf.byteLength > this.maxBytes) {
       const oldest = this.order.values().next().value as ArrayBuffer;
       this.order.delete(oldest);
       const stack = this.free.get(oldest.byteLength / 4)!;
       stack.splice(stack.indexOf(oldest), 1);
       this.freeBytes -= oldest.byteLength;
+      this.allocator?.free(oldest);
     }
     const cap = buf.byteLength / 4;
     const stack = this.free.get(cap);
@@ -134,8 +160,9 @@ export class BufferPool {
     this.freeBytes += buf.byteLength;
   }
 
-  /** Drop every free buffer (they go to the garbage collector). */
+  /** Drop every free buffer (freed by the allocator, or left to the garbage collector). */
   clear(): void {
+    if (this.allocator) for (const buf of this.order) this.allocator.free(buf);
     this.free.clear();
     this.order.clear();
     this.freeBytes = 0;

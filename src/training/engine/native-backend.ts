@@ -17,7 +17,7 @@
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import * as tf from '@tensorflow/tfjs-core';
 import { loadNativeAddon } from './addon.js';
-import { BufferPool } from './buffer-pool.js';
+import { type BufferAllocator, BufferPool } from './buffer-pool.js';
 import { engineSettings } from './settings.js';
 import { type LowPrecision, LowPrecisionWeights, quantizeInt8, toBfloat16 } from './lowp.js';
 import { registerFusedKernels } from './kernels.js';
@@ -34,7 +34,7 @@ export const NATIVE_BACKEND = 'native';
  */
 export class NativeBackend extends MathBackendCPU {
   /** Recycled kernel output buffers (buffer-pool.ts; `DPO_NATIVE_POOL_MB`). */
-  readonly pool = new BufferPool(engineSettings().poolMb * 1024 * 1024);
+  readonly pool = new BufferPool(engineSettings().poolMb * 1024 * 1024, 16384, nativeAllocator());
 
   /** The low-precision storage of `dataId`, or null when it is a plain TypedArray. */
   lowPrecision(dataId: tf.DataId): LowPrecisionWeights | null {
@@ -80,6 +80,17 @@ export class NativeBackend extends MathBackendCPU {
     const dataId = this.write(w as unknown as Float32Array, shape, 'float32');
     return { dataId, shape, dtype: 'float32' };
   }
+}
+
+/**
+ * The addon's buffers for the pool (native/memory.c): outside V8's external-memory count and freed by the pool when
+ * it drops them. With V8's own ArrayBuffers the collector ran a full GC per ~64 MB of new kernel outputs (about 240
+ * in a SmolLM2-135M epoch), its marking thread taking a core from the kernels.
+ */
+function nativeAllocator(): BufferAllocator | undefined {
+  const addon = loadNativeAddon();
+  if (!addon || typeof addon.bufferAlloc !== 'function') return undefined;
+  return { alloc: (n) => addon.bufferAlloc(n), free: (b) => addon.bufferFree(b), escape: (b) => addon.bufferEscape(b) };
 }
 
 /**

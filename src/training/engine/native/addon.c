@@ -8,6 +8,7 @@
  *   attention.c  fused causal attention with RoPE, forward and backward
  *   elementwise.c fused RMSNorm and SwiGLU, forward and backward
  *   tensor.c     broadcasting binary ops, unary ops, reductions, transpose, scatter-add (the native backend)
+ *   memory.c     kernel output buffers outside V8's external-memory count, freed by the buffer pool itself
  */
 #include "common.h"
 #include "gemm.c"
@@ -16,6 +17,7 @@
 #include "attention.c"
 #include "elementwise.c"
 #include "tensor.c"
+#include "memory.c"
 
 static napi_value init(napi_env env, napi_value exports) {
   static const struct {
@@ -38,6 +40,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"reduce", tensor_reduce},
       {"transpose", tensor_transpose},
       {"scatterAdd", tensor_scatter_add},
+      {"bufferAlloc", buffer_alloc},
+      {"bufferFree", buffer_free},
+      {"bufferEscape", buffer_escape},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;
