@@ -26,6 +26,8 @@ export class WasmThreadsError extends Error {
 }
 
 const MAIN_MARK = 'var WasmBackendModuleThreadedSimd';
+/** How long the threaded build may take to start its workers (ms); it takes ~1-2 s. */
+const START_TIMEOUT_MS = 60_000;
 const WORKER_MARK = 'WasmBackendModuleThreadedSimd(Module)';
 
 /**
@@ -33,6 +35,7 @@ const WORKER_MARK = 'WasmBackendModuleThreadedSimd(Module)';
  * build start its pthread workers in Node. The caller sets `WASM_HAS_MULTITHREAD_SUPPORT` and the thread
  * count before calling.
  * @returns what `init` returns
+ * @throws WasmThreadsError when the bundle has an unexpected form, or the workers have not started within 60 s
  */
 export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, threads = os.cpus().length): Promise<T> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tfjs-wasm-threads-'));
@@ -41,6 +44,18 @@ export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, thr
   const mainPath = path.join(dir, 'tfjs-backend-wasm-threaded-simd.main.cjs');
   const workerPath = path.join(dir, 'tfjs-backend-wasm-threaded-simd.worker.cjs');
 
+  // Each pthread worker asks for the worker script's URL again while earlier workers may still be reading the
+  // file: rewriting it in place (truncate, then write) let a worker read it empty, run nothing, exit 0 without
+  // ever reporting `loaded`, and the init waited forever. So each file is written once, to a temporary name
+  // renamed into place.
+  const written = new Map<string, string>();
+  const writeOnce = (file: string, text: string): void => {
+    if (written.get(file) === text) return;
+    const tmp = `${file}.tmp`;
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+    written.set(file, text);
+  };
   const OrigBlob = globalThis.Blob;
   const origCreate = URL.createObjectURL;
   const parts = new WeakMap<object, string>();
@@ -58,7 +73,7 @@ export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, thr
     const prelude =
       "var require$$0=require('fs'),require$$1=require('path'),require$$3=require('perf_hooks'),require$$4=require('os');" +
       `var commonjsGlobal=globalThis;var __dirname=${JSON.stringify(distDir)};\n`;
-    fs.writeFileSync(mainPath, prelude + text);
+    writeOnce(mainPath, prelude + text);
   };
   const create = (obj: Blob | MediaSource): string => {
     const text = parts.get(obj as object);
@@ -66,7 +81,7 @@ export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, thr
       // Load the main script from its file instead of the (unreadable in Node) Blob.
       const patched = text.replace('typeof e.data.urlOrBlob=="string"', `(e.data.urlOrBlob=${JSON.stringify(mainPath)},true)`);
       if (patched === text) throw new WasmThreadsError('tfjs-backend-wasm worker script has an unexpected form; pin tfjs 4.22');
-      fs.writeFileSync(workerPath, patched);
+      writeOnce(workerPath, patched);
       return workerPath;
     }
     return origCreate.call(URL, obj as Blob);
@@ -104,9 +119,24 @@ export async function withNodeThreadedWasmPatches<T>(init: () => Promise<T>, thr
       /* keep UnrefWorker */
     },
   });
+  // The workers are unref'd, so while the module waits for them to start nothing else may keep the event loop
+  // alive (the process would quit mid-await, exit code 13); this timer does, and it bounds the wait.
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new WasmThreadsError(
+            `the threaded tfjs-wasm build did not start within ${START_TIMEOUT_MS / 1000} s (its pthread workers did not report); run with TFJS_WASM_THREADS=1`,
+          ),
+        ),
+      START_TIMEOUT_MS,
+    );
+  });
   try {
-    return await init();
+    return await Promise.race([init(), timeout]);
   } finally {
+    clearTimeout(timer);
     Object.defineProperty(globalThis, 'Worker', { configurable: true, writable: true, enumerable: false, value: UnrefWorker });
     osMod.cpus = origCpus;
     (globalThis as { Blob: typeof Blob }).Blob = OrigBlob;
