@@ -30,6 +30,9 @@ import { runStage } from '../src/training/trainer/stage.js';
 import { dpoTask, sftTask } from '../src/training/trainer/tasks.js';
 import type { ModelConfig, PreferenceExample } from '../src/training/types.js';
 import { dpoEpochFlops } from './dpo-flops.js';
+import { loadConfig } from '../src/config/index.js';
+import { availableMemory, estimateMemory } from '../src/training/plan/memory.js';
+import { sizeNativePool } from '../src/training/engine/native-backend.js';
 
 // ../shared beside the checkout (a worktree under wt/ has it two levels up); BENCH_SHARED_DIR overrides
 const SHARED =
@@ -167,6 +170,9 @@ async function runChild(layout: BatchLayout): Promise<void> {
           batch,
         )
       : null;
+  // the service's default path: the native buffer pool sized to the memory the run has to spare (run.ts)
+  const memCfg = { ...loadConfig(), batch_size: batch, gradient_accumulation_steps: 1, max_length: maxLength, max_prompt_length: Math.floor(maxLength / 2) };
+  const poolBytes = sizeNativePool(availableMemory() - estimateMemory(policy.config, memCfg, mode === 'dpo').totalBytes);
   const params = new Map([...policy.params].filter(([, v]) => v.trainable));
   const padId = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
   const task =
@@ -247,6 +253,7 @@ async function runChild(layout: BatchLayout): Promise<void> {
       tokens_per_s: Math.round(nonPad / epoch),
       padding_fraction: layout === 'padded' ? +(1 - nonPad / paddedSlots).toFixed(3) : 0,
       peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+      pool_mb: poolBytes === null ? null : Math.round(poolBytes / 2 ** 20),
       ...(flops
         ? {
             model_gflop: Object.fromEntries(Object.entries(flops).map(([k, v]) => [k, +(v / 1e9).toFixed(1)])),

@@ -20,6 +20,7 @@ import { attachDpoAdapters, runDpo, runSft, type StageRun } from './pipeline/sta
 import { MetricsFile, ProgressReporter } from './trainer/monitor.js';
 import { asInsufficientMemory, availableMemory, checkMemory, formatEstimate, type MemoryEstimate } from './plan/memory.js';
 import { needsReference } from './losses/index.js';
+import { sizeNativePool } from './engine/native-backend.js';
 import { TrainingAbortedError } from './trainer/stage.js';
 import { prepareOnlineData, preferenceRowsOnly } from './online/data.js';
 import { runOnlineDpo } from './online/stage.js';
@@ -82,7 +83,11 @@ export async function runTraining(options: RunTrainingOptions): Promise<TrainRes
   try {
     // refuse a run that cannot fit before anything trains (INSUFFICIENT_MEMORY names what would fit)
     memory = checkMemory(policy.config, cfg, { needsReference: cfg.dpo.enabled && needsReference(loss) });
-    logger.info({ memory }, formatEstimate(memory, availableMemory()));
+    const available = availableMemory();
+    logger.info({ memory }, formatEstimate(memory, available));
+    // the native buffer pool may keep what the run has to spare beyond its estimate (DPO_NATIVE_POOL_MB unset)
+    const pool = sizeNativePool(available - memory.totalBytes);
+    if (pool !== null) logger.info({ pool_mb: Math.round(pool / 2 ** 20) }, `native buffer pool sized to ${Math.round(pool / 2 ** 20)} MB`);
     const tData = Date.now();
     const online = cfg.stage === 'online_dpo' ? await prepareOnlineData(cfg, tokenizer, logger, options.dataset) : null;
     const data = online ?? (await prepareData(cfg, tokenizer, logger, preferenceRowsOnly(options.dataset)));

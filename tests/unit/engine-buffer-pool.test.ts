@@ -9,7 +9,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../../src/training/engine/backend.js';
 import { loadNativeAddon } from '../../src/training/engine/addon.js';
 import { BufferPool } from '../../src/training/engine/buffer-pool.js';
-import { NativeBackend } from '../../src/training/engine/native-backend.js';
+import { NativeBackend, POOL_AUTO_MAX_BYTES, sizeNativePool } from '../../src/training/engine/native-backend.js';
+import { engineSettings } from '../../src/training/engine/settings.js';
 
 const N = 1 << 16; // above the pool's minimum size
 
@@ -137,4 +138,53 @@ test("the addon's buffers: written and read like any ArrayBuffer, freed (detache
   const fresh = pool.take(N);
   assert.equal(fresh.buffer, made[made.length - 1], 'a miss after clear allocates anew');
   assert.equal(fresh.buffer.byteLength, N * 4);
+});
+
+test('BufferPool.resize: lowering drops the least recently freed buffers until the free bytes fit; raising keeps more', () => {
+  const pool = new BufferPool(4 * N * 4, 1);
+  const xs = [0, 1, 2, 3].map(() => pool.take(N));
+  for (const x of xs) pool.stored(x);
+  for (const x of xs) pool.release(x);
+  assert.equal(pool.stats().freeBytes, 4 * N * 4);
+  pool.resize(2 * N * 4);
+  assert.equal(pool.maxBytes, 2 * N * 4);
+  assert.equal(pool.stats().freeBytes, 2 * N * 4);
+  // the two most recently released are the ones still held
+  const held = [pool.take(N).buffer, pool.take(N).buffer];
+  assert.deepEqual(new Set(held), new Set([xs[2]!.buffer, xs[3]!.buffer]));
+  pool.resize(8 * N * 4);
+  const ys = [0, 1, 2, 3, 4, 5].map(() => pool.take(N));
+  for (const y of ys) pool.stored(y);
+  for (const y of ys) pool.release(y);
+  assert.equal(pool.stats().freeBytes, 6 * N * 4, 'a raised size holds more');
+  pool.resize(0);
+  assert.equal(pool.stats().freeBytes, 0);
+  assert.throws(() => pool.resize(-1), /pool size must be >= 0/);
+  assert.throws(() => pool.resize(Number.NaN), /pool size must be >= 0/);
+});
+
+test('sizeNativePool: a run sizes the native pool to its spare memory, between the default and 8 GiB', async (t) => {
+  await initBackend('auto');
+  const b = nativeBackend();
+  if (!b || !loadNativeAddon()) {
+    t.skip('the native backend is not active');
+    return;
+  }
+  const settings = engineSettings();
+  if (!settings.poolAuto) {
+    assert.equal(sizeNativePool(4 * 2 ** 30), null, 'DPO_NATIVE_POOL_MB set: the pool keeps its size');
+    return;
+  }
+  const before = b.pool.maxBytes;
+  try {
+    const floor = settings.poolMb * 2 ** 20;
+    assert.equal(sizeNativePool(0), floor, 'no spare memory: the default');
+    assert.equal(sizeNativePool(-5 * 2 ** 30), floor);
+    assert.equal(sizeNativePool(3 * 2 ** 30), 3 * 2 ** 30);
+    assert.equal(b.pool.maxBytes, 3 * 2 ** 30);
+    assert.equal(sizeNativePool(100 * 2 ** 30), POOL_AUTO_MAX_BYTES, 'at most 8 GiB');
+    assert.equal(sizeNativePool(Number.POSITIVE_INFINITY), floor, 'a non-finite spare counts as none');
+  } finally {
+    b.pool.resize(before);
+  }
 });

@@ -21,6 +21,7 @@ test('engine settings: defaults, and every variable parsed into its typed field'
   assert.equal(d.ops, 'fast');
   assert.equal(d.fusedAttention, true);
   assert.equal(d.poolMb, 1024);
+  assert.equal(d.poolAuto, true, 'DPO_NATIVE_POOL_MB unset: a run sizes the pool');
   assert.ok(d.nativeThreads >= 1);
   const s = readEngineSettings({
     TFJS_BACKEND: 'wasm',
@@ -49,9 +50,12 @@ test('engine settings: defaults, and every variable parsed into its typed field'
     ops: 'reference',
     fusedAttention: false,
     poolMb: 0,
+    poolAuto: false,
   });
   // blank means unset (docker-compose passes VAR=)
   assert.equal(readEngineSettings({ DPO_NATIVE_THREADS: '' }).nativeThreads, d.nativeThreads);
+  assert.equal(readEngineSettings({ DPO_NATIVE_POOL_MB: '' }).poolAuto, true);
+  assert.equal(readEngineSettings({ DPO_NATIVE_POOL_MB: '1024' }).poolAuto, false);
 });
 
 test('engine settings: a bad value fails naming the variable and what it must be', () => {

@@ -65,10 +65,38 @@ export class BufferPool {
    * @param allocator where new buffers come from and go to (default: V8's ArrayBuffers, left to the collector)
    */
   constructor(
-    readonly maxBytes: number,
+    private cap: number,
     readonly minFloats = 16384,
     private readonly allocator?: BufferAllocator,
   ) {}
+
+  /** The most bytes held free (0: the pool is off). */
+  get maxBytes(): number {
+    return this.cap;
+  }
+
+  /**
+   * Change the most bytes held free (e.g. to the memory a run has to spare); when it is lowered, the least
+   * recently freed buffers are dropped first until the free bytes fit.
+   * @throws RangeError for a negative or non-finite size
+   */
+  resize(maxBytes: number): void {
+    if (!Number.isFinite(maxBytes) || maxBytes < 0) throw new RangeError(`pool size must be >= 0 bytes, not ${maxBytes}`);
+    this.cap = maxBytes;
+    this.evictTo(maxBytes);
+  }
+
+  /** Drop the least recently freed buffers until at most `limit` bytes are held free. */
+  private evictTo(limit: number): void {
+    while (this.freeBytes > limit) {
+      const oldest = this.order.values().next().value as ArrayBuffer;
+      this.order.delete(oldest);
+      const stack = this.free.get(oldest.byteLength / 4)!;
+      stack.splice(stack.indexOf(oldest), 1);
+      this.freeBytes -= oldest.byteLength;
+      this.allocator?.free(oldest);
+    }
+  }
 
   /** The capacity (floats) a request of `n` floats gets: `n` rounded up to 1/8 of its power of two (≤ 12.5% more). */
   static capacity(n: number): number {
@@ -144,14 +172,7 @@ export class BufferPool {
       this.allocator?.free(buf);
       return;
     }
-    while (this.freeBytes + buf.byteLength > this.maxBytes) {
-      const oldest = this.order.values().next().value as ArrayBuffer;
-      this.order.delete(oldest);
-      const stack = this.free.get(oldest.byteLength / 4)!;
-      stack.splice(stack.indexOf(oldest), 1);
-      this.freeBytes -= oldest.byteLength;
-      this.allocator?.free(oldest);
-    }
+    this.evictTo(this.maxBytes - buf.byteLength);
     const cap = buf.byteLength / 4;
     const stack = this.free.get(cap);
     if (stack) stack.push(buf);

@@ -16,7 +16,7 @@
  * | `DPO_NATIVE_PROFILE` | profile | 0 or 1: time every native call (0) |
  * | `DPO_ENGINE_OPS` | ops | fast or reference: plain tfjs ops and autodiff everywhere (fast) |
  * | `DPO_FUSED_ATTENTION` | fusedAttention | 0 or 1: the fused native attention kernel (1) |
- * | `DPO_NATIVE_POOL_MB` | poolMb | integer >= 0: MB of disposed kernel outputs the native backend keeps for reuse, 0 off (1024) |
+ * | `DPO_NATIVE_POOL_MB` | poolMb | integer >= 0: MB of disposed kernel outputs the native backend keeps for reuse, 0 off (unset: 1024, and a training run raises it to the memory it has to spare beyond its estimate, up to 8192) |
  *
  * Empty strings count as unset (docker-compose passes `VAR=` for blank entries).
  */
@@ -40,6 +40,8 @@ export interface EngineSettings {
   profile: boolean;
   ops: 'fast' | 'reference';
   poolMb: number;
+  /** DPO_NATIVE_POOL_MB is not set: a training run sizes the pool to its spare memory (native-backend.ts sizeNativePool) */
+  poolAuto: boolean;
   fusedAttention: boolean;
 }
 
@@ -111,6 +113,7 @@ export function readEngineSettings(env: Env = process.env): EngineSettings {
     ops: oneOf(env, 'DPO_ENGINE_OPS', ['fast', 'reference'] as const, 'fast'),
     fusedAttention: flag(env, 'DPO_FUSED_ATTENTION', true),
     poolMb: int(env, 'DPO_NATIVE_POOL_MB', 1024, 0),
+    poolAuto: raw(env, 'DPO_NATIVE_POOL_MB') === undefined,
   };
 }
 
