@@ -16,6 +16,8 @@
  *               N = 2 batch_size max_length tokens (chosen and rejected rows); the LM head keeps softmax
  *               probabilities for the completion rows (V floats each) for its backward pass
  *   runtime     ~350 MB for Node, V8, tfjs and the addon, and 15% for allocator slack
+ * The native backend's pool of freed buffers is not part of it: a run lets the pool hold only what is left
+ * beyond this estimate (src/training/engine/native-backend.ts sizeNativePool; DPO_NATIVE_POOL_MB fixes it).
  * It is an estimate (tfjs frees tensors as their scopes end, the garbage collector returns buffers late): the
  * README's table gives measured peaks next to it.
  */
