@@ -13,17 +13,10 @@
  * prompt and themselves. The ratio ours / padded is then what the epoch times would be at equal FLOP rates:
  * below it, an engine runs its FLOPs faster than the other.
  */
+import type { ModelConfig } from '../src/training/types.js';
 
-/** The shape the model has (ModelConfig's names). */
-export interface FlopShape {
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  vocabSize: number;
-}
+/** The shape the model has: the ModelConfig fields the count reads. */
+export type FlopShape = Pick<ModelConfig, 'hiddenSize' | 'intermediateSize' | 'numLayers' | 'numHeads' | 'numKvHeads' | 'headDim' | 'vocabSize'>;
 
 /** Token counts of one pair after tokenization and truncation. */
 export interface PairLengths {
