@@ -51,6 +51,17 @@ static ext_buf_t *ext_buf_of(napi_env env, napi_value ab) {
   return b && b->mem == (char *)data - 64 && b->bytes == len ? b : NULL;
 }
 
+/* The first argument of a call and its bufferAlloc record (NULL when there is none or it is not such a
+   buffer); `ab` receives the argument. */
+static ext_buf_t *ext_buf_arg(napi_env env, napi_callback_info info, napi_value *ab) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1) return NULL;
+  *ab = argv[0];
+  return ext_buf_of(env, argv[0]);
+}
+
 static napi_value buffer_alloc(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -83,15 +94,13 @@ static napi_value buffer_alloc(napi_env env, napi_callback_info info) {
 }
 
 static napi_value buffer_free(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  ext_buf_t *b = argc < 1 ? NULL : ext_buf_of(env, argv[0]);
+  napi_value ab = NULL;
+  ext_buf_t *b = ext_buf_arg(env, info, &ab);
   if (!b || b->escaped) {
     napi_throw_type_error(env, "BUFFER_ARGS", "bufferFree: not a live, unescaped buffer from bufferAlloc");
     return NULL;
   }
-  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
+  if (napi_detach_arraybuffer(env, ab) != napi_ok) {
     napi_throw_error(env, "BUFFER_DETACH", "bufferFree: the ArrayBuffer cannot be detached");
     return NULL;
   }
@@ -102,10 +111,8 @@ static napi_value buffer_free(napi_env env, napi_callback_info info) {
 }
 
 static napi_value buffer_escape(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  ext_buf_t *b = argc < 1 ? NULL : ext_buf_of(env, argv[0]);
+  napi_value ab = NULL;
+  ext_buf_t *b = ext_buf_arg(env, info, &ab);
   if (b && !b->escaped) {
     adjust_external(env, (int64_t)b->bytes);
     b->escaped = 1;
